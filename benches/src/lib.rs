@@ -1,0 +1,1 @@
+//! edgelm-benches (in progress).

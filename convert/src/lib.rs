@@ -1,0 +1,3 @@
+//! edgelm-convert (in progress).
+
+pub mod tokenizer_import;

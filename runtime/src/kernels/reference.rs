@@ -1,0 +1,55 @@
+//! Scalar reference kernels: simple, obviously correct, and the definition
+//! of the results that SIMD kernels must reproduce.
+
+use super::{f16_to_f32, round_half_away};
+use crate::format::Q8_GROUP;
+
+/// See [`super::Kernels::matvec_q8`].
+pub fn matvec_q8(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    let cols = xq.len();
+    let groups = cols / Q8_GROUP;
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &wq[r * cols..(r + 1) * cols];
+        let row_scales = &ws[r * groups..(r + 1) * groups];
+        let mut acc = 0f32;
+        for g in 0..groups {
+            let mut isum = 0i32;
+            for i in g * Q8_GROUP..(g + 1) * Q8_GROUP {
+                isum += row[i] as i32 * xq[i] as i32;
+            }
+            acc += isum as f32 * (f16_to_f32(row_scales[g]) * xs[g]);
+        }
+        *o = acc;
+    }
+}
+
+/// See [`super::Kernels::matvec_f32`].
+pub fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
+    let cols = x.len();
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &w[r * cols..(r + 1) * cols];
+        *o = row.iter().zip(x).map(|(a, b)| a * b).sum();
+    }
+}
+
+/// See [`super::Kernels::matvec_f16`].
+pub fn matvec_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
+    let cols = x.len();
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &w[r * cols..(r + 1) * cols];
+        *o = row.iter().zip(x).map(|(&a, b)| f16_to_f32(a) * b).sum();
+    }
+}
+
+/// See [`super::Kernels::quantize_q8`]: symmetric, scale = max|x| / 127 per group.
+pub fn quantize_q8(x: &[f32], q: &mut [i8], s: &mut [f32]) {
+    for ((group, qg), sg) in x.chunks_exact(Q8_GROUP).zip(q.chunks_exact_mut(Q8_GROUP)).zip(s.iter_mut()) {
+        let amax = group.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        for (qi, &v) in qg.iter_mut().zip(group) {
+            *qi = round_half_away(v * id) as i8;
+        }
+        *sg = d;
+    }
+}

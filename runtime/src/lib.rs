@@ -1,0 +1,63 @@
+//! edgelm-runtime: loads `.edgelm` models zero-copy and generates text with
+//! int8 kernels, without allocating in the generation loop.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), edgelm_runtime::Error> {
+//! # let bytes: &[u8] = &[];
+//! use edgelm_runtime::{Model, Session, SessionOptions};
+//! let model = Model::from_bytes(bytes)?;              // mmap'd, flash or include_model!
+//! let max_seq = 256;
+//! let mut arena = vec![0u8; model.arena_bytes(max_seq)];
+//! let mut session = Session::new(&model, "story", &mut arena, SessionOptions::new(max_seq))?;
+//! session.feed_prompt("Once upon a time")?;
+//! session.generate(100, &mut |text| print!("{text}"))?;
+//! # Ok(()) }
+//! ```
+//!
+//! `#![no_std]` at its core; `alloc` adds the file writer and aligned
+//! buffers, `std` (default) adds the `edgelm` CLI, mmap and evaluation helpers.
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+#[cfg(feature = "alloc")]
+mod aligned;
+pub mod arena;
+mod error;
+#[cfg(feature = "std")]
+pub mod eval;
+pub mod format;
+pub mod forward;
+pub mod kernels;
+pub mod model;
+pub mod sampler;
+pub mod session;
+#[cfg(feature = "alloc")]
+pub mod synthetic;
+pub mod tokenizer;
+
+#[cfg(feature = "alloc")]
+pub use aligned::AlignedBytes;
+pub use error::{Error, Name, Result};
+pub use format::{ModelFile, VerifyChecksum};
+pub use model::{Domain, Model};
+pub use sampler::SamplerConfig;
+pub use session::{Session, SessionOptions, StopReason};
+
+/// Wrapper that gives embedded bytes the 64-byte alignment the loader needs.
+#[repr(C, align(64))]
+pub struct Aligned64<T: ?Sized>(pub T);
+
+/// Embeds a model file in the binary, aligned for zero-copy loading:
+/// `static MODEL: &[u8] = edgelm_runtime::include_model!("../model.edgelm");`
+#[macro_export]
+macro_rules! include_model {
+    ($path:expr) => {{
+        static ALIGNED: &$crate::Aligned64<[u8]> = &$crate::Aligned64(*include_bytes!($path));
+        &ALIGNED.0
+    }};
+}

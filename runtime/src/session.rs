@@ -1,0 +1,277 @@
+//! A generation session: one domain, one arena, a prompt, then tokens
+//! streamed one at a time. Nothing here allocates.
+
+use crate::arena::{Layout, RunState};
+use crate::error::{Error, Result};
+use crate::forward::forward;
+use crate::kernels::Kernels;
+use crate::model::{Domain, Model};
+use crate::sampler::{sample, Rng, SamplerConfig};
+use crate::tokenizer::Utf8Stream;
+
+/// Session settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionOptions {
+    /// Context length of this session (≤ the model's `max_seq_len`); the
+    /// arena must hold `model.arena_bytes(max_seq)` bytes.
+    pub max_seq: usize,
+    pub sampler: SamplerConfig,
+    /// Keep the end of a prompt that does not fit, instead of failing.
+    pub truncate_prompt: bool,
+}
+
+impl SessionOptions {
+    pub fn new(max_seq: usize) -> Self {
+        SessionOptions { max_seq, sampler: SamplerConfig::default(), truncate_prompt: false }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced its end-of-text token.
+    EndOfText,
+    /// The requested number of tokens was generated.
+    MaxTokens,
+    /// The context is full.
+    ContextFull,
+}
+
+pub struct Session<'m, 'a> {
+    model: &'m Model<'a>,
+    domain: &'m Domain<'a>,
+    kernels: &'static Kernels,
+    state: RunState<'m>,
+    opts: SessionOptions,
+    rng: Rng,
+    /// Tokens in the context (their K/V are cached, except the last one's
+    /// when `pending` is set: it has been chosen but not yet run).
+    len: usize,
+    /// Whether `state.logits` holds the prediction after the last token.
+    have_logits: bool,
+}
+
+impl<'m, 'a> Session<'m, 'a> {
+    /// Opens a session on `domain` using `arena` for every buffer.
+    pub fn new(model: &'m Model<'a>, domain: &str, arena: &'m mut [u8], opts: SessionOptions) -> Result<Self> {
+        let domain = model.domain(domain)?;
+        Self::with_domain(model, domain, arena, opts)
+    }
+
+    pub fn with_domain(
+        model: &'m Model<'a>,
+        domain: &'m Domain<'a>,
+        arena: &'m mut [u8],
+        opts: SessionOptions,
+    ) -> Result<Self> {
+        let limit = model.config.max_seq_len as usize;
+        if opts.max_seq == 0 || opts.max_seq > limit {
+            return Err(Error::SeqTooLong { requested: opts.max_seq, limit });
+        }
+        opts.sampler.validate()?;
+        let layout = Layout::new(model, opts.max_seq);
+        let state = RunState::carve(&layout, arena)?;
+        Ok(Session {
+            model,
+            domain,
+            kernels: crate::kernels::best(),
+            state,
+            opts,
+            rng: Rng::new(opts.sampler.seed),
+            len: 0,
+            have_logits: false,
+        })
+    }
+
+    /// Uses a specific kernel table (tests and benchmarks).
+    pub fn set_kernels(&mut self, k: &'static Kernels) {
+        self.kernels = k;
+    }
+
+    pub fn kernels(&self) -> &'static Kernels {
+        self.kernels
+    }
+
+    pub fn domain(&self) -> &'m Domain<'a> {
+        self.domain
+    }
+
+    /// Context length of this session.
+    pub fn max_seq(&self) -> usize {
+        self.opts.max_seq
+    }
+
+    /// Tokens in the context.
+    pub fn tokens(&self) -> &[u32] {
+        &self.state.tokens[..self.len]
+    }
+
+    /// Forgets the context (the RNG continues).
+    pub fn reset(&mut self) {
+        self.len = 0;
+        self.have_logits = false;
+    }
+
+    /// Runs `token` at the next position; returns the logits that follow it.
+    pub fn step(&mut self, token: u32) -> Result<&[f32]> {
+        self.push(token, true)?;
+        Ok(self.logits())
+    }
+
+    /// Logits after the last token (empty before the first step).
+    pub fn logits(&self) -> &[f32] {
+        if self.have_logits {
+            &self.state.logits[..self.domain.vocab_size]
+        } else {
+            &[]
+        }
+    }
+
+    fn push(&mut self, token: u32, logits: bool) -> Result<()> {
+        if token as usize >= self.domain.vocab_size {
+            return Err(Error::BadToken(token));
+        }
+        if self.len >= self.opts.max_seq {
+            return Err(Error::PromptTooLong { tokens: self.len + 1, limit: self.opts.max_seq });
+        }
+        let pos = self.len;
+        forward(self.kernels, self.model, self.domain, &mut self.state, token, pos, logits);
+        self.state.tokens[pos] = token;
+        self.len += 1;
+        self.have_logits = logits;
+        Ok(())
+    }
+
+    /// Starts a new context with BOS (and the domain tag), then `text`.
+    /// An empty prompt starts from BOS alone. Returns the prompt's token count.
+    pub fn feed_prompt(&mut self, text: &str) -> Result<usize> {
+        self.reset();
+        let tok = self.domain.tokenizer;
+        let mut n = 0;
+        let prefix = [tok.info().bos, self.domain.tag_token];
+        let cap = self.opts.max_seq;
+        for t in prefix.into_iter().flatten() {
+            if n >= cap {
+                return Err(Error::PromptTooLong { tokens: n + 1, limit: cap });
+            }
+            self.state.tokens[n] = t;
+            n += 1;
+        }
+        // Leave room for at least one generated token.
+        let room = cap.saturating_sub(n + 1);
+        let text_tokens = match tok.encode(text, &mut self.state.tokens[n..n + room]) {
+            Ok(k) => k,
+            Err(Error::PromptTooLong { tokens, .. }) if !self.opts.truncate_prompt => {
+                return Err(Error::PromptTooLong { tokens: tokens + n, limit: room + n })
+            }
+            Err(Error::PromptTooLong { .. }) => self.encode_tail(text, n, room)?,
+            Err(e) => return Err(e),
+        };
+        let total = n + text_tokens;
+        if total == 0 {
+            return Err(Error::BadTokenizer("the tokenizer has no BOS token, so a prompt cannot be empty"));
+        }
+        for i in 0..total {
+            let t = self.state.tokens[i];
+            self.push(t, i + 1 == total)?;
+        }
+        Ok(total)
+    }
+
+    /// Encodes the longest suffix of `text` (cut at a char boundary) that fits in `room` tokens.
+    fn encode_tail(&mut self, text: &str, at: usize, room: usize) -> Result<usize> {
+        let tok = self.domain.tokenizer;
+        let out = &mut self.state.tokens[at..at + room];
+        // binary search on the start offset: later starts give fewer tokens
+        let (mut lo, mut hi) = (0usize, text.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let mut start = mid;
+            while !text.is_char_boundary(start) {
+                start += 1;
+            }
+            if tok.encode(&text[start..], out).is_ok() {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let mut start = lo;
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        tok.encode(&text[start..], out)
+    }
+
+    /// Chooses the next token from the current logits and runs it.
+    /// `Ok(None)` at end-of-text or when the context is full.
+    pub fn next_token(&mut self) -> Result<Option<u32>> {
+        if !self.have_logits {
+            // nothing fed yet: start from BOS
+            self.feed_prompt("")?;
+        }
+        let vocab = self.domain.vocab_size;
+        let history = &self.state.tokens[..self.len];
+        let next =
+            sample(&self.opts.sampler, &mut self.rng, &mut self.state.logits[..vocab], history, self.state.scratch);
+        self.have_logits = false;
+        if Some(next) == self.domain.tokenizer.info().eos {
+            return Ok(None);
+        }
+        if self.len >= self.opts.max_seq {
+            return Ok(None);
+        }
+        self.push(next, true)?;
+        Ok(Some(next))
+    }
+
+    /// Generates up to `max_tokens` tokens after the prompt, streaming text
+    /// (complete UTF-8 only; special tokens are not printed) to `on_text`.
+    pub fn generate(&mut self, max_tokens: usize, on_text: &mut dyn FnMut(&str)) -> Result<StopReason> {
+        let mut utf8 = Utf8Stream::new();
+        let tok = self.domain.tokenizer;
+        let mut reason = StopReason::MaxTokens;
+        for _ in 0..max_tokens {
+            if self.len >= self.opts.max_seq {
+                reason = StopReason::ContextFull;
+                break;
+            }
+            let prev = self.tokens().last().copied();
+            match self.next_token()? {
+                None => {
+                    reason =
+                        if self.len >= self.opts.max_seq { StopReason::ContextFull } else { StopReason::EndOfText };
+                    break;
+                }
+                Some(t) if tok.is_special(t) => {}
+                Some(t) => utf8.push(tok.decode_piece(prev, t), on_text),
+            }
+        }
+        utf8.finish(on_text);
+        Ok(reason)
+    }
+}
+
+/// Iterator over generated token ids (see [`Session::tokens_iter`]).
+pub struct TokenIter<'s, 'm, 'a> {
+    session: &'s mut Session<'m, 'a>,
+    left: usize,
+}
+
+impl Iterator for TokenIter<'_, '_, '_> {
+    type Item = Result<u32>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        self.session.next_token().transpose()
+    }
+}
+
+impl<'m, 'a> Session<'m, 'a> {
+    /// Up to `max_tokens` generated token ids; ends at end-of-text or a full context.
+    pub fn tokens_iter(&mut self, max_tokens: usize) -> TokenIter<'_, 'm, 'a> {
+        TokenIter { session: self, left: max_tokens }
+    }
+}

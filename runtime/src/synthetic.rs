@@ -1,0 +1,237 @@
+//! Synthetic models with seeded random weights and a byte-level BPE
+//! vocabulary, for tests and benchmarks (e.g. the 15M-parameter shape of
+//! llama2.c's stories15M). Written through the format writer like any model.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::error::Result;
+use crate::format::{Config, DType, DomainSpec, FileKind, FileWriter, TokenizerInfo, TokenizerKind};
+
+/// Deterministic weights (SplitMix64).
+pub struct WeightRng(u64);
+
+impl WeightRng {
+    pub fn new(seed: u64) -> Self {
+        WeightRng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    pub fn fill(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+}
+
+/// A byte-level BPE vocabulary: `<|endoftext|>` (id 0), the 256 bytes
+/// (ids 1..=256), then merged tokens (printable pairs, then pair + byte)
+/// up to `vocab_size`. Returns `(tokens, merges as (left, right, result))`.
+pub fn byte_level_vocab(vocab_size: usize) -> (Vec<Vec<u8>>, Vec<(u32, u32, u32)>) {
+    let mut vocab: Vec<Vec<u8>> = Vec::with_capacity(vocab_size);
+    vocab.push(b"<|endoftext|>".to_vec());
+    for b in 0..=255u8 {
+        vocab.push(alloc::vec![b]);
+    }
+    let mut merges = Vec::new();
+    // frequent English letters first, so small vocabularies get useful pairs
+    let order: &[u8] = b" etaoinshrdlucmfwypvbgkjqxzETAOINSHRDLUCMFWYPVBGKJQXZ.,'\n0123456789!?;:-\"()";
+    let byte_id = |b: u8| b as u32 + 1;
+    'pairs: for &a in order {
+        for &b in order {
+            if vocab.len() >= vocab_size {
+                break 'pairs;
+            }
+            merges.push((byte_id(a), byte_id(b), vocab.len() as u32));
+            vocab.push(alloc::vec![a, b]);
+        }
+    }
+    let n_pairs = vocab.len();
+    'triples: for p in 257..n_pairs {
+        for &c in order {
+            if vocab.len() >= vocab_size {
+                break 'triples;
+            }
+            let mut t = vocab[p].clone();
+            t.push(c);
+            merges.push((p as u32, byte_id(c), vocab.len() as u32));
+            vocab.push(t);
+        }
+    }
+    vocab.truncate(vocab_size);
+    (vocab, merges)
+}
+
+/// Writes byte-level BPE tokenizer tables under `prefix`.
+pub fn write_byte_level_tokenizer(
+    w: &mut FileWriter,
+    prefix: &str,
+    vocab: &[Vec<u8>],
+    merges: &[(u32, u32, u32)],
+) -> Result<()> {
+    let mut bytes = Vec::new();
+    let mut offsets = Vec::with_capacity(vocab.len() + 1);
+    for t in vocab {
+        offsets.push(bytes.len() as u32);
+        bytes.extend_from_slice(t);
+    }
+    offsets.push(bytes.len() as u32);
+    let mut byte_tokens = [0u32; 256];
+    for (i, t) in vocab.iter().enumerate().skip(1) {
+        if t.len() == 1 {
+            byte_tokens[t[0] as usize] = i as u32;
+        }
+    }
+    w.add_u8(&format!("{prefix}tokenizer.vocab_bytes"), &bytes)?;
+    w.add_u32(&format!("{prefix}tokenizer.vocab_offsets"), &[offsets.len() as u32], &offsets)?;
+    w.add_u32(&format!("{prefix}tokenizer.byte_tokens"), &[256], &byte_tokens)?;
+    w.add_u32(&format!("{prefix}tokenizer.special"), &[1], &[0])?;
+    if !merges.is_empty() {
+        let flat: Vec<u32> = merges.iter().flat_map(|&(a, b, c)| [a, b, c]).collect();
+        let mut index: Vec<u32> = (0..merges.len() as u32).collect();
+        index.sort_by_key(|&r| (merges[r as usize].0, merges[r as usize].1));
+        w.add_u32(&format!("{prefix}tokenizer.merges"), &[merges.len() as u32, 3], &flat)?;
+        w.add_u32(&format!("{prefix}tokenizer.merge_index"), &[merges.len() as u32], &index)?;
+    }
+    Ok(())
+}
+
+/// The tokenizer settings of synthetic byte-level models.
+pub fn byte_level_info() -> TokenizerInfo {
+    TokenizerInfo {
+        kind: TokenizerKind::ByteLevelBpe,
+        bos: Some(0),
+        eos: Some(0),
+        add_dummy_prefix: false,
+        strip_space_after_bos: false,
+    }
+}
+
+/// Shape and storage of a synthetic model.
+#[derive(Debug, Clone)]
+pub struct SyntheticSpec {
+    pub config: Config,
+    /// Storage of the matrices (the embedding included); norms stay f32.
+    pub dtype: DType,
+    pub seed: u64,
+    pub domain: String,
+}
+
+impl SyntheticSpec {
+    /// A tiny model for unit tests.
+    pub fn tiny(dtype: DType) -> Self {
+        SyntheticSpec {
+            config: Config {
+                dim: 64,
+                n_layers: 2,
+                n_heads: 4,
+                n_kv_heads: 2,
+                ffn_dim: 96,
+                vocab_size: 320,
+                max_seq_len: 96,
+                rope_theta: 10000.0,
+                norm_eps: 1e-5,
+                tied_head: false,
+            },
+            dtype,
+            seed: 7,
+            domain: "story".into(),
+        }
+    }
+
+    /// The shape of llama2.c's stories15M (the benchmark reference model).
+    pub fn stories15m(dtype: DType) -> Self {
+        SyntheticSpec {
+            config: Config {
+                dim: 288,
+                n_layers: 6,
+                n_heads: 6,
+                n_kv_heads: 6,
+                ffn_dim: 768,
+                vocab_size: 32000,
+                max_seq_len: 256,
+                rope_theta: 10000.0,
+                norm_eps: 1e-5,
+                tied_head: true,
+            },
+            dtype,
+            seed: 15,
+            domain: "story".into(),
+        }
+    }
+}
+
+/// All f32 weights of a synthetic model by runtime tensor name, in the
+/// order they are generated (so any dtype of the same spec shares values).
+pub fn synthetic_weights(spec: &SyntheticSpec) -> Vec<(String, Vec<u32>, Vec<f32>)> {
+    let c = &spec.config;
+    let (dim, ffn, vocab, kv) = (c.dim as usize, c.ffn_dim as usize, c.vocab_size as usize, c.kv_dim());
+    let mut rng = WeightRng::new(spec.seed);
+    let mut out = Vec::new();
+    let mut mat = |rng: &mut WeightRng, name: String, rows: usize, cols: usize| {
+        let scale = 1.0 / libm::sqrtf(cols as f32);
+        out.push((name, alloc::vec![rows as u32, cols as u32], rng.fill(rows * cols, scale)));
+    };
+    mat(&mut rng, "tok_embeddings".into(), vocab, dim);
+    for l in 0..c.n_layers {
+        let p = format!("layers.{l}.");
+        mat(&mut rng, format!("{p}attention.wq"), dim, dim);
+        mat(&mut rng, format!("{p}attention.wk"), kv, dim);
+        mat(&mut rng, format!("{p}attention.wv"), kv, dim);
+        mat(&mut rng, format!("{p}attention.wo"), dim, dim);
+        mat(&mut rng, format!("{p}feed_forward.w1"), ffn, dim);
+        mat(&mut rng, format!("{p}feed_forward.w2"), dim, ffn);
+        mat(&mut rng, format!("{p}feed_forward.w3"), ffn, dim);
+    }
+    if !c.tied_head {
+        mat(&mut rng, "output".into(), vocab, dim);
+    }
+    let mut norm = |rng: &mut WeightRng, name: String| {
+        let v = (0..dim).map(|_| 1.0 + 0.1 * rng.uniform()).collect();
+        out.push((name, alloc::vec![dim as u32], v));
+    };
+    for l in 0..c.n_layers {
+        norm(&mut rng, format!("layers.{l}.attention_norm"));
+        norm(&mut rng, format!("layers.{l}.ffn_norm"));
+    }
+    norm(&mut rng, "norm".into());
+    out
+}
+
+/// Serialises a synthetic base model.
+pub fn synthetic_model(spec: &SyntheticSpec) -> Result<Vec<u8>> {
+    let c = spec.config;
+    let mut w = FileWriter::new(FileKind::Base, &format!("synthetic:{}:{}", spec.seed, c.vocab_size), c);
+    let (vocab, merges) = byte_level_vocab(c.vocab_size as usize);
+    write_byte_level_tokenizer(&mut w, "", &vocab, &merges)?;
+    w.domains.push(DomainSpec {
+        name: spec.domain.clone(),
+        prefix: String::new(),
+        own_tokenizer: true,
+        own_head: true,
+        vocab_size: c.vocab_size,
+        tokenizer: byte_level_info(),
+        tag_token: None,
+        expansion_positions: Vec::new(),
+    });
+    for (name, shape, data) in synthetic_weights(spec) {
+        if shape.len() == 1 {
+            w.add_f32(&name, &shape, &data)?;
+        } else {
+            match spec.dtype {
+                DType::F16 => w.add_f16(&name, &shape, &data)?,
+                DType::Q8 => w.add_q8(&name, &shape, &data)?,
+                _ => w.add_f32(&name, &shape, &data)?,
+            }
+        }
+    }
+    w.to_bytes()
+}

@@ -1,0 +1,1 @@
+//! edgelm-tests (in progress).
