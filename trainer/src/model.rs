@@ -1,0 +1,305 @@
+//! The Llama-style decoder: token embedding, `n_layers` blocks of
+//! `h = x + o_proj(attn(rmsnorm(x)))`, `out = h + down(silu(gate(rmsnorm(h))) * up(rmsnorm(h)))`,
+//! a final RMSNorm and the output head (optionally tied to the embedding). RoPE in
+//! the Hugging Face rotate-half layout, grouped-query attention. The maths matches
+//! the runtime's forward pass (docs/CHECKPOINT.md).
+//!
+//! Parameters are named candle [`Var`]s (Hugging Face names) kept in a
+//! [`candle_nn::VarMap`]; [`Llama::vars`] lists them so an optimiser can be given any
+//! subset (e.g. only new blocks inserted into a frozen base).
+
+use crate::config::ModelConfig;
+use crate::ops::{self, Rope};
+use crate::rng::Rng;
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use std::collections::HashMap;
+
+/// One decoder block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub attn_norm: Var, // [dim]
+    pub wq: Var,        // [n_heads*head_dim, dim]
+    pub wk: Var,        // [n_kv_heads*head_dim, dim]
+    pub wv: Var,        // [n_kv_heads*head_dim, dim]
+    pub wo: Var,        // [dim, n_heads*head_dim]
+    pub mlp_norm: Var,  // [dim]
+    pub w_gate: Var,    // [ffn, dim]   (w1)
+    pub w_up: Var,      // [ffn, dim]   (w3)
+    pub w_down: Var,    // [dim, ffn]   (w2)
+}
+
+/// The decoder.
+pub struct Llama {
+    pub cfg: ModelConfig,
+    pub embed: Var, // [vocab, dim]
+    pub blocks: Vec<Block>,
+    pub norm: Var,            // [dim]
+    pub lm_head: Option<Var>, // [vocab, dim]; None when tied to `embed`
+    pub varmap: VarMap,
+    rope: Rope,
+    device: Device,
+}
+
+/// Hugging Face name of a block tensor.
+pub fn layer_name(i: usize, suffix: &str) -> String {
+    format!("model.layers.{i}.{suffix}")
+}
+
+const BLOCK_SUFFIXES: [&str; 9] = [
+    "input_layernorm.weight",
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+];
+
+/// The expected tensor names and shapes of a config, in a fixed order.
+pub fn expected_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, hd, f, v) = (cfg.dim, cfg.head_dim(), cfg.ffn_dim, cfg.vocab_size);
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d])];
+    for i in 0..cfg.n_layers {
+        let shapes = [
+            vec![d],
+            vec![cfg.n_heads * hd, d],
+            vec![cfg.n_kv_heads * hd, d],
+            vec![cfg.n_kv_heads * hd, d],
+            vec![d, cfg.n_heads * hd],
+            vec![d],
+            vec![f, d],
+            vec![f, d],
+            vec![d, f],
+        ];
+        for (s, shape) in BLOCK_SUFFIXES.iter().zip(shapes) {
+            out.push((layer_name(i, s), shape));
+        }
+    }
+    out.push(("model.norm.weight".into(), vec![d]));
+    if !cfg.tie_embeddings {
+        out.push(("lm_head.weight".into(), vec![v, d]));
+    }
+    out
+}
+
+impl Llama {
+    /// A freshly initialised model: weights ~ N(0, 0.02²), the residual output
+    /// projections (`o_proj`, `down_proj`) scaled by `1/sqrt(2·n_layers)`, norms 1.
+    /// Deterministic for a seed.
+    pub fn new(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let mut rng = Rng::new(seed, 0x1417);
+        let resid = 0.02 / (2.0 * cfg.n_layers as f64).sqrt();
+        let mut tensors = HashMap::new();
+        for (name, shape) in expected_shapes(cfg) {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if name.ends_with("norm.weight") {
+                vec![1.0; n]
+            } else {
+                let std =
+                    if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") { resid } else { 0.02 };
+                (0..n).map(|_| (rng.normal() * std) as f32).collect()
+            };
+            tensors.insert(name, Tensor::from_vec(data, shape, device)?);
+        }
+        Self::from_tensors(cfg, tensors, device)
+    }
+
+    /// Builds a model from named tensors (f16/bf16/f64 are converted to f32).
+    /// Missing, extra or mis-shaped tensors are errors naming the tensor.
+    pub fn from_tensors(cfg: &ModelConfig, mut tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let varmap = VarMap::new();
+        let mut vars: HashMap<String, Var> = HashMap::new();
+        for (name, shape) in expected_shapes(cfg) {
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| Error::Config(format!("missing tensor {name} (shape {shape:?})")))?;
+            if t.dims() != shape.as_slice() {
+                return Err(Error::Config(format!(
+                    "tensor {name} has shape {:?}, the config needs {shape:?}",
+                    t.dims()
+                )));
+            }
+            let t = t.to_dtype(DType::F32)?.to_device(device)?;
+            let var = Var::from_tensor(&t)?;
+            varmap.data().lock().expect("varmap lock").insert(name.clone(), var.clone());
+            vars.insert(name, var);
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(Error::Config(format!("unexpected tensor {extra} for this config")));
+        }
+        let mut take = |n: &str| vars.remove(n).expect("checked above");
+        let embed = take("model.embed_tokens.weight");
+        let blocks = (0..cfg.n_layers)
+            .map(|i| {
+                let mut b = BLOCK_SUFFIXES.iter().map(|s| take(&layer_name(i, s)));
+                let mut next = || b.next().expect("nine tensors");
+                Block {
+                    attn_norm: next(),
+                    wq: next(),
+                    wk: next(),
+                    wv: next(),
+                    wo: next(),
+                    mlp_norm: next(),
+                    w_gate: next(),
+                    w_up: next(),
+                    w_down: next(),
+                }
+            })
+            .collect();
+        let norm = take("model.norm.weight");
+        let lm_head = (!cfg.tie_embeddings).then(|| take("lm_head.weight"));
+        let rope = Rope::new(cfg.head_dim(), cfg.max_seq, cfg.rope_theta, device)?;
+        Ok(Llama { cfg: cfg.clone(), embed, blocks, norm, lm_head, varmap, rope, device: device.clone() })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// All parameters, sorted by name.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The current values by name (for saving).
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect()
+    }
+
+    pub fn n_params(&self) -> usize {
+        self.vars().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Logits `[B, T, vocab]` for token ids `[B, T]` (u32), positions 0..T.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.hidden(ids)?; // [B*T, dim]
+        let logits = self.head(&h)?; // [B*T, vocab]
+        Ok(logits.reshape((b, t, self.cfg.vocab_size))?)
+    }
+
+    /// Mean next-token cross-entropy for inputs and targets `[B, T]`.
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logits = self.head(&self.hidden(ids)?)?;
+        Ok(ops::cross_entropy(&logits, &targets.flatten_all()?)?)
+    }
+
+    /// Per-token cross-entropy (nats) `[B*T]` for inputs and targets `[B, T]`.
+    pub fn token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logits = self.head(&self.hidden(ids)?)?;
+        Ok(ops::cross_entropy_rows(&logits, &targets.flatten_all()?)?)
+    }
+
+    fn head(&self, h: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(h.matmul(&w.t()?)?)
+    }
+
+    /// Final hidden states after the last norm, `[B*T, dim]`.
+    pub fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if t > self.cfg.max_seq {
+            return Err(Error::Config(format!(
+                "sequence of {t} tokens is longer than the model's context {}",
+                self.cfg.max_seq
+            )));
+        }
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?; // [B*T, dim]
+        for blk in &self.blocks {
+            x = self.block(blk, &x, b, t)?;
+        }
+        Ok(ops::rms_norm(&x, &self.norm, self.cfg.norm_eps)?)
+    }
+
+    /// One block on `x: [B*T, dim]`.
+    pub fn block(&self, blk: &Block, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (hd, nh, nkv) = (c.head_dim(), c.n_heads, c.n_kv_heads);
+        let rep = nh / nkv;
+        let h = ops::rms_norm(x, &blk.attn_norm, c.norm_eps)?;
+        let q = h.matmul(&blk.wq.t()?)?.reshape((b, t, nh, hd))?;
+        let k = h.matmul(&blk.wk.t()?)?.reshape((b, t, nkv, hd))?;
+        let v = h.matmul(&blk.wv.t()?)?.reshape((b, t, nkv, hd))?;
+        let q = self.rope.apply(&q)?.transpose(1, 2)?.contiguous()?; // [B, H, T, hd]
+        let k = self.rope.apply(&k)?.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
+        let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
+                                                  // Query heads sharing a KV head are stacked: [B, KV, rep*T, hd].
+        let q = q.reshape((b, nkv, rep * t, hd))?;
+        let scores = q.matmul(&k.t()?)?; // [B, KV, rep*T, T]
+        let p = ops::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
+        let o = p.matmul(&v)?; // [B, KV, rep*T, hd]
+        let o = o.reshape((b, nh, t, hd))?.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
+        let x = (x + o.matmul(&blk.wo.t()?)?)?;
+        let h = ops::rms_norm(&x, &blk.mlp_norm, c.norm_eps)?;
+        let g = ops::silu(&h.matmul(&blk.w_gate.t()?)?)?;
+        let u = h.matmul(&blk.w_up.t()?)?;
+        Ok((&x + (g * u)?.matmul(&blk.w_down.t()?)?)?)
+    }
+
+    /// Logits of the last position for one sequence of ids (no cache; the last
+    /// `max_seq` tokens are used).
+    pub fn next_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let start = ids.len().saturating_sub(self.cfg.max_seq);
+        let ctx = &ids[start..];
+        let x = Tensor::new(ctx, &self.device)?.unsqueeze(0)?;
+        let logits = self.forward(&x)?; // [1, T, V]
+        Ok(logits.get(0)?.get(ctx.len() - 1)?.to_vec1::<f32>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> ModelConfig {
+        ModelConfig {
+            dim: 16,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            ffn_dim: 24,
+            vocab_size: 11,
+            max_seq: 8,
+            ..ModelConfig::default()
+        }
+    }
+
+    #[test]
+    fn param_count_and_causality() {
+        let cfg = tiny();
+        let m = Llama::new(&cfg, 1, &Device::Cpu).unwrap();
+        assert_eq!(m.n_params(), cfg.n_params());
+        let a = Tensor::new(&[[1u32, 2, 3, 4, 5]], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[[1u32, 2, 3, 9, 9]], &Device::Cpu).unwrap();
+        let la = m.forward(&a).unwrap().get(0).unwrap().narrow(0, 0, 3).unwrap();
+        let lb = m.forward(&b).unwrap().get(0).unwrap().narrow(0, 0, 3).unwrap();
+        let d = (la - lb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-6, "future tokens leaked into the past: {d}");
+        // Batched rows equal single-row results.
+        let ab = Tensor::cat(&[&a, &b], 0).unwrap();
+        let l2 = m.forward(&ab).unwrap().get(1).unwrap();
+        let l1 = m.forward(&b).unwrap().get(0).unwrap();
+        let d = (l1 - l2).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5);
+    }
+
+    #[test]
+    fn untied_head_and_bad_tensors() {
+        let cfg = ModelConfig { tie_embeddings: false, ..tiny() };
+        let m = Llama::new(&cfg, 1, &Device::Cpu).unwrap();
+        assert!(m.lm_head.is_some());
+        let mut t = m.tensors();
+        t.remove("model.norm.weight");
+        let e = Llama::from_tensors(&cfg, t, &Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("model.norm.weight"), "{e}");
+    }
+}

@@ -1,0 +1,416 @@
+//! Differentiable building blocks of the decoder. On CPU with f32 tensors the fused
+//! custom ops below are used (one pass forward, one pass backward); elsewhere (CUDA,
+//! other dtypes) the same maths is composed from candle primitives. Tests check
+//! that both paths agree in value and gradient.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use std::sync::Arc;
+
+type CResult<T> = candle_core::Result<T>;
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+    let (a, b) =
+        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: input must be contiguous")))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{what}: expected f32"),
+    }
+}
+
+fn u32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [u32]> {
+    let (a, b) =
+        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: input must be contiguous")))?;
+    match s {
+        CpuStorage::U32(v) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{what}: expected u32 targets"),
+    }
+}
+
+/// Whether the fused CPU kernels apply to `t`.
+pub fn fused_ok(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+struct RmsNorm {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "edgelm-rms-norm"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, "rms_norm x")?;
+        let w = f32s(s2, l2, "rms_norm w")?;
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let r = 1.0 / (ms + self.eps).sqrt();
+            for ((o, &xv), &wv) in or.iter_mut().zip(xr).zip(w) {
+                *o = xv * r * wv;
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let wv = w.to_vec1::<f32>()?;
+        let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let d = wv.len();
+        let mut dx = vec![0f32; xv.len()];
+        let mut dw = vec![0f32; d];
+        for ((xr, gr), dxr) in xv.chunks_exact(d).zip(gv.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+            let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let r = 1.0 / (ms + self.eps).sqrt();
+            let mut dot = 0f32;
+            for i in 0..d {
+                dot += gr[i] * wv[i] * xr[i];
+                dw[i] += gr[i] * xr[i] * r;
+            }
+            let c = r * r * r * dot / d as f32;
+            for i in 0..d {
+                dxr[i] = r * gr[i] * wv[i] - xr[i] * c;
+            }
+        }
+        let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
+        let dw = Tensor::from_vec(dw, d, w.device())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// RMSNorm over the last dimension: `x * w / sqrt(mean(x²) + eps)`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
+    if fused_ok(x) && x.is_contiguous() {
+        x.apply_op2(w, RmsNorm { eps: eps as f32 })
+    } else {
+        let d = x.dim(D::Minus1)? as f64;
+        let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / d)?;
+        x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+    }
+}
+
+// ---------------------------------------------------------------- RoPE
+
+/// Precomputed rotary tables for the rotate-half (Hugging Face) layout.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// `[max_seq, head_dim/2]`, row-major.
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
+    half: usize,
+    /// The same tables as tensors (composed path).
+    cos_t: Tensor,
+    sin_t: Tensor,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, max_seq: usize, theta: f64, dev: &candle_core::Device) -> CResult<Self> {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(max_seq * half);
+        let mut sin = Vec::with_capacity(max_seq * half);
+        for p in 0..max_seq {
+            for i in 0..half {
+                let freq = theta.powf(-2.0 * i as f64 / head_dim as f64);
+                let a = p as f64 * freq;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let cos_t = Tensor::from_vec(cos.clone(), (max_seq, half), dev)?;
+        let sin_t = Tensor::from_vec(sin.clone(), (max_seq, half), dev)?;
+        Ok(Rope { cos: Arc::new(cos), sin: Arc::new(sin), half, cos_t, sin_t })
+    }
+
+    /// Rotates `x: [B, T, H, head_dim]` (positions 0..T).
+    pub fn apply(&self, x: &Tensor) -> CResult<Tensor> {
+        let (_b, t, h, hd) = x.dims4()?;
+        if hd != 2 * self.half || t * self.half > self.cos.len() {
+            candle_core::bail!("rope: head_dim {hd} or length {t} does not match the tables");
+        }
+        if fused_ok(x) {
+            x.contiguous()?.apply_op1(RopeOp { rope: self.clone(), t, h, inverse: false })
+        } else {
+            let cos = self.cos_t.narrow(0, 0, t)?.to_dtype(x.dtype())?;
+            let sin = self.sin_t.narrow(0, 0, t)?.to_dtype(x.dtype())?;
+            let cos = Tensor::cat(&[&cos, &cos], 1)?.unsqueeze(1)?; // [T, 1, hd]
+            let sin = Tensor::cat(&[&sin, &sin], 1)?.unsqueeze(1)?;
+            let x1 = x.narrow(D::Minus1, 0, self.half)?;
+            let x2 = x.narrow(D::Minus1, self.half, self.half)?;
+            let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+            x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?
+        }
+    }
+}
+
+struct RopeOp {
+    rope: Rope,
+    t: usize,
+    h: usize,
+    inverse: bool,
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "edgelm-rope"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "rope")?;
+        let half = self.rope.half;
+        let hd = 2 * half;
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        let mut out = vec![0f32; x.len()];
+        for (row, (xr, or)) in x.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+            let p = (row / self.h) % self.t;
+            let c = &self.rope.cos[p * half..(p + 1) * half];
+            let sn = &self.rope.sin[p * half..(p + 1) * half];
+            for i in 0..half {
+                let (a, b) = (xr[i], xr[i + half]);
+                let s = sign * sn[i];
+                or[i] = a * c[i] - b * s;
+                or[i + half] = b * c[i] + a * s;
+            }
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        // The rotation is orthogonal: its transpose is the rotation by -angle.
+        let inv = RopeOp { rope: self.rope.clone(), t: self.t, h: self.h, inverse: !self.inverse };
+        Ok(Some(g.contiguous()?.apply_op1(inv)?))
+    }
+}
+
+// ---------------------------------------------------------------- causal softmax
+
+/// Scaled causal softmax over the last dim of `scores: [..., R, T]` where row `r`
+/// is position `r % T` (so grouped query heads may be stacked along R).
+/// Entries after the position get probability 0.
+pub fn causal_softmax(scores: &Tensor, scale: f64) -> CResult<Tensor> {
+    let t = scores.dim(D::Minus1)?;
+    if fused_ok(scores) {
+        scores.contiguous()?.apply_op1(CausalSoftmax { scale: scale as f32, t })
+    } else {
+        let r = scores.dim(D::Minus2)?;
+        let mask: Vec<f32> =
+            (0..r).flat_map(|i| (0..t).map(move |j| if j <= i % t { 0.0 } else { f32::NEG_INFINITY })).collect();
+        let mask = Tensor::from_vec(mask, (r, t), scores.device())?.to_dtype(scores.dtype())?;
+        let s = (scores * scale)?.broadcast_add(&mask)?;
+        candle_nn::ops::softmax(&s, D::Minus1)
+    }
+}
+
+struct CausalSoftmax {
+    scale: f32,
+    t: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "edgelm-causal-softmax"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "causal_softmax")?;
+        let t = self.t;
+        let mut out = vec![0f32; x.len()];
+        for (row, (xr, or)) in x.chunks_exact(t).zip(out.chunks_exact_mut(t)).enumerate() {
+            let n = row % t + 1;
+            let m = xr[..n].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * self.scale;
+            let mut sum = 0f32;
+            for j in 0..n {
+                let e = (xr[j] * self.scale - m).exp();
+                or[j] = e;
+                sum += e;
+            }
+            let inv = 1.0 / sum;
+            for o in &mut or[..n] {
+                *o *= inv;
+            }
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(y.apply_op2(&g.contiguous()?, SoftmaxBwd { scale: self.scale, t: self.t })?))
+    }
+}
+
+/// `dx = scale * y * (g - sum(g * y))` row-wise (causal rows end at their position).
+struct SoftmaxBwd {
+    scale: f32,
+    t: usize,
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "edgelm-causal-softmax-bwd"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let y = f32s(s1, l1, "softmax bwd y")?;
+        let g = f32s(s2, l2, "softmax bwd g")?;
+        let t = self.t;
+        let mut out = vec![0f32; y.len()];
+        for (row, ((yr, gr), or)) in y.chunks_exact(t).zip(g.chunks_exact(t)).zip(out.chunks_exact_mut(t)).enumerate() {
+            let n = row % t + 1;
+            let dot: f32 = yr[..n].iter().zip(&gr[..n]).map(|(a, b)| a * b).sum();
+            for j in 0..n {
+                or[j] = self.scale * yr[j] * (gr[j] - dot);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+/// Per-row cross-entropy `-ln softmax(logits)[target]`: `logits [N, V]`, `targets [N]`
+/// (u32) -> `[N]`.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
+    if fused_ok(logits) {
+        logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy)
+    } else {
+        let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+        lsm.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+    }
+}
+
+/// Mean cross-entropy (the training loss).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
+    cross_entropy_rows(logits, targets)?.mean_all()
+}
+
+struct CrossEntropy;
+
+fn row_logsumexp(r: &[f32]) -> f32 {
+    let m = r.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    m + r.iter().map(|&v| (v - m).exp()).sum::<f32>().ln()
+}
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "edgelm-cross-entropy"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, "cross_entropy logits")?;
+        let tg = u32s(s2, l2, "cross_entropy targets")?;
+        let (n, v) = l1.shape().dims2()?;
+        if tg.len() != n {
+            candle_core::bail!("cross_entropy: {n} rows but {} targets", tg.len());
+        }
+        let mut out = Vec::with_capacity(n);
+        for (r, &t) in x.chunks_exact(v).zip(tg) {
+            if t as usize >= v {
+                candle_core::bail!("cross_entropy: target {t} out of vocabulary {v}");
+            }
+            out.push(row_logsumexp(r) - r[t as usize]);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+    fn bwd(&self, x: &Tensor, t: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let dx = x.apply_op3(t, &g.contiguous()?, CrossEntropyBwd)?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// `dlogits = (softmax(logits) - onehot(target)) * g[row]`.
+struct CrossEntropyBwd;
+
+impl CustomOp3 for CrossEntropyBwd {
+    fn name(&self) -> &'static str {
+        "edgelm-cross-entropy-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, "cross_entropy bwd logits")?;
+        let tg = u32s(s2, l2, "cross_entropy bwd targets")?;
+        let g = f32s(s3, l3, "cross_entropy bwd grad")?;
+        let (_n, v) = l1.shape().dims2()?;
+        let mut out = vec![0f32; x.len()];
+        for (((r, o), &t), &gr) in x.chunks_exact(v).zip(out.chunks_exact_mut(v)).zip(tg).zip(g) {
+            let m = r.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut sum = 0f32;
+            for (oj, &xj) in o.iter_mut().zip(r) {
+                let e = (xj - m).exp();
+                *oj = e;
+                sum += e;
+            }
+            let k = gr / sum;
+            for oj in o.iter_mut() {
+                *oj *= k;
+            }
+            o[t as usize] -= gr;
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- misc
+
+/// SiLU `x * sigmoid(x)` (candle's `silu` is differentiable).
+pub fn silu(x: &Tensor) -> CResult<Tensor> {
+    x.silu()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        let mut r = crate::rng::Rng::new(seed, 9);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Compares fused (f32 CPU) vs composed (f64 CPU) value and gradient.
+    fn check(f: impl Fn(&Tensor) -> Tensor, x: Tensor) {
+        let v32 = Var::from_tensor(&x).unwrap();
+        let y32 = f(v32.as_tensor());
+        let w = randn(y32.dims(), 77);
+        let g32 = (&y32 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let v64 = Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap();
+        let y64 = f(v64.as_tensor());
+        let g64 = (&y64 * w.to_dtype(DType::F64).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        let y64 = y64.to_dtype(DType::F32).unwrap();
+        assert!(max_diff(&y32, &y64) < 1e-4, "value diff {}", max_diff(&y32, &y64));
+        let a = g32.get(v32.as_tensor()).unwrap();
+        let b = g64.get(v64.as_tensor()).unwrap().to_dtype(DType::F32).unwrap();
+        assert!(max_diff(a, &b) < 1e-3, "grad diff {}", max_diff(a, &b));
+    }
+
+    #[test]
+    fn fused_ops_match_composed() {
+        let w = randn(&[8], 3);
+        check(|x| rms_norm(x, &w.to_dtype(x.dtype()).unwrap(), 1e-5).unwrap(), randn(&[5, 8], 1));
+        let rope = Rope::new(8, 16, 10000.0, &Device::Cpu).unwrap();
+        check(|x| rope.apply(x).unwrap(), randn(&[2, 6, 3, 8], 2));
+        check(|x| causal_softmax(x, 0.5).unwrap(), randn(&[2, 3, 12, 6], 4));
+        let t = Tensor::new(&[1u32, 0, 6, 3], &Device::Cpu).unwrap();
+        check(|x| cross_entropy_rows(x, &t).unwrap(), randn(&[4, 7], 5));
+    }
+
+    #[test]
+    fn rms_norm_weight_grad() {
+        let x = randn(&[4, 6], 11);
+        let w32 = Var::from_tensor(&randn(&[6], 12)).unwrap();
+        let w64 = Var::from_tensor(&w32.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+        let g32 = rms_norm(&x, &w32, 1e-5).unwrap().sum_all().unwrap().backward().unwrap();
+        let g64 =
+            rms_norm(&x.to_dtype(DType::F64).unwrap(), &w64, 1e-5).unwrap().sum_all().unwrap().backward().unwrap();
+        let a = g32.get(&w32).unwrap();
+        let b = g64.get(&w64).unwrap().to_dtype(DType::F32).unwrap();
+        assert!(max_diff(a, &b) < 1e-4);
+    }
+}

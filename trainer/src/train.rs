@@ -1,0 +1,266 @@
+//! The training loop of `edgelm-train base`: seeded init, random-window batches,
+//! AdamW with warm-up + cosine, gradient accumulation and clipping, periodic
+//! evaluation, atomic checkpoints with exact `--resume`, a progress bar, a CSV log
+//! (`train_log.csv`) and a loss-curve PNG (`loss.png`).
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::{ModelConfig, TrainConfig};
+use crate::corpus::{Batcher, TokenStream};
+use crate::model::Llama;
+use crate::optim::{AdamW, AdamWParams, GradAccumulator};
+use crate::tokenizer::EdgeTokenizer;
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const LOG_FILE: &str = "train_log.csv";
+pub const PLOT_FILE: &str = "loss.png";
+const LOG_HEADER: &str = "step,loss,valid_loss,lr,grad_norm,tokens_seen,tokens_per_s,elapsed_s";
+
+/// Everything a training run needs besides the token streams.
+pub struct TrainJob<'a> {
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub out: PathBuf,
+    pub tokenizer: &'a EdgeTokenizer,
+    /// Domains written into config.json.
+    pub domains: Vec<String>,
+    pub train_stream: &'a TokenStream,
+    pub valid_stream: Option<&'a TokenStream>,
+    pub device: Device,
+    /// Continue from the checkpoint in `out`.
+    pub resume: bool,
+    /// Show an indicatif progress bar.
+    pub progress: bool,
+    /// Stop (as if killed) after this many steps of this invocation, right after any
+    /// checkpoint of that step. For tests.
+    pub stop_after: Option<usize>,
+}
+
+/// One logged step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub step: usize,
+    pub loss: f64,
+    pub valid_loss: Option<f64>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_seen: u64,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+impl LogRow {
+    fn csv(&self) -> String {
+        format!(
+            "{},{:.6},{},{:.6e},{:.4},{},{:.1},{:.1}",
+            self.step,
+            self.loss,
+            self.valid_loss.map(|v| format!("{v:.6}")).unwrap_or_default(),
+            self.lr,
+            self.grad_norm,
+            self.tokens_seen,
+            self.tokens_per_s,
+            self.elapsed_s
+        )
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 8 {
+            return None;
+        }
+        Some(LogRow {
+            step: f[0].parse().ok()?,
+            loss: f[1].parse().ok()?,
+            valid_loss: f[2].parse().ok(),
+            lr: f[3].parse().ok()?,
+            grad_norm: f[4].parse().ok()?,
+            tokens_seen: f[5].parse().ok()?,
+            tokens_per_s: f[6].parse().ok()?,
+            elapsed_s: f[7].parse().ok()?,
+        })
+    }
+}
+
+/// Reads `train_log.csv` rows (unparseable lines skipped).
+pub fn read_log(path: &Path) -> Vec<LogRow> {
+    std::fs::read_to_string(path).map(|s| s.lines().skip(1).filter_map(LogRow::parse).collect()).unwrap_or_default()
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// Rows logged by this invocation.
+    pub rows: Vec<LogRow>,
+    pub final_step: usize,
+    pub model_id: Option<String>,
+}
+
+/// Mean loss over `n` fixed windows of a stream (seeded, so comparable across steps).
+pub fn window_loss(model: &Llama, stream: &TokenStream, n: usize, seq: usize, batch: usize) -> Result<f64> {
+    let mut b = Batcher::new(0x5EED_0F_EA1, batch.max(1), seq);
+    let mut sum = 0.0;
+    let mut count = 0usize;
+    while count < n {
+        let (x, y) = b.next_batch(stream)?;
+        let rows = batch.min(n - count);
+        let x = Tensor::from_vec(x, (batch, seq), model.device())?.narrow(0, 0, rows)?;
+        let y = Tensor::from_vec(y, (batch, seq), model.device())?.narrow(0, 0, rows)?;
+        let l = model.loss(&x, &y)?.to_scalar::<f32>()? as f64;
+        sum += l * rows as f64;
+        count += rows;
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+/// Runs (or resumes) training; writes checkpoints, the CSV log and the plot in `out`.
+pub fn run(job: &TrainJob) -> Result<TrainReport> {
+    let tc = &job.train;
+    let seq = job.model.max_seq;
+    job.model.validate()?;
+    if tc.batch == 0 || tc.accum == 0 || tc.steps == 0 {
+        return Err(Error::Config("--batch, --accum and --steps must be positive".into()));
+    }
+    if job.tokenizer.vocab_size() > job.model.vocab_size {
+        return Err(Error::Config(format!(
+            "the tokenizer has {} tokens but the model's vocabulary is {}",
+            job.tokenizer.vocab_size(),
+            job.model.vocab_size
+        )));
+    }
+    std::fs::create_dir_all(&job.out).map_err(|e| Error::io("cannot create directory", &job.out, e))?;
+    let hp = AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.eps, weight_decay: tc.weight_decay };
+
+    let (model, mut opt, mut batcher, mut step, mut tokens_seen, elapsed0) = if job.resume {
+        let ck = checkpoint::load(&job.out, &job.device)?;
+        let model = ck.model;
+        if model.cfg != job.model {
+            return Err(Error::Config(format!(
+                "--resume: the checkpoint in {} has a different model config ({:?}); drop the architecture flags or use another --out",
+                job.out.display(),
+                model.cfg
+            )));
+        }
+        let (state, opt_t) = checkpoint::load_state(&job.out, &model, &job.device)?;
+        let mut opt = AdamW::new(model.vars(), hp)?;
+        opt.load_state(opt_t, state.step)?;
+        let mut b = Batcher::new(tc.seed, tc.batch, seq);
+        b.rng = state.batch_rng.clone();
+        (model, opt, b, state.step, state.tokens_seen, state.elapsed_s)
+    } else {
+        let model = Llama::new(&job.model, tc.seed, &job.device)?;
+        let opt = AdamW::new(model.vars(), hp)?;
+        (model, opt, Batcher::new(tc.seed, tc.batch, seq), 0usize, 0u64, 0.0)
+    };
+
+    // The CSV keeps the rows up to the resumed step (a killed run may have logged more).
+    let log_path = job.out.join(LOG_FILE);
+    let mut history: Vec<LogRow> =
+        if job.resume { read_log(&log_path).into_iter().filter(|r| r.step <= step).collect() } else { Vec::new() };
+    let mut text = String::from(LOG_HEADER);
+    text.push('\n');
+    for r in &history {
+        text.push_str(&r.csv());
+        text.push('\n');
+    }
+    crate::error::write_atomic(&log_path, text.as_bytes())?;
+    let mut log =
+        std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| Error::io("cannot open", &log_path, e))?;
+
+    let pb = if job.progress {
+        let pb = ProgressBar::new(tc.steps as u64);
+        pb.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} ETA {eta_precise}]")
+                .expect("valid template"),
+        );
+        pb.set_position(step as u64);
+        pb.reset_eta();
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let start = Instant::now();
+    let tokens_per_step = (tc.batch * tc.accum * seq) as u64;
+    let mut rows = Vec::new();
+    let mut model_id = None;
+    let mut done_here = 0usize;
+    let vars = opt.params.clone();
+    while step < tc.steps {
+        let lr = crate::schedule::lr_at(step, tc.steps, tc.warmup, tc.lr, tc.min_lr);
+        let mut acc = GradAccumulator::new(vars.len());
+        let mut loss_sum = 0.0;
+        for _ in 0..tc.accum {
+            let (x, y) = batcher.next_batch(job.train_stream)?;
+            let x = Tensor::from_vec(x, (tc.batch, seq), &job.device)?;
+            let y = Tensor::from_vec(y, (tc.batch, seq), &job.device)?;
+            let loss = model.loss(&x, &y)?;
+            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let grads = loss.backward()?;
+            acc.add(&vars, &grads, 1.0 / tc.accum as f64)?;
+        }
+        let loss = loss_sum / tc.accum as f64;
+        if !loss.is_finite() {
+            return Err(Error::Config(format!("loss became {loss} at step {step}; lower --lr or raise --warmup")));
+        }
+        let (grads, grad_norm) = acc.finish(&vars, tc.grad_clip)?;
+        opt.step(&grads, lr)?;
+        step += 1;
+        done_here += 1;
+        tokens_seen += tokens_per_step;
+        let el = start.elapsed().as_secs_f64();
+        let valid_loss = match job.valid_stream {
+            Some(v) if tc.eval_every > 0 && (step % tc.eval_every == 0 || step == tc.steps) => {
+                Some(window_loss(&model, v, tc.eval_windows, seq, tc.batch)?)
+            }
+            _ => None,
+        };
+        let row = LogRow {
+            step,
+            loss,
+            valid_loss,
+            lr,
+            grad_norm,
+            tokens_seen,
+            tokens_per_s: (done_here as u64 * tokens_per_step) as f64 / el.max(1e-9),
+            elapsed_s: elapsed0 + el,
+        };
+        writeln!(log, "{}", row.csv()).map_err(|e| Error::io("cannot append to", &log_path, e))?;
+        pb.set_position(step as u64);
+        pb.set_message(format!(
+            "loss {:.4}{}  {:.0} tok/s",
+            loss,
+            valid_loss.map(|v| format!(" valid {v:.4}")).unwrap_or_default(),
+            row.tokens_per_s
+        ));
+        history.push(row.clone());
+        rows.push(row);
+
+        if step % tc.checkpoint_every.max(1) == 0 || step == tc.steps {
+            let id = checkpoint::save_model(&job.out, &model, job.tokenizer, &job.domains, DType::F32)?;
+            let state = TrainState {
+                step,
+                model_id: id.clone(),
+                batch_rng: batcher.rng.clone(),
+                tokens_seen,
+                elapsed_s: elapsed0 + start.elapsed().as_secs_f64(),
+                train: tc.clone(),
+                model: job.model.clone(),
+            };
+            checkpoint::save_state(&job.out, &state, &opt.state_tensors())?;
+            model_id = Some(id);
+            if let Err(e) = crate::plot::loss_curve(&job.out.join(PLOT_FILE), &history) {
+                pb.println(format!("warning: {e}"));
+            }
+        }
+        if job.stop_after == Some(done_here) {
+            break;
+        }
+    }
+    pb.finish();
+    Ok(TrainReport { rows, final_step: step, model_id })
+}
