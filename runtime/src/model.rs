@@ -292,11 +292,22 @@ impl<'a> Model<'a> {
         if pc != self.config {
             return Err(Error::BadConfig("the pack's config differs from the base's"));
         }
+        // Load everything first, so a refused pack leaves the model unchanged.
+        let mut loaded: heapless::Vec<Domain<'a>, MAX_DOMAINS> = heapless::Vec::new();
         for info in file.meta.domains.iter() {
             if info.prefix.is_empty() {
                 return Err(Error::BadDomain("pack domains must use a tensor prefix"));
             }
             let d = load_domain(file, &self.config, info, self.domains.first(), false)?;
+            if self.domains.iter().chain(loaded.iter()).any(|e| e.name == d.name) {
+                return Err(Error::DuplicateDomain(Name::new(d.name)));
+            }
+            loaded.push(d).map_err(|_| Error::TooManyDomains(MAX_DOMAINS))?;
+        }
+        if self.domains.len() + loaded.len() > MAX_DOMAINS {
+            return Err(Error::TooManyDomains(MAX_DOMAINS));
+        }
+        for d in loaded {
             self.push_domain(d)?;
         }
         Ok(())

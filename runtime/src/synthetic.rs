@@ -235,3 +235,84 @@ pub fn synthetic_model(spec: &SyntheticSpec) -> Result<Vec<u8>> {
     }
     w.to_bytes()
 }
+
+/// How a synthetic domain pack relates to its base.
+#[derive(Debug, Clone)]
+pub struct SyntheticPackSpec {
+    pub domain: String,
+    /// `Some(vocab)`: own byte-level tokenizer, embedding, norm and head of
+    /// that size. `None`: the base's tokenizer, embedding and head, plus a tag token.
+    pub own_vocab: Option<u32>,
+    pub tag_token: Option<u32>,
+    /// Expansion blocks: each runs after this many base blocks.
+    pub positions: Vec<u16>,
+    /// Zero the attention-output and FFN-down projections of the new blocks,
+    /// as expansion does at initialisation (the blocks then pass `x` through).
+    pub identity_init: bool,
+    pub dtype: DType,
+    pub seed: u64,
+}
+
+/// Serialises a domain pack for the synthetic base `base`.
+pub fn synthetic_pack(base: &SyntheticSpec, pack: &SyntheticPackSpec) -> Result<Vec<u8>> {
+    let c = base.config;
+    let (dim, ffn, kv) = (c.dim as usize, c.ffn_dim as usize, c.kv_dim());
+    let mut w = FileWriter::new(FileKind::Pack, &format!("synthetic-pack:{}:{}", pack.domain, pack.seed), c);
+    w.base_model_id = format!("synthetic:{}:{}", base.seed, c.vocab_size);
+    let prefix = format!("domains.{}.", pack.domain);
+    let mut rng = WeightRng::new(pack.seed);
+    let add = |w: &mut FileWriter, name: &str, shape: &[u32], data: &[f32]| -> Result<()> {
+        match (shape.len(), pack.dtype) {
+            (1, _) => w.add_f32(name, shape, data),
+            (_, DType::F16) => w.add_f16(name, shape, data),
+            (_, DType::Q8) => w.add_q8(name, shape, data),
+            _ => w.add_f32(name, shape, data),
+        }
+    };
+    let vocab = match pack.own_vocab {
+        Some(v) => {
+            let (toks, merges) = byte_level_vocab(v as usize);
+            write_byte_level_tokenizer(&mut w, &prefix, &toks, &merges)?;
+            let emb = rng.fill(v as usize * dim, 1.0 / libm::sqrtf(dim as f32));
+            add(&mut w, &format!("{prefix}tok_embeddings"), &[v, dim as u32], &emb)?;
+            let norm: Vec<f32> = (0..dim).map(|_| 1.0 + 0.1 * rng.uniform()).collect();
+            add(&mut w, &format!("{prefix}norm"), &[dim as u32], &norm)?;
+            v
+        }
+        None => c.vocab_size,
+    };
+    for (j, _) in pack.positions.iter().enumerate() {
+        let p = format!("{prefix}blocks.{j}.");
+        let s = 1.0 / libm::sqrtf(dim as f32);
+        let zero_or = |rng: &mut WeightRng, n: usize, scale: f32| {
+            if pack.identity_init {
+                alloc::vec![0.0; n]
+            } else {
+                rng.fill(n, scale)
+            }
+        };
+        add(&mut w, &format!("{p}attention.wq"), &[dim as u32, dim as u32], &rng.fill(dim * dim, s))?;
+        add(&mut w, &format!("{p}attention.wk"), &[kv as u32, dim as u32], &rng.fill(kv * dim, s))?;
+        add(&mut w, &format!("{p}attention.wv"), &[kv as u32, dim as u32], &rng.fill(kv * dim, s))?;
+        let wo = zero_or(&mut rng, dim * dim, s);
+        add(&mut w, &format!("{p}attention.wo"), &[dim as u32, dim as u32], &wo)?;
+        add(&mut w, &format!("{p}feed_forward.w1"), &[ffn as u32, dim as u32], &rng.fill(ffn * dim, s))?;
+        let w2 = zero_or(&mut rng, dim * ffn, 1.0 / libm::sqrtf(ffn as f32));
+        add(&mut w, &format!("{p}feed_forward.w2"), &[dim as u32, ffn as u32], &w2)?;
+        add(&mut w, &format!("{p}feed_forward.w3"), &[ffn as u32, dim as u32], &rng.fill(ffn * dim, s))?;
+        let ones: Vec<f32> = (0..dim).map(|_| 1.0 + 0.1 * rng.uniform()).collect();
+        add(&mut w, &format!("{p}attention_norm"), &[dim as u32], &ones)?;
+        add(&mut w, &format!("{p}ffn_norm"), &[dim as u32], &ones)?;
+    }
+    w.domains.push(DomainSpec {
+        name: pack.domain.clone(),
+        prefix,
+        own_tokenizer: pack.own_vocab.is_some(),
+        own_head: pack.own_vocab.is_some(),
+        vocab_size: vocab,
+        tokenizer: byte_level_info(),
+        tag_token: pack.tag_token,
+        expansion_positions: pack.positions.clone(),
+    });
+    w.to_bytes()
+}

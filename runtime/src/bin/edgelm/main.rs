@@ -45,6 +45,20 @@ enum Command {
     Bench(BenchArgs),
     /// Bits per byte of a text file (documents split on <|endoftext|> lines).
     Eval(EvalArgs),
+    /// Generate a story and a recipe from the models shipped in the repo.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Folder with base.edgelm (and recipe.edgelm, the recipe domain pack).
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Tokens per sample.
+    #[arg(long, short = 'n', default_value_t = 200)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -374,11 +388,58 @@ fn eval(e: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn demo(d: DemoArgs) -> Result<()> {
+    let base_path = d.models.join("base.edgelm");
+    if !base_path.exists() {
+        bail!("{} not found: run the demo from the repository root, or pass --models DIR", base_path.display());
+    }
+    let pack_path = d.models.join("recipe.edgelm");
+    let base = map(&base_path)?;
+    let pack = if pack_path.exists() { Some(map(&pack_path)?) } else { None };
+    let mut model = Model::from_bytes(&base).with_context(|| format!("loading {}", base_path.display()))?;
+    if let Some(p) = &pack {
+        model.add_pack_bytes(p).with_context(|| format!("loading {}", pack_path.display()))?;
+    } else {
+        eprintln!("note: {} is not there; only the base's domains are shown", pack_path.display());
+    }
+    let seq = model.config.max_seq_len as usize;
+    let mut arena = vec![0u8; model.arena_bytes(seq)];
+    let prompts = [("story", "Once upon a time"), ("recipe", "Title:")];
+    let mut out = std::io::stdout().lock();
+    for domain in &model.domains {
+        let prompt = prompts.iter().find(|(n, _)| *n == domain.name).map_or("", |(_, p)| *p);
+        let opts = SessionOptions {
+            max_seq: seq,
+            sampler: SamplerConfig {
+                temperature: 0.8,
+                top_p: 0.9,
+                repeat_penalty: 1.1,
+                seed: d.seed,
+                ..Default::default()
+            },
+            truncate_prompt: false,
+        };
+        let mut session = Session::with_domain(&model, domain, &mut arena, opts)?;
+        writeln!(out, "=== {} ===", domain.name)?;
+        write!(out, "{prompt}")?;
+        session.feed_prompt(prompt)?;
+        let start = Instant::now();
+        session.generate(d.max_tokens, &mut |t| {
+            let _ = write!(out, "{t}").and_then(|_| out.flush());
+        })?;
+        let secs = start.elapsed().as_secs_f64();
+        writeln!(out, "\n")?;
+        eprintln!("[{}: {} tokens in {:.2} s]", domain.name, session.tokens().len(), secs);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Generate(g) => generate(g),
         Command::Inspect { file } => inspect(&file),
         Command::Bench(b) => bench(b),
         Command::Eval(e) => eval(e),
+        Command::Demo(d) => demo(d),
     }
 }

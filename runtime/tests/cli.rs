@@ -1,0 +1,90 @@
+//! The `edgelm` binary end to end on a synthetic model: the subcommand and
+//! flag names scripts rely on, JSON keys, and clear errors.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use edgelm_runtime::format::DType;
+use edgelm_runtime::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
+
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("edgelm-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn edgelm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgelm")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn subcommands_work_on_a_synthetic_model() {
+    let dir = workdir("ok");
+    let spec = SyntheticSpec::tiny(DType::Q8);
+    let model = dir.join("base.edgelm");
+    std::fs::write(&model, synthetic_model(&spec).unwrap()).unwrap();
+    let pack_spec = SyntheticPackSpec {
+        domain: "recipe".into(),
+        own_vocab: Some(300),
+        tag_token: None,
+        positions: vec![2],
+        identity_init: false,
+        dtype: DType::Q8,
+        seed: 4,
+    };
+    let pack = dir.join("recipe.edgelm");
+    std::fs::write(&pack, synthetic_pack(&spec, &pack_spec).unwrap()).unwrap();
+    let m = model.to_str().unwrap();
+    let p = pack.to_str().unwrap();
+
+    let (ok, out, err) = edgelm(&["inspect", m]);
+    assert!(ok, "{err}");
+    assert!(out.contains("layers.0.attention.wq") && out.contains("arena") && out.contains("kernels"), "{out}");
+
+    let (ok, out, err) = edgelm(&["generate", "--model", m, "--prompt", "Once", "--max-tokens", "12", "--seed", "3"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("Once"));
+    let (_, again, _) = edgelm(&["generate", "--model", m, "--prompt", "Once", "--max-tokens", "12", "--seed", "3"]);
+    assert_eq!(out, again, "same seed, same text");
+
+    let (ok, _, err) =
+        edgelm(&["generate", "--model", m, "--pack", p, "--domain", "recipe", "--temperature", "0", "-n", "8"]);
+    assert!(ok, "{err}");
+
+    let (ok, out, err) =
+        edgelm(&["bench", "--model", m, "--prompt-tokens", "4", "--gen-tokens", "8", "--runs", "2", "--json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"decode_tokens_per_s\":") && out.contains("\"arena_bytes\":"), "{out}");
+
+    let text = dir.join("valid.txt");
+    std::fs::write(&text, "Once upon a time.\n<|endoftext|>\nThe end of it all.\n<|endoftext|>\n").unwrap();
+    let (ok, out, err) = edgelm(&["eval", "--model", m, "--json", text.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"bpb\":") && out.contains("\"documents\":2"), "{out}");
+
+    let (ok, out, err) = edgelm(&["demo", "--models", dir.to_str().unwrap(), "-n", "5"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("=== story ===") && out.contains("=== recipe ==="), "{out}");
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let dir = workdir("bad");
+    let junk = dir.join("junk.edgelm");
+    std::fs::write(&junk, b"definitely not a model, just some bytes to read").unwrap();
+    let (ok, _, err) = edgelm(&["inspect", junk.to_str().unwrap()]);
+    assert!(!ok && err.contains("not an .edgelm file"), "{err}");
+    let (ok, _, err) = edgelm(&["generate", "--model", "/nonexistent/model.edgelm"]);
+    assert!(!ok && err.contains("cannot open"), "{err}");
+
+    let model = dir.join("m.edgelm");
+    std::fs::write(&model, synthetic_model(&SyntheticSpec::tiny(DType::F32)).unwrap()).unwrap();
+    let m = model.to_str().unwrap();
+    let (ok, _, err) = edgelm(&["generate", "--model", m, "--domain", "poetry"]);
+    assert!(!ok && err.contains("unknown domain"), "{err}");
+    let long = "word ".repeat(400);
+    let (ok, _, err) = edgelm(&["generate", "--model", m, "--prompt", &long]);
+    assert!(!ok && err.contains("prompt is"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
