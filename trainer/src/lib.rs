@@ -13,11 +13,14 @@
 //! * [`train`], [`eval`], [`sample`], [`plot`]: the training loop, the bits-per-byte
 //!   protocol of `docs/CHECKPOINT.md`, generation, the loss-curve PNG.
 
+pub mod baselines;
 pub mod checkpoint;
 pub mod config;
 pub mod corpus;
 pub mod error;
 pub mod eval;
+pub mod expand;
+pub mod experiment;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -13,6 +13,8 @@ use edgelm_trainer::tokenizer::EdgeTokenizer;
 use edgelm_trainer::train::{self, TrainJob};
 use std::path::{Path, PathBuf};
 
+mod expand_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "edgelm-train",
@@ -38,6 +40,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Add a domain to a frozen base: new blocks (+ the domain's tokenizer, embedding,
+    /// norm, head); writes a domain checkpoint bound to the base's model_id.
+    Expand(expand_cmd::ExpandArgs),
+    /// Base + expansion + baselines (finetune, lora, separate, joint) + tokenizer
+    /// comparison on stories and recipes; writes report.md and PNG charts.
+    Experiment(expand_cmd::ExperimentArgs),
     /// Train a byte-level BPE tokenizer (tokenizer.json) and print bytes/token on held-out text.
     Tokenizer(TokArgs),
     /// Train a base model from scratch (or --resume) and write a checkpoint directory.
@@ -249,6 +257,8 @@ fn main() -> Result<()> {
     }
     match cli.cmd {
         Cmd::Tokenizer(a) => cmd_tokenizer(a),
+        Cmd::Expand(a) => expand_cmd::cmd_expand(a),
+        Cmd::Experiment(a) => expand_cmd::cmd_experiment(a),
         Cmd::Base(a) => cmd_base(a),
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Sample(a) => cmd_sample(a),

@@ -1,0 +1,251 @@
+//! `edgelm-train expand` and `edgelm-train experiment` (issue #5).
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use edgelm_trainer::baselines::{fit, FitConfig, FnScorer};
+use edgelm_trainer::checkpoint;
+use edgelm_trainer::corpus::{Batcher, Corpus, Limits, TokenStream};
+use edgelm_trainer::eval::evaluate;
+use edgelm_trainer::expand::{default_positions, Expanded, TokenizerMode};
+use edgelm_trainer::experiment::{self, ExperimentConfig, ALL_METHODS};
+use edgelm_trainer::tokenizer::EdgeTokenizer;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ExpandArgs {
+    /// Frozen base checkpoint directory.
+    #[arg(long)]
+    pub base: PathBuf,
+    /// The domain's training corpus.
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// Held-out corpus: BPB reported at the end.
+    #[arg(long)]
+    pub valid: Option<PathBuf>,
+    /// Domain name (recipe, ...).
+    #[arg(long)]
+    pub domain: String,
+    /// per-domain: the domain's own tokenizer, embedding, norm and head; shared: the
+    /// base's tokenizer and the domain's tag token (must be in the base vocabulary).
+    #[arg(long, default_value = "per-domain")]
+    pub tokenizer: TokenizerMode,
+    /// tokenizer.json of the domain (per-domain mode), from `edgelm-train tokenizer`.
+    #[arg(long)]
+    pub domain_tokenizer: Option<PathBuf>,
+    /// Number of new blocks, placed after every ceil(L/k) base blocks.
+    #[arg(long, default_value_t = 2)]
+    pub blocks: usize,
+    /// Explicit positions (block j runs after the first positions[j] base blocks).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub positions: Vec<usize>,
+    /// Output domain checkpoint directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 500)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Training window (default: the base's context).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 2e-4)]
+    pub min_lr: f64,
+    #[arg(long, default_value_t = 50)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Use only the first N bytes of documents of the corpus (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub max_bytes: usize,
+}
+
+fn cap(c: Corpus, max: usize) -> Corpus {
+    if max == 0 {
+        return c;
+    }
+    let mut text = String::new();
+    for (_, d) in c.documents() {
+        if text.len() >= max {
+            break;
+        }
+        text.push_str(d);
+        text.push_str("\n<|endoftext|>\n");
+    }
+    Corpus { path: c.path, text }
+}
+
+pub fn cmd_expand(a: ExpandArgs) -> Result<()> {
+    let dev = Device::Cpu;
+    let base = checkpoint::load(&a.base, &dev).with_context(|| format!("loading base {}", a.base.display()))?;
+    let base_cfg = base.config.clone();
+    let positions =
+        if a.positions.is_empty() { default_positions(base.model.cfg.n_layers, a.blocks) } else { a.positions.clone() };
+    let (tok, tag) = match a.tokenizer {
+        TokenizerMode::PerDomain => {
+            let p = a.domain_tokenizer.as_ref().context("--tokenizer per-domain needs --domain-tokenizer FILE")?;
+            (EdgeTokenizer::load(p)?, None)
+        }
+        TokenizerMode::Shared => {
+            let t = base.tokenizer.tag_id(&a.domain);
+            if t.is_none() {
+                bail!(
+                    "the base tokenizer has no <|{}|> tag token; train the base tokenizer with the domain's tag, or use --tokenizer per-domain",
+                    a.domain
+                );
+            }
+            (base.tokenizer.clone(), t)
+        }
+    };
+    let id0 = checkpoint::model_id(&base.model.tensors())?;
+    let e = Expanded::new(base.model, &a.domain, a.tokenizer, positions, Some(&base.tokenizer), Some(&tok), tag)?;
+    let seq = a.seq_len.unwrap_or(e.cfg().max_seq).min(e.cfg().max_seq);
+    let corpus = cap(Corpus::load(&a.corpus, Limits::default())?, a.max_bytes);
+    let cache = a.out.parent().unwrap_or(std::path::Path::new(".")).join(".token-cache");
+    let stream = TokenStream::cached(&corpus, &tok, tag, &cache)?;
+    eprintln!(
+        "expand: {} new blocks at {:?}, {} trainable of {} parameters; corpus {} tokens",
+        e.blocks.len(),
+        e.positions,
+        e.n_trainable(),
+        e.n_total(),
+        stream.tokens.len()
+    );
+    let fc = FitConfig {
+        steps: a.steps,
+        batch: a.batch,
+        seq,
+        lr: a.lr,
+        min_lr: a.min_lr,
+        warmup: a.warmup,
+        seed: a.seed,
+        ..FitConfig::default()
+    };
+    let mut b = Batcher::new(fc.seed, fc.batch, fc.seq);
+    let mut next = |_s: usize| b.next_batch(&stream);
+    let lf = |x: &Tensor, y: &Tensor| e.loss(x, y);
+    let t0 = std::time::Instant::now();
+    let mut prog = |s: usize, l: f64| {
+        if s % 10 == 0 || s == a.steps {
+            eprintln!("step {s}/{}: loss {l:.4} ({:.0}s)", a.steps, t0.elapsed().as_secs_f64());
+        }
+    };
+    let st = fit(e.vars(), &fc, &dev, &mut next, &lf, &mut prog)?;
+    let id1 = checkpoint::model_id(&e.base.tensors())?;
+    if id0 != id1 {
+        bail!("internal error: the base changed during expansion ({id0} -> {id1})");
+    }
+    let id = e.save(&a.out, &base_cfg, &tok)?;
+    let csv: String = std::iter::once("step,loss\n".to_string())
+        .chain(st.losses.iter().map(|(s, l)| format!("{s},{l:.6}\n")))
+        .collect();
+    std::fs::write(a.out.join("train_log.csv"), csv)?;
+    println!("wrote {} ({id}, base {id0}) in {:.0}s", a.out.display(), st.wall_s);
+    if let Some(v) = &a.valid {
+        let c = Corpus::load(v, Limits::default())?;
+        let f = |x: &Tensor, y: &Tensor| e.token_losses(x, y);
+        let sc = FnScorer { max_seq: e.cfg().max_seq, batch: 16, device: dev.clone(), f: &f };
+        let r = evaluate(&sc, &tok, &c.text, tag)?;
+        println!("{} [{}]: bpb {:.4} loss {:.4} ({} docs)", v.display(), a.domain, r.bpb, r.loss, r.documents);
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ExperimentArgs {
+    /// Directory with stories/{train,valid}.txt and recipes/{train,valid}.txt.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory (report.md, charts, one directory per method; resumable).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub base_steps: Option<usize>,
+    #[arg(long)]
+    pub domain_steps: Option<usize>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    #[arg(long)]
+    pub dim: Option<usize>,
+    #[arg(long)]
+    pub layers: Option<usize>,
+    #[arg(long)]
+    pub ffn: Option<usize>,
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    #[arg(long)]
+    pub generic_vocab: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub rank: Option<usize>,
+    #[arg(long)]
+    pub blocks: Option<usize>,
+    /// Bytes of each train.txt used (first documents).
+    #[arg(long)]
+    pub train_bytes: Option<usize>,
+    /// Bytes of each valid.txt evaluated (first documents).
+    #[arg(long)]
+    pub valid_bytes: Option<usize>,
+    /// Bytes of text each tokenizer is trained on.
+    #[arg(long)]
+    pub tokenizer_bytes: Option<usize>,
+    /// Only these methods (base is always trained or loaded).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub methods: Vec<String>,
+}
+
+pub fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
+    let mut c = ExperimentConfig::small(a.data.clone(), a.out.clone());
+    macro_rules! set {
+        ($dst:expr, $src:expr) => {
+            if let Some(v) = $src {
+                $dst = v;
+            }
+        };
+    }
+    set!(c.base.steps, a.base_steps);
+    set!(c.domain.steps, a.domain_steps);
+    if let Some(b) = a.batch {
+        c.base.batch = b;
+        c.domain.batch = b;
+    }
+    if let Some(s) = a.seq_len {
+        c.base.seq = s;
+        c.domain.seq = s;
+        c.model.max_seq = s;
+    }
+    if let Some(lr) = a.lr {
+        c.base.lr = lr;
+        c.domain.lr = lr;
+        c.base.min_lr = lr / 10.0;
+        c.domain.min_lr = lr / 10.0;
+    }
+    set!(c.model.dim, a.dim);
+    set!(c.model.n_layers, a.layers);
+    set!(c.model.ffn_dim, a.ffn);
+    set!(c.vocab, a.vocab);
+    set!(c.generic_vocab, a.generic_vocab);
+    set!(c.lora_rank, a.rank);
+    set!(c.blocks, a.blocks);
+    set!(c.train_bytes, a.train_bytes);
+    set!(c.valid_bytes, a.valid_bytes);
+    set!(c.tokenizer_bytes, a.tokenizer_bytes);
+    c.base.warmup = c.base.warmup.min(c.base.steps / 5).max(1);
+    c.domain.warmup = c.domain.warmup.min(c.domain.steps / 5).max(1);
+    if !a.methods.is_empty() {
+        for m in &a.methods {
+            if !ALL_METHODS.contains(&m.as_str()) {
+                bail!("unknown method {m:?}; known: {ALL_METHODS:?}");
+            }
+        }
+        c.methods = a.methods.clone();
+    }
+    let rs = experiment::run(&c)?;
+    println!("wrote {} ({} methods)", c.out.join("report.md").display(), rs.len());
+    Ok(())
+}
