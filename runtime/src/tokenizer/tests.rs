@@ -166,7 +166,7 @@ fn bpe_tables(merges: &[(&[u8], &[u8])], specials: &[&str]) -> Tables {
     let find = |vocab: &Vec<Vec<u8>>, s: &[u8]| {
         vocab
             .iter()
-            .position(|t| t == s && t.len() > 0 && !specials.contains(&core::str::from_utf8(t).unwrap_or("\u{0}")))
+            .position(|t| t == s && !t.is_empty() && !specials.contains(&core::str::from_utf8(t).unwrap_or("\u{0}")))
             .map(|i| i as u32)
     };
     let mut m = Vec::new();
@@ -204,6 +204,7 @@ fn small_bpe() -> Tables {
         (b"a", b"n"),
         (b" ", b"a"),
         (b"an", b"d"),
+        (b"n", b"d"),
         (b" a", b"nd"),
         (b"i", b"n"),
         (b"in", b"g"),
@@ -306,6 +307,10 @@ fn small_sp() -> Tables {
         ("bb", f32::NAN),
         ("a\n", -0.5),
         ("ab", -9.0), // duplicate bytes: the first id wins
+        ("y", -1.0),
+        ("z", -1.0),
+        ("yz", -2.0),
+        ("yzy", -1.5), // created by a merge, scores higher than it
     ];
     for &(p, s) in pieces {
         vocab.push(p.as_bytes().to_vec());
@@ -493,7 +498,7 @@ proptest! {
     #[test]
     fn pretokenize_tiles_input(s in any::<String>()) {
         let pieces = split(&s);
-        prop_assert_eq!(pieces.concat(), s);
+        prop_assert_eq!(pieces.concat(), s.clone());
         prop_assert!(pieces.iter().all(|p| !p.is_empty()));
     }
 }
@@ -507,7 +512,8 @@ fn bpe_hand_checked() {
     let tok = load(&a, &t).unwrap();
     let id = |s: &[u8]| t.vocab.iter().position(|x| x == s).unwrap() as u32;
     assert_eq!(encode_vec(&tok, "the", 16).unwrap(), [id(b"the")]);
-    assert_eq!(encode_vec(&tok, " the and", 16).unwrap(), [id(b" the"), id(b" and")]);
+    // (a,n) ranks before (" ",a): " and" becomes " " + "and", never " and".
+    assert_eq!(encode_vec(&tok, " the and", 16).unwrap(), [id(b" the"), b' ' as u32, id(b"and")]);
     assert_eq!(encode_vec(&tok, "été", 16).unwrap(), [id("ét".as_bytes()), id("é".as_bytes())]);
     // "aaaa": (a,a) is rank 16: leftmost first -> aa aa; (aa,a) needs an "a".
     assert_eq!(encode_vec(&tok, "aaaa", 16).unwrap(), [id(b"aa"), id(b"aa")]);
@@ -597,7 +603,7 @@ proptest! {
                 Err(e) => prop_assert!(false, "{e:?}"),
             }
         }
-        if want.len() > 0 {
+        if !want.is_empty() {
             let short = encode_vec(&tok, &s, want.len() - 1);
             prop_assert!(matches!(short, Err(Error::PromptTooLong { .. })), "{:?}", short);
         }
@@ -627,6 +633,36 @@ proptest! {
     }
 }
 
+/// Merges whose result forms a pair of *lower* rank (not produced by
+/// training, but valid): ("yz", "y") is rank 0, ("y", "z") rank 1.
+fn inverted_bpe() -> Tables {
+    let mut t = bpe_tables(&[], &[]);
+    t.vocab.push(b"yz".to_vec()); // 256
+    t.vocab.push(b"yzy".to_vec()); // 257
+    t.merges = vec![(256, b'y' as u32, 257), (b'y' as u32, b'z' as u32, 256)];
+    t
+}
+
+#[test]
+fn bpe_merge_creating_lower_rank_pair() {
+    let t = inverted_bpe();
+    let a = Aligned::new(&t.file());
+    let tok = load(&a, &t).unwrap();
+    // HF pops (y,z)@0, then the new (yz,y) of rank 0 before (y,z)@2.
+    assert_eq!(encode_vec(&tok, "yzyz", 8).unwrap(), [257, b'z' as u32]);
+    assert_eq!(ref_bpe(&t, "yzyz"), [257, b'z' as u32]);
+}
+
+proptest! {
+    #[test]
+    fn bpe_inverted_matches_reference(s in "[yz]{0,24}") {
+        let t = inverted_bpe();
+        let a = Aligned::new(&t.file());
+        let tok = load(&a, &t).unwrap();
+        prop_assert_eq!(encode_vec(&tok, &s, s.len()).unwrap(), ref_bpe(&t, &s));
+    }
+}
+
 // ---------------------------------------------------------------- SentencePiece
 
 #[test]
@@ -634,7 +670,7 @@ fn sp_hand_checked() {
     let t = small_sp();
     let a = Aligned::new(&t.file());
     let tok = load(&a, &t).unwrap();
-    let id = |s: &str| t.vocab.iter().position(|x| x == s.as_bytes()).unwrap() as u32;
+    let id = |s: &str| 259 + t.vocab[259..].iter().position(|x| x == s.as_bytes()).unwrap() as u32;
     assert_eq!(encode_vec(&tok, "", 4).unwrap(), Vec::<u32>::new());
     // " abc": " a"(-2.5) vs "ab"/"bc"(-2) tie -> first "ab"; then "abc"(-3)
     // beats " ab"(-4); then " abc"(-5).
@@ -652,11 +688,13 @@ fn sp_hand_checked() {
     assert_eq!(tok.decode_piece(None, id(" ab")), b" ab");
     assert_eq!(tok.decode_piece(Some(1), 3 + b' ' as u32), b" ");
     assert!(tok.is_special(1) && tok.is_special(2) && !tok.is_special(0));
+    // A merge creating a better-scoring pair: run.c takes that one next.
+    assert_eq!(encode_vec(&tok, "yzyz", 8).unwrap(), [id(" "), id("yzy"), id("z")]);
 }
 
 fn sp_text() -> impl Strategy<Value = String> {
     prop::collection::vec(
-        prop::sample::select(vec!["a", "b", "c", "é", " ", "  ", "x", "\n", "€", "ab", "abc "]),
+        prop::sample::select(vec!["a", "b", "c", "é", " ", "  ", "x", "\n", "€", "ab", "abc ", "y", "z", "yz"]),
         0..40,
     )
     .prop_map(|v| v.concat())
