@@ -38,6 +38,8 @@ pub mod sampler;
 pub mod session;
 #[cfg(feature = "alloc")]
 pub mod synthetic;
+#[cfg(feature = "std")]
+pub mod threads;
 pub mod tokenizer;
 
 #[cfg(feature = "alloc")]

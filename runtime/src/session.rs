@@ -4,7 +4,8 @@
 use crate::arena::{Layout, RunState};
 use crate::error::{Error, Result};
 use crate::forward::forward;
-use crate::kernels::Kernels;
+use crate::forward::Exec;
+use crate::kernels::{Kernels, Parallel};
 use crate::model::{Domain, Model};
 use crate::sampler::{sample, Rng, SamplerConfig};
 use crate::tokenizer::Utf8Stream;
@@ -41,6 +42,8 @@ pub struct Session<'m, 'a> {
     model: &'m Model<'a>,
     domain: &'m Domain<'a>,
     kernels: &'static Kernels,
+    /// Splits large matrix-vector products across threads when set.
+    par: Option<&'m dyn Parallel>,
     state: RunState<'m>,
     opts: SessionOptions,
     rng: Rng,
@@ -75,6 +78,7 @@ impl<'m, 'a> Session<'m, 'a> {
             model,
             domain,
             kernels: crate::kernels::best(),
+            par: None,
             state,
             opts,
             rng: Rng::new(opts.sampler.seed),
@@ -90,6 +94,23 @@ impl<'m, 'a> Session<'m, 'a> {
 
     pub fn kernels(&self) -> &'static Kernels {
         self.kernels
+    }
+
+    /// Splits large matrix-vector products across `par` (e.g. a
+    /// [`crate::threads::Pool`], or a firmware's second core).
+    pub fn set_parallel(&mut self, par: &'m dyn Parallel) {
+        self.par = Some(par);
+    }
+
+    /// Runs large matrix-vector products on `pool`'s threads.
+    #[cfg(feature = "std")]
+    pub fn set_pool(&mut self, pool: &'m crate::threads::Pool) {
+        self.par = Some(pool);
+    }
+
+    /// Back to one thread.
+    pub fn clear_parallel(&mut self) {
+        self.par = None;
     }
 
     pub fn domain(&self) -> &'m Domain<'a> {
@@ -135,7 +156,8 @@ impl<'m, 'a> Session<'m, 'a> {
             return Err(Error::PromptTooLong { tokens: self.len + 1, limit: self.opts.max_seq });
         }
         let pos = self.len;
-        forward(self.kernels, self.model, self.domain, &mut self.state, token, pos, logits);
+        let exec = Exec { kernels: self.kernels, par: self.par };
+        forward(exec, self.model, self.domain, &mut self.state, token, pos, logits);
         self.state.tokens[pos] = token;
         self.len += 1;
         self.have_logits = logits;

@@ -1,7 +1,39 @@
 //! Numeric kernels. `reference` is the scalar truth every SIMD path is
 //! tested against; a [`Kernels`] table of function pointers is chosen once.
+//!
+//! Paths (names accepted by `EDGELM_KERNELS`):
+//!
+//! | name | ISA | chosen when |
+//! |---|---|---|
+//! | `reference` | scalar Rust | always available |
+//! | `avx2` | x86_64 AVX2 + FMA + F16C | CPU has them |
+//! | `avxvnni` | `avx2` with VEX `vpdpbusd` (AVX-VNNI) | CPU has AVX-VNNI |
+//! | `avx512vnni` | `avx2` with EVEX `vpdpbusd` at 256 bits (AVX-512 F/BW/VL/VNNI) | CPU has them (preferred) |
+//! | `neon` | aarch64 NEON (`smull`/`sadalp`): Cortex-A53/A72 (Pi 3, Pi 4) | every aarch64 CPU |
+//! | `dotprod` | `neon` with `sdot`: Cortex-A76/A78 (Pi 5, Jetson Orin) | CPU has the dotprod extension |
+//!
+//! Selection: with `std`, [`best`] detects CPU features at run time once
+//! (`is_x86_feature_detected!` / `is_aarch64_feature_detected!`) and honours
+//! the environment variable `EDGELM_KERNELS=<name>`. A name that is unknown
+//! or unsupported by this CPU is reported on stderr (with the valid names)
+//! and the detected best path is used instead; [`select`] is the fallible
+//! form. Without `std`, the table is fixed at compile time from
+//! `cfg(target_feature)` (e.g. `-C target-feature=+dotprod` for a Pi 5
+//! firmware). No path needs `-C target-cpu=native`.
+//!
+//! Integer results of every q8 path are exactly those of the reference
+//! (the same per-group `i32` sums); f32 results may differ in summation
+//! order (bounds are stated in `runtime/tests/kernels.rs`).
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+#[cfg(feature = "std")]
+pub mod pool;
 pub mod reference;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+
+use crate::format::Q8_GROUP;
 
 /// Rounds half away from zero (C `roundf`), the rounding of every quantizer here.
 #[inline]
@@ -19,6 +51,12 @@ pub type MatvecQ8 = fn(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[
 pub type MatvecF32 = fn(out: &mut [f32], w: &[f32], x: &[f32]);
 pub type MatvecF16 = fn(out: &mut [f32], w: &[u16], x: &[f32]);
 pub type QuantizeQ8 = fn(x: &[f32], q: &mut [i8], s: &mut [f32]);
+pub type Rmsnorm = fn(out: &mut [f32], x: &[f32], w: &[f32], eps: f32);
+pub type Softmax = fn(x: &mut [f32]);
+pub type Rope = fn(x: &mut [f32], rope: &[f32], head_dim: usize);
+pub type Swiglu = fn(g: &mut [f32], u: &[f32]);
+pub type AttnScores = fn(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32);
+pub type AttnValues = fn(out: &mut [f32], att: &[f32], values: &[f32], stride: usize);
 
 /// The kernels the forward pass calls. Every entry has a scalar twin in
 /// [`reference`]; shapes are implied by slice lengths (documented per field).
@@ -27,13 +65,33 @@ pub struct Kernels {
     pub name: &'static str,
     /// `out[r] = Σ_g (Σ_i wq[r,g,i]·xq[g,i]) · (ws[r,g]·xs[g])`;
     /// `wq: [rows·cols]`, `ws: [rows·cols/32]` (f16 bits), `xq: [cols]`, `xs: [cols/32]`, `out: [rows]`.
+    /// `xq` must lie in `[-127, 127]` (as [`Kernels::quantize_q8`] produces); `wq` may use all of `i8`.
     pub matvec_q8: MatvecQ8,
     /// `out[r] = Σ_c w[r,c]·x[c]`; `w: [rows·cols]`, `x: [cols]`.
     pub matvec_f32: MatvecF32,
     /// As `matvec_f32` with f16 weights (bits).
     pub matvec_f16: MatvecF16,
-    /// Quantizes `x: [n]` (n a multiple of 32) to `q: [n]`, `s: [n/32]`.
+    /// Quantizes `x: [n]` (n a multiple of 32) to `q: [n]`, `s: [n/32]`. Bit-exact on every path.
     pub quantize_q8: QuantizeQ8,
+    /// `out = x / sqrt(mean(x²) + eps) * w`.
+    pub rmsnorm: Rmsnorm,
+    /// In-place softmax.
+    pub softmax: Softmax,
+    /// Rotates each head of `x` (interleaved pairs `2i, 2i+1`) by the
+    /// `(cos, sin)` pairs in `rope: [head_dim]`. Bit-exact on every path.
+    pub rope: Rope,
+    /// `g[i] = silu(g[i]) · u[i]` (SwiGLU).
+    pub swiglu: Swiglu,
+    /// `att[t] = (q · keys[t·stride ..][..q.len()]) · scale` for every `t < att.len()`.
+    pub attn_scores: AttnScores,
+    /// `out = Σ_t att[t] · values[t·stride ..][..out.len()]`.
+    pub attn_values: AttnValues,
+}
+
+impl core::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Kernels").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 /// The scalar reference table.
@@ -43,9 +101,222 @@ pub static REFERENCE: Kernels = Kernels {
     matvec_f32: reference::matvec_f32,
     matvec_f16: reference::matvec_f16,
     quantize_q8: reference::quantize_q8,
+    rmsnorm: reference::rmsnorm,
+    softmax: reference::softmax,
+    rope: reference::rope,
+    swiglu: reference::swiglu,
+    attn_scores: reference::attn_scores,
+    attn_values: reference::attn_values,
 };
 
-/// The best table for this CPU (chosen once per call site; cheap).
+/// Every path name this build knows (supported by this CPU or not).
+pub const NAMES: &[&str] = &["reference", "avx2", "avxvnni", "avx512vnni", "neon", "dotprod"];
+
+/// The tables this CPU can run, best last. With `std` this is run-time
+/// detection; without it, what `cfg(target_feature)` guarantees.
+pub fn available() -> impl Iterator<Item = &'static Kernels> {
+    #[allow(unused_mut)]
+    let mut list: [Option<&'static Kernels>; 4] = [Some(&REFERENCE), None, None, None];
+    #[cfg(target_arch = "x86_64")]
+    {
+        list[1] = x86_64::avx2();
+        list[2] = x86_64::avxvnni();
+        list[3] = x86_64::avx512vnni();
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        list[1] = aarch64::neon();
+        list[2] = aarch64::dotprod();
+    }
+    list.into_iter().flatten()
+}
+
+/// The fastest table this CPU supports (ignoring `EDGELM_KERNELS`).
+pub fn detected() -> &'static Kernels {
+    available().last().unwrap_or(&REFERENCE)
+}
+
+/// A requested kernel path that cannot run here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsupportedKernels<'n> {
+    pub requested: &'n str,
+    /// Whether the name is known at all (`false`: a typo).
+    pub known: bool,
+}
+
+impl core::fmt::Display for UnsupportedKernels<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.known {
+            write!(f, "kernel path {:?} is not supported by this CPU; available here:", self.requested)?;
+        } else {
+            write!(f, "unknown kernel path {:?} (known:", self.requested)?;
+            for n in NAMES {
+                write!(f, " {n}")?;
+            }
+            write!(f, "); available here:")?;
+        }
+        for k in available() {
+            write!(f, " {}", k.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// The table named `name` (case-insensitive), or the detected best one for
+/// `None` / an empty name / `"auto"`.
+pub fn select(name: Option<&str>) -> Result<&'static Kernels, UnsupportedKernels<'_>> {
+    let name = match name.map(str::trim) {
+        None | Some("") => return Ok(detected()),
+        Some(n) if n.eq_ignore_ascii_case("auto") => return Ok(detected()),
+        Some(n) => n,
+    };
+    available()
+        .find(|k| k.name.eq_ignore_ascii_case(name))
+        .ok_or(UnsupportedKernels { requested: name, known: NAMES.iter().any(|n| n.eq_ignore_ascii_case(name)) })
+}
+
+/// The table [`crate::Session`] uses. With `std`: chosen once per process
+/// (run-time detection, `EDGELM_KERNELS` honoured; an unusable override is
+/// reported on stderr and the detected path is used). Without `std`: fixed
+/// at compile time by `cfg(target_feature)`.
+#[cfg(feature = "std")]
 pub fn best() -> &'static Kernels {
-    &REFERENCE
+    static CHOSEN: std::sync::OnceLock<&'static Kernels> = std::sync::OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        let env = std::env::var("EDGELM_KERNELS").ok();
+        match select(env.as_deref()) {
+            Ok(k) => k,
+            Err(e) => {
+                std::eprintln!("warning: EDGELM_KERNELS: {e}; using {}", detected().name);
+                detected()
+            }
+        }
+    })
+}
+
+/// The table [`crate::Session`] uses: without `std`, fixed at compile time.
+#[cfg(not(feature = "std"))]
+pub fn best() -> &'static Kernels {
+    detected()
+}
+
+/// Something that runs `f(0), …, f(threads() - 1)` concurrently and returns
+/// when all have finished: a thread pool ([`crate::threads::Pool`] with
+/// `std`), or a firmware's second core. Used to split matrix rows.
+pub trait Parallel: Sync {
+    /// How many calls of `f` one [`Parallel::run`] makes (≥ 1).
+    fn threads(&self) -> usize;
+    /// Calls `f(i)` for every `i < threads()`, concurrently; returns after all.
+    fn run(&self, f: &(dyn Fn(usize) + Sync));
+}
+
+/// Matrices with fewer weight bytes than this run on one thread even with a
+/// pool: below it the hand-off costs more than it saves (measured on the
+/// 2-vCPU bench machine, see docs/BENCHMARKS.md).
+pub const PARALLEL_MIN_BYTES: usize = 200_000;
+
+/// A raw `&mut [f32]` that may be split across threads by disjoint ranges.
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+// SAFETY: only used by `par_rows`, which hands out disjoint ranges and joins
+// every user before the borrow it was made from ends.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `start <= end <= len`, and no other live reference overlaps `[start, end)`.
+    #[allow(clippy::mut_from_ref)] // the point of this type; callers keep ranges disjoint
+    unsafe fn chunk(&self, start: usize, end: usize) -> &mut [f32] {
+        debug_assert!(start <= end && end <= self.len);
+        // SAFETY: guaranteed by the caller (in bounds, not aliased).
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(start), end - start) }
+    }
+}
+
+/// Splits `out`'s rows into `par.threads()` contiguous chunks (multiples of 4
+/// rows) and calls `f(rows_start, chunk)` for each, concurrently.
+fn par_rows(par: &dyn Parallel, out: &mut [f32], f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let n = par.threads().max(1);
+    let rows = out.len();
+    let per = rows.div_ceil(n).div_ceil(4) * 4;
+    let shared = SharedOut { ptr: out.as_mut_ptr(), len: rows };
+    par.run(&|i| {
+        let start = (i * per).min(shared.len);
+        let end = ((i + 1) * per).min(shared.len);
+        if start < end {
+            // SAFETY: `[start, end)` ranges of distinct `i` are disjoint and in
+            // bounds; `out` is mutably borrowed for the whole `run`, which
+            // returns only after every call has finished.
+            let chunk = unsafe { shared.chunk(start, end) };
+            f(start, chunk);
+        }
+    });
+}
+
+/// `k.matvec_q8`, rows split across `par` when the matrix is large enough.
+pub fn matvec_q8_par(
+    k: &Kernels,
+    par: Option<&dyn Parallel>,
+    out: &mut [f32],
+    wq: &[i8],
+    ws: &[u16],
+    xq: &[i8],
+    xs: &[f32],
+) {
+    let cols = xq.len();
+    match par {
+        Some(p) if p.threads() > 1 && out.len() * cols >= PARALLEL_MIN_BYTES && out.len() >= 8 => {
+            matvec_q8_split(k, p, out, wq, ws, xq, xs)
+        }
+        _ => (k.matvec_q8)(out, wq, ws, xq, xs),
+    }
+}
+
+/// `k.matvec_q8` with rows always split across `par` (no size threshold).
+pub fn matvec_q8_split(k: &Kernels, par: &dyn Parallel, out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    let cols = xq.len();
+    let g = cols / Q8_GROUP;
+    par_rows(par, out, &|r0, o| {
+        let r1 = r0 + o.len();
+        (k.matvec_q8)(o, &wq[r0 * cols..r1 * cols], &ws[r0 * g..r1 * g], xq, xs)
+    })
+}
+
+/// `k.matvec_f32`, rows split across `par` when the matrix is large enough.
+pub fn matvec_f32_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], w: &[f32], x: &[f32]) {
+    let cols = x.len();
+    match par {
+        Some(p) if p.threads() > 1 && out.len() * cols * 4 >= PARALLEL_MIN_BYTES && out.len() >= 8 => {
+            par_rows(p, out, &|r0, o| (k.matvec_f32)(o, &w[r0 * cols..(r0 + o.len()) * cols], x))
+        }
+        _ => (k.matvec_f32)(out, w, x),
+    }
+}
+
+/// `k.matvec_f16`, rows split across `par` when the matrix is large enough.
+pub fn matvec_f16_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], w: &[u16], x: &[f32]) {
+    let cols = x.len();
+    match par {
+        Some(p) if p.threads() > 1 && out.len() * cols * 2 >= PARALLEL_MIN_BYTES && out.len() >= 8 => {
+            par_rows(p, out, &|r0, o| (k.matvec_f16)(o, &w[r0 * cols..(r0 + o.len()) * cols], x))
+        }
+        _ => (k.matvec_f16)(out, w, x),
+    }
+}
+
+/// Checks the slice lengths every SIMD `matvec_q8` relies on (panics like a
+/// failed index would in the reference).
+#[inline]
+#[allow(dead_code)]
+pub(crate) fn check_q8(out: &[f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    let cols = xq.len();
+    assert!(cols % Q8_GROUP == 0, "q8 cols {cols} not a multiple of {Q8_GROUP}");
+    let g = cols / Q8_GROUP;
+    assert!(
+        wq.len() >= out.len() * cols && ws.len() >= out.len() * g && xs.len() >= g,
+        "matvec_q8: slices too short for {} rows × {cols} cols",
+        out.len()
+    );
 }

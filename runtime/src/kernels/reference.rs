@@ -53,3 +53,63 @@ pub fn quantize_q8(x: &[f32], q: &mut [i8], s: &mut [f32]) {
         *sg = d;
     }
 }
+
+/// See [`super::Kernels::rmsnorm`].
+pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / libm::sqrtf(ss + eps);
+    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
+        *o = xi * inv * wi;
+    }
+}
+
+/// See [`super::Kernels::softmax`].
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// See [`super::Kernels::rope`].
+pub fn rope(x: &mut [f32], rope: &[f32], head_dim: usize) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for (pair, cs) in head.chunks_exact_mut(2).zip(rope.chunks_exact(2)) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * cs[0] - b * cs[1];
+            pair[1] = a * cs[1] + b * cs[0];
+        }
+    }
+}
+
+/// See [`super::Kernels::swiglu`].
+pub fn swiglu(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        let silu = *g / (1.0 + libm::expf(-*g));
+        *g = silu * u;
+    }
+}
+
+/// See [`super::Kernels::attn_scores`].
+pub fn attn_scores(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
+    for (t, a) in att.iter_mut().enumerate() {
+        let key = &keys[t * stride..][..q.len()];
+        *a = q.iter().zip(key).map(|(x, y)| x * y).sum::<f32>() * scale;
+    }
+}
+
+/// See [`super::Kernels::attn_values`].
+pub fn attn_values(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) {
+    out.fill(0.0);
+    for (t, &a) in att.iter().enumerate() {
+        let v = &values[t * stride..][..out.len()];
+        for (o, &vi) in out.iter_mut().zip(v) {
+            *o += a * vi;
+        }
+    }
+}

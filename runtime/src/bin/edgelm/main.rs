@@ -183,20 +183,24 @@ fn max_seq(model: &Model<'_>, a: &ModelArgs) -> usize {
     a.max_seq.unwrap_or(model.config.max_seq_len as usize)
 }
 
-fn check_threads(n: usize) -> Result<()> {
+/// Validates `--threads` and builds the worker pool (`None` for one thread).
+fn check_threads(n: usize) -> Result<Option<edgelm_runtime::threads::Pool>> {
     if n == 0 {
         bail!("--threads must be at least 1");
     }
-    if n > 1 {
-        eprintln!("note: this build runs matrix-vector products on one thread; --threads {n} is ignored");
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    if n > cpus {
+        eprintln!(
+            "note: --threads {n} exceeds the {cpus} CPU(s) available; expect it to be slower than --threads {cpus}"
+        );
     }
-    Ok(())
+    Ok((n > 1).then(|| edgelm_runtime::threads::Pool::new(n)))
 }
 
 fn generate(g: GenerateArgs) -> Result<()> {
     let loaded = Loaded::open(&g.model)?;
     let model = loaded.model(&g.model)?;
-    check_threads(g.model.threads)?;
+    let pool = check_threads(g.model.threads)?;
     let domain = domain_name(&model, &g.model);
     let seq = max_seq(&model, &g.model);
     let mut arena = vec![0u8; model.arena_bytes(seq)];
@@ -213,6 +217,9 @@ fn generate(g: GenerateArgs) -> Result<()> {
         truncate_prompt: g.truncate_prompt,
     };
     let mut session = Session::new(&model, domain, &mut arena, opts)?;
+    if let Some(p) = &pool {
+        session.set_pool(p);
+    }
     let mut out = std::io::stdout().lock();
     session.feed_prompt(&g.prompt)?;
     write!(out, "{}", g.prompt)?;
@@ -293,7 +300,7 @@ fn peak_rss_bytes() -> Option<u64> {
 fn bench(b: BenchArgs) -> Result<()> {
     let loaded = Loaded::open(&b.model)?;
     let model = loaded.model(&b.model)?;
-    check_threads(b.model.threads)?;
+    let pool = check_threads(b.model.threads)?;
     let domain = domain_name(&model, &b.model);
     let seq = max_seq(&model, &b.model);
     if b.prompt_tokens + b.gen_tokens > seq {
@@ -308,6 +315,9 @@ fn bench(b: BenchArgs) -> Result<()> {
     let arena_bytes = model.arena_bytes(seq);
     let mut arena = vec![0u8; arena_bytes];
     let mut session = Session::new(&model, domain, &mut arena, SessionOptions::new(seq))?;
+    if let Some(p) = &pool {
+        session.set_pool(p);
+    }
     let vocab = session.domain().vocab_size as u32;
     let kernels = session.kernels().name;
     let (mut prompt_tps, mut decode_tps) = (Vec::new(), Vec::new());
@@ -360,11 +370,14 @@ fn eval(e: EvalArgs) -> Result<()> {
         .with_context(|| format!("cannot read {} (is it UTF-8 text?)", e.textfile.display()))?;
     let loaded = Loaded::open(&e.model)?;
     let model = loaded.model(&e.model)?;
-    check_threads(e.model.threads)?;
+    let pool = check_threads(e.model.threads)?;
     let domain = domain_name(&model, &e.model);
     let seq = max_seq(&model, &e.model);
     let mut arena = vec![0u8; model.arena_bytes(seq)];
     let mut session = Session::new(&model, domain, &mut arena, SessionOptions::new(seq))?;
+    if let Some(p) = &pool {
+        session.set_pool(p);
+    }
     let mut totals = EvalTotals::default();
     let t0 = Instant::now();
     for doc in documents(&text).take(e.limit.unwrap_or(usize::MAX)) {

@@ -1,0 +1,490 @@
+//! aarch64 kernels: plain NEON (every ARMv8-A core: Cortex-A53/A72 in a
+//! Pi 3/Pi 4) and NEON with the dot-product extension (`sdot`: Cortex-A76/A78
+//! in a Pi 5 or Jetson Orin).
+//!
+//! q8 dot per group of 32, `neon`: `smull`/`smlal` multiply i8 pairs into
+//! i16 (two products per lane: |128·127|·2 = 32512 fits, activations being in
+//! [-127, 127]), `saddlp`/`sadalp` widen into four i32 lanes. `dotprod`:
+//! two `sdot` (exact i8·i8 sums of four into i32). Either way the four
+//! lanes sum to the reference's exact group sum; they are converted to f32
+//! and scaled by `ws·xs` with an FMA into per-row accumulators, four rows at
+//! a time so each activation vector is loaded once per four rows.
+//!
+//! f16 scales are widened with integer ops (`(h & 0x7fff) << 13` as f32 times
+//! 2^112, sign or-ed in): exact for every finite half, normal or subnormal.
+//! (`vcvt_f32_f16` needs the unstable `f16` type on Rust 1.95.)
+//! `sdot` is emitted with `asm!`: its intrinsic is unstable on Rust 1.95.
+
+use core::arch::aarch64::*;
+
+use super::{check_q8, f16_to_f32, reference, Kernels};
+
+#[cfg(feature = "std")]
+fn has_dotprod() -> bool {
+    std::arch::is_aarch64_feature_detected!("dotprod")
+}
+#[cfg(not(feature = "std"))]
+fn has_dotprod() -> bool {
+    cfg!(target_feature = "dotprod")
+}
+#[cfg(feature = "std")]
+fn has_neon() -> bool {
+    std::arch::is_aarch64_feature_detected!("neon")
+}
+#[cfg(not(feature = "std"))]
+fn has_neon() -> bool {
+    cfg!(target_feature = "neon")
+}
+
+/// The NEON table (every aarch64 CPU with Advanced SIMD).
+pub fn neon() -> Option<&'static Kernels> {
+    has_neon().then_some(&NEON)
+}
+/// The NEON + dotprod table, if this CPU has `sdot`.
+pub fn dotprod() -> Option<&'static Kernels> {
+    (has_neon() && has_dotprod()).then_some(&DOTPROD)
+}
+
+// Private: handed out only after detection, which makes the safe wrappers sound.
+static NEON: Kernels = Kernels {
+    name: "neon",
+    matvec_q8: matvec_q8_neon,
+    matvec_f32,
+    matvec_f16,
+    quantize_q8,
+    rmsnorm,
+    softmax,
+    rope,
+    swiglu,
+    attn_scores,
+    attn_values,
+};
+static DOTPROD: Kernels = Kernels { name: "dotprod", matvec_q8: matvec_q8_dotprod, ..NEON };
+
+fn matvec_q8_neon(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q8(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `NEON`/`DOTPROD`, returned after detecting
+    // NEON; slice lengths were checked above.
+    unsafe { q8_neon::matvec(out, wq, ws, xq, xs) }
+}
+fn matvec_q8_dotprod(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q8(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `DOTPROD`, returned after detecting NEON and
+    // dotprod; slice lengths were checked above.
+    unsafe { q8_dotprod::matvec(out, wq, ws, xq, xs) }
+}
+
+fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
+    let cols = x.len();
+    assert!(w.len() >= out.len() * cols);
+    for (r, o) in out.iter_mut().enumerate() {
+        // SAFETY: NEON tables only; row `r` lies inside `w` (checked).
+        *o = unsafe { dot(w.as_ptr().add(r * cols), x.as_ptr(), cols) };
+    }
+}
+
+fn matvec_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
+    let cols = x.len();
+    assert!(w.len() >= out.len() * cols);
+    for (r, o) in out.iter_mut().enumerate() {
+        // SAFETY: NEON tables only; row `r` lies inside `w` (checked).
+        *o = unsafe { dot_f16(w.as_ptr().add(r * cols), x.as_ptr(), cols) };
+    }
+}
+
+fn quantize_q8(x: &[f32], q: &mut [i8], s: &mut [f32]) {
+    let groups = (x.len() / 32).min(q.len() / 32).min(s.len());
+    // SAFETY: NEON tables only; `groups` groups fit every slice.
+    unsafe { quantize_q8_neon(x.as_ptr(), q.as_mut_ptr(), s.as_mut_ptr(), groups) }
+}
+
+fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    // SAFETY: NEON tables only; the sum reads `x` within its length.
+    let ss = unsafe { dot(x.as_ptr(), x.as_ptr(), x.len()) } / x.len() as f32;
+    let inv = 1.0 / libm::sqrtf(ss + eps);
+    let n = out.len().min(x.len()).min(w.len());
+    // SAFETY: NEON tables only; `n` bounds all three slices.
+    unsafe { scale_mul(out.as_mut_ptr(), x.as_ptr(), w.as_ptr(), inv, n) }
+}
+
+fn softmax(x: &mut [f32]) {
+    // SAFETY: NEON tables only; pointer and length come from one slice.
+    unsafe { softmax_neon(x.as_mut_ptr(), x.len()) }
+}
+
+fn rope(x: &mut [f32], rope: &[f32], head_dim: usize) {
+    if head_dim % 4 != 0 || rope.len() < head_dim {
+        return reference::rope(x, rope, head_dim);
+    }
+    for head in x.chunks_exact_mut(head_dim) {
+        // SAFETY: NEON tables only; `head` and `rope` hold `head_dim` floats.
+        unsafe { rope_neon(head.as_mut_ptr(), rope.as_ptr(), head_dim) }
+    }
+}
+
+fn swiglu(g: &mut [f32], u: &[f32]) {
+    let n = g.len().min(u.len());
+    // SAFETY: NEON tables only; `n` bounds both slices.
+    unsafe { swiglu_neon(g.as_mut_ptr(), u.as_ptr(), n) }
+}
+
+fn attn_scores(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
+    let hd = q.len();
+    if let Some(last) = att.len().checked_sub(1) {
+        assert!(keys.len() >= last * stride + hd, "attn_scores: keys too short");
+    }
+    for (t, a) in att.iter_mut().enumerate() {
+        // SAFETY: NEON tables only; key `t` lies inside `keys` (checked above).
+        *a = unsafe { dot(q.as_ptr(), keys.as_ptr().add(t * stride), hd) } * scale;
+    }
+}
+
+fn attn_values(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) {
+    let hd = out.len();
+    if let Some(last) = att.len().checked_sub(1) {
+        assert!(values.len() >= last * stride + hd, "attn_values: values too short");
+    }
+    // SAFETY: NEON tables only; every value row read lies inside `values` (checked above).
+    unsafe { attn_values_neon(out.as_mut_ptr(), hd, att, values.as_ptr(), stride) }
+}
+
+// ---- helpers ----
+
+/// Four f16 (bits) to f32, exact for finite values.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn f16x4_to_f32(h: uint16x4_t) -> float32x4_t {
+    let h = vmovl_u16(h);
+    let mag = vshlq_n_u32::<13>(vandq_u32(h, vdupq_n_u32(0x7fff)));
+    let sign = vshlq_n_u32::<16>(vandq_u32(h, vdupq_n_u32(0x8000)));
+    let v = vmulq_f32(vreinterpretq_f32_u32(mag), vdupq_n_f32(f32::from_bits(0x7780_0000))); // 2^112
+    vreinterpretq_f32_u32(vorrq_u32(vreinterpretq_u32_f32(v), sign))
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
+    let (mut s0, mut s1, mut s2, mut s3) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0), vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+    let mut i = 0;
+    while i + 16 <= n {
+        s0 = vfmaq_f32(s0, vld1q_f32(a.add(i)), vld1q_f32(b.add(i)));
+        s1 = vfmaq_f32(s1, vld1q_f32(a.add(i + 4)), vld1q_f32(b.add(i + 4)));
+        s2 = vfmaq_f32(s2, vld1q_f32(a.add(i + 8)), vld1q_f32(b.add(i + 8)));
+        s3 = vfmaq_f32(s3, vld1q_f32(a.add(i + 12)), vld1q_f32(b.add(i + 12)));
+        i += 16;
+    }
+    while i + 4 <= n {
+        s0 = vfmaq_f32(s0, vld1q_f32(a.add(i)), vld1q_f32(b.add(i)));
+        i += 4;
+    }
+    let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+    while i < n {
+        s += *a.add(i) * *b.add(i);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn dot_f16(w: *const u16, x: *const f32, n: usize) -> f32 {
+    let (mut s0, mut s1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = vld1q_u16(w.add(i));
+        s0 = vfmaq_f32(s0, f16x4_to_f32(vget_low_u16(h)), vld1q_f32(x.add(i)));
+        s1 = vfmaq_f32(s1, f16x4_to_f32(vget_high_u16(h)), vld1q_f32(x.add(i + 4)));
+        i += 8;
+    }
+    let mut s = vaddvq_f32(vaddq_f32(s0, s1));
+    while i < n {
+        s += f16_to_f32(*w.add(i)) * *x.add(i);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn scale_mul(out: *mut f32, x: *const f32, w: *const f32, k: f32, n: usize) {
+    let kv = vdupq_n_f32(k);
+    let mut i = 0;
+    while i + 4 <= n {
+        vst1q_f32(out.add(i), vmulq_f32(vmulq_f32(vld1q_f32(x.add(i)), kv), vld1q_f32(w.add(i))));
+        i += 4;
+    }
+    while i < n {
+        *out.add(i) = *x.add(i) * k * *w.add(i);
+        i += 1;
+    }
+}
+
+/// `e^x` (Cephes polynomial; ≤ 2 ulp on [-87.3, 88.3]; clamped outside).
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn exp_ps(x: float32x4_t) -> float32x4_t {
+    let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.336_54)), vdupq_n_f32(88.376_26));
+    let fx = vrndmq_f32(vfmaq_f32(vdupq_n_f32(0.5), x, vdupq_n_f32(core::f32::consts::LOG2_E)));
+    let r = vfmsq_f32(x, fx, vdupq_n_f32(0.693_359_4));
+    let r = vfmsq_f32(r, fx, vdupq_n_f32(-2.121_944_4e-4));
+    let mut y = vdupq_n_f32(1.987_569_1e-4);
+    y = vfmaq_f32(vdupq_n_f32(1.398_2e-3), y, r);
+    y = vfmaq_f32(vdupq_n_f32(8.333_452e-3), y, r);
+    y = vfmaq_f32(vdupq_n_f32(4.166_579_6e-2), y, r);
+    y = vfmaq_f32(vdupq_n_f32(0.166_666_65), y, r);
+    y = vfmaq_f32(vdupq_n_f32(0.5), y, r);
+    y = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0)), y, vmulq_f32(r, r));
+    let e = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(fx), vdupq_n_s32(127)));
+    vmulq_f32(y, vreinterpretq_f32_s32(e))
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn softmax_neon(x: *mut f32, n: usize) {
+    let mut i = 0;
+    let mut mv = vdupq_n_f32(f32::NEG_INFINITY);
+    while i + 4 <= n {
+        mv = vmaxq_f32(mv, vld1q_f32(x.add(i)));
+        i += 4;
+    }
+    let mut max = vmaxvq_f32(mv);
+    while i < n {
+        max = max.max(*x.add(i));
+        i += 1;
+    }
+    let maxv = vdupq_n_f32(max);
+    let mut sv = vdupq_n_f32(0.0);
+    i = 0;
+    while i + 4 <= n {
+        let e = exp_ps(vsubq_f32(vld1q_f32(x.add(i)), maxv));
+        vst1q_f32(x.add(i), e);
+        sv = vaddq_f32(sv, e);
+        i += 4;
+    }
+    let mut sum = vaddvq_f32(sv);
+    while i < n {
+        let e = libm::expf(*x.add(i) - max);
+        *x.add(i) = e;
+        sum += e;
+        i += 1;
+    }
+    let sumv = vdupq_n_f32(sum);
+    i = 0;
+    while i + 4 <= n {
+        vst1q_f32(x.add(i), vdivq_f32(vld1q_f32(x.add(i)), sumv));
+        i += 4;
+    }
+    while i < n {
+        *x.add(i) /= sum;
+        i += 1;
+    }
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn swiglu_neon(g: *mut f32, u: *const f32, n: usize) {
+    let one = vdupq_n_f32(1.0);
+    let mut i = 0;
+    while i + 4 <= n {
+        let gv = vld1q_f32(g.add(i));
+        let e = exp_ps(vnegq_f32(gv));
+        let silu = vdivq_f32(gv, vaddq_f32(one, e));
+        vst1q_f32(g.add(i), vmulq_f32(silu, vld1q_f32(u.add(i))));
+        i += 4;
+    }
+    while i < n {
+        let gv = *g.add(i);
+        *g.add(i) = gv / (1.0 + libm::expf(-gv)) * *u.add(i);
+        i += 1;
+    }
+}
+
+/// One head: pairs `(a, b)` → `(a·c − b·s, a·s + b·c)`, the reference's roundings (no FMA).
+#[target_feature(enable = "neon")]
+unsafe fn rope_neon(x: *mut f32, rope: *const f32, hd: usize) {
+    // flips the sign of the even lanes: a·c + (−(b·s)) == a·c − b·s exactly
+    let neg_even = vreinterpretq_f32_u32(vld1q_u32([0x8000_0000u32, 0, 0x8000_0000, 0].as_ptr()));
+    let mut i = 0;
+    while i + 4 <= hd {
+        let v = vld1q_f32(x.add(i));
+        let t = vld1q_f32(rope.add(i));
+        let c = vtrn1q_f32(t, t);
+        let s = vtrn2q_f32(t, t);
+        let sw = vrev64q_f32(v);
+        let p = vmulq_f32(sw, s);
+        let p = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(p), vreinterpretq_u32_f32(neg_even)));
+        vst1q_f32(x.add(i), vaddq_f32(vmulq_f32(v, c), p));
+        i += 4;
+    }
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn attn_values_neon(out: *mut f32, hd: usize, att: &[f32], values: *const f32, stride: usize) {
+    let mut c = 0;
+    while c + 16 <= hd {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for (t, &a) in att.iter().enumerate() {
+            let v = values.add(t * stride + c);
+            for (k, acc) in acc.iter_mut().enumerate() {
+                *acc = vfmaq_n_f32(*acc, vld1q_f32(v.add(4 * k)), a);
+            }
+        }
+        for (k, acc) in acc.iter().enumerate() {
+            vst1q_f32(out.add(c + 4 * k), *acc);
+        }
+        c += 16;
+    }
+    while c + 4 <= hd {
+        let mut acc = vdupq_n_f32(0.0);
+        for (t, &a) in att.iter().enumerate() {
+            acc = vfmaq_n_f32(acc, vld1q_f32(values.add(t * stride + c)), a);
+        }
+        vst1q_f32(out.add(c), acc);
+        c += 4;
+    }
+    while c < hd {
+        let mut acc = 0f32;
+        for (t, &a) in att.iter().enumerate() {
+            acc += a * *values.add(t * stride + c);
+        }
+        *out.add(c) = acc;
+        c += 1;
+    }
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn quantize_q8_neon(x: *const f32, q: *mut i8, s: *mut f32, groups: usize) {
+    for g in 0..groups {
+        let p = x.add(g * 32);
+        let mut v = [vdupq_n_f32(0.0); 8];
+        for (k, v) in v.iter_mut().enumerate() {
+            *v = vld1q_f32(p.add(4 * k));
+        }
+        let mut m = vabsq_f32(v[0]);
+        for v in &v[1..] {
+            m = vmaxq_f32(m, vabsq_f32(*v));
+        }
+        let amax = vmaxvq_f32(m);
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut n16 = [vdup_n_s16(0); 8];
+        for (k, n) in n16.iter_mut().enumerate() {
+            // fcvtas: round to nearest, ties away from zero == roundf
+            *n = vqmovn_s32(vcvtaq_s32_f32(vmulq_n_f32(v[k], id)));
+        }
+        for h in 0..2 {
+            let lo = vcombine_s16(n16[4 * h], n16[4 * h + 1]);
+            let hi = vcombine_s16(n16[4 * h + 2], n16[4 * h + 3]);
+            vst1q_s8(q.add(g * 32 + 16 * h), vcombine_s8(vqmovn_s16(lo), vqmovn_s16(hi)));
+        }
+        *s.add(g) = d;
+    }
+}
+
+/// `acc + Σ` of `sdot` over four-byte groups (the intrinsic is unstable on Rust 1.95).
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // SAFETY: `sdot` only reads and writes the named vector registers; the
+    // caller's target features guarantee the instruction exists.
+    unsafe {
+        core::arch::asm!(
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc, a = in(vreg) a, b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+macro_rules! q8_matvec {
+    ($module:ident, $feat:literal, |$w0:ident, $w1:ident, $x0:ident, $x1:ident| $dot:expr) => {
+        mod $module {
+            use core::arch::aarch64::*;
+
+            #[allow(unused_imports)]
+            use super::{f16x4_to_f32, sdot};
+            use crate::kernels::f16_to_f32;
+
+            /// Four i32 lanes summing to the group's exact dot product.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn dot($w0: int8x16_t, $w1: int8x16_t, $x0: int8x16_t, $x1: int8x16_t) -> int32x4_t {
+                $dot
+            }
+
+            /// Caller guarantees the CPU features and slice lengths (`check_q8`).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn matvec(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+                let cols = xq.len();
+                let groups = cols / 32;
+                let rows = out.len();
+                let (o, w, s) = (out.as_mut_ptr(), wq.as_ptr(), ws.as_ptr());
+                let mut r = 0;
+                while r + 4 <= rows {
+                    block::<4>(o.add(r), w.add(r * cols), s.add(r * groups), xq.as_ptr(), xs.as_ptr(), groups);
+                    r += 4;
+                }
+                while r < rows {
+                    block::<1>(o.add(r), w.add(r * cols), s.add(r * groups), xq.as_ptr(), xs.as_ptr(), groups);
+                    r += 1;
+                }
+            }
+
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn block<const R: usize>(
+                out: *mut f32,
+                w: *const i8,
+                ws: *const u16,
+                xq: *const i8,
+                xs: *const f32,
+                groups: usize,
+            ) {
+                let cols = groups * 32;
+                let mut acc = [vdupq_n_f32(0.0); R];
+                let mut sc = [[0f32; 4]; R];
+                let mut g0 = 0;
+                while g0 < groups {
+                    let n = if groups - g0 >= 4 { 4 } else { groups - g0 };
+                    if n == 4 {
+                        let xv = vld1q_f32(xs.add(g0));
+                        for (r, sc) in sc.iter_mut().enumerate() {
+                            let h = vld1_u16(ws.add(r * groups + g0));
+                            vst1q_f32(sc.as_mut_ptr(), vmulq_f32(f16x4_to_f32(h), xv));
+                        }
+                    } else {
+                        for (r, sc) in sc.iter_mut().enumerate() {
+                            for (j, sc) in sc.iter_mut().enumerate().take(n) {
+                                *sc = f16_to_f32(*ws.add(r * groups + g0 + j)) * *xs.add(g0 + j);
+                            }
+                        }
+                    }
+                    for j in 0..n {
+                        let at = (g0 + j) * 32;
+                        let x0 = vld1q_s8(xq.add(at));
+                        let x1 = vld1q_s8(xq.add(at + 16));
+                        for r in 0..R {
+                            let p = w.add(r * cols + at);
+                            let d = dot(vld1q_s8(p), vld1q_s8(p.add(16)), x0, x1);
+                            acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(d), sc[r][j]);
+                        }
+                    }
+                    g0 += n;
+                }
+                if R == 4 {
+                    let s01 = vpaddq_f32(acc[0], acc[1]);
+                    let s23 = vpaddq_f32(acc[2], acc[3]);
+                    vst1q_f32(out, vpaddq_f32(s01, s23));
+                } else {
+                    for (r, a) in acc.iter().enumerate() {
+                        *out.add(r) = vaddvq_f32(*a);
+                    }
+                }
+            }
+        }
+    };
+}
+
+q8_matvec!(q8_neon, "neon", |w0, w1, x0, x1| {
+    let lo = vmlal_s8(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), vget_low_s8(w1), vget_low_s8(x1));
+    let hi = vmlal_high_s8(vmull_high_s8(w0, x0), w1, x1);
+    vpadalq_s16(vpaddlq_s16(lo), hi)
+});
+q8_matvec!(q8_dotprod, "neon,dotprod", |w0, w1, x0, x1| sdot(sdot(vdupq_n_s32(0), w0, x0), w1, x1));

@@ -1,0 +1,579 @@
+//! x86_64 kernels: AVX2 + FMA + F16C (every kiosk PC since ~2013), with the
+//! q8 dot product optionally on VNNI (`vpdpbusd`, VEX AVX-VNNI or EVEX
+//! AVX-512 VNNI at 256-bit width).
+//!
+//! q8 dot per group of 32: `vpmaddubsw`/`vpdpbusd` multiply u8 × i8, so the
+//! signs move onto the activations: `|w| (as u8) · (x · sign(w))`. `|w|` is
+//! exact for all of i8 (|-128| = 128 as u8); `x · sign(w)` is exact because
+//! activations lie in [-127, 127]. `vpmaddubsw` sums pairs into i16 with
+//! saturation, but `2 · 128 · 127 = 32512` never saturates, so every path
+//! yields the reference's exact per-group `i32` sums. Each group's eight
+//! `i32` lanes are converted to f32 and scaled by `ws·xs` with an FMA into
+//! per-row accumulators; rows are processed four at a time so each
+//! activation vector is loaded once per four rows.
+
+use core::arch::x86_64::*;
+
+use super::{check_q8, reference, Kernels};
+
+#[cfg(feature = "std")]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+}
+#[cfg(not(feature = "std"))]
+fn has_avx2() -> bool {
+    cfg!(all(target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))
+}
+#[cfg(feature = "std")]
+#[allow(unused_unsafe)] // `__cpuid` is an unsafe fn before Rust 1.94 (MSRV 1.85)
+fn has_avxvnni() -> bool {
+    // CPUID.(EAX=7, ECX=1):EAX bit 4 (the detection macro's "avxvnni" is
+    // stable only since Rust 1.89); YMM state support is implied by `has_avx2`.
+    // SAFETY: `cpuid` exists on every x86_64 CPU; leaf 7 is checked against the max leaf.
+    has_avx2()
+        && unsafe { __cpuid(0).eax >= 7 && __cpuid_count(7, 0).eax >= 1 && __cpuid_count(7, 1).eax & (1 << 4) != 0 }
+}
+#[cfg(not(feature = "std"))]
+fn has_avxvnni() -> bool {
+    has_avx2() && cfg!(target_feature = "avxvnni")
+}
+#[cfg(feature = "std")]
+fn has_avx512vnni() -> bool {
+    has_avx2()
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512vnni")
+}
+#[cfg(not(feature = "std"))]
+fn has_avx512vnni() -> bool {
+    has_avx2()
+        && cfg!(all(
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vl",
+            target_feature = "avx512vnni"
+        ))
+}
+
+/// The AVX2 table, if this CPU has AVX2, FMA and F16C.
+pub fn avx2() -> Option<&'static Kernels> {
+    has_avx2().then_some(&AVX2)
+}
+/// The AVX-VNNI table, if this CPU has it (and AVX2, FMA, F16C).
+pub fn avxvnni() -> Option<&'static Kernels> {
+    has_avxvnni().then_some(&AVXVNNI)
+}
+/// The AVX-512 VNNI table, if this CPU has AVX-512 F/BW/VL/VNNI (and AVX2, FMA, F16C).
+pub fn avx512vnni() -> Option<&'static Kernels> {
+    has_avx512vnni().then_some(&AVX512VNNI)
+}
+
+// The tables are private: they are handed out only after detection, which is
+// what makes their safe wrappers sound.
+static AVX2: Kernels = Kernels {
+    name: "avx2",
+    matvec_q8: matvec_q8_avx2,
+    matvec_f32,
+    matvec_f16,
+    quantize_q8,
+    rmsnorm,
+    softmax,
+    rope,
+    swiglu,
+    attn_scores,
+    attn_values,
+};
+static AVXVNNI: Kernels = Kernels { name: "avxvnni", matvec_q8: matvec_q8_avxvnni, ..AVX2 };
+static AVX512VNNI: Kernels = Kernels { name: "avx512vnni", matvec_q8: matvec_q8_avx512vnni, ..AVX2 };
+
+// ---- safe wrappers (reachable only through the tables above) ----
+
+fn matvec_q8_avx2(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q8(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVX2`/`avx2()`, returned after detecting
+    // avx2+fma+f16c; slice lengths were checked above.
+    unsafe { q8_avx2::matvec(out, wq, ws, xq, xs) }
+}
+fn matvec_q8_avxvnni(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q8(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVXVNNI`, returned after detecting
+    // avx2+fma+f16c+avxvnni; slice lengths were checked above.
+    unsafe { q8_avxvnni::matvec(out, wq, ws, xq, xs) }
+}
+fn matvec_q8_avx512vnni(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q8(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVX512VNNI`, returned after detecting
+    // avx2+fma+f16c+avx512f/bw/vl/vnni; slice lengths were checked above.
+    unsafe { q8_avx512vnni::matvec(out, wq, ws, xq, xs) }
+}
+
+fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
+    let cols = x.len();
+    assert!(w.len() >= out.len() * cols);
+    for (r, o) in out.iter_mut().enumerate() {
+        // SAFETY: AVX2 table only (see above); row `r` lies inside `w` (checked).
+        *o = unsafe { dot(w.as_ptr().add(r * cols), x.as_ptr(), cols) };
+    }
+}
+
+fn matvec_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
+    let cols = x.len();
+    assert!(w.len() >= out.len() * cols);
+    for (r, o) in out.iter_mut().enumerate() {
+        // SAFETY: AVX2 table only (see above); row `r` lies inside `w` (checked).
+        *o = unsafe { dot_f16(w.as_ptr().add(r * cols), x.as_ptr(), cols) };
+    }
+}
+
+fn quantize_q8(x: &[f32], q: &mut [i8], s: &mut [f32]) {
+    let groups = (x.len() / 32).min(q.len() / 32).min(s.len());
+    // SAFETY: AVX2 table only; `groups` groups fit every slice.
+    unsafe { quantize_q8_avx2(x.as_ptr(), q.as_mut_ptr(), s.as_mut_ptr(), groups) }
+}
+
+fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    // SAFETY: AVX2 table only; the sum reads `x` within its length.
+    let ss = unsafe { dot(x.as_ptr(), x.as_ptr(), x.len()) } / x.len() as f32;
+    let inv = 1.0 / libm::sqrtf(ss + eps);
+    let n = out.len().min(x.len()).min(w.len());
+    // SAFETY: AVX2 table only; `n` bounds all three slices.
+    unsafe { scale_mul(out.as_mut_ptr(), x.as_ptr(), w.as_ptr(), inv, n) }
+}
+
+fn softmax(x: &mut [f32]) {
+    // SAFETY: AVX2 table only; pointer and length come from one slice.
+    unsafe { softmax_avx2(x.as_mut_ptr(), x.len()) }
+}
+
+fn rope(x: &mut [f32], rope: &[f32], head_dim: usize) {
+    if head_dim % 8 != 0 || rope.len() < head_dim {
+        return reference::rope(x, rope, head_dim);
+    }
+    for head in x.chunks_exact_mut(head_dim) {
+        // SAFETY: AVX2 table only; `head` and `rope` hold `head_dim` floats.
+        unsafe { rope_avx2(head.as_mut_ptr(), rope.as_ptr(), head_dim) }
+    }
+}
+
+fn swiglu(g: &mut [f32], u: &[f32]) {
+    let n = g.len().min(u.len());
+    // SAFETY: AVX2 table only; `n` bounds both slices.
+    unsafe { swiglu_avx2(g.as_mut_ptr(), u.as_ptr(), n) }
+}
+
+fn attn_scores(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
+    let hd = q.len();
+    if let Some(last) = att.len().checked_sub(1) {
+        assert!(keys.len() >= last * stride + hd, "attn_scores: keys too short");
+    }
+    for (t, a) in att.iter_mut().enumerate() {
+        // SAFETY: AVX2 table only; key `t` lies inside `keys` (checked above).
+        *a = unsafe { dot(q.as_ptr(), keys.as_ptr().add(t * stride), hd) } * scale;
+    }
+}
+
+fn attn_values(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) {
+    let hd = out.len();
+    if let Some(last) = att.len().checked_sub(1) {
+        assert!(values.len() >= last * stride + hd, "attn_values: values too short");
+    }
+    // SAFETY: AVX2 table only; every value row read lies inside `values` (checked above).
+    unsafe { attn_values_avx2(out.as_mut_ptr(), hd, att, values.as_ptr(), stride) }
+}
+
+// ---- shared helpers ----
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Writes the horizontal sums of four accumulators to `out[0..4]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn store4(out: *mut f32, a: __m256, b: __m256, c: __m256, d: __m256) {
+    let ab = _mm256_hadd_ps(a, b);
+    let cd = _mm256_hadd_ps(c, d);
+    let s = _mm256_hadd_ps(ab, cd);
+    let r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    _mm_storeu_ps(out, r);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn f16_scalar(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// `Σ a[i]·b[i]` over `n` floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 16 <= n {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i + 8)), _mm256_loadu_ps(b.add(i + 8)), s1);
+        i += 16;
+    }
+    if i + 8 <= n {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), s0);
+        i += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(s0, s1));
+    while i < n {
+        s += *a.add(i) * *b.add(i);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16(w: *const u16, x: *const f32, n: usize) -> f32 {
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 16 <= n {
+        let h = _mm256_loadu_si256(w.add(i) as *const __m256i);
+        let lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+        let hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+        s0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x.add(i)), s0);
+        s1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x.add(i + 8)), s1);
+        i += 16;
+    }
+    if i + 8 <= n {
+        let lo = _mm256_cvtph_ps(_mm_loadu_si128(w.add(i) as *const __m128i));
+        s0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x.add(i)), s0);
+        i += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(s0, s1));
+    while i < n {
+        s += f16_scalar(*w.add(i)) * *x.add(i);
+        i += 1;
+    }
+    s
+}
+
+/// `out[i] = x[i] * k * w[i]` (same rounding as the scalar expression).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_mul(out: *mut f32, x: *const f32, w: *const f32, k: f32, n: usize) {
+    let kv = _mm256_set1_ps(k);
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x.add(i)), kv), _mm256_loadu_ps(w.add(i)));
+        _mm256_storeu_ps(out.add(i), v);
+        i += 8;
+    }
+    while i < n {
+        *out.add(i) = *x.add(i) * k * *w.add(i);
+        i += 1;
+    }
+}
+
+/// `e^x` (Cephes polynomial; ≤ 2 ulp on [-87.3, 88.3]; clamped outside).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn exp_ps(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.336_54)), _mm256_set1_ps(88.376_26));
+    let fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(core::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
+    let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut y = _mm256_set1_ps(1.987_569_1e-4);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.398_2e-3));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.333_452e-3));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.166_579_6e-2));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.166_666_65));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+    let e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax_avx2(x: *mut f32, n: usize) {
+    let mut i = 0;
+    let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+    while i + 8 <= n {
+        mv = _mm256_max_ps(mv, _mm256_loadu_ps(x.add(i)));
+        i += 8;
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let mut max = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    while i < n {
+        max = max.max(*x.add(i));
+        i += 1;
+    }
+    let maxv = _mm256_set1_ps(max);
+    let mut sv = _mm256_setzero_ps();
+    i = 0;
+    while i + 8 <= n {
+        let e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x.add(i)), maxv));
+        _mm256_storeu_ps(x.add(i), e);
+        sv = _mm256_add_ps(sv, e);
+        i += 8;
+    }
+    let mut sum = hsum(sv);
+    while i < n {
+        let e = libm::expf(*x.add(i) - max);
+        *x.add(i) = e;
+        sum += e;
+        i += 1;
+    }
+    let sumv = _mm256_set1_ps(sum);
+    i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(x.add(i), _mm256_div_ps(_mm256_loadu_ps(x.add(i)), sumv));
+        i += 8;
+    }
+    while i < n {
+        *x.add(i) /= sum;
+        i += 1;
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn swiglu_avx2(g: *mut f32, u: *const f32, n: usize) {
+    let one = _mm256_set1_ps(1.0);
+    let mut i = 0;
+    while i + 8 <= n {
+        let gv = _mm256_loadu_ps(g.add(i));
+        let e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        let silu = _mm256_div_ps(gv, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(g.add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(u.add(i))));
+        i += 8;
+    }
+    while i < n {
+        let gv = *g.add(i);
+        *g.add(i) = gv / (1.0 + libm::expf(-gv)) * *u.add(i);
+        i += 1;
+    }
+}
+
+/// One head: pairs `(a, b)` → `(a·c − b·s, a·s + b·c)`, exactly the
+/// reference's roundings (no FMA).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rope_avx2(x: *mut f32, rope: *const f32, hd: usize) {
+    let mut i = 0;
+    while i + 8 <= hd {
+        let v = _mm256_loadu_ps(x.add(i));
+        let t = _mm256_loadu_ps(rope.add(i));
+        let c = _mm256_moveldup_ps(t);
+        let s = _mm256_movehdup_ps(t);
+        let sw = _mm256_permute_ps(v, 0b1011_0001);
+        _mm256_storeu_ps(x.add(i), _mm256_addsub_ps(_mm256_mul_ps(v, c), _mm256_mul_ps(sw, s)));
+        i += 8;
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attn_values_avx2(out: *mut f32, hd: usize, att: &[f32], values: *const f32, stride: usize) {
+    let mut c = 0;
+    while c + 32 <= hd {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (t, &a) in att.iter().enumerate() {
+            let av = _mm256_set1_ps(a);
+            let v = values.add(t * stride + c);
+            for (k, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(av, _mm256_loadu_ps(v.add(8 * k)), *acc);
+            }
+        }
+        for (k, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(c + 8 * k), *acc);
+        }
+        c += 32;
+    }
+    while c + 8 <= hd {
+        let mut acc = _mm256_setzero_ps();
+        for (t, &a) in att.iter().enumerate() {
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(a), _mm256_loadu_ps(values.add(t * stride + c)), acc);
+        }
+        _mm256_storeu_ps(out.add(c), acc);
+        c += 8;
+    }
+    while c < hd {
+        let mut acc = 0f32;
+        for (t, &a) in att.iter().enumerate() {
+            acc += a * *values.add(t * stride + c);
+        }
+        *out.add(c) = acc;
+        c += 1;
+    }
+}
+
+/// Round half away from zero, exactly (`t = trunc(v)`, `+sign` when `|v − t| ≥ 0.5`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn round_away(v: __m256) -> __m256i {
+    let t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    let frac = _mm256_sub_ps(v, t);
+    let sign = _mm256_and_ps(v, _mm256_set1_ps(-0.0));
+    let absf = _mm256_andnot_ps(_mm256_set1_ps(-0.0), frac);
+    let ge = _mm256_cmp_ps(absf, _mm256_set1_ps(0.5), _CMP_GE_OQ);
+    let step = _mm256_and_ps(ge, _mm256_or_ps(sign, _mm256_set1_ps(1.0)));
+    _mm256_cvttps_epi32(_mm256_add_ps(t, step))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_q8_avx2(x: *const f32, q: *mut i8, s: *mut f32, groups: usize) {
+    let absmask = _mm256_set1_ps(-0.0);
+    for g in 0..groups {
+        let p = x.add(g * 32);
+        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+        let a = [
+            _mm256_andnot_ps(absmask, v[0]),
+            _mm256_andnot_ps(absmask, v[1]),
+            _mm256_andnot_ps(absmask, v[2]),
+            _mm256_andnot_ps(absmask, v[3]),
+        ];
+        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let idv = _mm256_set1_ps(id);
+        let i0 = round_away(_mm256_mul_ps(v[0], idv));
+        let i1 = round_away(_mm256_mul_ps(v[1], idv));
+        let i2 = round_away(_mm256_mul_ps(v[2], idv));
+        let i3 = round_away(_mm256_mul_ps(v[3], idv));
+        // packs work per 128-bit lane: fix the order with one permute
+        let w01 = _mm256_packs_epi32(i0, i1);
+        let w23 = _mm256_packs_epi32(i2, i3);
+        let b = _mm256_packs_epi16(w01, w23);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q.add(g * 32) as *mut __m256i, b);
+        *s.add(g) = d;
+    }
+}
+
+// ---- q8 matvec, one module per dot-product instruction ----
+
+macro_rules! q8_matvec {
+    ($module:ident, $feat:literal, |$w:ident, $x:ident| $dot:expr) => {
+        mod $module {
+            use core::arch::x86_64::*;
+
+            use super::{f16_scalar, hsum, store4};
+
+            /// Per-group i32 products of 32 weights and 32 activations (eight lanes summing to the group's sum).
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn dot($w: __m256i, $x: __m256i) -> __m256i {
+                $dot
+            }
+
+            /// Caller guarantees the CPU features and slice lengths (`check_q8`).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn matvec(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+                let cols = xq.len();
+                let groups = cols / 32;
+                let rows = out.len();
+                let (o, w, s) = (out.as_mut_ptr(), wq.as_ptr(), ws.as_ptr());
+                let mut r = 0;
+                while r + 4 <= rows {
+                    block::<4>(o.add(r), w.add(r * cols), s.add(r * groups), xq.as_ptr(), xs.as_ptr(), groups);
+                    r += 4;
+                }
+                while r < rows {
+                    block::<1>(o.add(r), w.add(r * cols), s.add(r * groups), xq.as_ptr(), xs.as_ptr(), groups);
+                    r += 1;
+                }
+            }
+
+            /// `R` consecutive rows.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn block<const R: usize>(
+                out: *mut f32,
+                w: *const i8,
+                ws: *const u16,
+                xq: *const i8,
+                xs: *const f32,
+                groups: usize,
+            ) {
+                let cols = groups * 32;
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut sc = [[0f32; 8]; R];
+                let mut g0 = 0;
+                while g0 < groups {
+                    let n = if groups - g0 >= 8 { 8 } else { groups - g0 };
+                    // combined scales ws·xs for the next (up to) eight groups
+                    if n == 8 {
+                        let xv = _mm256_loadu_ps(xs.add(g0));
+                        for (r, sc) in sc.iter_mut().enumerate() {
+                            let h = _mm_loadu_si128(ws.add(r * groups + g0) as *const __m128i);
+                            _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_mul_ps(_mm256_cvtph_ps(h), xv));
+                        }
+                    } else {
+                        for (r, sc) in sc.iter_mut().enumerate() {
+                            for (j, sc) in sc.iter_mut().enumerate().take(n) {
+                                *sc = f16_scalar(*ws.add(r * groups + g0 + j)) * *xs.add(g0 + j);
+                            }
+                        }
+                    }
+                    for j in 0..n {
+                        let at = (g0 + j) * 32;
+                        let xv = _mm256_loadu_si256(xq.add(at) as *const __m256i);
+                        for r in 0..R {
+                            let wv = _mm256_loadu_si256(w.add(r * cols + at) as *const __m256i);
+                            let p = _mm256_cvtepi32_ps(dot(wv, xv));
+                            acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(sc[r][j]), acc[r]);
+                        }
+                    }
+                    g0 += n;
+                }
+                if R == 4 {
+                    store4(out, acc[0], acc[1], acc[2], acc[3]);
+                } else {
+                    for (r, a) in acc.iter().enumerate() {
+                        *out.add(r) = hsum(*a);
+                    }
+                }
+            }
+        }
+    };
+}
+
+q8_matvec!(q8_avx2, "avx2,fma,f16c", |w, x| {
+    let aw = _mm256_sign_epi8(w, w);
+    let sx = _mm256_sign_epi8(x, w);
+    _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
+});
+// `vpdpbusd` through `asm!`: its intrinsics and the `avxvnni`/`avx512vnni`
+// target features are stable only since Rust 1.89 (the workspace MSRV is
+// 1.85). The wrappers above run these only after detecting the feature.
+q8_matvec!(q8_avxvnni, "avx2,fma,f16c", |w, x| {
+    let (a, b) = (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    let mut acc = _mm256_setzero_si256();
+    // SAFETY: register-only instruction; AVX-VNNI was detected before this
+    // table was handed out ({vex}: the VEX encoding, AVX-VNNI proper).
+    unsafe {
+        core::arch::asm!(
+            "{{vex}} vpdpbusd {acc}, {a}, {b}",
+            acc = inout(ymm_reg) acc, a = in(ymm_reg) a, b = in(ymm_reg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+});
+q8_matvec!(q8_avx512vnni, "avx2,fma,f16c", |w, x| {
+    let (a, b) = (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    let mut acc = _mm256_setzero_si256();
+    // SAFETY: register-only instruction; AVX-512 F/BW/VL/VNNI (and OS
+    // support for their state) were detected before this table was handed out.
+    unsafe {
+        core::arch::asm!(
+            "vpdpbusd {acc}, {a}, {b}",
+            acc = inout(ymm_reg) acc, a = in(ymm_reg) a, b = in(ymm_reg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+});

@@ -1,0 +1,411 @@
+//! Every SIMD kernel table this CPU supports, against the scalar reference.
+//!
+//! Bounds:
+//! - q8 matvec: per-group integer sums are exactly the reference's (checked
+//!   with unit scales and one live group at a time, so the f32 result *is*
+//!   the i32 sum); with real scales `|got − ref| ≤ 1e-5 · Σ_g |isum_g·d_g|`.
+//! - quantize_q8 and rope: bit-exact.
+//! - dot-product style f32 kernels (matvec_f32/f16, attention, rmsnorm):
+//!   `|got − ref| ≤ 1e-5 · Σ|terms|` (summation order differs).
+//! - softmax, swiglu (vector `exp`, ≤ 2 ulp): relative 1e-5 (+ 1e-30 absolute).
+//!
+//! Under qemu, CI sets `EDGELM_EXPECT_KERNELS` to the path the emulated CPU
+//! must select (`neon` on cortex-a72, `dotprod` on cortex-a76).
+
+use edgelm_runtime::kernels::{self, reference, Kernels, REFERENCE};
+use proptest::prelude::*;
+
+fn simd_tables() -> Vec<&'static Kernels> {
+    kernels::available().filter(|k| k.name != "reference").collect()
+}
+
+fn cases() -> ProptestConfig {
+    // modest: the suite also runs under qemu in CI
+    ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() }
+}
+
+/// f16 bits of a finite scale in roughly [1e-4, 0.1].
+fn f16_scale() -> impl Strategy<Value = u16> {
+    0x0C00u16..0x2E66
+}
+
+fn q8_inputs(max_groups: usize) -> impl Strategy<Value = (usize, usize, Vec<i8>, Vec<u16>, Vec<i8>, Vec<f32>)> {
+    (prop::sample::select(vec![1usize, 2, 3, 4, 5, 7, 8, 9, 33, 37, 289]), 1..=max_groups).prop_flat_map(
+        |(rows, groups)| {
+            let cols = groups * 32;
+            (
+                Just(rows),
+                Just(cols),
+                prop::collection::vec(any::<i8>(), rows * cols),
+                prop::collection::vec(f16_scale(), rows * groups),
+                prop::collection::vec(-127i8..=127, cols),
+                prop::collection::vec(1e-4f32..0.1, groups),
+            )
+        },
+    )
+}
+
+fn exact_isums(wq: &[i8], xq: &[i8], rows: usize, cols: usize) -> Vec<Vec<i32>> {
+    (0..rows)
+        .map(|r| {
+            (0..cols / 32)
+                .map(|g| (0..32).map(|i| wq[r * cols + g * 32 + i] as i32 * xq[g * 32 + i] as i32).sum())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn expected_kernel_path_is_selected() {
+    let best = kernels::best();
+    eprintln!("kernel path: {} (available: {:?})", best.name, kernels::available().map(|k| k.name).collect::<Vec<_>>());
+    if let Ok(want) = std::env::var("EDGELM_EXPECT_KERNELS") {
+        assert_eq!(best.name, want, "EDGELM_EXPECT_KERNELS");
+    }
+    #[cfg(target_arch = "aarch64")]
+    assert!(kernels::available().any(|k| k.name == "neon"), "every aarch64 CPU has NEON");
+    if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        assert_ne!(kernels::detected().name, "reference", "a SIMD path should be detected here");
+    }
+}
+
+#[test]
+fn select_by_name_and_errors() {
+    assert_eq!(kernels::select(Some("reference")).unwrap().name, "reference");
+    assert_eq!(kernels::select(Some("REFERENCE")).unwrap().name, "reference");
+    assert_eq!(kernels::select(None).unwrap().name, kernels::detected().name);
+    assert_eq!(kernels::select(Some("auto")).unwrap().name, kernels::detected().name);
+    for k in kernels::available() {
+        assert_eq!(kernels::select(Some(k.name)).unwrap().name, k.name);
+    }
+    let e = kernels::select(Some("sse9")).unwrap_err();
+    assert!(!e.known);
+    let msg = e.to_string();
+    assert!(msg.contains("reference") && msg.contains("avx2") && msg.contains("dotprod"), "{msg}");
+    // a path of the other architecture is known but unsupported here
+    let other = if cfg!(target_arch = "aarch64") { "avx2" } else { "dotprod" };
+    let e = kernels::select(Some(other)).unwrap_err();
+    assert!(e.known, "{e}");
+}
+
+#[test]
+fn q8_group_sums_equal_reference_exactly_at_edges() {
+    // extremes: -128 weights, ±127 activations, every group alone with unit scales
+    let one = half::f16::from_f32(1.0).to_bits();
+    for k in simd_tables() {
+        for &(rows, groups) in &[(1usize, 1usize), (3, 2), (5, 9), (33, 24), (4, 8), (6, 17)] {
+            let cols = groups * 32;
+            let wq: Vec<i8> =
+                (0..rows * cols).map(|i| if i % 3 == 0 { -128 } else { (127 - (i % 255) as i32) as i8 }).collect();
+            let xq: Vec<i8> = (0..cols).map(|i| if i % 2 == 0 { -127 } else { 127 }).collect();
+            let ws = vec![one; rows * groups];
+            let want = exact_isums(&wq, &xq, rows, cols);
+            for g in 0..groups {
+                let mut x1 = vec![0i8; cols];
+                x1[g * 32..(g + 1) * 32].copy_from_slice(&xq[g * 32..(g + 1) * 32]);
+                let xs = vec![1f32; groups];
+                let mut out = vec![0f32; rows];
+                (k.matvec_q8)(&mut out, &wq, &ws, &x1, &xs);
+                for r in 0..rows {
+                    assert_eq!(out[r], want[r][g] as f32, "{}: rows {rows} groups {groups} row {r} group {g}", k.name);
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// Unit scales, one live group at a time: the output is that group's
+    /// i32 sum, exactly (|sum| ≤ 32·128·127 < 2^24).
+    #[test]
+    fn q8_group_sums_equal_reference_exactly((rows, cols, wq, _ws, xq, _xs) in q8_inputs(12)) {
+        let groups = cols / 32;
+        let one = half::f16::from_f32(1.0).to_bits();
+        let ws = vec![one; rows * groups];
+        let xs = vec![1f32; groups];
+        let want = exact_isums(&wq, &xq, rows, cols);
+        for k in simd_tables() {
+            for g in 0..groups {
+                let mut x1 = vec![0i8; cols];
+                x1[g * 32..(g + 1) * 32].copy_from_slice(&xq[g * 32..(g + 1) * 32]);
+                let mut out = vec![f32::NAN; rows];
+                (k.matvec_q8)(&mut out, &wq, &ws, &x1, &xs);
+                let mut reference_out = vec![f32::NAN; rows];
+                (REFERENCE.matvec_q8)(&mut reference_out, &wq, &ws, &x1, &xs);
+                for r in 0..rows {
+                    prop_assert_eq!(out[r], want[r][g] as f32, "{} row {} group {}", k.name, r, g);
+                    prop_assert_eq!(out[r], reference_out[r]);
+                }
+            }
+            // all groups live, unit scales: exact integer row sums
+            let mut out = vec![0f32; rows];
+            (k.matvec_q8)(&mut out, &wq, &ws, &xq, &xs);
+            for r in 0..rows {
+                let total: i64 = want[r].iter().map(|&v| v as i64).sum();
+                prop_assert_eq!(out[r] as f64, total as f64, "{} row {}", k.name, r);
+            }
+        }
+    }
+
+    /// Real scales: within 1e-5 of Σ|isum·d| of the reference.
+    #[test]
+    fn q8_matvec_close_to_reference((rows, cols, wq, ws, xq, xs) in q8_inputs(30)) {
+        let groups = cols / 32;
+        let mut want = vec![0f32; rows];
+        reference::matvec_q8(&mut want, &wq, &ws, &xq, &xs);
+        let isums = exact_isums(&wq, &xq, rows, cols);
+        for k in simd_tables() {
+            let mut out = vec![0f32; rows];
+            (k.matvec_q8)(&mut out, &wq, &ws, &xq, &xs);
+            for r in 0..rows {
+                let mag: f64 = (0..groups)
+                    .map(|g| (isums[r][g] as f64 * kernels::f16_to_f32(ws[r * groups + g]) as f64 * xs[g] as f64).abs())
+                    .sum();
+                prop_assert!((out[r] as f64 - want[r] as f64).abs() <= 1e-5 * mag + 1e-30,
+                    "{} row {}: {} vs {} (mag {})", k.name, r, out[r], want[r], mag);
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_is_bit_exact(groups in 1usize..12, seed in any::<u64>(), halves in any::<bool>()) {
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
+        let x: Vec<f32> = (0..groups * 32).map(|i| {
+            if halves {
+                // amax 127 makes the scale 1: exact .5 ties must round away from zero
+                if i % 32 == 0 { 127.0 } else { (next() % 255) as f32 - 127.0 + if next() % 2 == 0 { 0.5 } else { 0.0 } }
+            } else if i % 97 == 5 { 0.0 } else {
+                ((next() as f32 / u32::MAX as f32) - 0.5) * 10f32.powi((next() % 7) as i32 - 3)
+            }
+        }).collect();
+        let (mut q0, mut s0) = (vec![0i8; x.len()], vec![0f32; groups]);
+        reference::quantize_q8(&x, &mut q0, &mut s0);
+        for k in simd_tables() {
+            let (mut q, mut s) = (vec![0i8; x.len()], vec![0f32; groups]);
+            (k.quantize_q8)(&x, &mut q, &mut s);
+            prop_assert_eq!(&q, &q0, "{}", k.name);
+            prop_assert_eq!(s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s0.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+        // zero group
+        let z = vec![0f32; 32];
+        for k in simd_tables() {
+            let (mut q, mut s) = (vec![1i8; 32], vec![1f32; 1]);
+            (k.quantize_q8)(&z, &mut q, &mut s);
+            prop_assert!(q.iter().all(|&v| v == 0) && s[0] == 0.0);
+        }
+    }
+
+    #[test]
+    fn f32_and_f16_matvec_close(rows in 1usize..20, cols in 1usize..200, seed in any::<u32>()) {
+        let w: Vec<f32> = (0..rows * cols).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+        let x: Vec<f32> = (0..cols).map(|i| (((i as u32).wrapping_mul(40503) ^ seed) % 1001) as f32 / 500.0 - 1.0).collect();
+        let wh: Vec<u16> = w.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
+        reference::matvec_f32(&mut a, &w, &x);
+        reference::matvec_f16(&mut b, &wh, &x);
+        for k in simd_tables() {
+            let (mut a2, mut b2) = (vec![0f32; rows], vec![0f32; rows]);
+            (k.matvec_f32)(&mut a2, &w, &x);
+            (k.matvec_f16)(&mut b2, &wh, &x);
+            for r in 0..rows {
+                let mag: f32 = (0..cols).map(|c| (w[r * cols + c] * x[c]).abs()).sum();
+                prop_assert!((a[r] - a2[r]).abs() <= 1e-5 * mag + 1e-30, "{} f32 row {}: {} vs {}", k.name, r, a2[r], a[r]);
+                prop_assert!((b[r] - b2[r]).abs() <= 1e-5 * mag + 1e-30, "{} f16 row {}: {} vs {}", k.name, r, b2[r], b[r]);
+            }
+        }
+    }
+
+    #[test]
+    fn elementwise_kernels_close(n in 1usize..300, seed in any::<u32>(), spread in 0.1f32..30.0) {
+        let v = |i: usize, s: u32| ((((i as u32).wrapping_mul(2654435761) ^ s) % 20001) as f32 / 10000.0 - 1.0) * spread;
+        let x: Vec<f32> = (0..n).map(|i| v(i, seed)).collect();
+        let u: Vec<f32> = (0..n).map(|i| v(i, seed ^ 0x5555)).collect();
+        let w: Vec<f32> = (0..n).map(|i| v(i, seed ^ 0xaaaa) / spread).collect();
+        for k in simd_tables() {
+            // rmsnorm
+            let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+            reference::rmsnorm(&mut a, &x, &w, 1e-5);
+            (k.rmsnorm)(&mut b, &x, &w, 1e-5);
+            for i in 0..n {
+                prop_assert!((a[i] - b[i]).abs() <= 1e-5 * a[i].abs() + 1e-30, "{} rmsnorm {}: {} vs {}", k.name, i, b[i], a[i]);
+            }
+            // softmax
+            let (mut a, mut b) = (x.clone(), x.clone());
+            reference::softmax(&mut a);
+            (k.softmax)(&mut b);
+            for i in 0..n {
+                prop_assert!((a[i] - b[i]).abs() <= 1e-5 * a[i].abs() + 1e-30, "{} softmax {}: {} vs {}", k.name, i, b[i], a[i]);
+            }
+            // swiglu
+            let (mut a, mut b) = (x.clone(), x.clone());
+            reference::swiglu(&mut a, &u);
+            (k.swiglu)(&mut b, &u);
+            for i in 0..n {
+                prop_assert!((a[i] - b[i]).abs() <= 1e-5 * a[i].abs() + 1e-30, "{} swiglu {}: {} vs {}", k.name, i, b[i], a[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn rope_is_bit_exact(heads in 1usize..7, half_hd in 1usize..40, pos in 0usize..5000) {
+        let hd = half_hd * 2;
+        let mut table = vec![0f32; hd];
+        for (i, cs) in table.chunks_exact_mut(2).enumerate() {
+            let a = pos as f32 / 10000f32.powf(2.0 * i as f32 / hd as f32);
+            cs[0] = a.cos();
+            cs[1] = a.sin();
+        }
+        let x: Vec<f32> = (0..heads * hd).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let mut a = x.clone();
+        reference::rope(&mut a, &table, hd);
+        for k in simd_tables() {
+            let mut b = x.clone();
+            (k.rope)(&mut b, &table, hd);
+            prop_assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{}", k.name);
+        }
+    }
+
+    #[test]
+    fn attention_kernels_close(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
+        let stride = hd + extra;
+        let v = |i: usize, s: u32| (((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0;
+        let q: Vec<f32> = (0..hd).map(|i| v(i, seed)).collect();
+        let keys: Vec<f32> = (0..(len - 1) * stride + hd).map(|i| v(i, seed ^ 7)).collect();
+        let vals: Vec<f32> = (0..(len - 1) * stride + hd).map(|i| v(i, seed ^ 99)).collect();
+        let (mut scores, mut oa) = (vec![0f32; len], vec![0f32; hd]);
+        reference::attn_scores(&mut scores, &q, &keys, stride, 0.125);
+        let mut a = scores.clone();
+        reference::softmax(&mut a);
+        reference::attn_values(&mut oa, &a, &vals, stride);
+        for k in simd_tables() {
+            let (mut b, mut ob) = (vec![0f32; len], vec![1f32; hd]);
+            (k.attn_scores)(&mut b, &q, &keys, stride, 0.125);
+            for t in 0..len {
+                let mag: f32 = (0..hd).map(|i| (q[i] * keys[t * stride + i]).abs()).sum::<f32>() * 0.125;
+                prop_assert!((scores[t] - b[t]).abs() <= 1e-5 * mag + 1e-30, "{} score {}", k.name, t);
+            }
+            // values from the same weights, so only attn_values is compared
+            (k.attn_values)(&mut ob, &a, &vals, stride);
+            for i in 0..hd {
+                let mag: f32 = (0..len).map(|t| (a[t] * vals[t * stride + i]).abs()).sum();
+                prop_assert!((oa[i] - ob[i]).abs() <= 1e-5 * mag + 1e-30, "{} value {}: {} vs {}", k.name, i, ob[i], oa[i]);
+            }
+        }
+    }
+}
+
+/// The whole forward pass (q8, f16, f32 models): every SIMD table against
+/// the reference table, one and two threads.
+#[test]
+fn forward_pass_matches_reference_tables() {
+    use edgelm_runtime::format::DType;
+    use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
+    use edgelm_runtime::threads::Pool;
+    use edgelm_runtime::{AlignedBytes, Model, Session, SessionOptions};
+
+    let pool = Pool::new(2);
+    let mut failures = Vec::new();
+    for dtype in [DType::Q8, DType::F16, DType::F32] {
+        let bytes = AlignedBytes::from(synthetic_model(&SyntheticSpec::tiny(dtype)).unwrap());
+        let model = Model::from_bytes(&bytes).unwrap();
+        let tokens: Vec<u32> = (0..20u32).map(|i| (i * 37 + 11) % model.config.vocab_size).collect();
+        let run = |k: &'static Kernels, threads: bool| -> Vec<Vec<f32>> {
+            let mut arena = vec![0u8; model.arena_bytes(32)];
+            let mut s = Session::new(&model, "story", &mut arena, SessionOptions::new(32)).unwrap();
+            s.set_kernels(k);
+            if threads {
+                s.set_pool(&pool);
+            }
+            tokens.iter().map(|&t| s.step(t).unwrap().to_vec()).collect()
+        };
+        let want = run(&REFERENCE, false);
+        assert_eq!(run(&REFERENCE, true), want, "{dtype:?}: threads must not change reference results");
+        for k in simd_tables() {
+            for threads in [false, true] {
+                let got = run(k, threads);
+                let mut worst = 0f32;
+                for (g, w) in got.iter().zip(&want) {
+                    let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+                    for (a, b) in g.iter().zip(w) {
+                        worst = worst.max((a - b).abs() / scale);
+                    }
+                }
+                // q8: a 1-ulp difference upstream can flip one activation's
+                // rounding (±1/127 of its group), which moves logits ~1 %;
+                // f32/f16 have no such step.
+                let bound = if dtype == DType::Q8 { 3e-2 } else { 2e-3 };
+                if worst >= bound {
+                    failures.push(format!("{dtype:?} {} threads={threads}: worst relative error {worst}", k.name));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Rows split across a pool give bit-identical rows (same kernel per row).
+#[test]
+fn threaded_matvec_is_identical_to_single_thread() {
+    use edgelm_runtime::kernels::{matvec_f16_par, matvec_f32_par, matvec_q8_par, PARALLEL_MIN_BYTES};
+    use edgelm_runtime::threads::Pool;
+    for threads in [2usize, 3, 4] {
+        let pool = Pool::new(threads);
+        for &(rows, cols) in &[(1001usize, 256usize), (4099, 64), (13, 32 * 600)] {
+            assert!(rows * cols >= PARALLEL_MIN_BYTES);
+            let groups = cols / 32;
+            let wq: Vec<i8> = (0..rows * cols).map(|i| (i.wrapping_mul(2654435761) >> 7) as i8).collect();
+            let ws: Vec<u16> =
+                (0..rows * groups).map(|i| half::f16::from_f32(0.01 + (i % 7) as f32 * 1e-3).to_bits()).collect();
+            let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.1).sin()).collect();
+            let wf: Vec<f32> = wq.iter().map(|&v| v as f32 / 100.0).collect();
+            let wh: Vec<u16> = wf.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+            for k in kernels::available() {
+                let (mut xq, mut xs) = (vec![0i8; cols], vec![0f32; groups]);
+                (k.quantize_q8)(&x, &mut xq, &mut xs);
+                let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
+                matvec_q8_par(k, None, &mut a, &wq, &ws, &xq, &xs);
+                matvec_q8_par(k, Some(&pool), &mut b, &wq, &ws, &xq, &xs);
+                assert_eq!(a, b, "{} q8 {rows}x{cols} threads {threads}", k.name);
+                matvec_f32_par(k, None, &mut a, &wf, &x);
+                matvec_f32_par(k, Some(&pool), &mut b, &wf, &x);
+                assert_eq!(a, b, "{} f32", k.name);
+                matvec_f16_par(k, None, &mut a, &wh, &x);
+                matvec_f16_par(k, Some(&pool), &mut b, &wh, &x);
+                assert_eq!(a, b, "{} f16", k.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn pool_runs_every_index_once_and_survives_many_jobs() {
+    use edgelm_runtime::threads::Pool;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pool = Pool::new(3);
+    assert_eq!(pool.threads(), 3);
+    let hits = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
+    for _ in 0..2000 {
+        pool.run(&|i| {
+            hits[i].fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    for h in &hits {
+        assert_eq!(h.load(Ordering::Relaxed), 2000);
+    }
+    // idle long enough for workers to park, then wake them again
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    pool.run(&|i| {
+        hits[i].fetch_add(1, Ordering::Relaxed);
+    });
+    assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 2001));
+    let single = Pool::new(1);
+    let n = AtomicUsize::new(0);
+    single.run(&|i| {
+        assert_eq!(i, 0);
+        n.fetch_add(1, Ordering::Relaxed);
+    });
+    assert_eq!(n.load(Ordering::Relaxed), 1);
+}
