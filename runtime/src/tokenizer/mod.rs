@@ -13,6 +13,7 @@ mod sentencepiece;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod unicode;
 
 pub use stream::Utf8Stream;
 

@@ -4,25 +4,10 @@
 //! 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 //! ```
 //!
-//! Character classes: `\p{L}` is approximated by `char::is_alphabetic() &&
-//! !char::is_numeric()`, `\p{N}` is `char::is_numeric()` (exactly the Unicode
-//! N categories) and `\s` is `char::is_whitespace()` (Unicode `White_Space`,
-//! like the regex crate). See docs/TOKENIZER.md for the divergence.
+//! Character classes: exactly the regex engine's `\p{L}`, `\p{N}` and
+//! `\s` (Unicode 16.0.0 tables in `unicode.rs`, see there).
 
-/// `\p{L}` (approximation, see the module docs).
-pub fn is_letter(c: char) -> bool {
-    c.is_alphabetic() && !c.is_numeric()
-}
-
-/// `\p{N}`.
-pub fn is_number(c: char) -> bool {
-    c.is_numeric()
-}
-
-/// `\s`.
-pub fn is_space(c: char) -> bool {
-    c.is_whitespace()
-}
+pub use super::unicode::{is_letter, is_number, is_space};
 
 /// `[^\s\p{L}\p{N}]`.
 pub fn is_other(c: char) -> bool {
