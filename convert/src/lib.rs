@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod inspect;
 pub mod llama2c;
 pub mod output;
+pub mod pack;
 pub mod store;
 pub mod tokenizer_import;
 pub mod vocab;
