@@ -32,10 +32,13 @@ impl WeightRng {
     }
 }
 
+/// Token byte strings and merges `(left, right, result)` in rank order.
+pub type VocabAndMerges = (Vec<Vec<u8>>, Vec<(u32, u32, u32)>);
+
 /// A byte-level BPE vocabulary: `<|endoftext|>` (id 0), the 256 bytes
 /// (ids 1..=256), then merged tokens (printable pairs, then pair + byte)
 /// up to `vocab_size`. Returns `(tokens, merges as (left, right, result))`.
-pub fn byte_level_vocab(vocab_size: usize) -> (Vec<Vec<u8>>, Vec<(u32, u32, u32)>) {
+pub fn byte_level_vocab(vocab_size: usize) -> VocabAndMerges {
     let mut vocab: Vec<Vec<u8>> = Vec::with_capacity(vocab_size);
     vocab.push(b"<|endoftext|>".to_vec());
     for b in 0..=255u8 {

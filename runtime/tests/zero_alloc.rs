@@ -59,7 +59,7 @@ fn generation_loop_does_not_allocate() {
                 t.unwrap();
             }
             // truncation path too
-            session.feed_prompt(&LONG[..]).unwrap();
+            session.feed_prompt(LONG).unwrap();
         }
         let after = ALLOCATIONS.load(Ordering::SeqCst);
         assert_eq!(after - before, 0, "{dtype:?}: the generation loop allocated {} times", after - before);
