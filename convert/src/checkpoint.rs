@@ -48,7 +48,8 @@ fn get_f32(v: &Value, key: &str, default: f32) -> Result<f32> {
 
 /// Parses `config.json`.
 pub fn parse_config(json: &str) -> Result<CheckpointConfig> {
-    let v: Value = serde_json::from_str(json).map_err(|e| Error::Config(format!("config.json is not valid JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_str(json).map_err(|e| Error::Config(format!("config.json is not valid JSON: {e}")))?;
     if !v.is_object() {
         return Err(Error::Config("config.json is not a JSON object".into()));
     }
@@ -127,10 +128,10 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io("read", &index, e))?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::BadInput { path: index.clone(), what: format!("not valid JSON: {e}") })?;
-        let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::BadInput {
-            path: index.clone(),
-            what: "no weight_map object".into(),
-        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| Error::BadInput { path: index.clone(), what: "no weight_map object".into() })?;
         let files: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
         if files.is_empty() {
             return Err(Error::BadInput { path: index, what: "weight_map lists no files".into() });
@@ -205,7 +206,10 @@ pub(crate) fn fit_vocab(tables: &mut TokenizerTables, vocab_size: usize) -> Resu
 /// Imports the checkpoint in `dir`.
 pub fn import_checkpoint(dir: &Path, opts: &ImportOptions) -> Result<Converted> {
     if !dir.is_dir() {
-        return Err(Error::BadInput { path: dir.into(), what: "not a directory (expected a checkpoint directory)".into() });
+        return Err(Error::BadInput {
+            path: dir.into(),
+            what: "not a directory (expected a checkpoint directory)".into(),
+        });
     }
     let cfg_path = dir.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io("read", &cfg_path, e))?;

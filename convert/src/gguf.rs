@@ -144,7 +144,9 @@ fn read_tensor<R: Read + Seek>(content: &Content, r: &mut R, name: &str, shape: 
     let qt = content.tensor(r, name, &Device::Cpu).map_err(|e| Error::Gguf(format!("tensor {name}: {e}")))?;
     let data = qt.data().map_err(gerr)?;
     Ok(match info.ggml_dtype {
-        GgmlDType::F32 => Source::F32(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        GgmlDType::F32 => {
+            Source::F32(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        }
         GgmlDType::F16 => Source::F16(data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()),
         GgmlDType::BF16 => Source::F32(
             data.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
@@ -288,6 +290,7 @@ pub struct ExportOptions {
 }
 
 /// A finished export: the GGUF bytes and a short description.
+#[derive(Debug)]
 pub struct Exported {
     pub bytes: Vec<u8>,
     pub n_blocks: usize,
@@ -406,7 +409,10 @@ pub fn export_gguf(base: &[u8], pack: Option<&[u8]>, opts: &ExportOptions) -> Re
         ("llama.rope.freq_base".into(), Value::F32(c.rope_theta)),
         ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(c.norm_eps)),
         ("llama.vocab_size".into(), Value::U32(vocab)),
-        ("edgelm.model_id".into(), Value::String(if pack_file.is_some() { domain.source } else { model.model_id }.into())),
+        (
+            "edgelm.model_id".into(),
+            Value::String(if pack_file.is_some() { domain.source } else { model.model_id }.into()),
+        ),
         ("edgelm.domain".into(), Value::String(name.clone())),
     ];
     if let Some(t) = domain.tag_token {

@@ -94,7 +94,12 @@ pub fn verify(bytes: &[u8], pack: Option<&[u8]>) -> Result<Verified> {
         let first = d.tokenizer.info().bos.unwrap_or(0);
         let logits = session.step(first)?;
         if logits.len() != d.vocab_size {
-            return Err(Error::Verify(format!("domain {}: {} logits for a vocabulary of {}", d.name, logits.len(), d.vocab_size)));
+            return Err(Error::Verify(format!(
+                "domain {}: {} logits for a vocabulary of {}",
+                d.name,
+                logits.len(),
+                d.vocab_size
+            )));
         }
         if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
             return Err(Error::Verify(format!("domain {}: logit {i} is not finite after one token", d.name)));
@@ -111,7 +116,8 @@ pub fn verify(bytes: &[u8], pack: Option<&[u8]>) -> Result<Verified> {
 pub fn describe_gguf(path: &std::path::Path) -> Result<String> {
     use candle_core::quantized::gguf_file::{Content, Value};
     let mut r = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?);
-    let c = Content::read(&mut r).map_err(|e| Error::BadInput { path: path.into(), what: format!("not a readable GGUF file: {e}") })?;
+    let c = Content::read(&mut r)
+        .map_err(|e| Error::BadInput { path: path.into(), what: format!("not a readable GGUF file: {e}") })?;
     let mut s = String::new();
     let _ = writeln!(s, "GGUF {:?}, {} metadata keys, {} tensors", c.magic, c.metadata.len(), c.tensor_infos.len());
     let mut keys: Vec<&String> = c.metadata.keys().collect();

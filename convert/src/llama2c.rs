@@ -66,19 +66,30 @@ fn positive(v: i32, what: &str) -> Result<u32> {
 /// Parses the header of a llama2.c model file.
 pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
     if bytes.len() < 28 {
-        return Err(Error::Truncated { path: path.into(), what: format!("{} bytes, too short for a llama2.c header", bytes.len()) });
+        return Err(Error::Truncated {
+            path: path.into(),
+            what: format!("{} bytes, too short for a llama2.c header", bytes.len()),
+        });
     }
     let first = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     let (version, p, shared, data_start) = if first == MAGIC {
         if bytes.len() < HEADER_LEN {
-            return Err(Error::Truncated { path: path.into(), what: "shorter than the 256-byte llama2.c header".into() });
+            return Err(Error::Truncated {
+                path: path.into(),
+                what: "shorter than the 256-byte llama2.c header".into(),
+            });
         }
         let v = i32_at(bytes, 4);
         let p: Vec<i32> = (0..7).map(|i| i32_at(bytes, 8 + 4 * i)).collect();
         let shared = match bytes[36] {
             0 => false,
             1 => true,
-            x => return Err(Error::BadInput { path: path.into(), what: format!("shared_classifier flag is {x}, not 0 or 1") }),
+            x => {
+                return Err(Error::BadInput {
+                    path: path.into(),
+                    what: format!("shared_classifier flag is {x}, not 0 or 1"),
+                })
+            }
         };
         let version = match v {
             1 => Version::V1,
@@ -119,8 +130,9 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
         norm_eps: 1e-5,
         tied_head: shared,
     };
-    config.validate().map_err(|e| {
-        Error::BadInput { path: path.into(), what: format!("not a llama2.c model or unsupported shape: {e}") }
+    config.validate().map_err(|e| Error::BadInput {
+        path: path.into(),
+        what: format!("not a llama2.c model or unsupported shape: {e}"),
     })?;
     Ok(Header { version, config, shared_classifier: shared, data_start })
 }
@@ -133,8 +145,10 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn f32s(&mut self, n: usize) -> Vec<f32> {
-        let out =
-            self.bytes[self.pos..self.pos + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let out = self.bytes[self.pos..self.pos + 4 * n]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         self.pos += 4 * n;
         out
     }
@@ -182,7 +196,12 @@ fn expected_len(h: &Header) -> Result<usize> {
 }
 
 /// Imports a llama2.c model and its `tokenizer.bin`.
-pub fn import_llama2c(model_bytes: &[u8], tokenizer_bin: &[u8], path: &Path, opts: &ImportOptions) -> Result<Converted> {
+pub fn import_llama2c(
+    model_bytes: &[u8],
+    tokenizer_bin: &[u8],
+    path: &Path,
+    opts: &ImportOptions,
+) -> Result<Converted> {
     let h = parse_header(model_bytes, path)?;
     let want = expected_len(&h)?;
     if model_bytes.len() != want {
@@ -204,12 +223,20 @@ pub fn import_llama2c(model_bytes: &[u8], tokenizer_bin: &[u8], path: &Path, opt
     let c = h.config;
     let tables = from_llama2c_tokenizer_bin(tokenizer_bin, c.vocab_size as usize)
         .map_err(|e| Error::Tokenizer(format!("tokenizer.bin: {e}")))?;
-    let (dim, ffn, l, vocab, kv) = (c.dim as usize, c.ffn_dim as usize, c.n_layers as usize, c.vocab_size as usize, c.kv_dim());
+    let (dim, ffn, l, vocab, kv) =
+        (c.dim as usize, c.ffn_dim as usize, c.n_layers as usize, c.vocab_size as usize, c.kv_dim());
     let mut cur = Cursor { bytes: model_bytes, pos: h.data_start };
     let mut b = ModelBuilder::new(c, opts.policy)?;
     let pb = opts.progress((9 * l + 3) as u64);
-    let layer_mats = [("attention.wq", dim, dim), ("attention.wk", kv, dim), ("attention.wv", kv, dim), ("attention.wo", dim, dim),
-        ("feed_forward.w1", ffn, dim), ("feed_forward.w2", dim, ffn), ("feed_forward.w3", ffn, dim)];
+    let layer_mats = [
+        ("attention.wq", dim, dim),
+        ("attention.wk", kv, dim),
+        ("attention.wv", kv, dim),
+        ("attention.wo", dim, dim),
+        ("feed_forward.w1", ffn, dim),
+        ("feed_forward.w2", dim, ffn),
+        ("feed_forward.w3", ffn, dim),
+    ];
     let add_norms = |b: &mut ModelBuilder, cur: &mut Cursor<'_>, which: &str| -> Result<()> {
         for i in 0..l {
             b.norm(&format!("layers.{i}.{which}"), cur.f32s(dim))?;

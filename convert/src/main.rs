@@ -210,7 +210,11 @@ fn main() -> Result<()> {
             if bytes.starts_with(b"GGUF") {
                 print!("{}", edgelm_convert::inspect::describe_gguf(&file)?);
             } else {
-                print!("{}", edgelm_convert::inspect::describe(&bytes).with_context(|| format!("inspecting {}", file.display()))?);
+                print!(
+                    "{}",
+                    edgelm_convert::inspect::describe(&bytes)
+                        .with_context(|| format!("inspecting {}", file.display()))?
+                );
             }
             Ok(())
         }
@@ -221,7 +225,9 @@ fn main() -> Result<()> {
                 .with_context(|| format!("verifying {}", file.display()))?;
             println!("ok: checksum {:#018x} verified, {} tensors, structure loads", v.checksum, v.n_tensors);
             for (name, top, amax) in &v.domains {
-                println!("ok: domain {name}: one forward step from BOS, finite logits (max |logit| {amax:.3}, argmax {top})");
+                println!(
+                    "ok: domain {name}: one forward step from BOS, finite logits (max |logit| {amax:.3}, argmax {top})"
+                );
             }
             Ok(())
         }

@@ -90,7 +90,10 @@ pub enum Source {
     F16(Vec<u16>),
     /// Already int8 with one f16 scale per 32 values along rows (GGUF Q8_0):
     /// stored as is when the target is q8, so the conversion is lossless.
-    Q8 { qs: Vec<i8>, scales: Vec<u16> },
+    Q8 {
+        qs: Vec<i8>,
+        scales: Vec<u16>,
+    },
 }
 
 impl Source {
@@ -269,11 +272,7 @@ impl ModelBuilder {
     /// A `[rows, cols]` matrix, stored as the policy says for `role`.
     pub fn matrix(&mut self, name: &str, role: Role, rows: usize, cols: usize, src: Source) -> Result<()> {
         if src.len() != rows * cols {
-            return Err(Error::ShapeMismatch {
-                name: name.into(),
-                got: vec![src.len()],
-                expected: vec![rows, cols],
-            });
+            return Err(Error::ShapeMismatch { name: name.into(), got: vec![src.len()], expected: vec![rows, cols] });
         }
         let want = match role {
             Role::Embedding => self.policy.embedding,

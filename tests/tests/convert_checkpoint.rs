@@ -75,10 +75,8 @@ fn write_safetensors(path: &Path, w: &Weights, st: St) -> Weights {
             }
         };
         held.get_mut(n.as_str()).unwrap().1 = stored;
-        header.insert(
-            hf_name(n),
-            serde_json::json!({"dtype": dt, "shape": shape, "data_offsets": [start, data.len()]}),
-        );
+        header
+            .insert(hf_name(n), serde_json::json!({"dtype": dt, "shape": shape, "data_offsets": [start, data.len()]}));
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
     while h.len() % 8 != 0 {
@@ -204,7 +202,8 @@ fn bad_checkpoints_are_clear_errors() {
     // unsupported architecture
     let dir = tempdir();
     write_checkpoint(dir.path(), &c, &w, St::F32, None);
-    let cfg = config_json(&c, None).replace("\"llama\"", "\"mistral\"").replace("LlamaForCausalLM", "MistralForCausalLM");
+    let cfg =
+        config_json(&c, None).replace("\"llama\"", "\"mistral\"").replace("LlamaForCausalLM", "MistralForCausalLM");
     std::fs::write(dir.path().join("config.json"), cfg).unwrap();
     let e = import_checkpoint(dir.path(), &opts).unwrap_err();
     assert!(matches!(e, Error::UnsupportedArchitecture(ref a) if a == "mistral"), "{e}");

@@ -181,6 +181,7 @@ fn llama_vocab(n: usize) -> Vec<(&'static str, V)> {
         ("tokenizer.ggml.token_type", V::I32s(types)),
         ("tokenizer.ggml.bos_token_id", V::U32(1)),
         ("tokenizer.ggml.eos_token_id", V::U32(2)),
+        ("tokenizer.ggml.add_space_prefix", V::Bool(true)),
     ]
 }
 
@@ -252,8 +253,9 @@ fn f32_f16_q8_0_gguf_match_reference() {
                     assert!(worst < 1e-4, "type {ty} as {dtype}: worst relative error {worst}");
                 }
             }
+            // q8 against the values the file holds (Q8_0 blocks are kept as they are)
             let q8 = import_bytes(&file, StoreDType::Q8).unwrap();
-            let agree = greedy_agreement(&q8, &mut Reference::new(c, &w, Rope::Interleaved), 1, 64);
+            let agree = greedy_agreement(&q8, &mut Reference::new(c, &held, Rope::Interleaved), 1, 64);
             assert!(agree * 100 >= 95 * 64, "type {ty} as q8 agreed on {agree}/64");
         }
     }
@@ -446,4 +448,62 @@ fn export_refuses_a_pack_as_base_and_unknown_domains() {
     let e = export_gguf(&base, None, &ExportOptions { domain: Some("recipes".into()) }).unwrap_err();
     assert!(e.to_string().contains("recipes"), "{e}");
     let _ = Path::new("");
+}
+
+fn step_logits(model: &Model<'_>, domain: &str, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut arena = vec![0u8; model.arena_bytes(tokens.len())];
+    let d = model.domain(domain).unwrap();
+    let mut s =
+        edgelm_runtime::Session::with_domain(model, d, &mut arena, edgelm_runtime::SessionOptions::new(tokens.len()))
+            .unwrap();
+    tokens.iter().map(|&t| s.step(t).unwrap().to_vec()).collect()
+}
+
+#[test]
+fn pack_domain_flattens_to_a_plain_llama() {
+    use edgelm_runtime::synthetic::{synthetic_pack, SyntheticPackSpec};
+    let base_spec = SyntheticSpec::tiny(DType::F32);
+    let base = synthetic_model(&base_spec).unwrap();
+    let packs = [
+        // own tokenizer / embedding / head; blocks before block 0, in the middle and at the end
+        SyntheticPackSpec {
+            domain: "recipes".into(),
+            own_vocab: Some(300),
+            tag_token: None,
+            positions: vec![0, 1, 2],
+            identity_init: false,
+            dtype: DType::Q8,
+            seed: 3,
+        },
+        // shared tokenizer with a tag token, two blocks at the same position
+        SyntheticPackSpec {
+            domain: "code".into(),
+            own_vocab: None,
+            tag_token: Some(5),
+            positions: vec![1, 1],
+            identity_init: false,
+            dtype: DType::F16,
+            seed: 4,
+        },
+    ];
+    for ps in &packs {
+        let pack = synthetic_pack(&base_spec, ps).unwrap();
+        let g = export_gguf(&base, Some(&pack), &ExportOptions::default()).unwrap();
+        assert_eq!(g.domain, ps.domain);
+        assert_eq!(g.n_blocks, 2 + ps.positions.len());
+        let flat = AlignedBytes::from_slice(&import_bytes(&g.bytes, StoreDType::Keep).unwrap());
+        let flat = Model::from_bytes(&flat).unwrap();
+        let (b, p) = (AlignedBytes::from_slice(&base), AlignedBytes::from_slice(&pack));
+        let mut m = Model::from_bytes(&b).unwrap();
+        m.add_pack_bytes(&p).unwrap();
+        let tokens = test_tokens(12, 300);
+        let want = step_logits(&m, &ps.domain, &tokens);
+        let got = step_logits(&flat, flat.default_domain().name, &tokens);
+        assert_eq!(flat.default_domain().name, ps.domain);
+        for (a, b) in want.iter().zip(&got) {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{}: {x} vs {y}", ps.domain);
+            }
+        }
+    }
 }

@@ -25,7 +25,15 @@ fn layer_concat(w: &Weights, c: &Config, suffix: &str) -> Vec<f32> {
 }
 
 fn config_ints(c: &Config, vocab: i32) -> Vec<i32> {
-    vec![c.dim as i32, c.ffn_dim as i32, c.n_layers as i32, c.n_heads as i32, c.n_kv_heads as i32, vocab, c.max_seq_len as i32]
+    vec![
+        c.dim as i32,
+        c.ffn_dim as i32,
+        c.n_layers as i32,
+        c.n_heads as i32,
+        c.n_kv_heads as i32,
+        vocab,
+        c.max_seq_len as i32,
+    ]
 }
 
 /// run.c's legacy layout.
@@ -70,7 +78,15 @@ fn header(c: &Config, version: i32, group: Option<i32>) -> Vec<u8> {
 
 fn matrices_v1(c: &Config) -> Vec<String> {
     let mut names = vec!["tok_embeddings".to_string()];
-    for s in ["attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"] {
+    for s in [
+        "attention.wq",
+        "attention.wk",
+        "attention.wv",
+        "attention.wo",
+        "feed_forward.w1",
+        "feed_forward.w2",
+        "feed_forward.w3",
+    ] {
         names.extend((0..c.n_layers).map(|l| format!("layers.{l}.{s}")));
     }
     if !c.tied_head {
@@ -130,8 +146,35 @@ pub fn tokenizer_bin(vocab: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
         pieces.push(format!("<0x{b:02X}>").into_bytes());
     }
     let words = [
-        " ", "e", "t", "O", "n", "c", "u", "p", "o", "a", "i", "m", " t", " O", " On", " Onc", " Once", " u", " up", " upo",
-        " upon", " a", " ti", " tim", " time", "he", " the", "Once", "\u{e9}t\u{e9}",
+        " ",
+        "e",
+        "t",
+        "O",
+        "n",
+        "c",
+        "u",
+        "p",
+        "o",
+        "a",
+        "i",
+        "m",
+        " t",
+        " O",
+        " On",
+        " Onc",
+        " Once",
+        " u",
+        " up",
+        " upo",
+        " upon",
+        " a",
+        " ti",
+        " tim",
+        " time",
+        "he",
+        " the",
+        "Once",
+        "\u{e9}t\u{e9}",
     ];
     for w in words {
         pieces.push(w.as_bytes().to_vec());
@@ -260,7 +303,8 @@ fn bad_llama2c_inputs_are_clear_errors() {
     assert!(e.to_string().contains("n_heads"), "{e}");
     // tokenizer.bin truncated
     let (tok, _) = tokenizer_bin(VOCAB as usize);
-    let e = import_llama2c(&v1, &tok[..tok.len() / 2], Path::new("m.bin"), &ImportOptions::new(StoreDType::F32)).unwrap_err();
+    let e = import_llama2c(&v1, &tok[..tok.len() / 2], Path::new("m.bin"), &ImportOptions::new(StoreDType::F32))
+        .unwrap_err();
     assert!(e.to_string().contains("truncated"), "{e}");
     // every prefix of a small file errors without panicking
     for cut in (0..v1.len()).step_by(997) {

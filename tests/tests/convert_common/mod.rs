@@ -30,13 +30,18 @@ pub fn tiny_config(vocab: u32, tied: bool) -> Config {
 }
 
 /// Random weights under runtime names (`tok_embeddings`, `layers.N.…`,
-/// `norm`, `output` unless tied).
+/// `norm`, `output` unless tied). Matrices are uniform with scale
+/// `1/sqrt(cols)`; the embedding and head use 4× that, which gives logits
+/// the spread of a trained model (with all-`1/sqrt(cols)` weights a tiny
+/// random model's top logits are near-ties, and greedy agreement then
+/// measures the ties rather than the conversion).
 pub fn random_weights(c: &Config, seed: u64) -> Weights {
     let (dim, ffn, vocab, kv) = (c.dim as usize, c.ffn_dim as usize, c.vocab_size as usize, c.kv_dim());
     let mut rng = WeightRng::new(seed);
     let mut w = Weights::new();
     let mut mat = |rng: &mut WeightRng, name: String, rows: usize, cols: usize| {
-        let scale = 1.0 / (cols as f32).sqrt();
+        let gain = if name == "tok_embeddings" || name == "output" { 4.0 } else { 1.0 };
+        let scale = gain / (cols as f32).sqrt();
         w.insert(name, (vec![rows, cols], rng.fill(rows * cols, scale)));
     };
     mat(&mut rng, "tok_embeddings".into(), vocab, dim);
