@@ -39,7 +39,16 @@ fn docs(t: &str) -> Vec<String> {
 }
 
 fn cfg(vocab: usize) -> ModelConfig {
-    ModelConfig { dim: 64, n_layers: 2, n_heads: 4, n_kv_heads: 2, ffn_dim: 96, vocab_size: vocab, max_seq: 32, ..Default::default() }
+    ModelConfig {
+        dim: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        ffn_dim: 96,
+        vocab_size: vocab,
+        max_seq: 32,
+        ..Default::default()
+    }
 }
 
 fn import(dir: &Path) -> AlignedBytes {
@@ -95,8 +104,9 @@ fn a_trained_expansion_runs_on_device_as_a_pack() {
 
     // Expansion with the recipe tokenizer, a few steps so every new tensor moves.
     let base2 = checkpoint::load(&base_dir, &dev).unwrap().model;
-    let e = Expanded::new(base2, "recipe", TokenizerMode::PerDomain, vec![1, 2], Some(&story_tok), Some(&recipe_tok), None)
-        .unwrap();
+    let e =
+        Expanded::new(base2, "recipe", TokenizerMode::PerDomain, vec![1, 2], Some(&story_tok), Some(&recipe_tok), None)
+            .unwrap();
     let corpus = Corpus { path: dir.path().join("r.txt"), text: rt.clone() };
     let stream = TokenStream::build(&corpus, &recipe_tok, None).unwrap();
     let fc = FitConfig { steps: 5, batch: 4, seq: 16, lr: 1e-2, warmup: 1, ..FitConfig::default() };
@@ -142,4 +152,18 @@ fn a_trained_expansion_runs_on_device_as_a_pack() {
     // q8 packs load too (the size that ships).
     let q8 = domain_checkpoint_to_pack(&dom_dir, &base_dir, StoreDType::Q8).unwrap();
     assert!(q8.len() < pack.len());
+}
+
+/// Writes a real pack until `edgelm-convert import-checkpoint DIR --base BASE` exists:
+/// `EDGELM_PACK_DOMAIN=models/recipe-ckpt EDGELM_PACK_BASE=models/story-base
+/// EDGELM_PACK_OUT=models/recipe.edgelm cargo test -p edgelm-tests --test pack_e2e -- --ignored`
+#[test]
+#[ignore]
+fn write_pack_from_env() {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("set {k}"));
+    let (dom, base, out) = (var("EDGELM_PACK_DOMAIN"), var("EDGELM_PACK_BASE"), var("EDGELM_PACK_OUT"));
+    let dtype: StoreDType = std::env::var("EDGELM_PACK_DTYPE").unwrap_or_else(|_| "q8".into()).parse().unwrap();
+    let bytes = domain_checkpoint_to_pack(Path::new(&dom), Path::new(&base), dtype).unwrap();
+    std::fs::write(&out, &bytes).unwrap();
+    println!("wrote {out} ({} bytes)", bytes.len());
 }

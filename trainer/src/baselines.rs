@@ -171,7 +171,7 @@ impl Lora {
         }
         let frozen = Frozen::of(&base)?;
         let dev = base.device().clone();
-        let mut rng = Rng::new(seed, 0x10_4A);
+        let mut rng = Rng::new(seed, 0x104A);
         let mut adapters = Vec::new();
         for fb in &frozen.blocks {
             let mut row = Vec::new();

@@ -437,7 +437,7 @@ fn init_rows(base_w: &Tensor, base_tok: Option<&EdgeTokenizer>, dt: &EdgeTokeniz
     let (vb, dim) = base_w.dims2()?;
     let v = dt.vocab_size();
     let bw = base_w.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
-    let mut rng = crate::rng::Rng::new(0xD0_3A1, v as u64);
+    let mut rng = crate::rng::Rng::new(0xD03A1, v as u64);
     let mut out = Vec::with_capacity(v * dim);
     for id in 0..v as u32 {
         let mut row: Option<Vec<f32>> = None;
@@ -510,7 +510,10 @@ pub fn load_domain(domain_dir: &Path, base_dir: &Path, device: &Device) -> Resul
     for (name, v) in e.vars() {
         let t = tensors.remove(&name).ok_or_else(|| Error::ckpt(domain_dir, format!("missing tensor {name}")))?;
         if t.dims() != v.dims() {
-            return Err(Error::ckpt(domain_dir, format!("tensor {name} has shape {:?}, expected {:?}", t.dims(), v.dims())));
+            return Err(Error::ckpt(
+                domain_dir,
+                format!("tensor {name} has shape {:?}, expected {:?}", t.dims(), v.dims()),
+            ));
         }
         v.set(&t)?;
     }

@@ -78,7 +78,8 @@ impl ExperimentConfig {
             max_seq: 128,
             ..ModelConfig::default()
         };
-        let fc = FitConfig { steps: 300, batch: 16, seq: 128, lr: 3e-3, min_lr: 3e-4, warmup: 30, ..FitConfig::default() };
+        let fc =
+            FitConfig { steps: 300, batch: 16, seq: 128, lr: 3e-3, min_lr: 3e-4, warmup: 30, ..FitConfig::default() };
         ExperimentConfig {
             data,
             out,
@@ -229,10 +230,11 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         write_report(cfg, rs)?;
         Ok(())
     };
-    let eval_llama = |m: &Llama, tok: &EdgeTokenizer, c: &Corpus, tag: Option<u32>, name: &str| -> Result<DomainScore> {
-        let r = evaluate(&ModelScorer { model: m, batch: 16 }, tok, &c.text, tag)?;
-        Ok(DomainScore::of(&r, name, tok.vocab_size()))
-    };
+    let eval_llama =
+        |m: &Llama, tok: &EdgeTokenizer, c: &Corpus, tag: Option<u32>, name: &str| -> Result<DomainScore> {
+            let r = evaluate(&ModelScorer { model: m, batch: 16 }, tok, &c.text, tag)?;
+            Ok(DomainScore::of(&r, name, tok.vocab_size()))
+        };
     let progress = |name: &'static str, total: usize| {
         let out = out.clone();
         let t = Instant::now();
@@ -256,7 +258,14 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         log(out, "training base");
         let m = Llama::new(&model_for(story_tok.vocab_size()), cfg.base.seed, &dev)?;
         let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
-        let st = fit(m.vars(), &cfg.base, &dev, &mut batches(&story_s, &cfg.base), &lf, &mut progress("base", cfg.base.steps))?;
+        let st = fit(
+            m.vars(),
+            &cfg.base,
+            &dev,
+            &mut batches(&story_s, &cfg.base),
+            &lf,
+            &mut progress("base", cfg.base.steps),
+        )?;
         checkpoint::save_model(&base_dir, &m, &story_tok, &[s("story")], candle_core::DType::F32)?;
         let mut r = result("base", &st, m.n_params(), m.n_params());
         r.story = Some(eval_llama(&m, &story_tok, &data.story_valid, None, "story")?);
@@ -278,10 +287,24 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         let base = load_base()?;
         let id0 = checkpoint::model_id(&base.tensors())?;
         let positions = default_positions(base.cfg.n_layers, cfg.blocks);
-        let e = Expanded::new(base, "recipe", TokenizerMode::PerDomain, positions, Some(&story_tok), Some(&recipe_tok), None)?;
+        let e = Expanded::new(
+            base,
+            "recipe",
+            TokenizerMode::PerDomain,
+            positions,
+            Some(&story_tok),
+            Some(&recipe_tok),
+            None,
+        )?;
         let lf = |x: &Tensor, y: &Tensor| e.loss(x, y);
-        let st =
-            fit(e.vars(), &cfg.domain, &dev, &mut batches(&recipe_own, &cfg.domain), &lf, &mut progress("expand", cfg.domain.steps))?;
+        let st = fit(
+            e.vars(),
+            &cfg.domain,
+            &dev,
+            &mut batches(&recipe_own, &cfg.domain),
+            &lf,
+            &mut progress("expand", cfg.domain.steps),
+        )?;
         let id1 = checkpoint::model_id(&e.base.tensors())?;
         e.save(&out.join("expand").join("recipe"), &base_cfg, &recipe_tok)?;
         let mut r = result("expand", &st, e.n_trainable(), e.n_total());
@@ -331,13 +354,23 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         log(out, "training lora");
         let lo = Lora::new(load_base()?, cfg.lora_rank, cfg.domain.seed)?;
         let lf = |x: &Tensor, y: &Tensor| lo.loss(x, y);
-        let st =
-            fit(lo.vars(), &cfg.domain, &dev, &mut batches(&recipe_base, &cfg.domain), &lf, &mut progress("lora", cfg.domain.steps))?;
+        let st = fit(
+            lo.vars(),
+            &cfg.domain,
+            &dev,
+            &mut batches(&recipe_base, &cfg.domain),
+            &lf,
+            &mut progress("lora", cfg.domain.steps),
+        )?;
         let m = lo.merge()?;
         let mut r = result("lora", &st, lo.n_trainable(), lo.base.n_params() + lo.n_trainable());
         r.story = Some(eval_llama(&m, &story_tok, &data.story_valid, None, "story")?);
         r.recipe = Some(eval_llama(&m, &story_tok, &data.recipe_valid, None, "story")?);
-        r.notes.push(format!("rank {}, alpha {}, all 7 projections of every block", lo.rank, lo.scale * lo.rank as f64));
+        r.notes.push(format!(
+            "rank {}, alpha {}, all 7 projections of every block",
+            lo.rank,
+            lo.scale * lo.rank as f64
+        ));
         r.samples = samples_of(&|ids| m.next_logits(ids), &story_tok, &recipe_prompts, cfg.samples, None)?;
         save(&mut results, r)?;
     }
@@ -609,14 +642,18 @@ fn charts(out: &Path, rs: &[MethodResult]) -> std::result::Result<(), String> {
         let methods = ["base", "expand", "finetune", "lora", "separate", "joint"];
         let vals: Vec<(Option<f64>, Option<f64>)> = methods
             .iter()
-            .map(|m| get(m).map_or((None, None), |r| (r.story.as_ref().map(|d| d.bpb), r.recipe.as_ref().map(|d| d.bpb))))
+            .map(|m| {
+                get(m).map_or((None, None), |r| (r.story.as_ref().map(|d| d.bpb), r.recipe.as_ref().map(|d| d.bpb)))
+            })
             .collect();
         let ymax = vals.iter().flat_map(|(a, b)| [a, b]).filter_map(|v| *v).fold(0.1, f64::max) * 1.1;
         let p = out.join("bpb.png");
         let root = BitMapBackend::new(&p, (800, 450)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(&x))?;
-        let mut ch =
-            ChartBuilder::on(&root).margin(20).build_cartesian_2d(0f64..methods.len() as f64, 0f64..ymax).map_err(|x| e(&x))?;
+        let mut ch = ChartBuilder::on(&root)
+            .margin(20)
+            .build_cartesian_2d(0f64..methods.len() as f64, 0f64..ymax)
+            .map_err(|x| e(&x))?;
         for k in 0..=(ymax * 2.0) as usize {
             let y = k as f64 / 2.0;
             ch.draw_series(LineSeries::new([(0.0, y), (methods.len() as f64, y)], RGBColor(220, 220, 220)))
@@ -628,7 +665,8 @@ fn charts(out: &Path, rs: &[MethodResult]) -> std::result::Result<(), String> {
                 ch.draw_series([Rectangle::new([(x + 0.1, 0.0), (x + 0.45, *s)], blue.filled())]).map_err(|x| e(&x))?;
             }
             if let Some(r) = r {
-                ch.draw_series([Rectangle::new([(x + 0.55, 0.0), (x + 0.9, *r)], orange.filled())]).map_err(|x| e(&x))?;
+                ch.draw_series([Rectangle::new([(x + 0.55, 0.0), (x + 0.9, *r)], orange.filled())])
+                    .map_err(|x| e(&x))?;
             }
         }
         if let Some(b) = get("base").and_then(|r| r.story.as_ref()) {
@@ -651,7 +689,8 @@ fn charts(out: &Path, rs: &[MethodResult]) -> std::result::Result<(), String> {
         for (i, (a, b)) in pairs.iter().enumerate() {
             let x = i as f64;
             if let Some(a) = a {
-                ch.draw_series([Rectangle::new([(x + 0.1, 0.0), (x + 0.45, a.bpb)], blue.filled())]).map_err(|x| e(&x))?;
+                ch.draw_series([Rectangle::new([(x + 0.1, 0.0), (x + 0.45, a.bpb)], blue.filled())])
+                    .map_err(|x| e(&x))?;
             }
             if let Some(b) = b {
                 ch.draw_series([Rectangle::new([(x + 0.55, 0.0), (x + 0.9, b.bpb)], orange.filled())])
@@ -678,7 +717,8 @@ fn charts(out: &Path, rs: &[MethodResult]) -> std::result::Result<(), String> {
         let p = out.join("curves.png");
         let root = BitMapBackend::new(&p, (800, 450)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(&x))?;
-        let mut ch = ChartBuilder::on(&root).margin(20).build_cartesian_2d(0f64..xmax, 0f64..ymax).map_err(|x| e(&x))?;
+        let mut ch =
+            ChartBuilder::on(&root).margin(20).build_cartesian_2d(0f64..xmax, 0f64..ymax).map_err(|x| e(&x))?;
         for (m, c) in series {
             if let Some(r) = get(m) {
                 let w = 10usize;

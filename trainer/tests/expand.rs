@@ -41,7 +41,16 @@ fn docs(t: &str) -> Vec<String> {
 }
 
 fn tiny(vocab: usize) -> ModelConfig {
-    ModelConfig { dim: 32, n_layers: 3, n_heads: 4, n_kv_heads: 2, ffn_dim: 48, vocab_size: vocab, max_seq: 24, ..Default::default() }
+    ModelConfig {
+        dim: 32,
+        n_layers: 3,
+        n_heads: 4,
+        n_kv_heads: 2,
+        ffn_dim: 48,
+        vocab_size: vocab,
+        max_seq: 24,
+        ..Default::default()
+    }
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
