@@ -6,13 +6,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot {action} {path}: {err}")]
+    Io { action: &'static str, path: PathBuf, err: std::io::Error },
     #[error("{path}: not a {expected} file ({what})")]
     BadMagic { path: PathBuf, expected: &'static str, what: String },
     #[error("{path}: truncated or corrupt: {what}")]
@@ -40,7 +35,7 @@ pub enum Error {
     #[error("safetensors: {0}")]
     Safetensors(String),
     #[error("the .edgelm format rejected the model: {0}")]
-    Format(#[from] edgelm_runtime::Error),
+    Format(edgelm_runtime::Error),
     #[error("refusing to write {0}: it is one of the inputs; choose another --output")]
     WouldOverwriteInput(PathBuf),
     #[error("not yet supported: {0}")]
@@ -50,8 +45,16 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { action, path: path.into(), source }
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, err: std::io::Error) -> Self {
+        Error::Io { action, path: path.into(), err }
+    }
+}
+
+// Not `#[from]`: that would also make the runtime error the `source`, and
+// `anyhow` would print its message twice.
+impl From<edgelm_runtime::Error> for Error {
+    fn from(e: edgelm_runtime::Error) -> Self {
+        Error::Format(e)
     }
 }
 

@@ -42,11 +42,16 @@ where
 {
     check_not_input(output, inputs)?;
     let dir = parent_of(output);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".edgelm-convert-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io("create a temporary file in", &dir, e))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".edgelm-convert-").suffix(".tmp");
+    // Temporary files are private (0600) by default; the finished file is an
+    // ordinary output (0644, like `cp` with the usual umask).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let mut tmp = builder.tempfile_in(&dir).map_err(|e| Error::io("create a temporary file in", &dir, e))?;
     fill(tmp.as_file_mut())?;
     tmp.as_file_mut().flush().map_err(|e| Error::io("write", output, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io("sync", output, e))?;
