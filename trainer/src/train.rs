@@ -56,10 +56,10 @@ pub struct LogRow {
 impl LogRow {
     fn csv(&self) -> String {
         format!(
-            "{},{:.6},{},{:.6e},{:.4},{},{:.1},{:.1}",
+            "{},{},{},{:.6e},{:.4},{},{:.1},{:.1}",
             self.step,
             self.loss,
-            self.valid_loss.map(|v| format!("{v:.6}")).unwrap_or_default(),
+            self.valid_loss.map(|v| v.to_string()).unwrap_or_default(),
             self.lr,
             self.grad_norm,
             self.tokens_seen,
@@ -189,26 +189,12 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     let mut rows = Vec::new();
     let mut model_id = None;
     let mut done_here = 0usize;
-    let vars = opt.params.clone();
     while step < tc.steps {
         let lr = crate::schedule::lr_at(step, tc.steps, tc.warmup, tc.lr, tc.min_lr);
-        let mut acc = GradAccumulator::new(vars.len());
-        let mut loss_sum = 0.0;
-        for _ in 0..tc.accum {
-            let (x, y) = batcher.next_batch(job.train_stream)?;
-            let x = Tensor::from_vec(x, (tc.batch, seq), &job.device)?;
-            let y = Tensor::from_vec(y, (tc.batch, seq), &job.device)?;
-            let loss = model.loss(&x, &y)?;
-            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let grads = loss.backward()?;
-            acc.add(&vars, &grads, 1.0 / tc.accum as f64)?;
-        }
-        let loss = loss_sum / tc.accum as f64;
+        let (loss, grad_norm) = train_step(&model, &mut opt, &mut batcher, job.train_stream, tc, lr)?;
         if !loss.is_finite() {
             return Err(Error::Config(format!("loss became {loss} at step {step}; lower --lr or raise --warmup")));
         }
-        let (grads, grad_norm) = acc.finish(&vars, tc.grad_clip)?;
-        opt.step(&grads, lr)?;
         step += 1;
         done_here += 1;
         tokens_seen += tokens_per_step;
@@ -263,4 +249,57 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     }
     pb.finish();
     Ok(TrainReport { rows, final_step: step, model_id })
+}
+
+/// One optimiser step: `accum` micro-batches of forward + backward, gradient
+/// accumulation, global-norm clipping, AdamW at learning rate `lr`.
+/// Returns the mean loss and the gradient norm before clipping.
+pub fn train_step(
+    model: &Llama,
+    opt: &mut AdamW,
+    batcher: &mut Batcher,
+    stream: &TokenStream,
+    tc: &TrainConfig,
+    lr: f64,
+) -> Result<(f64, f64)> {
+    let (b, seq) = (batcher.batch, batcher.seq_len);
+    let vars = opt.params.clone();
+    let mut acc = GradAccumulator::new(vars.len());
+    let mut loss_sum = 0.0;
+    for _ in 0..tc.accum {
+        let (x, y) = batcher.next_batch(stream)?;
+        let x = Tensor::from_vec(x, (b, seq), model.device())?;
+        let y = Tensor::from_vec(y, (b, seq), model.device())?;
+        let loss = model.loss(&x, &y)?;
+        loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let grads = loss.backward()?;
+        acc.add(&vars, &grads, 1.0 / tc.accum as f64)?;
+    }
+    let (grads, grad_norm) = acc.finish(&vars, tc.grad_clip)?;
+    opt.step(&grads, lr)?;
+    Ok((loss_sum / tc.accum as f64, grad_norm))
+}
+
+/// Training throughput on random tokens: `steps` timed optimiser steps after
+/// `warmup` untimed ones. Returns tokens/s.
+pub fn bench(model_cfg: &ModelConfig, tc: &TrainConfig, warmup: usize, steps: usize, device: &Device) -> Result<f64> {
+    let mut rng = crate::rng::Rng::new(tc.seed, 0xBE4C);
+    let n = 1 << 20;
+    let stream = TokenStream {
+        tokens: (0..n).map(|_| rng.below(model_cfg.vocab_size as u64) as u16).collect(),
+        n_docs: 1,
+        n_bytes: n as u64,
+    };
+    let model = Llama::new(model_cfg, tc.seed, device)?;
+    let hp = AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.eps, weight_decay: tc.weight_decay };
+    let mut opt = AdamW::new(model.vars(), hp)?;
+    let mut batcher = Batcher::new(tc.seed, tc.batch, model_cfg.max_seq);
+    for _ in 0..warmup {
+        train_step(&model, &mut opt, &mut batcher, &stream, tc, tc.lr)?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        train_step(&model, &mut opt, &mut batcher, &stream, tc, tc.lr)?;
+    }
+    Ok((steps * tc.batch * tc.accum * model_cfg.max_seq) as f64 / t0.elapsed().as_secs_f64())
 }

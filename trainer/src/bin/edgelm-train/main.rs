@@ -54,6 +54,50 @@ enum Cmd {
     Eval(EvalArgs),
     /// Generate text from a checkpoint.
     Sample(SampleArgs),
+    /// Training throughput (tokens/s) of a config on random tokens; prints JSON.
+    Bench(BenchArgs),
+    /// Copy a checkpoint's model (optionally as f16/bf16), config, tokenizer, log and
+    /// plot into a new directory, without the optimizer state (for committing).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// Stored weight type: f32, f16 or bf16.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, default_value_t = 256)]
+    dim: usize,
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    #[arg(long, default_value_t = 8)]
+    heads: usize,
+    #[arg(long, default_value_t = 4)]
+    kv_heads: usize,
+    #[arg(long, default_value_t = 704)]
+    ffn: usize,
+    #[arg(long, default_value_t = 4096)]
+    vocab: usize,
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup_steps: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -262,6 +306,8 @@ fn main() -> Result<()> {
         Cmd::Base(a) => cmd_base(a),
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Sample(a) => cmd_sample(a),
+        Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Export(a) => cmd_export(a),
     }
 }
 
@@ -464,5 +510,48 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         }
         println!("{}{}", a.prompt, text);
     }
+    Ok(())
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    let m = ModelConfig {
+        dim: a.dim,
+        n_layers: a.layers,
+        n_heads: a.heads,
+        n_kv_heads: a.kv_heads,
+        ffn_dim: a.ffn,
+        vocab_size: a.vocab,
+        max_seq: a.seq_len,
+        ..ModelConfig::default()
+    };
+    m.validate()?;
+    let t = edgelm_trainer::config::TrainConfig { batch: a.batch, ..Default::default() };
+    let tps = train::bench(&m, &t, a.warmup_steps, a.steps, &dev)?;
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    println!(
+        "{}",
+        serde_json::json!({"tokens_per_s": tps, "params": m.n_params(), "batch": a.batch,
+            "seq_len": a.seq_len, "threads": threads})
+    );
+    Ok(())
+}
+
+fn cmd_export(a: ExportArgs) -> Result<()> {
+    let dtype = match a.dtype.as_str() {
+        "f32" => candle_core::DType::F32,
+        "f16" => candle_core::DType::F16,
+        "bf16" => candle_core::DType::BF16,
+        o => bail!("unknown --dtype {o:?}: use f32, f16 or bf16"),
+    };
+    let ck = checkpoint::load(&a.checkpoint, &Device::Cpu)?;
+    let id = checkpoint::save_model(&a.out, &ck.model, &ck.tokenizer, &ck.config.edgelm.domains, dtype)?;
+    for f in [train::LOG_FILE, train::PLOT_FILE] {
+        let src = a.checkpoint.join(f);
+        if src.exists() {
+            std::fs::copy(&src, a.out.join(f)).with_context(|| format!("cannot copy {}", src.display()))?;
+        }
+    }
+    println!("exported {} as {} ({id})", a.out.display(), a.dtype);
     Ok(())
 }
