@@ -6,9 +6,11 @@
 //! i16 (two products per lane: |128·127|·2 = 32512 fits, activations being in
 //! [-127, 127]), `saddlp`/`sadalp` widen into four i32 lanes. `dotprod`:
 //! two `sdot` (exact i8·i8 sums of four into i32). Either way the four
-//! lanes sum to the reference's exact group sum; they are converted to f32
-//! and scaled by `ws·xs` with an FMA into per-row accumulators, four rows at
-//! a time so each activation vector is loaded once per four rows.
+//! lanes are reduced in integers to the reference's exact group sum
+//! (`addp` folds four groups into one vector; a lone group uses `addv`),
+//! converted to f32 and scaled by `ws·xs` with an FMA into per-row
+//! accumulators, four rows at a time so each activation vector is loaded
+//! once per four rows.
 //!
 //! f16 scales are widened with integer ops (`(h & 0x7fff) << 13` as f32 times
 //! 2^112, sign or-ed in): exact for every finite half, normal or subnormal.
@@ -456,6 +458,26 @@ macro_rules! q8_matvec {
                             }
                         }
                     }
+                    if n == 4 {
+                        // four groups: pairwise adds fold their lanes into one
+                        // vector (lane k = group g0+k) for one convert + one FMA
+                        let at = g0 * 32;
+                        let mut x = [vdupq_n_s8(0); 8];
+                        for (k, x) in x.iter_mut().enumerate() {
+                            *x = vld1q_s8(xq.add(at + 16 * k));
+                        }
+                        for r in 0..R {
+                            let p = w.add(r * cols + at);
+                            let mut d = [vdupq_n_s32(0); 4];
+                            for (k, d) in d.iter_mut().enumerate() {
+                                *d = dot(vld1q_s8(p.add(32 * k)), vld1q_s8(p.add(32 * k + 16)), x[2 * k], x[2 * k + 1]);
+                            }
+                            let s = vpaddq_s32(vpaddq_s32(d[0], d[1]), vpaddq_s32(d[2], d[3]));
+                            acc[r] = vfmaq_f32(acc[r], vcvtq_f32_s32(s), vld1q_f32(sc[r].as_ptr()));
+                        }
+                        g0 += 4;
+                        continue;
+                    }
                     for j in 0..n {
                         let at = (g0 + j) * 32;
                         let x0 = vld1q_s8(xq.add(at));
@@ -463,7 +485,9 @@ macro_rules! q8_matvec {
                         for r in 0..R {
                             let p = w.add(r * cols + at);
                             let d = dot(vld1q_s8(p), vld1q_s8(p.add(16)), x0, x1);
-                            acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(d), sc[r][j]);
+                            // the group's exact i32 sum, in lane 0
+                            let isum = vsetq_lane_s32::<0>(vaddvq_s32(d), vdupq_n_s32(0));
+                            acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(isum), sc[r][j]);
                         }
                     }
                     g0 += n;

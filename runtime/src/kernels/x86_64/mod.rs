@@ -7,10 +7,13 @@
 //! exact for all of i8 (|-128| = 128 as u8); `x · sign(w)` is exact because
 //! activations lie in [-127, 127]. `vpmaddubsw` sums pairs into i16 with
 //! saturation, but `2 · 128 · 127 = 32512` never saturates, so every path
-//! yields the reference's exact per-group `i32` sums. Each group's eight
-//! `i32` lanes are converted to f32 and scaled by `ws·xs` with an FMA into
-//! per-row accumulators; rows are processed four at a time so each
-//! activation vector is loaded once per four rows.
+//! yields the reference's exact per-group `i32` sums. Four groups' lanes are
+//! folded (unpack + add) into their four exact sums, converted to f32 and
+//! scaled by `ws·xs` with one FMA into per-row accumulators (a lone tail group
+//! is reduced the same way); so each group contributes `f32(isum)·(ws·xs)` as
+//! in the reference, only the order of the f32 additions differs. Rows are
+//! processed four at a time (each activation vector loaded once per four
+//! rows), and the block after next is software-prefetched.
 
 use core::arch::x86_64::*;
 
@@ -463,6 +466,8 @@ macro_rules! q8_matvec {
             use super::{f16_scalar, hsum, store4};
 
             /// Per-group i32 products of 32 weights and 32 activations (eight lanes summing to the group's sum).
+            /// Lanes are always reduced to the exact group sum in integers before
+            /// the f32 conversion, so each group contributes `f32(isum)·(ws·xs)`.
             #[target_feature(enable = $feat)]
             #[inline]
             unsafe fn dot($w: __m256i, $x: __m256i) -> __m256i {
@@ -499,6 +504,15 @@ macro_rules! q8_matvec {
                 groups: usize,
             ) {
                 let cols = groups * 32;
+                // rows are contiguous: prefetch the block after next (one stream)
+                if R == 4 {
+                    let ahead = w.add(2 * R * cols);
+                    let mut off = 0;
+                    while off < R * cols {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.add(off));
+                        off += 64;
+                    }
+                }
                 let mut acc = [_mm256_setzero_ps(); R];
                 let mut sc = [[0f32; 8]; R];
                 let mut g0 = 0;
@@ -518,14 +532,47 @@ macro_rules! q8_matvec {
                             }
                         }
                     }
-                    for j in 0..n {
+                    let mut j = 0;
+                    // four groups at a time: their i32 lanes are folded into one
+                    // vector (lanes = groups j..j+4, twice) so one convert and
+                    // one FMA serve four groups
+                    while j + 4 <= n {
+                        let at = (g0 + j) * 32;
+                        let x0 = _mm256_loadu_si256(xq.add(at) as *const __m256i);
+                        let x1 = _mm256_loadu_si256(xq.add(at + 32) as *const __m256i);
+                        let x2 = _mm256_loadu_si256(xq.add(at + 64) as *const __m256i);
+                        let x3 = _mm256_loadu_si256(xq.add(at + 96) as *const __m256i);
+                        for r in 0..R {
+                            let p = w.add(r * cols + at);
+                            let p0 = dot(_mm256_loadu_si256(p as *const __m256i), x0);
+                            let p1 = dot(_mm256_loadu_si256(p.add(32) as *const __m256i), x1);
+                            let p2 = dot(_mm256_loadu_si256(p.add(64) as *const __m256i), x2);
+                            let p3 = dot(_mm256_loadu_si256(p.add(96) as *const __m256i), x3);
+                            let s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p0, p1), _mm256_unpackhi_epi32(p0, p1));
+                            let s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p2, p3), _mm256_unpackhi_epi32(p2, p3));
+                            let s = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
+                            // both halves added: lane k is group j+k's exact i32 sum
+                            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+                            let f = _mm256_zextps128_ps256(_mm_cvtepi32_ps(s));
+                            let d = _mm256_broadcast_ps(&*(sc[r].as_ptr().add(j) as *const __m128));
+                            acc[r] = _mm256_fmadd_ps(f, d, acc[r]);
+                        }
+                        j += 4;
+                    }
+                    while j < n {
                         let at = (g0 + j) * 32;
                         let xv = _mm256_loadu_si256(xq.add(at) as *const __m256i);
                         for r in 0..R {
                             let wv = _mm256_loadu_si256(w.add(r * cols + at) as *const __m256i);
-                            let p = _mm256_cvtepi32_ps(dot(wv, xv));
-                            acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(sc[r][j]), acc[r]);
+                            // the group's exact i32 sum, in lane 0
+                            let p = dot(wv, xv);
+                            let p = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
+                            let p = _mm_add_epi32(p, _mm_unpackhi_epi64(p, p));
+                            let p = _mm_add_epi32(p, _mm_shuffle_epi32::<0b01>(p));
+                            let f = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_cvtsi32_si128(_mm_cvtsi128_si32(p))));
+                            acc[r] = _mm256_fmadd_ps(f, _mm256_set1_ps(sc[r][j]), acc[r]);
                         }
+                        j += 1;
                     }
                     g0 += n;
                 }
