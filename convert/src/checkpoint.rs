@@ -101,8 +101,8 @@ pub fn parse_config(json: &str) -> Result<CheckpointConfig> {
     if let Some(kind) = e.and_then(|e| e.get("kind")).and_then(Value::as_str) {
         if kind != "base" {
             return Err(Error::NotYet(format!(
-                "this is a {kind:?} checkpoint (edgelm.kind); only base checkpoints import to a base .edgelm \
-                 (domain packs from checkpoints are not yet supported by import-checkpoint, issue #3)"
+                "this is a {kind:?} checkpoint (edgelm.kind): it imports as a domain pack over its base; \
+                 run `edgelm-convert import-checkpoint DIR --base BASE_DIR --output PACK.edgelm`"
             )));
         }
     }

@@ -47,9 +47,13 @@ struct Store {
 #[derive(Subcommand)]
 enum Cmd {
     /// Import a trainer / Hugging Face Llama checkpoint directory
-    /// (config.json, model.safetensors, tokenizer.json).
+    /// (config.json, model.safetensors, tokenizer.json). With --base, DIR is a
+    /// domain checkpoint (edgelm-train expand) and the output a domain pack.
     ImportCheckpoint {
         dir: PathBuf,
+        /// The base checkpoint a domain checkpoint was trained on.
+        #[arg(long)]
+        base: Option<PathBuf>,
         #[command(flatten)]
         store: Store,
     },
@@ -158,17 +162,28 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let started = Instant::now();
     match cli.cmd {
-        Cmd::ImportCheckpoint { dir, store } => {
-            output::check_not_input(&store.output, &[&dir])?;
-            if store.output.starts_with(&dir) {
-                let name = store.output.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if ["config.json", "model.safetensors", "tokenizer.json"].contains(&name) {
-                    bail!("refusing to write {}: it is one of the checkpoint's inputs", store.output.display());
+        Cmd::ImportCheckpoint { dir, base, store } => {
+            let mut inputs: Vec<&Path> = vec![&dir];
+            if let Some(b) = &base {
+                inputs.push(b);
+            }
+            output::check_not_input(&store.output, &inputs)?;
+            for d in &inputs {
+                if store.output.starts_with(d) {
+                    let name = store.output.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    if ["config.json", "model.safetensors", "tokenizer.json"].contains(&name) {
+                        bail!("refusing to write {}: it is one of the checkpoint's inputs", store.output.display());
+                    }
                 }
             }
-            let c = edgelm_convert::checkpoint::import_checkpoint(&dir, &options(&store))
-                .with_context(|| format!("importing checkpoint {}", dir.display()))?;
-            finish(c, &store, &[&dir], started)
+            let c = match &base {
+                None => edgelm_convert::checkpoint::import_checkpoint(&dir, &options(&store))
+                    .with_context(|| format!("importing checkpoint {}", dir.display()))?,
+                Some(b) => edgelm_convert::pack::import_domain(&dir, b, &options(&store)).with_context(|| {
+                    format!("importing domain checkpoint {} over base {}", dir.display(), b.display())
+                })?,
+            };
+            finish(c, &store, &inputs, started)
         }
         Cmd::ImportLlama2c { model, tokenizer, store } => {
             output::check_not_input(&store.output, &[&model, &tokenizer])?;
