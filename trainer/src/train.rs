@@ -102,7 +102,7 @@ pub struct TrainReport {
 
 /// Mean loss over `n` fixed windows of a stream (seeded, so comparable across steps).
 pub fn window_loss(model: &Llama, stream: &TokenStream, n: usize, seq: usize, batch: usize) -> Result<f64> {
-    let mut b = Batcher::new(0x5EED_0F_EA1, batch.max(1), seq);
+    let mut b = Batcher::new(0x0005_EED0_FEA1, batch.max(1), seq);
     let mut sum = 0.0;
     let mut count = 0usize;
     while count < n {
