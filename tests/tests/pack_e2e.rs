@@ -149,6 +149,25 @@ fn a_trained_expansion_runs_on_device_as_a_pack() {
     let mut om = Model::from_bytes(&other_bytes).unwrap();
     assert!(matches!(om.add_pack_bytes(&pack), Err(RtError::PackBaseMismatch { .. })));
 
+    // Shared tokenizer: the base's embedding and head, new blocks, the <|recipe|> tag.
+    let tag = story_tok.tag_id("recipe").unwrap();
+    let base3 = checkpoint::load(&base_dir, &dev).unwrap().model;
+    let sh = Expanded::new(base3, "recipe", TokenizerMode::Shared, vec![0, 2], None, None, Some(tag)).unwrap();
+    let stream = TokenStream::build(&corpus, &story_tok, Some(tag)).unwrap();
+    let mut b = Batcher::new(2, fc.batch, fc.seq);
+    let lf = |x: &Tensor, y: &Tensor| sh.loss(x, y);
+    fit(sh.vars(), &fc, &dev, &mut |_| b.next_batch(&stream), &lf, &mut |_, _| {}).unwrap();
+    let sh_dir = dir.path().join("recipe-shared");
+    sh.save(&sh_dir, &base_cfg, &story_tok).unwrap();
+    let sh_pack = AlignedBytes::from_slice(&domain_checkpoint_to_pack(&sh_dir, &base_dir, StoreDType::F32).unwrap());
+    let mut shm = Model::from_bytes(&base_bytes).unwrap();
+    shm.add_pack_bytes(&sh_pack).unwrap();
+    assert_eq!(shm.domain("recipe").unwrap().tag_token, Some(tag));
+    let ids: Vec<u32> = [0, tag].into_iter().chain(story_tok.encode("Title: Cake 3").unwrap()).collect();
+    let want = sh.forward(&Tensor::new(ids.as_slice(), &dev).unwrap().unsqueeze(0).unwrap()).unwrap();
+    assert_close(&runtime_logits(&shm, "recipe", &ids), &want, "shared-tokenizer recipe domain");
+    assert_eq!(greedy(&alone, "story", "Once the cat"), greedy(&shm, "story", "Once the cat"));
+
     // q8 packs load too (the size that ships).
     let q8 = domain_checkpoint_to_pack(&dom_dir, &base_dir, StoreDType::Q8).unwrap();
     assert!(q8.len() < pack.len());
