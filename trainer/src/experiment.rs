@@ -15,7 +15,9 @@
 //!   steps, each step one domain in proportion), generic tokenizer with tags;
 //! * `story-generic`, `recipe-generic`: the base and separate recipe models again,
 //!   same architecture and steps, with one generic tokenizer trained on both corpora
-//!   at a larger vocabulary (the tokenizer claim).
+//!   at a larger vocabulary (the tokenizer claim);
+//! * `story-generic-eq`, `recipe-generic-eq`: the same with the FFN narrowed so the
+//!   total parameter count matches the custom-tokenizer model (same parameter budget).
 
 use crate::baselines::{finetune_copy, fit, FitConfig, FitStats, FnScorer, Lora};
 use crate::checkpoint;
@@ -62,8 +64,18 @@ pub struct ExperimentConfig {
     pub methods: Vec<String>,
 }
 
-pub const ALL_METHODS: [&str; 8] =
-    ["base", "expand", "finetune", "lora", "separate", "joint", "story-generic", "recipe-generic"];
+pub const ALL_METHODS: [&str; 10] = [
+    "base",
+    "expand",
+    "finetune",
+    "lora",
+    "separate",
+    "joint",
+    "story-generic",
+    "recipe-generic",
+    "story-generic-eq",
+    "recipe-generic-eq",
+];
 
 impl ExperimentConfig {
     /// The small, bounded default for a CPU-starved machine.
@@ -426,7 +438,18 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
     }
 
     // ---- tokenizer claim: same models, one generic tokenizer
-    for (name, dom) in [("story-generic", "story"), ("recipe-generic", "recipe")] {
+    // `-eq`: FFN narrowed so the bigger embedding is paid for (same total parameters).
+    let eq_ffn = {
+        let extra = (generic_tok.vocab_size() - story_tok.vocab_size().min(generic_tok.vocab_size())) * cfg.model.dim;
+        let per_unit = 3 * cfg.model.dim * cfg.model.n_layers;
+        (cfg.model.ffn_dim.saturating_sub(extra.div_ceil(per_unit)) / 8 * 8).max(8)
+    };
+    for (name, dom) in [
+        ("story-generic", "story"),
+        ("recipe-generic", "recipe"),
+        ("story-generic-eq", "story"),
+        ("recipe-generic-eq", "recipe"),
+    ] {
         if !want(name) || have(&results, name) {
             continue;
         }
@@ -437,11 +460,21 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
             (&data.recipe_train, &data.recipe_valid, &cfg.domain)
         };
         let stg = stream(train, &generic_tok, None)?;
-        let m = Llama::new(&model_for(generic_tok.vocab_size()), fc.seed, &dev)?;
+        let mut mc = model_for(generic_tok.vocab_size());
+        if name.ends_with("-eq") {
+            mc.ffn_dim = eq_ffn;
+        }
+        let m = Llama::new(&mc, fc.seed, &dev)?;
         let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
-        let label: &'static str = if dom == "story" { "story-generic" } else { "recipe-generic" };
+        let label: &'static str = match name {
+            "story-generic" => "story-generic",
+            "recipe-generic" => "recipe-generic",
+            "story-generic-eq" => "story-generic-eq",
+            _ => "recipe-generic-eq",
+        };
         let st = fit(m.vars(), fc, &dev, &mut batches(&stg, fc), &lf, &mut progress(label, fc.steps))?;
         let mut r = result(name, &st, m.n_params(), m.n_params());
+        r.notes.push(format!("ffn {}", mc.ffn_dim));
         let sc = eval_llama(&m, &generic_tok, valid, None, "generic")?;
         if dom == "story" {
             r.story = Some(sc);
@@ -588,10 +621,17 @@ pub fn write_report(cfg: &ExperimentConfig, rs: &[MethodResult]) -> Result<()> {
         }
     }
     md.push_str("## Tokenizer claim: custom per-domain tokenizers vs one generic tokenizer\n\n");
-    md.push_str("Same architecture, same steps and tokens per step; only the tokenizer (and so the embedding size) differs.\n\n");
+    md.push_str(
+        "Same steps and tokens per step. `*-generic`: same architecture, only the tokenizer (and so the \
+         embedding size) differs; `*-generic-eq`: the FFN is narrowed so the total parameter count equals the \
+         custom-tokenizer model's (same parameter budget).\n\n",
+    );
     md.push_str("| domain | tokenizer | vocab | bytes/token | params | BPB |\n|---|---|---|---|---|---|\n");
-    for (dom, own, gen) in [("story", "base", "story-generic"), ("recipe", "separate", "recipe-generic")] {
-        for m in [own, gen] {
+    for (dom, own, gen, eq) in [
+        ("story", "base", "story-generic", "story-generic-eq"),
+        ("recipe", "separate", "recipe-generic", "recipe-generic-eq"),
+    ] {
+        for m in [own, gen, eq] {
             if let Some(r) = get(m) {
                 let d = if dom == "story" { r.story.as_ref() } else { r.recipe.as_ref() };
                 if let Some(d) = d {
@@ -610,7 +650,7 @@ pub fn write_report(cfg: &ExperimentConfig, rs: &[MethodResult]) -> Result<()> {
     md.push_str(
         "\nCharts: `bpb.png` (per method, left bar story BPB in blue, right bar recipe BPB in orange; the \
          dashed line is the base's story BPB), `tokenizers.png` (per domain: custom tokenizer blue, generic \
-         orange), `curves.png` (recipe training loss per step: expand red, finetune blue, lora green, separate \
+         orange, generic with equal parameters grey), `curves.png` (recipe training loss per step: expand red, finetune blue, lora green, separate \
          black).\n\n",
     );
     md.push_str("## Notes\n\n");
@@ -677,24 +717,28 @@ fn charts(out: &Path, rs: &[MethodResult]) -> std::result::Result<(), String> {
     }
     // tokenizers.png
     {
-        let pairs = [
-            (get("base").and_then(|r| r.story.as_ref()), get("story-generic").and_then(|r| r.story.as_ref())),
-            (get("separate").and_then(|r| r.recipe.as_ref()), get("recipe-generic").and_then(|r| r.recipe.as_ref())),
+        let bars = |m: [&str; 3], story: bool| -> Vec<Option<f64>> {
+            m.iter()
+                .map(|x| get(x).and_then(|r| if story { r.story.as_ref() } else { r.recipe.as_ref() }).map(|d| d.bpb))
+                .collect()
+        };
+        let groups = [
+            bars(["base", "story-generic", "story-generic-eq"], true),
+            bars(["separate", "recipe-generic", "recipe-generic-eq"], false),
         ];
-        let ymax = pairs.iter().flat_map(|(a, b)| [a, b]).filter_map(|v| v.map(|d| d.bpb)).fold(0.1, f64::max) * 1.1;
+        let ymax = groups.iter().flatten().filter_map(|v| *v).fold(0.1, f64::max) * 1.1;
         let p = out.join("tokenizers.png");
         let root = BitMapBackend::new(&p, (500, 400)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(&x))?;
         let mut ch = ChartBuilder::on(&root).margin(20).build_cartesian_2d(0f64..2.0, 0f64..ymax).map_err(|x| e(&x))?;
-        for (i, (a, b)) in pairs.iter().enumerate() {
-            let x = i as f64;
-            if let Some(a) = a {
-                ch.draw_series([Rectangle::new([(x + 0.1, 0.0), (x + 0.45, a.bpb)], blue.filled())])
-                    .map_err(|x| e(&x))?;
-            }
-            if let Some(b) = b {
-                ch.draw_series([Rectangle::new([(x + 0.55, 0.0), (x + 0.9, b.bpb)], orange.filled())])
-                    .map_err(|x| e(&x))?;
+        let colors = [blue, orange, RGBColor(150, 150, 150)];
+        for (i, g) in groups.iter().enumerate() {
+            for (k, v) in g.iter().enumerate() {
+                if let Some(v) = v {
+                    let x = i as f64 + 0.08 + k as f64 * 0.28;
+                    ch.draw_series([Rectangle::new([(x, 0.0), (x + 0.25, *v)], colors[k].filled())])
+                        .map_err(|x| e(&x))?;
+                }
             }
         }
         root.present().map_err(|x| e(&x))?;
