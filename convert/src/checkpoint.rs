@@ -279,7 +279,7 @@ pub fn import_checkpoint(dir: &Path, opts: &ImportOptions) -> Result<Converted> 
         return Err(Error::UnexpectedTensor(extra.clone()));
     }
     tables.write(&mut b.writer, "").map_err(|e| Error::Tokenizer(e.to_string()))?;
-    b.writer.domains.push(base_domain(&ck.domain, c.vocab_size, &tables));
+    b.writer.domains.push(base_domain(opts.domain.as_deref().unwrap_or(&ck.domain), c.vocab_size, &tables));
     b.writer.model_id = ck.model_id.unwrap_or_else(|| b.content_id());
     pb.finish_and_clear();
     let (bytes, report) = b.finish()?;

@@ -229,7 +229,8 @@ pub fn import_gguf(path: &Path, opts: &ImportOptions) -> Result<Converted> {
     if let Some(extra) = content.tensor_infos.keys().filter(|k| !known.contains(k)).min() {
         return Err(Error::UnexpectedTensor(extra.clone()));
     }
-    let domain = md_str(&content.metadata, "edgelm.domain").unwrap_or("story").to_string();
+    let domain =
+        opts.domain.clone().unwrap_or_else(|| md_str(&content.metadata, "edgelm.domain").unwrap_or("story").into());
     tables.write(&mut b.writer, "").map_err(|e| Error::Tokenizer(e.to_string()))?;
     b.writer.domains.push(crate::checkpoint::base_domain(&domain, c.vocab_size, &tables));
     b.writer.model_id = match md_str(&content.metadata, "edgelm.model_id") {

@@ -29,11 +29,13 @@ pub struct ImportOptions {
     pub policy: Policy,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Name of the base domain (default: from the input, else `story`).
+    pub domain: Option<String>,
 }
 
 impl ImportOptions {
     pub fn new(dtype: StoreDType) -> Self {
-        ImportOptions { policy: Policy::uniform(dtype), progress: false }
+        ImportOptions { policy: Policy::uniform(dtype), progress: false, domain: None }
     }
 
     pub(crate) fn progress(&self, len: u64) -> ProgressBar {

@@ -290,7 +290,11 @@ pub fn import_llama2c(
     pb.inc(3);
     debug_assert_eq!(cur.pos, model_bytes.len());
     tables.write(&mut b.writer, "").map_err(|e| Error::Tokenizer(e.to_string()))?;
-    b.writer.domains.push(crate::checkpoint::base_domain("story", c.vocab_size, &tables));
+    b.writer.domains.push(crate::checkpoint::base_domain(
+        opts.domain.as_deref().unwrap_or("story"),
+        c.vocab_size,
+        &tables,
+    ));
     b.writer.model_id = b.content_id();
     pb.finish_and_clear();
     let (bytes, report) = b.finish()?;

@@ -39,6 +39,10 @@ struct Store {
     /// Also write the per-tensor quantization report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Name of the base domain (default: the checkpoint's first domain, or
+    /// the GGUF's `edgelm.domain`, else "story").
+    #[arg(long)]
+    domain: Option<String>,
     /// Print the error of every tensor (default: a summary and the worst few).
     #[arg(long, short)]
     verbose: bool,
@@ -99,6 +103,7 @@ fn options(s: &Store) -> ImportOptions {
     let mut o = ImportOptions::new(s.dtype);
     o.policy = Policy { matrices: s.dtype, embedding: s.embedding_dtype.unwrap_or(s.dtype) };
     o.progress = true;
+    o.domain = s.domain.clone();
     o
 }
 
