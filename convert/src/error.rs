@@ -24,6 +24,10 @@ pub enum Error {
     UnsupportedTensorType { name: String, dtype: String },
     #[error("tensor {name} has shape {got:?}, expected {expected:?} for this model's config")]
     ShapeMismatch { name: String, got: Vec<usize>, expected: Vec<usize> },
+    #[error(
+        "tensor {name} has the value {value} at index {index}; the input is corrupt (NaN/inf) or not a weight file"
+    )]
+    BadValues { name: String, index: usize, value: f32 },
     #[error("tensor {0} is missing; the input is incomplete or not a Llama model")]
     MissingTensor(String),
     #[error("tensor {0} is not used by a Llama model; refusing to drop it silently")]

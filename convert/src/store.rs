@@ -256,6 +256,7 @@ impl ModelBuilder {
     pub fn norm(&mut self, name: &str, data: Vec<f32>) -> Result<()> {
         let dim = self.config().dim as usize;
         check_shape(name, &[data.len()], &[dim])?;
+        check_finite(name, &data)?;
         self.hashes.push((name.to_string(), values_hash(name, &data)));
         self.writer.add_f32(name, &[dim as u32], &data)?;
         self.report.tensors.push(TensorReport {
@@ -294,6 +295,7 @@ impl ModelBuilder {
             want
         };
         let orig = src.to_f32();
+        check_finite(name, &orig)?;
         self.hashes.push((name.to_string(), values_hash(name, &orig)));
         let stored: Vec<f32> = match (target, src) {
             (StoreDType::Q8, Source::Q8 { qs, scales }) => {
@@ -341,6 +343,16 @@ impl ModelBuilder {
         edgelm_runtime::Model::from_bytes(&aligned)?;
         Ok((bytes, self.report))
     }
+}
+
+/// Errors on NaN or infinite weights (a broken checkpoint; q8 would also
+/// turn them into garbage scales), and on values too large for an f16 q8
+/// scale (`|x| > 65504 · 127`).
+fn check_finite(name: &str, v: &[f32]) -> Result<()> {
+    if let Some(i) = v.iter().position(|x| !x.is_finite() || x.abs() > 65504.0 * 127.0) {
+        return Err(Error::BadValues { name: name.into(), index: i, value: v[i] });
+    }
+    Ok(())
 }
 
 /// Errors unless `got == expected`.

@@ -311,3 +311,13 @@ fn bad_llama2c_inputs_are_clear_errors() {
         assert!(import(&v1[..cut], StoreDType::F32).is_err());
     }
 }
+
+#[test]
+fn non_finite_weights_are_refused() {
+    let c = tiny_config(VOCAB, true);
+    let mut w = random_weights(&c, 8);
+    w.get_mut("layers.1.feed_forward.w3").unwrap().1[17] = f32::NAN;
+    let e = import(&write_v1(&c, &w), StoreDType::Q8).unwrap_err();
+    assert!(matches!(e, Error::BadValues { index: 17, .. }), "{e}");
+    assert!(e.to_string().contains("layers.1.feed_forward.w3"), "{e}");
+}
