@@ -226,3 +226,24 @@ impl FileConfig {
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_file_overrides_defaults() {
+        let fc: FileConfig = toml::from_str(
+            "[model]\ndim = 64\nn_layers = 2\nn_heads = 4\nn_kv_heads = 2\nffn_dim = 176\nmax_seq = 128\n\n\
+             [train]\nbatch = 8\nsteps = 50\nlr = 2e-3\n",
+        )
+        .unwrap();
+        assert_eq!((fc.model.dim, fc.model.n_layers, fc.model.max_seq), (64, 2, 128));
+        assert!(fc.model.tie_embeddings, "omitted fields keep their defaults");
+        assert_eq!((fc.train.batch, fc.train.steps, fc.train.warmup), (8, 50, 200));
+        fc.model.validate().unwrap();
+        let bad = ModelConfig { n_kv_heads: 3, ..fc.model };
+        assert!(bad.validate().unwrap_err().to_string().contains("--kv-heads"));
+        assert!(toml::from_str::<FileConfig>("[model]\ndim = \"x\"").is_err());
+    }
+}
