@@ -57,7 +57,8 @@ pub fn import_domain(domain_dir: &Path, base_dir: &Path, opts: &ImportOptions) -
         .and_then(Value::as_str)
         .ok_or_else(|| bad("edgelm.domains is missing".into()))?
         .to_string();
-    let want_base = e.get("base_model_id").and_then(Value::as_str).ok_or_else(|| bad("no edgelm.base_model_id".into()))?;
+    let want_base =
+        e.get("base_model_id").and_then(Value::as_str).ok_or_else(|| bad("no edgelm.base_model_id".into()))?;
     let model_id = e.get("model_id").and_then(Value::as_str).unwrap_or("").to_string();
     let exp = e.get("expansion").ok_or_else(|| bad("no edgelm.expansion".into()))?;
     let positions: Vec<u16> = exp
@@ -89,7 +90,8 @@ pub fn import_domain(domain_dir: &Path, base_dir: &Path, opts: &ImportOptions) -
     }
     let c = base.config;
     let dc = parse_domain_config(&dtext)?;
-    if (dc.dim, dc.n_layers, dc.n_heads, dc.n_kv_heads, dc.ffn_dim) != (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim)
+    if (dc.dim, dc.n_layers, dc.n_heads, dc.n_kv_heads, dc.ffn_dim)
+        != (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim)
     {
         return Err(bad("the domain's model shape differs from its base's".into()));
     }
