@@ -85,6 +85,37 @@ fn expand_writes_a_domain_checkpoint_bound_to_its_base() {
     assert_eq!(dc["edgelm"]["base_model_id"], bc["edgelm"]["model_id"]);
     assert_eq!(dc["edgelm"]["expansion"]["positions"], serde_json::json!([2]));
     assert_eq!(dc["edgelm"]["expansion"]["tokenizer"], "per-domain");
+    // The baselines as standalone runs write ordinary base-kind checkpoints.
+    for m in ["finetune", "lora"] {
+        let o = d.join(m);
+        ok(bin()
+            .args(["baseline", "--method", m, "--base"])
+            .arg(&base)
+            .arg("--corpus")
+            .arg(&rt)
+            .args(["--domain", "recipe", "--out"])
+            .arg(&o)
+            .args(["--steps", "2", "--batch", "2", "--seq-len", "16", "--rank", "2"]));
+        assert_eq!(json(&o.join("config.json"))["edgelm"]["kind"], "base");
+    }
+    let jt = d.join("joint.json");
+    ok(bin()
+        .args(["tokenizer", "--corpus"])
+        .arg(&st)
+        .arg(&rt)
+        .args(["--domain", "story", "recipe", "--vocab-size", "320", "--output"])
+        .arg(&jt));
+    let jo = d.join("joint");
+    ok(bin()
+        .args(["baseline", "--method", "joint", "--corpus"])
+        .arg(&st)
+        .arg(&rt)
+        .args(["--domain", "story", "recipe", "--tokenizer"])
+        .arg(&jt)
+        .arg("--out")
+        .arg(&jo)
+        .args(["--steps", "2", "--batch", "2", "--seq-len", "16", "--dim", "32", "--layers", "1", "--ffn", "32"]));
+    assert_eq!(json(&jo.join("config.json"))["edgelm"]["domains"], serde_json::json!(["story", "recipe"]));
     // Shared mode needs the domain's tag in the base vocabulary: a clear refusal.
     let o = bin()
         .args(["expand", "--base"])

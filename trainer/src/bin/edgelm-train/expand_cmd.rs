@@ -249,3 +249,153 @@ pub fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
     println!("wrote {} ({} methods)", c.out.join("report.md").display(), rs.len());
     Ok(())
 }
+
+/// The baselines of the experiment as standalone runs (`separate` is `edgelm-train base`
+/// on the domain's corpus with its own tokenizer).
+#[derive(Args)]
+pub struct BaselineArgs {
+    /// finetune (all base weights), lora (adapters, merged into the saved model) or
+    /// joint (from scratch on several corpora with domain tags).
+    #[arg(long)]
+    pub method: String,
+    /// Base checkpoint (finetune, lora).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Training corpus; joint: one per domain, in the order of --domain.
+    #[arg(long, num_args = 1.., required = true)]
+    pub corpus: Vec<PathBuf>,
+    /// Domain of each corpus (joint: tags of the --tokenizer; finetune/lora: recorded in config.json).
+    #[arg(long, num_args = 1.., required = true)]
+    pub domain: Vec<String>,
+    /// joint: a tokenizer shared by the domains (with their tags).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 500)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 50)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// joint: architecture (defaults as `edgelm-train base`).
+    #[arg(long)]
+    pub dim: Option<usize>,
+    #[arg(long)]
+    pub layers: Option<usize>,
+    #[arg(long)]
+    pub ffn: Option<usize>,
+    /// Use only the first N bytes of documents of each corpus (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub max_bytes: usize,
+}
+
+pub fn cmd_baseline(a: BaselineArgs) -> Result<()> {
+    use edgelm_trainer::baselines::{finetune_copy, Lora};
+    use edgelm_trainer::model::Llama;
+    let dev = Device::Cpu;
+    let fc = FitConfig {
+        steps: a.steps,
+        batch: a.batch,
+        seq: a.seq_len,
+        lr: a.lr,
+        min_lr: a.lr / 10.0,
+        warmup: a.warmup.min(a.steps / 5).max(1),
+        seed: a.seed,
+        ..FitConfig::default()
+    };
+    let cache = a.out.parent().unwrap_or(std::path::Path::new(".")).join(".token-cache");
+    let t0 = std::time::Instant::now();
+    let mut prog = |s: usize, l: f64| {
+        if s % 10 == 0 || s == a.steps {
+            eprintln!("step {s}/{}: loss {l:.4} ({:.0}s)", a.steps, t0.elapsed().as_secs_f64());
+        }
+    };
+    let corpora: Vec<Corpus> = a
+        .corpus
+        .iter()
+        .map(|p| Ok(cap(Corpus::load(p, Limits::default())?, a.max_bytes)))
+        .collect::<edgelm_trainer::Result<_>>()?;
+    let (model, tok) = match a.method.as_str() {
+        "finetune" | "lora" => {
+            let b = a.base.as_ref().context("--method finetune/lora needs --base DIR")?;
+            let ck = checkpoint::load(b, &dev)?;
+            let seq = fc.seq.min(ck.model.cfg.max_seq);
+            let fc = FitConfig { seq, ..fc.clone() };
+            let stream = TokenStream::cached(&corpora[0], &ck.tokenizer, None, &cache)?;
+            let mut bt = Batcher::new(fc.seed, fc.batch, fc.seq);
+            let mut next = |_s: usize| bt.next_batch(&stream);
+            let m = if a.method == "finetune" {
+                let m = finetune_copy(&ck.model)?;
+                let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
+                fit(m.vars(), &fc, &dev, &mut next, &lf, &mut prog)?;
+                m
+            } else {
+                let lo = Lora::new(ck.model, a.rank, fc.seed)?;
+                let lf = |x: &Tensor, y: &Tensor| lo.loss(x, y);
+                fit(lo.vars(), &fc, &dev, &mut next, &lf, &mut prog)?;
+                lo.merge()?
+            };
+            (m, ck.tokenizer)
+        }
+        "joint" => {
+            let tok = EdgeTokenizer::load(a.tokenizer.as_ref().context("--method joint needs --tokenizer FILE")?)?;
+            if a.domain.len() != corpora.len() {
+                bail!("--method joint needs one --domain per --corpus");
+            }
+            let streams = corpora
+                .iter()
+                .zip(&a.domain)
+                .map(|(c, d)| {
+                    let tag = tok.tag_id(d).with_context(|| format!("the tokenizer has no <|{d}|> tag"))?;
+                    Ok(TokenStream::cached(c, &tok, Some(tag), &cache)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut cfg = edgelm_trainer::config::ModelConfig {
+                vocab_size: tok.vocab_size(),
+                max_seq: fc.seq,
+                ..Default::default()
+            };
+            if let Some(d) = a.dim {
+                cfg.dim = d;
+            }
+            if let Some(l) = a.layers {
+                cfg.n_layers = l;
+            }
+            if let Some(f) = a.ffn {
+                cfg.ffn_dim = f;
+            }
+            let m = Llama::new(&cfg, fc.seed, &dev)?;
+            // Each step one domain, in proportion to the domains' token counts.
+            let sizes: Vec<f64> = streams.iter().map(|s| s.tokens.len() as f64).collect();
+            let total: f64 = sizes.iter().sum();
+            let mut batchers: Vec<Batcher> =
+                (0..streams.len()).map(|i| Batcher::new(fc.seed + i as u64, fc.batch, fc.seq)).collect();
+            let mut rng = edgelm_trainer::rng::Rng::new(fc.seed, 0x701);
+            let mut next = |_s: usize| {
+                let mut u = rng.next_f64() * total;
+                let mut k = 0;
+                while k + 1 < sizes.len() && u >= sizes[k] {
+                    u -= sizes[k];
+                    k += 1;
+                }
+                batchers[k].next_batch(&streams[k])
+            };
+            let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
+            fit(m.vars(), &fc, &dev, &mut next, &lf, &mut prog)?;
+            (m, tok)
+        }
+        other => bail!("unknown --method {other:?}: finetune, lora or joint (separate = `edgelm-train base`)"),
+    };
+    let id = checkpoint::save_model(&a.out, &model, &tok, &a.domain, candle_core::DType::F32)?;
+    println!("wrote {} ({id}) in {:.0}s", a.out.display(), t0.elapsed().as_secs_f64());
+    Ok(())
+}

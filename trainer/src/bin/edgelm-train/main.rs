@@ -46,6 +46,8 @@ enum Cmd {
     /// Base + expansion + baselines (finetune, lora, separate, joint) + tokenizer
     /// comparison on stories and recipes; writes report.md and PNG charts.
     Experiment(expand_cmd::ExperimentArgs),
+    /// A baseline of the experiment as a standalone run: finetune, lora or joint.
+    Baseline(expand_cmd::BaselineArgs),
     /// Train a byte-level BPE tokenizer (tokenizer.json) and print bytes/token on held-out text.
     Tokenizer(TokArgs),
     /// Train a base model from scratch (or --resume) and write a checkpoint directory.
@@ -303,6 +305,7 @@ fn main() -> Result<()> {
         Cmd::Tokenizer(a) => cmd_tokenizer(a),
         Cmd::Expand(a) => expand_cmd::cmd_expand(a),
         Cmd::Experiment(a) => expand_cmd::cmd_experiment(a),
+        Cmd::Baseline(a) => expand_cmd::cmd_baseline(a),
         Cmd::Base(a) => cmd_base(a),
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Sample(a) => cmd_sample(a),
