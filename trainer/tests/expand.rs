@@ -216,3 +216,29 @@ fn expansion_training_leaves_every_base_tensor_bit_identical() {
     assert_ne!(per_tensor(&lo.merge().unwrap()), before);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn untied_base_gets_its_own_domain_head() {
+    let fx = fixture(8);
+    let cfg = ModelConfig { tie_embeddings: false, ..fx.base.cfg.clone() };
+    let base = Llama::new(&cfg, 8, &Device::Cpu).unwrap();
+    let e = Expanded::new(
+        Llama::from_tensors(&cfg, base.tensors(), &Device::Cpu).unwrap(),
+        "recipe",
+        TokenizerMode::PerDomain,
+        vec![2],
+        Some(&fx.story_tok),
+        Some(&fx.recipe_tok),
+        None,
+    )
+    .unwrap();
+    let names: Vec<String> = e.vars().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"domain.lm_head.weight".to_string()), "{names:?}");
+    let mut t = base.tensors();
+    t.insert("model.embed_tokens.weight".into(), e.embed.as_ref().unwrap().as_tensor().clone());
+    t.insert("lm_head.weight".into(), e.lm_head.as_ref().unwrap().as_tensor().clone());
+    let rc = ModelConfig { vocab_size: fx.recipe_tok.vocab_size(), ..cfg };
+    let reference = Llama::from_tensors(&rc, t, &Device::Cpu).unwrap();
+    let x = ids(&[0, 40, 41, 200]);
+    assert_eq!(max_diff(&e.forward(&x).unwrap(), &reference.forward(&x).unwrap()), 0.0);
+}
