@@ -151,8 +151,13 @@ fn load_tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
         if !f.is_file() {
             return Err(Error::BadInput { path: f, what: "listed in the index but missing".into() });
         }
-        let t = candle_core::safetensors::load(&f, &Device::Cpu)
-            .map_err(|e| Error::Safetensors(format!("{}: not a readable safetensors file: {e}", f.display())))?;
+        let t = candle_core::safetensors::load(&f, &Device::Cpu).map_err(|e| {
+            Error::Safetensors(format!(
+                "{}: not a readable safetensors file (truncated or corrupt?): {}",
+                f.display(),
+                crate::gguf::candle_msg(&e)
+            ))
+        })?;
         all.extend(t);
     }
     Ok(all)
@@ -168,7 +173,7 @@ fn to_f32(name: &str, t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(CDType::F32)
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1::<f32>())
-        .map_err(|e| Error::Safetensors(format!("tensor {name}: {e}")))
+        .map_err(|e| Error::Safetensors(format!("tensor {name}: {}", crate::gguf::candle_msg(&e))))
 }
 
 /// Base domain declared with the tokenizer's settings.

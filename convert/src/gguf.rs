@@ -28,8 +28,16 @@ use crate::{Converted, Error, ImportOptions, Result};
 
 const Q8_BLOCK_BYTES: usize = 2 + Q8_GROUP;
 
+/// candle's message without the backtrace it appends when RUST_BACKTRACE is set.
+pub(crate) fn candle_msg(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_msg(inner),
+        other => other.to_string(),
+    }
+}
+
 fn gerr(e: candle_core::Error) -> Error {
-    Error::Gguf(e.to_string())
+    Error::Gguf(candle_msg(&e))
 }
 
 /// Reads the header of a GGUF file with candle, after checking the magic
@@ -48,7 +56,10 @@ fn read_content<R: Read + Seek>(r: &mut R, path: &Path) -> Result<Content> {
         });
     }
     r.rewind().map_err(|e| Error::io("read", path, e))?;
-    Content::read(r).map_err(|e| Error::BadInput { path: path.into(), what: format!("not a readable GGUF file: {e}") })
+    Content::read(r).map_err(|e| Error::BadInput {
+        path: path.into(),
+        what: format!("not a readable GGUF file (truncated or corrupt header?): {}", candle_msg(&e)),
+    })
 }
 
 fn md_u32(md: &HashMap<String, Value>, key: &str) -> Result<Option<u32>> {
@@ -134,14 +145,31 @@ pub fn config_from_metadata(content: &Content) -> Result<Config> {
 }
 
 /// One GGUF tensor as a converter source, checked against `shape`.
-fn read_tensor<R: Read + Seek>(content: &Content, r: &mut R, name: &str, shape: &[usize]) -> Result<Source> {
+fn read_tensor<R: Read + Seek>(
+    content: &Content,
+    r: &mut R,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<Source> {
     let info = content.tensor_infos.get(name).ok_or_else(|| Error::MissingTensor(name.into()))?;
     check_shape(name, info.shape.dims(), shape)?;
     match info.ggml_dtype {
         GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::Q8_0 => {}
         other => return Err(Error::UnsupportedTensorType { name: name.into(), dtype: format!("{other:?}") }),
     }
-    let qt = content.tensor(r, name, &Device::Cpu).map_err(|e| Error::Gguf(format!("tensor {name}: {e}")))?;
+    let dt = info.ggml_dtype;
+    let bytes = (info.shape.elem_count() / dt.block_size()) as u64 * dt.type_size() as u64;
+    let end = content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
+    let file_len = r.seek(std::io::SeekFrom::End(0)).map_err(|e| Error::io("read", path, e))?;
+    if end > file_len {
+        return Err(Error::Truncated {
+            path: path.into(),
+            what: format!("tensor {name} ends at byte {end} but the file has {file_len}"),
+        });
+    }
+    let qt =
+        content.tensor(r, name, &Device::Cpu).map_err(|e| Error::Gguf(format!("tensor {name}: {}", candle_msg(&e))))?;
     let data = qt.data().map_err(gerr)?;
     Ok(match info.ggml_dtype {
         GgmlDType::F32 => {
@@ -197,7 +225,7 @@ pub fn import_gguf(path: &Path, opts: &ImportOptions) -> Result<Converted> {
     let mut known: Vec<String> = vec!["token_embd.weight".into(), "output_norm.weight".into(), "output.weight".into()];
     let mut b = ModelBuilder::new(c, opts.policy)?;
     let pb = opts.progress(2 + 9 * c.n_layers as u64);
-    let emb = read_tensor(&content, &mut r, "token_embd.weight", &[vocab, dim])?;
+    let emb = read_tensor(&content, &mut r, path, "token_embd.weight", &[vocab, dim])?;
     b.matrix("tok_embeddings", Role::Embedding, vocab, dim, emb)?;
     pb.inc(1);
     for l in 0..c.n_layers as usize {
@@ -207,11 +235,11 @@ pub fn import_gguf(path: &Path, opts: &ImportOptions) -> Result<Converted> {
             debug_assert_eq!(rname, shape.0);
             match shape.1 {
                 None => {
-                    let s = read_tensor(&content, &mut r, &gname, &[dim])?;
+                    let s = read_tensor(&content, &mut r, path, &gname, &[dim])?;
                     b.norm(&rname, to_norm(&gname, s)?)?;
                 }
                 Some((rows, cols)) => {
-                    let s = read_tensor(&content, &mut r, &gname, &[rows, cols])?;
+                    let s = read_tensor(&content, &mut r, path, &gname, &[rows, cols])?;
                     b.matrix(&rname, Role::Matrix, rows, cols, s)?;
                 }
             }
@@ -219,10 +247,10 @@ pub fn import_gguf(path: &Path, opts: &ImportOptions) -> Result<Converted> {
             pb.inc(1);
         }
     }
-    let s = read_tensor(&content, &mut r, "output_norm.weight", &[dim])?;
+    let s = read_tensor(&content, &mut r, path, "output_norm.weight", &[dim])?;
     b.norm("norm", to_norm("output_norm.weight", s)?)?;
     if !c.tied_head {
-        let s = read_tensor(&content, &mut r, "output.weight", &[vocab, dim])?;
+        let s = read_tensor(&content, &mut r, path, "output.weight", &[vocab, dim])?;
         b.matrix("output", Role::Embedding, vocab, dim, s)?;
     }
     pb.inc(1);

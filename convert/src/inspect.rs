@@ -116,8 +116,10 @@ pub fn verify(bytes: &[u8], pack: Option<&[u8]>) -> Result<Verified> {
 pub fn describe_gguf(path: &std::path::Path) -> Result<String> {
     use candle_core::quantized::gguf_file::{Content, Value};
     let mut r = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?);
-    let c = Content::read(&mut r)
-        .map_err(|e| Error::BadInput { path: path.into(), what: format!("not a readable GGUF file: {e}") })?;
+    let c = Content::read(&mut r).map_err(|e| Error::BadInput {
+        path: path.into(),
+        what: format!("not a readable GGUF file: {}", crate::gguf::candle_msg(&e)),
+    })?;
     let mut s = String::new();
     let _ = writeln!(s, "GGUF {:?}, {} metadata keys, {} tensors", c.magic, c.metadata.len(), c.tensor_infos.len());
     let mut keys: Vec<&String> = c.metadata.keys().collect();
