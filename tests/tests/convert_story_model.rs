@@ -1,0 +1,49 @@
+//! The committed story model (`models/story-base`, a trainer checkpoint
+//! with f16 safetensors): import at f32 and q8, check both load and verify,
+//! and that q8 costs under 1 % bits per byte on a held-out passage.
+
+use std::path::PathBuf;
+
+use edgelm_convert::checkpoint::import_checkpoint;
+use edgelm_convert::inspect::verify;
+use edgelm_convert::{ImportOptions, StoreDType};
+use edgelm_runtime::eval::{eval_document, EvalTotals};
+use edgelm_runtime::{AlignedBytes, Model, Session, SessionOptions};
+
+/// Written for this test (not from the training corpus).
+const PASSAGE: &str = "The Fox and the Little Hen\n\nOnce upon a time there was a little red hen who lived \
+in a small house at the edge of the wood. Every morning she swept the floor, and every evening she sat by \
+the fire and sang to her chickens. One day a sly fox came to the door and knocked. \"Who is there?\" asked \
+the hen. \"Only a poor traveller,\" said the fox, \"who is cold and hungry.\" But the little hen was wise, \
+and she did not open the door.";
+
+fn bpb(bytes: &[u8]) -> f64 {
+    let aligned = AlignedBytes::from_slice(bytes);
+    let model = Model::from_bytes(&aligned).unwrap();
+    let seq = model.config.max_seq_len as usize;
+    let mut arena = vec![0u8; model.arena_bytes(seq)];
+    let mut s = Session::with_domain(&model, model.default_domain(), &mut arena, SessionOptions::new(seq)).unwrap();
+    let mut totals = EvalTotals::default();
+    eval_document(&mut s, PASSAGE, &mut totals).unwrap();
+    totals.bpb()
+}
+
+#[test]
+fn story_model_q8_is_within_one_percent_of_f32() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/story-base");
+    if !dir.join("model.safetensors").exists() {
+        eprintln!("models/story-base is not in this checkout; skipped");
+        return;
+    }
+    let f32 = import_checkpoint(&dir, &ImportOptions::new(StoreDType::F32)).unwrap();
+    let q8 = import_checkpoint(&dir, &ImportOptions::new(StoreDType::Q8)).unwrap();
+    for c in [&f32, &q8] {
+        let v = verify(&c.bytes, None).unwrap();
+        assert_eq!(v.domains[0].0, "story");
+    }
+    assert!(q8.bytes.len() * 3 < f32.bytes.len(), "q8 {} vs f32 {} bytes", q8.bytes.len(), f32.bytes.len());
+    let (a, b) = (bpb(&f32.bytes), bpb(&q8.bytes));
+    eprintln!("passage BPB: f32 {a:.5}, q8 {b:.5}");
+    assert!(a.is_finite() && a < 3.0, "f32 BPB {a}: the imported model does not model English");
+    assert!((b - a).abs() / a < 0.01, "q8 BPB {b} vs f32 {a}");
+}
