@@ -194,6 +194,9 @@ pub struct ExperimentArgs {
     /// Bytes of text each tokenizer is trained on.
     #[arg(long)]
     pub tokenizer_bytes: Option<usize>,
+    /// Seed of every model's initialisation and batch sampling.
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Only these methods (base is always trained or loaded).
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub methods: Vec<String>,
@@ -224,6 +227,10 @@ pub fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
         c.domain.lr = lr;
         c.base.min_lr = lr / 10.0;
         c.domain.min_lr = lr / 10.0;
+    }
+    if let Some(sd) = a.seed {
+        c.base.seed = sd;
+        c.domain.seed = sd;
     }
     set!(c.model.dim, a.dim);
     set!(c.model.n_layers, a.layers);
