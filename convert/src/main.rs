@@ -43,7 +43,7 @@ struct Store {
     /// the GGUF's `edgelm.domain`, else "story").
     #[arg(long)]
     domain: Option<String>,
-    /// Print the error of every tensor (default: a summary and the worst few).
+    /// Also list the tensors stored exactly (default: only those whose values changed).
     #[arg(long, short)]
     verbose: bool,
 }
@@ -111,35 +111,26 @@ fn finish(c: Converted, s: &Store, inputs: &[&Path], started: Instant) -> Result
     output::write_bytes(&s.output, inputs, &c.bytes)?;
     let secs = started.elapsed().as_secs_f64();
     let r = &c.report;
-    let quantized: Vec<_> = r.tensors.iter().filter(|t| t.max_err > 0.0 || t.note.is_some()).collect();
-    if s.verbose {
-        for t in &r.tensors {
-            eprintln!(
-                "  {:<32} {:<4} {:?} max-err {:.3e} rms-err {:.3e} rel-rms {:.3e}{}",
-                t.name,
-                t.dtype.name(),
-                t.shape,
-                t.max_err,
-                t.rms_err,
-                t.rel_rms_err(),
-                t.note.map(|n| format!(" ({n})")).unwrap_or_default()
-            );
-        }
-    } else if !quantized.is_empty() {
-        let mut worst = quantized.clone();
-        worst.sort_by(|a, b| b.rel_rms_err().total_cmp(&a.rel_rms_err()));
-        eprintln!("quantization error (worst relative RMS first; --verbose for all):");
-        for t in worst.iter().take(5) {
-            eprintln!(
-                "  {:<32} {:<4} max-err {:.3e} rms-err {:.3e} rel-rms {:.3e}{}",
-                t.name,
-                t.dtype.name(),
-                t.max_err,
-                t.rms_err,
-                t.rel_rms_err(),
-                t.note.map(|n| format!(" ({n})")).unwrap_or_default()
-            );
-        }
+    // Every tensor the conversion changed (all of them with --verbose).
+    let shown: Vec<_> = r.tensors.iter().filter(|t| s.verbose || t.max_err > 0.0 || t.note.is_some()).collect();
+    if !shown.is_empty() {
+        eprintln!(
+            "{:<34} {:<4} {:>12} {:>10} {:>10} {:>10}",
+            "tensor", "type", "shape", "max-err", "rms-err", "rel-rms"
+        );
+    }
+    for t in &shown {
+        let shape = t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+        eprintln!(
+            "{:<34} {:<4} {:>12} {:>10.3e} {:>10.3e} {:>10.3e}{}",
+            t.name,
+            t.dtype.name(),
+            shape,
+            t.max_err,
+            t.rms_err,
+            t.rel_rms_err(),
+            t.note.map(|n| format!("  ({n})")).unwrap_or_default()
+        );
     }
     for t in r.tensors.iter().filter(|t| t.note.is_some()) {
         eprintln!("note: {}: {}", t.name, t.note.unwrap_or_default());
