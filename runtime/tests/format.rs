@@ -195,6 +195,22 @@ fn absurd_dims_and_offsets_are_refused() {
 }
 
 #[test]
+fn the_writer_refuses_what_the_reader_would() {
+    let mut w = FileWriter::new(FileKind::Base, "x", cfg());
+    assert!(w.add_q8("q", &[32, 3], &[0.0; 96]).is_err(), "q8 last axis must be a multiple of 32");
+    assert!(w.add_f32("z", &[0, 4], &[]).is_err(), "zero dimension");
+    assert!(w.add_f32(&"n".repeat(129), &[1], &[0.0]).is_err(), "name too long");
+    assert!(w.add_q8_parts("p", &[1, 32], &[0; 32], &[]).is_err(), "missing scales");
+    // a huge group still quantizes to finite values
+    let big = [1e9f32; 32];
+    w.add_q8("big", &[1, 32], &big).unwrap();
+    let b = aligned(w.to_bytes().unwrap());
+    let f = ModelFile::parse(&b, VerifyChecksum::Yes).unwrap();
+    let (_, sc) = f.tensor("big").unwrap().q8().unwrap();
+    assert!(half::f16::from_bits(sc[0]).is_finite());
+}
+
+#[test]
 fn misaligned_bytes_are_refused_not_misread() {
     let bytes = tiny();
     let mut buf = vec![0u8; bytes.len() + 64];

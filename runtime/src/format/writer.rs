@@ -48,7 +48,8 @@ pub fn quantize_q8(x: &[f32]) -> (Vec<i8>, Vec<u16>) {
     let mut scales = vec![0u16; x.len() / Q8_GROUP];
     for ((group, q), s) in x.chunks_exact(Q8_GROUP).zip(qs.chunks_exact_mut(Q8_GROUP)).zip(scales.iter_mut()) {
         let amax = group.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = half::f16::from_f32(amax / 127.0);
+        // clamp: a scale beyond f16's range would become inf (and dequantize to NaN)
+        let d = half::f16::from_f32((amax / 127.0).min(half::f16::MAX.to_f32()));
         *s = d.to_bits();
         let d = d.to_f32();
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -73,9 +74,20 @@ impl FileWriter {
 
     /// Adds a tensor from raw little-endian bytes.
     pub fn add_raw(&mut self, name: &str, dtype: DType, shape: &[u32], bytes: Vec<u8>) -> Result<()> {
+        // The same rules the reader enforces, so a written file always parses.
+        let bad = |what| Err(Error::BadTensor { name: Name::new(name), what });
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            return bad("name is empty or longer than 128 bytes");
+        }
+        if shape.is_empty() || shape.len() > MAX_DIMS || shape.contains(&0) {
+            return bad("shape needs 1 to 4 non-zero dimensions");
+        }
+        if dtype == DType::Q8 && shape[shape.len() - 1] as usize % Q8_GROUP != 0 {
+            return bad("q8 tensor's last dimension is not a multiple of 32");
+        }
         let n: u64 = shape.iter().map(|&d| d as u64).product();
-        if shape.is_empty() || shape.len() > MAX_DIMS || dtype.byte_len(n) != Some(bytes.len() as u64) {
-            return Err(Error::BadTensor { name: Name::new(name), what: "bytes do not match dtype and shape" });
+        if dtype.byte_len(n) != Some(bytes.len() as u64) {
+            return bad("bytes do not match dtype and shape");
         }
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(Error::BadTensor { name: Name::new(name), what: "added twice" });
@@ -104,6 +116,9 @@ impl FileWriter {
 
     /// Adds already-quantized q8 data (e.g. imported GGUF Q8_0 blocks).
     pub fn add_q8_parts(&mut self, name: &str, shape: &[u32], qs: &[i8], scales: &[u16]) -> Result<()> {
+        if scales.len() * Q8_GROUP != qs.len() {
+            return Err(Error::BadTensor { name: Name::new(name), what: "q8 needs one scale per 32 values" });
+        }
         let mut bytes = Vec::with_capacity(qs.len() + scales.len() * 2);
         bytes.extend(qs.iter().map(|&q| q as u8));
         bytes.extend(scales.iter().flat_map(|s| s.to_le_bytes()));
