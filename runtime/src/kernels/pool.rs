@@ -54,7 +54,14 @@ pub struct Pool {
 impl Pool {
     /// A pool that runs jobs on `threads` threads: the caller plus
     /// `threads - 1` workers spawned now (`threads` of 0 is treated as 1).
+    /// Panics if the OS refuses a thread; [`Pool::try_new`] reports that instead.
     pub fn new(threads: usize) -> Pool {
+        Self::try_new(threads).expect("cannot spawn an edgelm worker thread")
+    }
+
+    /// As [`Pool::new`], with a failed thread spawn as an error (workers
+    /// already started are shut down again).
+    pub fn try_new(threads: usize) -> std::io::Result<Pool> {
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
             pending: AtomicUsize::new(0),
@@ -62,16 +69,14 @@ impl Pool {
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
         });
-        let workers = (1..threads.max(1))
-            .map(|i| {
-                let s = Arc::clone(&shared);
-                thread::Builder::new()
-                    .name(std::format!("edgelm-worker-{i}"))
-                    .spawn(move || worker(&s, i))
-                    .expect("cannot spawn an edgelm worker thread")
-            })
-            .collect();
-        Pool { shared, workers, lock: Mutex::new(()) }
+        let mut pool = Pool { shared, workers: Vec::new(), lock: Mutex::new(()) };
+        for i in 1..threads.max(1) {
+            let s = Arc::clone(&pool.shared);
+            // on error, dropping `pool` stops the workers started so far
+            let handle = thread::Builder::new().name(std::format!("edgelm-worker-{i}")).spawn(move || worker(&s, i))?;
+            pool.workers.push(handle);
+        }
+        Ok(pool)
     }
 
     /// Threads a job runs on, the caller included.

@@ -194,7 +194,11 @@ fn check_threads(n: usize) -> Result<Option<edgelm_runtime::threads::Pool>> {
             "note: --threads {n} exceeds the {cpus} CPU(s) available; expect it to be slower than --threads {cpus}"
         );
     }
-    Ok((n > 1).then(|| edgelm_runtime::threads::Pool::new(n)))
+    if n == 1 {
+        return Ok(None);
+    }
+    let pool = edgelm_runtime::threads::Pool::try_new(n).context("cannot start worker threads; try fewer --threads")?;
+    Ok(Some(pool))
 }
 
 fn generate(g: GenerateArgs) -> Result<()> {
