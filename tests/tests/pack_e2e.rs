@@ -139,6 +139,29 @@ fn a_trained_expansion_runs_on_device_as_a_pack() {
     assert_eq!(greedy(&alone, "story", "Once the cat"), greedy(&with, "story", "Once the cat"));
     assert_ne!(greedy(&with, "recipe", "Title:"), "");
 
+    // Greedy decoding: the runtime picks the same tokens as candle, step by step.
+    let mut rt_ids = ids.clone();
+    let mut candle_ids = ids.clone();
+    {
+        let mut arena = vec![0u8; with.arena_bytes(32)];
+        let mut s = Session::new(&with, "recipe", &mut arena, SessionOptions::new(32)).unwrap();
+        let mut logits = Vec::new();
+        for &t in &ids {
+            logits = s.step(t).unwrap().to_vec();
+        }
+        for _ in 0..12 {
+            let next = edgelm_runtime::sampler::argmax(&logits);
+            rt_ids.push(next);
+            logits = s.step(next).unwrap().to_vec();
+        }
+    }
+    for _ in 0..12 {
+        let l = e.forward(&Tensor::new(candle_ids.as_slice(), &dev).unwrap().unsqueeze(0).unwrap()).unwrap();
+        let last: Vec<f32> = l.squeeze(0).unwrap().get(candle_ids.len() - 1).unwrap().to_vec1().unwrap();
+        candle_ids.push(edgelm_runtime::sampler::argmax(&last));
+    }
+    assert_eq!(rt_ids, candle_ids, "greedy generations differ");
+
     // Another base: the converter refuses the pairing, the runtime refuses the pack.
     let other_dir = dir.path().join("other");
     let other = Llama::new(&cfg(story_tok.vocab_size()), 12, &dev).unwrap();
