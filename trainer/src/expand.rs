@@ -28,18 +28,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Hugging Face suffixes of a block's tensors, in [`Block`] field order.
-pub const BLOCK_SUFFIXES: [&str; 9] = [
-    "input_layernorm.weight",
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-];
+pub use crate::model::BLOCK_SUFFIXES;
 
 pub const DOMAIN_EMBED: &str = "domain.embed_tokens.weight";
 pub const DOMAIN_NORM: &str = "domain.norm.weight";

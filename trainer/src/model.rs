@@ -47,7 +47,8 @@ pub fn layer_name(i: usize, suffix: &str) -> String {
     format!("model.layers.{i}.{suffix}")
 }
 
-const BLOCK_SUFFIXES: [&str; 9] = [
+/// Hugging Face suffixes of a block's tensors, in [`Block`] field order.
+pub const BLOCK_SUFFIXES: [&str; 9] = [
     "input_layernorm.weight",
     "self_attn.q_proj.weight",
     "self_attn.k_proj.weight",
