@@ -229,6 +229,10 @@ impl<'m, 'a> Session<'m, 'a> {
     /// `Ok(None)` at end-of-text or when the context is full.
     pub fn next_token(&mut self) -> Result<Option<u32>> {
         if !self.have_logits {
+            if self.len > 0 {
+                // generation already ended (end-of-text or full context); feed a new prompt to go on
+                return Ok(None);
+            }
             // nothing fed yet: start from BOS
             self.feed_prompt("")?;
         }

@@ -147,3 +147,20 @@ fn unknown_domain_and_small_arena_are_errors() {
         Err(edgelm_runtime::Error::SeqTooLong { .. })
     ));
 }
+
+#[test]
+fn an_ended_session_stays_ended_until_a_new_prompt() {
+    let bytes = aligned(synthetic_model(&SyntheticSpec::tiny(DType::Q8)).unwrap());
+    let model = Model::from_bytes(&bytes).unwrap();
+    let mut arena = vec![0u8; model.arena_bytes(8)];
+    let mut s = Session::new(&model, "story", &mut arena, SessionOptions::new(8)).unwrap();
+    s.feed_prompt("the").unwrap();
+    let reason = s.generate(100, &mut |_| {}).unwrap();
+    assert_eq!(reason, edgelm_runtime::StopReason::ContextFull);
+    let context = s.tokens().to_vec();
+    assert_eq!(context.len(), 8);
+    assert_eq!(s.next_token().unwrap(), None, "a full context does not silently restart");
+    assert_eq!(s.tokens(), &context[..]);
+    s.feed_prompt("the").unwrap();
+    assert!(s.next_token().unwrap().is_some());
+}
