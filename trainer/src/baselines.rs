@@ -114,24 +114,7 @@ impl Scorer for FnScorer<'_> {
         self.max_seq
     }
     fn score(&self, ws: &[&[u32]]) -> Result<Vec<Vec<f64>>> {
-        let mut out = Vec::with_capacity(ws.len());
-        for chunk in ws.chunks(self.batch.max(1)) {
-            let t = chunk.iter().map(|w| w.len() - 1).max().unwrap_or(1).max(1);
-            let mut x = vec![0u32; chunk.len() * t];
-            let mut y = vec![0u32; chunk.len() * t];
-            for (r, w) in chunk.iter().enumerate() {
-                let n = w.len() - 1;
-                x[r * t..r * t + n].copy_from_slice(&w[..n]);
-                y[r * t..r * t + n].copy_from_slice(&w[1..]);
-            }
-            let xt = Tensor::from_vec(x, (chunk.len(), t), &self.device)?;
-            let yt = Tensor::from_vec(y, (chunk.len(), t), &self.device)?;
-            let l = (self.f)(&xt, &yt)?.to_vec1::<f32>()?;
-            for (r, w) in chunk.iter().enumerate() {
-                out.push(l[r * t..r * t + w.len() - 1].iter().map(|&v| v as f64).collect());
-            }
-        }
-        Ok(out)
+        crate::eval::score_windows(ws, self.batch, &self.device, &|x, y| (self.f)(x, y))
     }
 }
 

@@ -85,26 +85,36 @@ impl Scorer for ModelScorer<'_> {
         self.model.cfg.max_seq
     }
     fn score(&self, ws: &[&[u32]]) -> Result<Vec<Vec<f64>>> {
-        let mut out = Vec::with_capacity(ws.len());
-        for chunk in ws.chunks(self.batch.max(1)) {
-            let t = chunk.iter().map(|w| w.len() - 1).max().unwrap_or(1).max(1);
-            let mut x = vec![0u32; chunk.len() * t];
-            let mut y = vec![0u32; chunk.len() * t];
-            for (r, w) in chunk.iter().enumerate() {
-                let n = w.len() - 1;
-                x[r * t..r * t + n].copy_from_slice(&w[..n]);
-                y[r * t..r * t + n].copy_from_slice(&w[1..]);
-            }
-            let dev = self.model.device();
-            let xt = Tensor::from_vec(x, (chunk.len(), t), dev)?;
-            let yt = Tensor::from_vec(y, (chunk.len(), t), dev)?;
-            let l = self.model.token_losses(&xt, &yt)?.to_vec1::<f32>()?;
-            for (r, w) in chunk.iter().enumerate() {
-                out.push(l[r * t..r * t + w.len() - 1].iter().map(|&v| v as f64).collect());
-            }
-        }
-        Ok(out)
+        score_windows(ws, self.batch, self.model.device(), &|x, y| self.model.token_losses(x, y))
     }
+}
+
+/// Per-token losses of windows, in batches of `batch` padded to the longest
+/// window; `losses(inputs, targets)` returns `[rows·t]` per-position losses.
+pub fn score_windows(
+    ws: &[&[u32]],
+    batch: usize,
+    device: &candle_core::Device,
+    losses: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Vec<Vec<f64>>> {
+    let mut out = Vec::with_capacity(ws.len());
+    for chunk in ws.chunks(batch.max(1)) {
+        let t = chunk.iter().map(|w| w.len() - 1).max().unwrap_or(1).max(1);
+        let mut x = vec![0u32; chunk.len() * t];
+        let mut y = vec![0u32; chunk.len() * t];
+        for (r, w) in chunk.iter().enumerate() {
+            let n = w.len() - 1;
+            x[r * t..r * t + n].copy_from_slice(&w[..n]);
+            y[r * t..r * t + n].copy_from_slice(&w[1..]);
+        }
+        let xt = Tensor::from_vec(x, (chunk.len(), t), device)?;
+        let yt = Tensor::from_vec(y, (chunk.len(), t), device)?;
+        let l = losses(&xt, &yt)?.to_vec1::<f32>()?;
+        for (r, w) in chunk.iter().enumerate() {
+            out.push(l[r * t..r * t + w.len() - 1].iter().map(|&v| v as f64).collect());
+        }
+    }
+    Ok(out)
 }
 
 /// Evaluates `text` (a corpus file's contents) per the protocol.
