@@ -2,34 +2,15 @@
 //! (threads spawned) before counting starts; publishing jobs, the workers'
 //! waits and the row split allocate nothing.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use edgelm_runtime::format::DType;
 use edgelm_runtime::kernels::PARALLEL_MIN_BYTES;
 use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::threads::Pool;
 use edgelm_runtime::{AlignedBytes, Model, Session, SessionOptions};
 
-struct Counting;
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{allocations, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -46,7 +27,7 @@ fn threaded_generation_loop_does_not_allocate() {
     let mut arena = vec![0u8; model.arena_bytes(64)];
     // warm up: the first job publishes, workers start waiting
     pool.run(&|_| {});
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = allocations();
     {
         let mut session = Session::new(&model, "story", &mut arena, SessionOptions::new(64)).unwrap();
         session.set_pool(&pool);
@@ -55,6 +36,6 @@ fn threaded_generation_loop_does_not_allocate() {
             tok = edgelm_runtime::sampler::argmax(session.step(tok).unwrap());
         }
     }
-    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    let after = allocations();
     assert_eq!(after - before, 0, "the threaded loop allocated {} times", after - before);
 }

@@ -1,32 +1,13 @@
 //! The generation loop performs zero heap allocations: a counting global
 //! allocator watches prompt feeding, sampling and decoding.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use edgelm_runtime::format::DType;
 use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::{AlignedBytes, Model, SamplerConfig, Session, SessionOptions};
 
-struct Counting;
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{allocations, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -50,7 +31,7 @@ fn generation_loop_does_not_allocate() {
             truncate_prompt: true,
         };
         let mut text_bytes = 0usize;
-        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        let before = allocations();
         {
             let mut session = Session::new(&model, "story", &mut arena, opts).unwrap();
             session.feed_prompt("Once upon a time, in a small house by the sea,").unwrap();
@@ -61,7 +42,7 @@ fn generation_loop_does_not_allocate() {
             // truncation path too
             session.feed_prompt(LONG).unwrap();
         }
-        let after = ALLOCATIONS.load(Ordering::SeqCst);
+        let after = allocations();
         assert_eq!(after - before, 0, "{dtype:?}: the generation loop allocated {} times", after - before);
         assert!(text_bytes > 0);
     }
