@@ -288,7 +288,7 @@ impl ModelBuilder {
             (StoreDType::Keep, Source::Q8 { .. }) => StoreDType::Q8,
             (w, _) => w,
         };
-        let target = if want == StoreDType::Q8 && cols % Q8_GROUP != 0 {
+        let target = if want == StoreDType::Q8 && !cols.is_multiple_of(Q8_GROUP) {
             note = Some("row length is not a multiple of 32: stored as f16 instead of q8");
             StoreDType::F16
         } else {

@@ -79,7 +79,7 @@ fn write_safetensors(path: &Path, w: &Weights, st: St) -> Weights {
             .insert(hf_name(n), serde_json::json!({"dtype": dt, "shape": shape, "data_offsets": [start, data.len()]}));
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

@@ -51,13 +51,13 @@ impl ModelConfig {
         if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 || self.n_kv_heads == 0 {
             return bad("--dim, --layers, --heads and --kv-heads must be positive".into());
         }
-        if self.dim % self.n_heads != 0 {
+        if !self.dim.is_multiple_of(self.n_heads) {
             return bad(format!("--dim {} is not a multiple of --heads {}", self.dim, self.n_heads));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(format!("head_dim {} (dim/heads) must be even for RoPE", self.head_dim()));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("--heads {} is not a multiple of --kv-heads {}", self.n_heads, self.n_kv_heads));
         }
         if self.vocab_size == 0 || self.vocab_size > 65536 {

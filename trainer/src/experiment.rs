@@ -251,7 +251,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         let out = out.clone();
         let t = Instant::now();
         move |step: usize, loss: f64| {
-            if step % 25 == 0 || step == total {
+            if step.is_multiple_of(25) || step == total {
                 log(&out, &format!("{name} step {step}/{total} loss {loss:.4} ({:.0}s)", t.elapsed().as_secs_f64()));
             }
         }

@@ -79,7 +79,7 @@ impl DType {
             DType::F16 => n.checked_mul(2),
             DType::U8 => Some(n),
             DType::Q8 => {
-                if n % Q8_GROUP as u64 != 0 {
+                if !n.is_multiple_of(Q8_GROUP as u64) {
                     return None;
                 }
                 n.checked_add((n / Q8_GROUP as u64).checked_mul(2)?)
@@ -130,13 +130,13 @@ impl Config {
         if self.n_layers == 0 || self.n_layers as usize > MAX_LAYERS {
             return Err(BadConfig("n_layers must be in 1..=32"));
         }
-        if self.n_heads == 0 || self.dim % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.dim.is_multiple_of(self.n_heads) {
             return Err(BadConfig("n_heads must divide dim"));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(BadConfig("head_dim (dim / n_heads) must be even for RoPE"));
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(BadConfig("n_kv_heads must divide n_heads"));
         }
         if self.ffn_dim == 0 || self.ffn_dim > MAX_FFN {

@@ -103,7 +103,7 @@ impl<'a> ModelFile<'a> {
                 return Err(Error::ChecksumMismatch { stored, computed });
             }
         }
-        if (bytes.as_ptr() as usize) % ALIGN != 0 {
+        if !(bytes.as_ptr() as usize).is_multiple_of(ALIGN) {
             return Err(Error::Misaligned);
         }
 
@@ -191,14 +191,14 @@ fn validate_entry(info: &TensorInfo<'_>, data_len: u64) -> Result<()> {
         }
         n = n.checked_mul(d as u64).ok_or_else(|| bad(name, "element count overflows"))?;
     }
-    if info.dtype == DType::Q8 && info.shape[info.shape.len() - 1] as usize % Q8_GROUP != 0 {
+    if info.dtype == DType::Q8 && !(info.shape[info.shape.len() - 1] as usize).is_multiple_of(Q8_GROUP) {
         return Err(bad(name, "q8 tensor's last dimension is not a multiple of 32"));
     }
     let expected = info.dtype.byte_len(n).ok_or_else(|| bad(name, "byte length overflows"))?;
     if expected != info.len {
         return Err(bad(name, "byte length does not match dtype and shape"));
     }
-    if info.offset % ALIGN as u64 != 0 {
+    if !info.offset.is_multiple_of(ALIGN as u64) {
         return Err(bad(name, "offset is not 64-byte aligned"));
     }
     let end = info.offset.checked_add(info.len).ok_or_else(|| bad(name, "offset + length overflows"))?;
@@ -224,7 +224,7 @@ fn view<'a>(info: &TensorInfo<'a>, data: &'a [u8]) -> TensorView<'a> {
 /// Reinterprets little-endian bytes as `&[T]` in place.
 fn cast<'a, T: Copy>(t: &TensorView<'a>) -> Result<&'a [T]> {
     let size = core::mem::size_of::<T>();
-    if (t.bytes.as_ptr() as usize) % core::mem::align_of::<T>() != 0 || t.bytes.len() % size != 0 {
+    if !(t.bytes.as_ptr() as usize).is_multiple_of(core::mem::align_of::<T>()) || !t.bytes.len().is_multiple_of(size) {
         return Err(Error::Misaligned);
     }
     // SAFETY: the pointer is aligned for T and the length is a whole number of

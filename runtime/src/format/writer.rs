@@ -82,7 +82,7 @@ impl FileWriter {
         if shape.is_empty() || shape.len() > MAX_DIMS || shape.contains(&0) {
             return bad("shape needs 1 to 4 non-zero dimensions");
         }
-        if dtype == DType::Q8 && shape[shape.len() - 1] as usize % Q8_GROUP != 0 {
+        if dtype == DType::Q8 && !(shape[shape.len() - 1] as usize).is_multiple_of(Q8_GROUP) {
             return bad("q8 tensor's last dimension is not a multiple of 32");
         }
         let n: u64 = shape.iter().map(|&d| d as u64).product();
@@ -107,7 +107,7 @@ impl FileWriter {
 
     /// Quantizes `data` (groups of 32 along the last axis) and adds it as q8.
     pub fn add_q8(&mut self, name: &str, shape: &[u32], data: &[f32]) -> Result<()> {
-        if data.len() % Q8_GROUP != 0 {
+        if !data.len().is_multiple_of(Q8_GROUP) {
             return Err(Error::BadTensor { name: Name::new(name), what: "q8 needs a multiple of 32 elements" });
         }
         let (qs, scales) = quantize_q8(data);

@@ -312,7 +312,7 @@ pub fn matvec_f16_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], 
 #[allow(dead_code)]
 pub(crate) fn check_q8(out: &[f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
     let cols = xq.len();
-    assert!(cols % Q8_GROUP == 0, "q8 cols {cols} not a multiple of {Q8_GROUP}");
+    assert!(cols.is_multiple_of(Q8_GROUP), "q8 cols {cols} not a multiple of {Q8_GROUP}");
     let g = cols / Q8_GROUP;
     assert!(
         wq.len() >= out.len() * cols && ws.len() >= out.len() * g && xs.len() >= g,

@@ -158,7 +158,7 @@ fn softmax(x: &mut [f32]) {
 }
 
 fn rope(x: &mut [f32], rope: &[f32], head_dim: usize) {
-    if head_dim % 8 != 0 || rope.len() < head_dim {
+    if !head_dim.is_multiple_of(8) || rope.len() < head_dim {
         return reference::rope(x, rope, head_dim);
     }
     for head in x.chunks_exact_mut(head_dim) {

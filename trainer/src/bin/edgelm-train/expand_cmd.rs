@@ -128,7 +128,7 @@ pub fn cmd_expand(a: ExpandArgs) -> Result<()> {
     let lf = |x: &Tensor, y: &Tensor| e.loss(x, y);
     let t0 = std::time::Instant::now();
     let mut prog = |s: usize, l: f64| {
-        if s % 10 == 0 || s == a.steps {
+        if s.is_multiple_of(10) || s == a.steps {
             eprintln!("step {s}/{}: loss {l:.4} ({:.0}s)", a.steps, t0.elapsed().as_secs_f64());
         }
     };
@@ -322,7 +322,7 @@ pub fn cmd_baseline(a: BaselineArgs) -> Result<()> {
     let cache = a.out.parent().unwrap_or(std::path::Path::new(".")).join(".token-cache");
     let t0 = std::time::Instant::now();
     let mut prog = |s: usize, l: f64| {
-        if s % 10 == 0 || s == a.steps {
+        if s.is_multiple_of(10) || s == a.steps {
             eprintln!("step {s}/{}: loss {l:.4} ({:.0}s)", a.steps, t0.elapsed().as_secs_f64());
         }
     };
