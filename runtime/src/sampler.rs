@@ -70,15 +70,32 @@ impl Rng {
     }
 }
 
-/// Index of the largest value (first on ties).
+/// Index of the largest value (first on ties; NaNs are never chosen unless
+/// `x[0]` is one, which yields 0).
+///
+/// Two passes that the compiler vectorises (16 independent lane maxima, then
+/// the first index equal to their maximum): over a 32000-entry vocabulary
+/// this is several times faster than the one-pass loop, whose every step
+/// depends on the last (3.5 % of a decode step before).
 pub fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
+    const LANES: usize = 16;
+    match x.first() {
+        None => return 0,
+        Some(v) if v.is_nan() => return 0,
+        Some(_) => {}
+    }
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
         }
     }
-    best as u32
+    let mut max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for &v in chunks.remainder() {
+        max = if v > max { v } else { max };
+    }
+    x.iter().position(|&v| v == max).unwrap_or(0) as u32
 }
 
 /// Applies the repetition penalty once per distinct token of `recent`.
@@ -170,6 +187,35 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass definition `argmax` must agree with.
+    fn argmax_one_pass(x: &[f32]) -> u32 {
+        let mut best = 0;
+        for (i, &v) in x.iter().enumerate() {
+            if v > x[best] {
+                best = i;
+            }
+        }
+        best as u32
+    }
+
+    #[test]
+    fn argmax_matches_the_one_pass_definition() {
+        let mut rng = Rng::new(7);
+        for n in (0..70).chain([1000, 32000]) {
+            for case in 0..20 {
+                let mut x: std::vec::Vec<f32> = (0..n).map(|_| (rng.next_f32() * 8.0).floor() - 4.0).collect();
+                match case {
+                    1 if n > 0 => x[rng.next_u32() as usize % n] = f32::NAN,
+                    2 if n > 0 => x[0] = f32::NAN,
+                    3 => x.iter_mut().for_each(|v| *v = f32::NEG_INFINITY),
+                    4 if n > 1 => x[n - 1] = f32::INFINITY,
+                    _ => {}
+                }
+                assert_eq!(argmax(&x), argmax_one_pass(&x), "n {n} case {case}: {x:?}");
+            }
+        }
+    }
 
     #[test]
     fn greedy_is_argmax_and_penalty_applies_once() {
