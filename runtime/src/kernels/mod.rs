@@ -235,12 +235,12 @@ impl SharedOut {
     }
 }
 
-/// Splits `out`'s rows into `par.threads()` contiguous chunks (multiples of 4
-/// rows) and calls `f(rows_start, chunk)` for each, concurrently.
+/// Splits `out`'s rows into `par.threads()` contiguous chunks (multiples of 8
+/// rows, the widest row block of the SIMD kernels) and calls `f(rows_start, chunk)` for each, concurrently.
 fn par_rows(par: &dyn Parallel, out: &mut [f32], f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
     let n = par.threads().max(1);
     let rows = out.len();
-    let per = rows.div_ceil(n).div_ceil(4) * 4;
+    let per = rows.div_ceil(n).div_ceil(8) * 8;
     let shared = SharedOut { ptr: out.as_mut_ptr(), len: rows };
     par.run(&|i| {
         let start = (i * per).min(shared.len);
