@@ -131,7 +131,9 @@ unsafe fn block<const R: usize>(
 }
 
 /// `out[r] = Σ lanes of a[r]` for eight accumulators: a transposing add tree
-/// (19 shuffles and adds instead of eight separate reductions' 56).
+/// (19 shuffles and adds instead of eight separate reductions' 56). It pairs
+/// lanes as `_mm512_reduce_add_ps` does (i + 8, i + 4, i + 2, i + 1), so a
+/// row's sum is bit-identical whichever block it falls in (threaded splits).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn store8(out: *mut f32, a: &[__m512; 8]) {
