@@ -1,5 +1,8 @@
 //! `edgelm-train expand` and `edgelm-train experiment` end to end on fixture corpora.
 
+mod common;
+
+use common::{ok, write};
 use std::path::Path;
 use std::process::Command;
 
@@ -7,24 +10,6 @@ fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_edgelm-train"));
     c.env("RAYON_NUM_THREADS", "1").env("CANDLE_NUM_THREADS", "1");
     c
-}
-
-fn ok(c: &mut Command) -> String {
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{c:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 fn stories(n: usize) -> String {

@@ -27,6 +27,18 @@ pub fn story_text(n_docs: usize, seed: u64) -> String {
     out
 }
 
+/// Runs `c`; panics with its stdout and stderr unless it succeeds; returns its stdout.
+pub fn ok(c: &mut std::process::Command) -> String {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{c:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
 /// Writes `text` to `dir/name` and returns the path.
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
