@@ -388,18 +388,19 @@ fn bad_gguf_inputs_are_clear_errors() {
     let e = import_bytes(&write_gguf(&md, &[]), StoreDType::F32).unwrap_err();
     assert!(matches!(e, Error::UnsupportedArchitecture(ref a) if a == "gpt2"), "{e}");
     // unsupported tensor type (Q4_0 = 2)
-    let names = |w: &Weights| {
-        let mut v: Vec<String> = w.keys().cloned().collect();
-        v.sort();
-        v
+    // every weight as an F32 GGUF tensor, by sorted name, except `skip`
+    let f32_tensors = |skip: &str| -> Vec<T> {
+        let mut names: Vec<&String> = w.keys().filter(|n| *n != skip).collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let (s, v) = &w[n];
+                T(gguf_name(n), 0, s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            })
+            .collect()
     };
-    let mut tensors: Vec<T> = names(&w)
-        .into_iter()
-        .map(|n| {
-            let (s, v) = &w[&n];
-            T(gguf_name(&n), 0, s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        })
-        .collect();
+    let mut tensors = f32_tensors("");
     let q = tensors.iter_mut().find(|t| t.0 == "blk.0.attn_q.weight").unwrap();
     q.1 = 2;
     q.3 = vec![0u8; 64 * 64 / 32 * 18];
@@ -409,13 +410,7 @@ fn bad_gguf_inputs_are_clear_errors() {
     assert!(matches!(e, Error::UnsupportedTensorType { .. }), "{e}");
     assert!(e.to_string().contains("blk.0.attn_q.weight"), "{e}");
     // shape mismatch (ffn_up transposed)
-    let mut tensors: Vec<T> = names(&w)
-        .into_iter()
-        .map(|n| {
-            let (s, v) = &w[&n];
-            T(gguf_name(&n), 0, s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        })
-        .collect();
+    let mut tensors = f32_tensors("");
     let up = tensors.iter_mut().find(|t| t.0 == "blk.1.ffn_up.weight").unwrap();
     up.2 = vec![64, 96];
     let mut md = llama_md(&c);
@@ -424,14 +419,7 @@ fn bad_gguf_inputs_are_clear_errors() {
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
     assert!(e.to_string().contains("blk.1.ffn_up.weight"), "{e}");
     // missing tensor
-    let tensors: Vec<T> = names(&w)
-        .into_iter()
-        .filter(|n| n != "layers.1.attention.wv")
-        .map(|n| {
-            let (s, v) = &w[&n];
-            T(gguf_name(&n), 0, s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        })
-        .collect();
+    let tensors = f32_tensors("layers.1.attention.wv");
     let mut md = llama_md(&c);
     md.extend(gpt2_vocab(300));
     let e = import_bytes(&write_gguf(&md, &tensors), StoreDType::F32).unwrap_err();
