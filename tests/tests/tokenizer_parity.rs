@@ -7,11 +7,9 @@ use edgelm_convert::tokenizer_import::{from_llama2c_tokenizer_bin, from_tokenize
 use edgelm_runtime::format::{Config, FileKind, FileWriter};
 use edgelm_runtime::tokenizer::{pretokenize, Tokenizer, Utf8Stream};
 use edgelm_runtime::{AlignedBytes, Error, ModelFile, VerifyChecksum};
+use edgelm_trainer::tokenizer::EdgeTokenizer;
 use proptest::prelude::*;
 use std::sync::OnceLock;
-use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, NormalizerWrapper, PostProcessorWrapper, TokenizerBuilder};
 
 const FIXTURE: &str = "\
 Once upon a time, there was a little girl named Lily. She loved to play outside in the park.
@@ -40,29 +38,13 @@ fn fixture_docs() -> Vec<String> {
     docs
 }
 
-/// The Hugging Face tokenizer (trained like `edgelm-train tokenizer` does),
+/// The Hugging Face tokenizer trained by `edgelm-train tokenizer`'s own code,
 /// reloaded from its JSON text, and that JSON.
 fn hf() -> &'static (tokenizers::Tokenizer, String) {
     static HF: OnceLock<(tokenizers::Tokenizer, String)> = OnceLock::new();
     HF.get_or_init(|| {
-        let specials = vec![AddedToken::from("<|endoftext|>", true), AddedToken::from("<|story|>", true)];
-        let mut trainer = BpeTrainerBuilder::new()
-            .vocab_size(600)
-            .min_frequency(2)
-            .show_progress(false)
-            .special_tokens(specials)
-            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-            .build();
-        let mut tk = TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, PostProcessorWrapper, ByteLevel>::new()
-            .with_model(BPE::default())
-            .with_normalizer(None)
-            .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
-            .with_post_processor(None)
-            .with_decoder(Some(ByteLevel::new(false, true, true)))
-            .build()
-            .unwrap();
-        tk.train(&mut trainer, fixture_docs().into_iter()).unwrap();
-        let json = tk.to_string(false).unwrap();
+        let trained = EdgeTokenizer::train(fixture_docs().into_iter(), 600, &["story".to_string()]).unwrap();
+        let json = trained.json().to_string();
         let reloaded: tokenizers::Tokenizer = json.parse().unwrap();
         (reloaded, json)
     })
