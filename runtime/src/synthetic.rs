@@ -175,12 +175,19 @@ impl SyntheticSpec {
 /// All f32 weights of a synthetic model by runtime tensor name, in the
 /// order they are generated (so any dtype of the same spec shares values).
 pub fn synthetic_weights(spec: &SyntheticSpec) -> Vec<(String, Vec<u32>, Vec<f32>)> {
-    let c = &spec.config;
+    random_weights(&spec.config, spec.seed, 1.0)
+}
+
+/// Seeded random weights of a Llama with config `c`, by runtime tensor name:
+/// matrices uniform with scale `1/sqrt(cols)`, the embedding and untied head
+/// `embed_gain` times that; norms `1 + 0.1·uniform`.
+pub fn random_weights(c: &Config, seed: u64, embed_gain: f32) -> Vec<(String, Vec<u32>, Vec<f32>)> {
     let (dim, ffn, vocab, kv) = (c.dim as usize, c.ffn_dim as usize, c.vocab_size as usize, c.kv_dim());
-    let mut rng = WeightRng::new(spec.seed);
+    let mut rng = WeightRng::new(seed);
     let mut out = Vec::new();
     let mut mat = |rng: &mut WeightRng, name: String, rows: usize, cols: usize| {
-        let scale = 1.0 / libm::sqrtf(cols as f32);
+        let gain = if name == "tok_embeddings" || name == "output" { embed_gain } else { 1.0 };
+        let scale = gain / libm::sqrtf(cols as f32);
         out.push((name, alloc::vec![rows as u32, cols as u32], rng.fill(rows * cols, scale)));
     };
     mat(&mut rng, "tok_embeddings".into(), vocab, dim);

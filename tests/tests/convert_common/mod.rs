@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use edgelm_runtime::format::Config;
 use edgelm_runtime::sampler::argmax;
-use edgelm_runtime::synthetic::WeightRng;
+use edgelm_runtime::synthetic;
 use edgelm_runtime::{AlignedBytes, Model, Session, SessionOptions};
 
 /// Weights by name: `(shape, values)`.
@@ -30,43 +30,16 @@ pub fn tiny_config(vocab: u32, tied: bool) -> Config {
 }
 
 /// Random weights under runtime names (`tok_embeddings`, `layers.N.…`,
-/// `norm`, `output` unless tied). Matrices are uniform with scale
-/// `1/sqrt(cols)`; the embedding and head use 4× that, which gives logits
-/// the spread of a trained model (with all-`1/sqrt(cols)` weights a tiny
-/// random model's top logits are near-ties, and greedy agreement then
-/// measures the ties rather than the conversion).
+/// `norm`, `output` unless tied), from the runtime's synthetic generator.
+/// Matrices are uniform with scale `1/sqrt(cols)`; the embedding and head use
+/// 4× that, which gives logits the spread of a trained model (with
+/// all-`1/sqrt(cols)` weights a tiny random model's top logits are near-ties,
+/// and greedy agreement then measures the ties rather than the conversion).
 pub fn random_weights(c: &Config, seed: u64) -> Weights {
-    let (dim, ffn, vocab, kv) = (c.dim as usize, c.ffn_dim as usize, c.vocab_size as usize, c.kv_dim());
-    let mut rng = WeightRng::new(seed);
-    let mut w = Weights::new();
-    let mut mat = |rng: &mut WeightRng, name: String, rows: usize, cols: usize| {
-        let gain = if name == "tok_embeddings" || name == "output" { 4.0 } else { 1.0 };
-        let scale = gain / (cols as f32).sqrt();
-        w.insert(name, (vec![rows, cols], rng.fill(rows * cols, scale)));
-    };
-    mat(&mut rng, "tok_embeddings".into(), vocab, dim);
-    for l in 0..c.n_layers {
-        let p = format!("layers.{l}.");
-        mat(&mut rng, format!("{p}attention.wq"), dim, dim);
-        mat(&mut rng, format!("{p}attention.wk"), kv, dim);
-        mat(&mut rng, format!("{p}attention.wv"), kv, dim);
-        mat(&mut rng, format!("{p}attention.wo"), dim, dim);
-        mat(&mut rng, format!("{p}feed_forward.w1"), ffn, dim);
-        mat(&mut rng, format!("{p}feed_forward.w2"), dim, ffn);
-        mat(&mut rng, format!("{p}feed_forward.w3"), ffn, dim);
-    }
-    if !c.tied_head {
-        mat(&mut rng, "output".into(), vocab, dim);
-    }
-    let mut norm = |rng: &mut WeightRng, name: String| {
-        w.insert(name, (vec![dim], (0..dim).map(|_| 1.0 + 0.1 * rng.uniform()).collect()));
-    };
-    for l in 0..c.n_layers {
-        norm(&mut rng, format!("layers.{l}.attention_norm"));
-        norm(&mut rng, format!("layers.{l}.ffn_norm"));
-    }
-    norm(&mut rng, "norm".into());
-    w
+    synthetic::random_weights(c, seed, 4.0)
+        .into_iter()
+        .map(|(name, shape, v)| (name, (shape.into_iter().map(|d| d as usize).collect(), v)))
+        .collect()
 }
 
 /// Which RoPE pairing the reference applies.
