@@ -25,6 +25,91 @@
 //! (the same per-group `i32` sums); f32 results may differ in summation
 //! order (bounds are stated in `runtime/tests/kernels.rs`).
 
+/// The safe wrappers of a SIMD table's f32 kernels, shared by the x86_64 and
+/// aarch64 modules: slice checks, then the invoking module's `unsafe`
+/// primitives `dot`, `dot_f16`, `scale_mul`, `quantize_q8_simd`,
+/// `softmax_simd`, `rope_simd` (one head of a multiple of `$rope_step` floats;
+/// other head sizes use the reference), `swiglu_simd` and `attn_values_simd`.
+/// Sound only where the module hands its tables out after detecting the
+/// features those primitives enable.
+macro_rules! simd_f32_wrappers {
+    (rope_step: $rope_step:expr) => {
+        fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
+            let cols = x.len();
+            assert!(w.len() >= out.len() * cols);
+            for (r, o) in out.iter_mut().enumerate() {
+                // SAFETY: detected tables only; row `r` lies inside `w` (checked).
+                *o = unsafe { dot(w.as_ptr().add(r * cols), x.as_ptr(), cols) };
+            }
+        }
+
+        fn matvec_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
+            let cols = x.len();
+            assert!(w.len() >= out.len() * cols);
+            for (r, o) in out.iter_mut().enumerate() {
+                // SAFETY: detected tables only; row `r` lies inside `w` (checked).
+                *o = unsafe { dot_f16(w.as_ptr().add(r * cols), x.as_ptr(), cols) };
+            }
+        }
+
+        fn quantize_q8(x: &[f32], q: &mut [i8], s: &mut [f32]) {
+            let groups = (x.len() / 32).min(q.len() / 32).min(s.len());
+            // SAFETY: detected tables only; `groups` groups fit every slice.
+            unsafe { quantize_q8_simd(x.as_ptr(), q.as_mut_ptr(), s.as_mut_ptr(), groups) }
+        }
+
+        fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+            // SAFETY: detected tables only; the sum reads `x` within its length.
+            let ss = unsafe { dot(x.as_ptr(), x.as_ptr(), x.len()) } / x.len() as f32;
+            let inv = 1.0 / libm::sqrtf(ss + eps);
+            let n = out.len().min(x.len()).min(w.len());
+            // SAFETY: detected tables only; `n` bounds all three slices.
+            unsafe { scale_mul(out.as_mut_ptr(), x.as_ptr(), w.as_ptr(), inv, n) }
+        }
+
+        fn softmax(x: &mut [f32]) {
+            // SAFETY: detected tables only; pointer and length come from one slice.
+            unsafe { softmax_simd(x.as_mut_ptr(), x.len()) }
+        }
+
+        fn rope(x: &mut [f32], rope: &[f32], head_dim: usize) {
+            if !head_dim.is_multiple_of($rope_step) || rope.len() < head_dim {
+                return $crate::kernels::reference::rope(x, rope, head_dim);
+            }
+            for head in x.chunks_exact_mut(head_dim) {
+                // SAFETY: detected tables only; `head` and `rope` hold `head_dim` floats.
+                unsafe { rope_simd(head.as_mut_ptr(), rope.as_ptr(), head_dim) }
+            }
+        }
+
+        fn swiglu(g: &mut [f32], u: &[f32]) {
+            let n = g.len().min(u.len());
+            // SAFETY: detected tables only; `n` bounds both slices.
+            unsafe { swiglu_simd(g.as_mut_ptr(), u.as_ptr(), n) }
+        }
+
+        fn attn_scores(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
+            let hd = q.len();
+            if let Some(last) = att.len().checked_sub(1) {
+                assert!(keys.len() >= last * stride + hd, "attn_scores: keys too short");
+            }
+            for (t, a) in att.iter_mut().enumerate() {
+                // SAFETY: detected tables only; key `t` lies inside `keys` (checked above).
+                *a = unsafe { dot(q.as_ptr(), keys.as_ptr().add(t * stride), hd) } * scale;
+            }
+        }
+
+        fn attn_values(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) {
+            let hd = out.len();
+            if let Some(last) = att.len().checked_sub(1) {
+                assert!(values.len() >= last * stride + hd, "attn_values: values too short");
+            }
+            // SAFETY: detected tables only; every value row read lies inside `values` (checked above).
+            unsafe { attn_values_simd(out.as_mut_ptr(), hd, att, values.as_ptr(), stride) }
+        }
+    };
+}
+
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 #[cfg(feature = "std")]

@@ -19,7 +19,7 @@
 
 use core::arch::aarch64::*;
 
-use super::{check_q8, f16_to_f32, reference, Kernels};
+use super::{check_q8, f16_to_f32, Kernels};
 
 #[cfg(feature = "std")]
 fn has_dotprod() -> bool {
@@ -76,79 +76,7 @@ fn matvec_q8_dotprod(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f3
     unsafe { q8_dotprod::matvec(out, wq, ws, xq, xs) }
 }
 
-fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
-    let cols = x.len();
-    assert!(w.len() >= out.len() * cols);
-    for (r, o) in out.iter_mut().enumerate() {
-        // SAFETY: NEON tables only; row `r` lies inside `w` (checked).
-        *o = unsafe { dot(w.as_ptr().add(r * cols), x.as_ptr(), cols) };
-    }
-}
-
-fn matvec_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
-    let cols = x.len();
-    assert!(w.len() >= out.len() * cols);
-    for (r, o) in out.iter_mut().enumerate() {
-        // SAFETY: NEON tables only; row `r` lies inside `w` (checked).
-        *o = unsafe { dot_f16(w.as_ptr().add(r * cols), x.as_ptr(), cols) };
-    }
-}
-
-fn quantize_q8(x: &[f32], q: &mut [i8], s: &mut [f32]) {
-    let groups = (x.len() / 32).min(q.len() / 32).min(s.len());
-    // SAFETY: NEON tables only; `groups` groups fit every slice.
-    unsafe { quantize_q8_neon(x.as_ptr(), q.as_mut_ptr(), s.as_mut_ptr(), groups) }
-}
-
-fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    // SAFETY: NEON tables only; the sum reads `x` within its length.
-    let ss = unsafe { dot(x.as_ptr(), x.as_ptr(), x.len()) } / x.len() as f32;
-    let inv = 1.0 / libm::sqrtf(ss + eps);
-    let n = out.len().min(x.len()).min(w.len());
-    // SAFETY: NEON tables only; `n` bounds all three slices.
-    unsafe { scale_mul(out.as_mut_ptr(), x.as_ptr(), w.as_ptr(), inv, n) }
-}
-
-fn softmax(x: &mut [f32]) {
-    // SAFETY: NEON tables only; pointer and length come from one slice.
-    unsafe { softmax_neon(x.as_mut_ptr(), x.len()) }
-}
-
-fn rope(x: &mut [f32], rope: &[f32], head_dim: usize) {
-    if !head_dim.is_multiple_of(4) || rope.len() < head_dim {
-        return reference::rope(x, rope, head_dim);
-    }
-    for head in x.chunks_exact_mut(head_dim) {
-        // SAFETY: NEON tables only; `head` and `rope` hold `head_dim` floats.
-        unsafe { rope_neon(head.as_mut_ptr(), rope.as_ptr(), head_dim) }
-    }
-}
-
-fn swiglu(g: &mut [f32], u: &[f32]) {
-    let n = g.len().min(u.len());
-    // SAFETY: NEON tables only; `n` bounds both slices.
-    unsafe { swiglu_neon(g.as_mut_ptr(), u.as_ptr(), n) }
-}
-
-fn attn_scores(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
-    let hd = q.len();
-    if let Some(last) = att.len().checked_sub(1) {
-        assert!(keys.len() >= last * stride + hd, "attn_scores: keys too short");
-    }
-    for (t, a) in att.iter_mut().enumerate() {
-        // SAFETY: NEON tables only; key `t` lies inside `keys` (checked above).
-        *a = unsafe { dot(q.as_ptr(), keys.as_ptr().add(t * stride), hd) } * scale;
-    }
-}
-
-fn attn_values(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) {
-    let hd = out.len();
-    if let Some(last) = att.len().checked_sub(1) {
-        assert!(values.len() >= last * stride + hd, "attn_values: values too short");
-    }
-    // SAFETY: NEON tables only; every value row read lies inside `values` (checked above).
-    unsafe { attn_values_neon(out.as_mut_ptr(), hd, att, values.as_ptr(), stride) }
-}
+simd_f32_wrappers!(rope_step: 4);
 
 // ---- helpers ----
 
@@ -239,7 +167,7 @@ unsafe fn exp_ps(x: float32x4_t) -> float32x4_t {
 }
 
 #[target_feature(enable = "neon")]
-unsafe fn softmax_neon(x: *mut f32, n: usize) {
+unsafe fn softmax_simd(x: *mut f32, n: usize) {
     let mut i = 0;
     let mut mv = vdupq_n_f32(f32::NEG_INFINITY);
     while i + 4 <= n {
@@ -280,7 +208,7 @@ unsafe fn softmax_neon(x: *mut f32, n: usize) {
 }
 
 #[target_feature(enable = "neon")]
-unsafe fn swiglu_neon(g: *mut f32, u: *const f32, n: usize) {
+unsafe fn swiglu_simd(g: *mut f32, u: *const f32, n: usize) {
     let one = vdupq_n_f32(1.0);
     let mut i = 0;
     while i + 4 <= n {
@@ -299,7 +227,7 @@ unsafe fn swiglu_neon(g: *mut f32, u: *const f32, n: usize) {
 
 /// One head: pairs `(a, b)` → `(a·c − b·s, a·s + b·c)`, the reference's roundings (no FMA).
 #[target_feature(enable = "neon")]
-unsafe fn rope_neon(x: *mut f32, rope: *const f32, hd: usize) {
+unsafe fn rope_simd(x: *mut f32, rope: *const f32, hd: usize) {
     // flips the sign of the even lanes: a·c + (−(b·s)) == a·c − b·s exactly
     let neg_even = vreinterpretq_f32_u32(vld1q_u32([0x8000_0000u32, 0, 0x8000_0000, 0].as_ptr()));
     let mut i = 0;
@@ -317,7 +245,7 @@ unsafe fn rope_neon(x: *mut f32, rope: *const f32, hd: usize) {
 }
 
 #[target_feature(enable = "neon")]
-unsafe fn attn_values_neon(out: *mut f32, hd: usize, att: &[f32], values: *const f32, stride: usize) {
+unsafe fn attn_values_simd(out: *mut f32, hd: usize, att: &[f32], values: *const f32, stride: usize) {
     let mut c = 0;
     while c + 16 <= hd {
         let mut acc = [vdupq_n_f32(0.0); 4];
@@ -351,7 +279,7 @@ unsafe fn attn_values_neon(out: *mut f32, hd: usize, att: &[f32], values: *const
 }
 
 #[target_feature(enable = "neon")]
-unsafe fn quantize_q8_neon(x: *const f32, q: *mut i8, s: *mut f32, groups: usize) {
+unsafe fn quantize_q8_simd(x: *const f32, q: *mut i8, s: *mut f32, groups: usize) {
     for g in 0..groups {
         let p = x.add(g * 32);
         let mut v = [vdupq_n_f32(0.0); 8];

@@ -21,7 +21,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{check_q8, reference, Kernels};
+use super::{check_q8, Kernels};
 
 mod q8_avx512;
 
@@ -114,79 +114,7 @@ fn matvec_q8_avx512vnni(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &
     unsafe { q8_avx512::matvec(out, wq, ws, xq, xs) }
 }
 
-fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
-    let cols = x.len();
-    assert!(w.len() >= out.len() * cols);
-    for (r, o) in out.iter_mut().enumerate() {
-        // SAFETY: AVX2 table only (see above); row `r` lies inside `w` (checked).
-        *o = unsafe { dot(w.as_ptr().add(r * cols), x.as_ptr(), cols) };
-    }
-}
-
-fn matvec_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
-    let cols = x.len();
-    assert!(w.len() >= out.len() * cols);
-    for (r, o) in out.iter_mut().enumerate() {
-        // SAFETY: AVX2 table only (see above); row `r` lies inside `w` (checked).
-        *o = unsafe { dot_f16(w.as_ptr().add(r * cols), x.as_ptr(), cols) };
-    }
-}
-
-fn quantize_q8(x: &[f32], q: &mut [i8], s: &mut [f32]) {
-    let groups = (x.len() / 32).min(q.len() / 32).min(s.len());
-    // SAFETY: AVX2 table only; `groups` groups fit every slice.
-    unsafe { quantize_q8_avx2(x.as_ptr(), q.as_mut_ptr(), s.as_mut_ptr(), groups) }
-}
-
-fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    // SAFETY: AVX2 table only; the sum reads `x` within its length.
-    let ss = unsafe { dot(x.as_ptr(), x.as_ptr(), x.len()) } / x.len() as f32;
-    let inv = 1.0 / libm::sqrtf(ss + eps);
-    let n = out.len().min(x.len()).min(w.len());
-    // SAFETY: AVX2 table only; `n` bounds all three slices.
-    unsafe { scale_mul(out.as_mut_ptr(), x.as_ptr(), w.as_ptr(), inv, n) }
-}
-
-fn softmax(x: &mut [f32]) {
-    // SAFETY: AVX2 table only; pointer and length come from one slice.
-    unsafe { softmax_avx2(x.as_mut_ptr(), x.len()) }
-}
-
-fn rope(x: &mut [f32], rope: &[f32], head_dim: usize) {
-    if !head_dim.is_multiple_of(8) || rope.len() < head_dim {
-        return reference::rope(x, rope, head_dim);
-    }
-    for head in x.chunks_exact_mut(head_dim) {
-        // SAFETY: AVX2 table only; `head` and `rope` hold `head_dim` floats.
-        unsafe { rope_avx2(head.as_mut_ptr(), rope.as_ptr(), head_dim) }
-    }
-}
-
-fn swiglu(g: &mut [f32], u: &[f32]) {
-    let n = g.len().min(u.len());
-    // SAFETY: AVX2 table only; `n` bounds both slices.
-    unsafe { swiglu_avx2(g.as_mut_ptr(), u.as_ptr(), n) }
-}
-
-fn attn_scores(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
-    let hd = q.len();
-    if let Some(last) = att.len().checked_sub(1) {
-        assert!(keys.len() >= last * stride + hd, "attn_scores: keys too short");
-    }
-    for (t, a) in att.iter_mut().enumerate() {
-        // SAFETY: AVX2 table only; key `t` lies inside `keys` (checked above).
-        *a = unsafe { dot(q.as_ptr(), keys.as_ptr().add(t * stride), hd) } * scale;
-    }
-}
-
-fn attn_values(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) {
-    let hd = out.len();
-    if let Some(last) = att.len().checked_sub(1) {
-        assert!(values.len() >= last * stride + hd, "attn_values: values too short");
-    }
-    // SAFETY: AVX2 table only; every value row read lies inside `values` (checked above).
-    unsafe { attn_values_avx2(out.as_mut_ptr(), hd, att, values.as_ptr(), stride) }
-}
+simd_f32_wrappers!(rope_step: 8);
 
 // ---- shared helpers ----
 
@@ -300,7 +228,7 @@ unsafe fn exp_ps(x: __m256) -> __m256 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn softmax_avx2(x: *mut f32, n: usize) {
+unsafe fn softmax_simd(x: *mut f32, n: usize) {
     let mut i = 0;
     let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
     while i + 8 <= n {
@@ -343,7 +271,7 @@ unsafe fn softmax_avx2(x: *mut f32, n: usize) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn swiglu_avx2(g: *mut f32, u: *const f32, n: usize) {
+unsafe fn swiglu_simd(g: *mut f32, u: *const f32, n: usize) {
     let one = _mm256_set1_ps(1.0);
     let mut i = 0;
     while i + 8 <= n {
@@ -363,7 +291,7 @@ unsafe fn swiglu_avx2(g: *mut f32, u: *const f32, n: usize) {
 /// One head: pairs `(a, b)` → `(a·c − b·s, a·s + b·c)`, exactly the
 /// reference's roundings (no FMA).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rope_avx2(x: *mut f32, rope: *const f32, hd: usize) {
+unsafe fn rope_simd(x: *mut f32, rope: *const f32, hd: usize) {
     let mut i = 0;
     while i + 8 <= hd {
         let v = _mm256_loadu_ps(x.add(i));
@@ -377,7 +305,7 @@ unsafe fn rope_avx2(x: *mut f32, rope: *const f32, hd: usize) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attn_values_avx2(out: *mut f32, hd: usize, att: &[f32], values: *const f32, stride: usize) {
+unsafe fn attn_values_simd(out: *mut f32, hd: usize, att: &[f32], values: *const f32, stride: usize) {
     let mut c = 0;
     while c + 32 <= hd {
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -425,7 +353,7 @@ unsafe fn round_away(v: __m256) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quantize_q8_avx2(x: *const f32, q: *mut i8, s: *mut f32, groups: usize) {
+unsafe fn quantize_q8_simd(x: *const f32, q: *mut i8, s: *mut f32, groups: usize) {
     let absmask = _mm256_set1_ps(-0.0);
     for g in 0..groups {
         let p = x.add(g * 32);
