@@ -30,7 +30,7 @@ use crate::rng::Rng;
 use crate::sample::{pick, SampleOptions};
 use crate::tokenizer::EdgeTokenizer;
 use crate::{Error, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -247,8 +247,8 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
             let r = evaluate(&ModelScorer { model: m, batch: 16 }, tok, &c.text, tag)?;
             Ok(DomainScore::of(&r, name, tok.vocab_size()))
         };
-    let progress = |name: &'static str, total: usize| {
-        let out = out.clone();
+    let progress = |name: &str, total: usize| {
+        let (out, name) = (out.clone(), name.to_string());
         let t = Instant::now();
         move |step: usize, loss: f64| {
             if step.is_multiple_of(25) || step == total {
@@ -262,6 +262,20 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         let st = st.clone();
         move |_step: usize| b.next_batch(&st)
     };
+    // trains `vars` on `corpus` with `fc`, logging progress under `name`
+    let fit_on = |name: &str,
+                  vars: Vec<(String, Var)>,
+                  fc: &FitConfig,
+                  corpus: &TokenStream,
+                  lf: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
+        fit(vars, fc, &dev, &mut batches(corpus, fc), lf, &mut progress(name, fc.steps))
+    };
+    // story and recipe BPB of a plain Llama with tokenizer `tok` (tag domain `name`)
+    let eval_both = |r: &mut MethodResult, m: &Llama, tok: &EdgeTokenizer, name: &str| -> Result<()> {
+        r.story = Some(eval_llama(m, tok, &data.story_valid, None, name)?);
+        r.recipe = Some(eval_llama(m, tok, &data.recipe_valid, None, name)?);
+        Ok(())
+    };
 
     // ---- base (story model, own tokenizer)
     let base_dir = out.join("base");
@@ -270,18 +284,10 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         log(out, "training base");
         let m = Llama::new(&model_for(story_tok.vocab_size()), cfg.base.seed, &dev)?;
         let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
-        let st = fit(
-            m.vars(),
-            &cfg.base,
-            &dev,
-            &mut batches(&story_s, &cfg.base),
-            &lf,
-            &mut progress("base", cfg.base.steps),
-        )?;
+        let st = fit_on("base", m.vars(), &cfg.base, &story_s, &lf)?;
         checkpoint::save_model(&base_dir, &m, &story_tok, &[s("story")], candle_core::DType::F32)?;
         let mut r = result("base", &st, m.n_params(), m.n_params());
-        r.story = Some(eval_llama(&m, &story_tok, &data.story_valid, None, "story")?);
-        r.recipe = Some(eval_llama(&m, &story_tok, &data.recipe_valid, None, "story")?);
+        eval_both(&mut r, &m, &story_tok, "story")?;
         r.samples = samples_of(&|ids| m.next_logits(ids), &story_tok, &["Once upon a time"], cfg.samples, None)?;
         save(&mut results, r)?;
     }
@@ -309,14 +315,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
             None,
         )?;
         let lf = |x: &Tensor, y: &Tensor| e.loss(x, y);
-        let st = fit(
-            e.vars(),
-            &cfg.domain,
-            &dev,
-            &mut batches(&recipe_own, &cfg.domain),
-            &lf,
-            &mut progress("expand", cfg.domain.steps),
-        )?;
+        let st = fit_on("expand", e.vars(), &cfg.domain, &recipe_own, &lf)?;
         let id1 = checkpoint::model_id(&e.base.tensors())?;
         e.save(&out.join("expand").join("recipe"), &base_cfg, &recipe_tok)?;
         let mut r = result("expand", &st, e.n_trainable(), e.n_total());
@@ -346,17 +345,9 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         log(out, "training finetune");
         let m = finetune_copy(&load_base()?)?;
         let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
-        let st = fit(
-            m.vars(),
-            &cfg.domain,
-            &dev,
-            &mut batches(&recipe_base, &cfg.domain),
-            &lf,
-            &mut progress("finetune", cfg.domain.steps),
-        )?;
+        let st = fit_on("finetune", m.vars(), &cfg.domain, &recipe_base, &lf)?;
         let mut r = result("finetune", &st, m.n_params(), m.n_params());
-        r.story = Some(eval_llama(&m, &story_tok, &data.story_valid, None, "story")?);
-        r.recipe = Some(eval_llama(&m, &story_tok, &data.recipe_valid, None, "story")?);
+        eval_both(&mut r, &m, &story_tok, "story")?;
         r.samples = samples_of(&|ids| m.next_logits(ids), &story_tok, &recipe_prompts, cfg.samples, None)?;
         save(&mut results, r)?;
     }
@@ -366,18 +357,10 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         log(out, "training lora");
         let lo = Lora::new(load_base()?, cfg.lora_rank, cfg.domain.seed)?;
         let lf = |x: &Tensor, y: &Tensor| lo.loss(x, y);
-        let st = fit(
-            lo.vars(),
-            &cfg.domain,
-            &dev,
-            &mut batches(&recipe_base, &cfg.domain),
-            &lf,
-            &mut progress("lora", cfg.domain.steps),
-        )?;
+        let st = fit_on("lora", lo.vars(), &cfg.domain, &recipe_base, &lf)?;
         let m = lo.merge()?;
         let mut r = result("lora", &st, lo.n_trainable(), lo.base.n_params() + lo.n_trainable());
-        r.story = Some(eval_llama(&m, &story_tok, &data.story_valid, None, "story")?);
-        r.recipe = Some(eval_llama(&m, &story_tok, &data.recipe_valid, None, "story")?);
+        eval_both(&mut r, &m, &story_tok, "story")?;
         r.notes.push(format!(
             "rank {}, alpha {}, all 7 projections of every block",
             lo.rank,
@@ -392,17 +375,9 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         log(out, "training separate");
         let m = Llama::new(&model_for(recipe_tok.vocab_size()), cfg.domain.seed, &dev)?;
         let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
-        let st = fit(
-            m.vars(),
-            &cfg.domain,
-            &dev,
-            &mut batches(&recipe_own, &cfg.domain),
-            &lf,
-            &mut progress("separate", cfg.domain.steps),
-        )?;
+        let st = fit_on("separate", m.vars(), &cfg.domain, &recipe_own, &lf)?;
         let mut r = result("separate", &st, m.n_params(), m.n_params());
-        r.story = Some(eval_llama(&m, &recipe_tok, &data.story_valid, None, "recipe")?);
-        r.recipe = Some(eval_llama(&m, &recipe_tok, &data.recipe_valid, None, "recipe")?);
+        eval_both(&mut r, &m, &recipe_tok, "recipe")?;
         r.samples = samples_of(&|ids| m.next_logits(ids), &recipe_tok, &recipe_prompts, cfg.samples, None)?;
         save(&mut results, r)?;
     }
@@ -466,13 +441,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         }
         let m = Llama::new(&mc, fc.seed, &dev)?;
         let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
-        let label: &'static str = match name {
-            "story-generic" => "story-generic",
-            "recipe-generic" => "recipe-generic",
-            "story-generic-eq" => "story-generic-eq",
-            _ => "recipe-generic-eq",
-        };
-        let st = fit(m.vars(), fc, &dev, &mut batches(&stg, fc), &lf, &mut progress(label, fc.steps))?;
+        let st = fit_on(name, m.vars(), fc, &stg, &lf)?;
         let mut r = result(name, &st, m.n_params(), m.n_params());
         r.notes.push(format!("ffn {}", mc.ffn_dim));
         let sc = eval_llama(&m, &generic_tok, valid, None, "generic")?;
