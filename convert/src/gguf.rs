@@ -373,7 +373,7 @@ pub fn export_gguf(base: &[u8], pack: Option<&[u8]>, opts: &ExportOptions) -> Re
     // Block order, as forward() runs them.
     let mut blocks: Vec<&Block<'_>> = Vec::new();
     let mut exp = domain.expansion.iter().peekable();
-    for (i, b) in model.blocks.iter().enumerate() {
+    for (i, b) in model.blocks().iter().enumerate() {
         while let Some((_, eb)) = exp.next_if(|(p, _)| *p as usize == i) {
             blocks.push(eb);
         }
@@ -383,7 +383,7 @@ pub fn export_gguf(base: &[u8], pack: Option<&[u8]>, opts: &ExportOptions) -> Re
         blocks.push(eb);
     }
 
-    let c = model.config;
+    let c = *model.config();
     let tied = same_matrix(&domain.head, &domain.embedding);
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     tensors.push(("token_embd.weight".into(), matrix_tensor(&domain.embedding)?));
@@ -440,7 +440,7 @@ pub fn export_gguf(base: &[u8], pack: Option<&[u8]>, opts: &ExportOptions) -> Re
         ("llama.vocab_size".into(), Value::U32(vocab)),
         (
             "edgelm.model_id".into(),
-            Value::String(if pack_file.is_some() { domain.source } else { model.model_id }.into()),
+            Value::String(if pack_file.is_some() { domain.source } else { model.model_id() }.into()),
         ),
         ("edgelm.domain".into(), Value::String(name.clone())),
     ];

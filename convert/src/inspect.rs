@@ -86,10 +86,10 @@ pub fn verify(bytes: &[u8], pack: Option<&[u8]>) -> Result<Verified> {
     if let Some(p) = &pack {
         model.add_pack_bytes(p)?;
     }
-    let max_seq = 4.min(model.config.max_seq_len as usize);
+    let max_seq = 4.min(model.config().max_seq_len as usize);
     let mut arena = vec![0u8; model.arena_bytes(max_seq)];
     let mut domains = Vec::new();
-    for d in model.domains.iter() {
+    for d in model.domains().iter() {
         let mut session = Session::with_domain(&model, d, &mut arena, SessionOptions::new(max_seq))?;
         let first = d.tokenizer.info().bos.unwrap_or(0);
         let logits = session.step(first)?;

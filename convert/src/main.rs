@@ -141,7 +141,7 @@ fn finish(c: Converted, s: &Store, inputs: &[&Path], started: Instant) -> Result
         let json = serde_json::to_string_pretty(&r.to_json())?;
         output::write_bytes(p, inputs, json.as_bytes())?;
     }
-    writeln!(std::io::stdout(), 
+    writeln!(std::io::stdout(),
         "wrote {} ({} bytes, {} tensors, matrices {}, embedding {}) in {:.2} s; max abs error {:.3e}, relative RMS error {:.3e}",
         s.output.display(),
         c.bytes.len(),
@@ -155,20 +155,14 @@ fn finish(c: Converted, s: &Store, inputs: &[&Path], started: Instant) -> Result
     Ok(())
 }
 
-/// True when the error comes from writing to a closed pipe (`… | head`).
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
-}
-
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
         // a reader that stopped early (`| head`) is not a failure
-        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
+        Err(e) if !edgelm_runtime::is_broken_pipe(e.as_ref()) => {
             eprintln!("Error: {e:?}");
             std::process::ExitCode::FAILURE
         }
+        _ => std::process::ExitCode::SUCCESS,
     }
 }
 
@@ -224,7 +218,8 @@ fn run() -> Result<()> {
             let e = export_gguf(&base, pack_bytes.as_deref(), &ExportOptions { domain })
                 .with_context(|| format!("exporting {} to GGUF", model.display()))?;
             output::write_bytes(&out, &inputs, &e.bytes)?;
-            writeln!(std::io::stdout(), 
+            writeln!(
+                std::io::stdout(),
                 "wrote {} ({} bytes, domain {}, {} blocks) in {:.2} s",
                 out.display(),
                 e.bytes.len(),
@@ -252,9 +247,15 @@ fn run() -> Result<()> {
             let pack_bytes = pack.as_deref().map(output::read).transpose()?;
             let v = edgelm_convert::inspect::verify(&bytes, pack_bytes.as_deref())
                 .with_context(|| format!("verifying {}", file.display()))?;
-            writeln!(std::io::stdout(), "ok: checksum {:#018x} verified, {} tensors, structure loads", v.checksum, v.n_tensors)?;
+            writeln!(
+                std::io::stdout(),
+                "ok: checksum {:#018x} verified, {} tensors, structure loads",
+                v.checksum,
+                v.n_tensors
+            )?;
             for (name, top, amax) in &v.domains {
-                writeln!(std::io::stdout(), 
+                writeln!(
+                    std::io::stdout(),
                     "ok: domain {name}: one forward step from BOS, finite logits (max |logit| {amax:.3}, argmax {top})"
                 )?;
             }

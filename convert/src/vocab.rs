@@ -347,6 +347,6 @@ pub fn from_gguf(md: &HashMap<String, Value>) -> Result<TokenizerTables> {
             )))
         }
     };
-    tables.validate().map_err(|e| tok_err(e.to_string()))?;
+    crate::tokenizer_import::validate_tables(&tables).map_err(|e| tok_err(e.to_string()))?;
     Ok(tables)
 }

@@ -220,3 +220,17 @@ impl core::fmt::Debug for Engine {
             .finish()
     }
 }
+
+/// Whether `e` or an error it wraps is a write to a closed pipe or socket
+/// (`edgelm … | head`): for a streaming program, the reader went away, which
+/// is an ordinary way to stop rather than a failure.
+pub fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}

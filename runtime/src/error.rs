@@ -97,7 +97,9 @@ pub enum Error {
     ArenaTooSmall { needed: usize, got: usize },
     #[error("max sequence {requested} exceeds the model's context of {limit} tokens")]
     SeqTooLong { requested: usize, limit: usize },
-    #[error("prompt is {tokens} tokens but at most {limit} fit in the context (one position stays free for generation)")]
+    #[error(
+        "prompt is {tokens} tokens but at most {limit} fit in the context (one position stays free for generation)"
+    )]
     PromptTooLong { tokens: usize, limit: usize },
     #[error("the context is full ({limit} tokens); reset the session or start a new prompt")]
     ContextFull { limit: usize },

@@ -46,7 +46,7 @@ pub mod tokenizer;
 #[cfg(feature = "alloc")]
 pub use aligned::AlignedBytes;
 #[cfg(feature = "std")]
-pub use engine::{Engine, EngineOptions};
+pub use engine::{is_broken_pipe, Engine, EngineOptions};
 pub use error::{Error, ErrorKind, Name, Result};
 pub use format::{ModelFile, VerifyChecksum};
 pub use model::{Domain, Model};

@@ -7,8 +7,8 @@ use common::aligned;
 use edgelm_runtime::format::{
     checksum::xxh64, Config, DType, FileKind, FileWriter, ModelFile, ALIGN, CHECKSUM_LEN, PREAMBLE_LEN,
 };
-use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::{Error, Model, VerifyChecksum};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
 fn cfg() -> Config {
     SyntheticSpec::tiny(DType::F32).config

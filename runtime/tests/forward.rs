@@ -6,8 +6,8 @@ mod common;
 use common::{aligned, Reference};
 use edgelm_runtime::format::DType;
 use edgelm_runtime::sampler::argmax;
-use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::{Model, SamplerConfig, Session, SessionOptions};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
 fn tokens(n: usize, vocab: u32) -> Vec<u32> {
     (0..n as u32).map(|i| (i * 37 + 11) % vocab).collect()

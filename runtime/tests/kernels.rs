@@ -310,9 +310,9 @@ proptest! {
 #[test]
 fn forward_pass_matches_reference_tables() {
     use edgelm_runtime::format::DType;
-    use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
     use edgelm_runtime::threads::Pool;
     use edgelm_runtime::{AlignedBytes, Model, Session, SessionOptions};
+    use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
     let pool = Pool::new(2);
     let mut failures = Vec::new();

@@ -4,9 +4,9 @@
 
 use edgelm_runtime::format::DType;
 use edgelm_runtime::kernels::PARALLEL_MIN_BYTES;
-use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::threads::Pool;
 use edgelm_runtime::{AlignedBytes, Model, Session, SessionOptions};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
 use edgelm_testkit::counting_alloc::{allocations, Counting};
 

@@ -5,8 +5,8 @@ mod common;
 
 use common::aligned;
 use edgelm_runtime::format::DType;
-use edgelm_testkit::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
 use edgelm_runtime::{Error, Model, SamplerConfig, Session, SessionOptions};
+use edgelm_testkit::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
 
 fn recipe_pack(identity_init: bool, own_vocab: Option<u32>) -> SyntheticPackSpec {
     SyntheticPackSpec {

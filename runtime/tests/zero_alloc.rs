@@ -2,8 +2,8 @@
 //! allocator watches prompt feeding, sampling and decoding.
 
 use edgelm_runtime::format::DType;
-use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::{AlignedBytes, Model, SamplerConfig, Session, SessionOptions};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
 use edgelm_testkit::counting_alloc::{allocations, Counting};
 

@@ -13,8 +13,8 @@ use edgelm_convert::gguf::{export_gguf, import_gguf, ExportOptions};
 use edgelm_convert::tokenizer_import::byte_to_char;
 use edgelm_convert::{Error, ImportOptions, StoreDType};
 use edgelm_runtime::format::{Config, DType, ModelFile, VerifyChecksum};
-use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::{AlignedBytes, Model};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
 enum V {
     U32(u32),

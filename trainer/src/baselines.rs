@@ -14,8 +14,8 @@
 use crate::config::ModelConfig;
 use crate::eval::Scorer;
 use crate::expand::Frozen;
-use crate::model::{block_forward, BlockW};
 use crate::model::Llama;
+use crate::model::{block_forward, BlockW};
 use crate::ops;
 use crate::optim::{AdamW, AdamWParams, GradAccumulator};
 use crate::rng::Rng;

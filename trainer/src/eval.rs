@@ -4,11 +4,11 @@
 //! the windows are scored in padded batches by a [`Scorer`].
 
 use crate::corpus::split_documents;
-use edgelm_runtime::bpb::{self, Totals};
 use crate::model::Llama;
 use crate::tokenizer::EdgeTokenizer;
 use crate::Result;
 use candle_core::Tensor;
+use edgelm_runtime::bpb::{self, Totals};
 use serde::Serialize;
 
 /// Result of an evaluation.

@@ -19,12 +19,12 @@
 
 use crate::checkpoint::{self, CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE};
 use crate::config::{HfConfig, ModelConfig};
-use edgelm_checkpoint::{Expansion, Kind};
-use crate::model::{block_forward, BlockW, Llama};
+use crate::model::{block_forward, Block, BlockW, Llama};
 use crate::ops::{self, Rope};
 use crate::tokenizer::EdgeTokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use edgelm_checkpoint::{Expansion, Kind};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -378,10 +378,7 @@ pub struct DomainCheckpoint {
 pub fn load_domain(domain_dir: &Path, base_dir: &Path, device: &Device) -> Result<DomainCheckpoint> {
     let config = checkpoint::load_config(domain_dir)?;
     if config.edgelm.kind != Kind::Domain {
-        return Err(Error::ckpt(
-            domain_dir,
-            format!("edgelm.kind is {:?}, not \"domain\"", config.edgelm.kind.name()),
-        ));
+        return Err(Error::ckpt(domain_dir, format!("edgelm.kind is {:?}, not \"domain\"", config.edgelm.kind.name())));
     }
     let exp = config.edgelm.expansion.clone().ok_or_else(|| Error::ckpt(domain_dir, "no edgelm.expansion"))?;
     let base = checkpoint::load(base_dir, device)?;

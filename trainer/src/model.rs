@@ -282,7 +282,7 @@ pub fn block_forward(cfg: &ModelConfig, rope: &Rope, w: &BlockW, x: &Tensor, b: 
     let q = rope.apply(&q)?.transpose(1, 2)?.contiguous()?; // [B, H, T, hd]
     let k = rope.apply(&k)?.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
     let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
-    // Query heads sharing a KV head are stacked: [B, KV, rep*T, hd].
+                                              // Query heads sharing a KV head are stacked: [B, KV, rep*T, hd].
     let q = q.reshape((b, nkv, rep * t, hd))?;
     let scores = q.matmul(&k.t()?)?; // [B, KV, rep*T, T]
     let p = ops::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;

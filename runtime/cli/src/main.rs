@@ -470,11 +470,6 @@ fn advice(kind: ErrorKind) -> Option<&'static str> {
     })
 }
 
-/// True when the error comes from writing to a closed pipe (`edgelm … | head`).
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
-}
-
 fn run(cli: Cli) -> Result<()> {
     warn_kernel_override();
     match cli.command {
@@ -490,7 +485,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         // a reader that stopped early (`| head`) is not a failure
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if edgelm_runtime::is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:?}");
             let kind = e.chain().find_map(|c| c.downcast_ref::<edgelm_runtime::Error>()).map(|r| r.kind());

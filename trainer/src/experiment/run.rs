@@ -4,8 +4,8 @@ use super::{write_report, DomainScore, ExperimentConfig, MethodResult, ALL_METHO
 use crate::baselines::{finetune_copy, fit, FitConfig, FitStats, FnScorer, Lora};
 use crate::checkpoint;
 use crate::config::ModelConfig;
-use crate::corpus::{split_documents, Batcher, Corpus, Limits, TokenStream};
-use crate::eval::{evaluate, EvalResult, ModelScorer};
+use crate::corpus::{Batcher, Corpus, Limits, TokenStream};
+use crate::eval::{evaluate, ModelScorer};
 use crate::expand::{default_positions, Expanded, TokenizerMode};
 use crate::model::Llama;
 use crate::rng::Rng;

@@ -134,7 +134,15 @@ pub fn cmd_expand(a: ExpandArgs) -> Result<()> {
         let f = |x: &Tensor, y: &Tensor| e.token_losses(x, y);
         let sc = FnScorer { max_seq: e.cfg().max_seq, batch: 16, device: dev.clone(), f: &f };
         let r = evaluate(&sc, &tok, &c.text, tag)?;
-        writeln!(std::io::stdout(), "{} [{}]: bpb {:.4} loss {:.4} ({} docs)", v.display(), a.domain, r.bpb, r.loss, r.documents)?;
+        writeln!(
+            std::io::stdout(),
+            "{} [{}]: bpb {:.4} loss {:.4} ({} docs)",
+            v.display(),
+            a.domain,
+            r.bpb,
+            r.loss,
+            r.documents
+        )?;
     }
     Ok(())
 }

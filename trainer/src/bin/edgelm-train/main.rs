@@ -6,7 +6,7 @@ use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use edgelm_trainer::checkpoint;
 use edgelm_trainer::config::{FileConfig, ModelConfig};
-use edgelm_trainer::corpus::{split_documents, Corpus, Limits, TokenStream};
+use edgelm_trainer::corpus::{Corpus, Limits, TokenStream};
 use edgelm_trainer::eval::{evaluate, ModelScorer};
 use edgelm_trainer::sample::{generate, SampleOptions};
 use edgelm_trainer::tokenizer::EdgeTokenizer;
@@ -297,20 +297,14 @@ fn tag_for(tok: &EdgeTokenizer, domain: &str) -> Result<Option<u32>> {
     }
 }
 
-/// True when the error comes from writing to a closed pipe (`… | head`).
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
-}
-
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
         // a reader that stopped early (`| head`) is not a failure
-        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
+        Err(e) if !edgelm_runtime::is_broken_pipe(e.as_ref()) => {
             eprintln!("Error: {e:?}");
             std::process::ExitCode::FAILURE
         }
+        _ => std::process::ExitCode::SUCCESS,
     }
 }
 
@@ -346,7 +340,8 @@ fn cmd_tokenizer(a: TokArgs) -> Result<()> {
     let docs = corpora.iter().flat_map(|c| c.documents().into_iter().map(|(_, d)| d));
     let tok = EdgeTokenizer::train(docs, a.vocab_size, &domains)?;
     tok.save(&a.output)?;
-    writeln!(std::io::stdout(), 
+    writeln!(
+        std::io::stdout(),
         "wrote {} (vocab {}, domains {:?}) in {:.1}s",
         a.output.display(),
         tok.vocab_size(),
@@ -569,7 +564,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let t = edgelm_trainer::config::TrainConfig { batch: a.batch, ..Default::default() };
     let tps = train::bench(&m, &t, a.warmup_steps, a.steps, &dev)?;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
-    writeln!(std::io::stdout(), 
+    writeln!(
+        std::io::stdout(),
         "{}",
         serde_json::json!({"tokens_per_s": tps, "params": m.n_params(), "batch": a.batch,
             "seq_len": a.seq_len, "threads": threads})
