@@ -1,6 +1,8 @@
 //! A generation session: one domain, one arena, a prompt, then tokens
 //! streamed one at a time. Nothing here allocates.
 
+use core::ops::ControlFlow;
+
 use crate::arena::{Layout, RunState};
 use crate::error::{Error, Result};
 use crate::forward::forward;
@@ -36,6 +38,8 @@ pub enum StopReason {
     MaxTokens,
     /// The context is full.
     ContextFull,
+    /// The caller's callback asked to stop ([`Session::generate_while`]).
+    Stopped,
 }
 
 pub struct Session<'m, 'a> {
@@ -259,6 +263,26 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Generates up to `max_tokens` tokens after the prompt, streaming text
     /// (complete UTF-8 only; special tokens are not printed) to `on_text`.
     pub fn generate(&mut self, max_tokens: usize, on_text: &mut dyn FnMut(&str)) -> Result<StopReason> {
+        self.generate_while(max_tokens, &mut |text| {
+            on_text(text);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// Like [`Session::generate`], but `on_text` may return
+    /// `ControlFlow::Break(())` to stop ([`StopReason::Stopped`]): no token is
+    /// generated and no text is passed after that.
+    pub fn generate_while(
+        &mut self,
+        max_tokens: usize,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<StopReason> {
+        let stopped = core::cell::Cell::new(false);
+        let mut emit = |text: &str| {
+            if !stopped.get() {
+                stopped.set(on_text(text).is_break());
+            }
+        };
         let mut utf8 = Utf8Stream::new();
         let tok = self.domain.tokenizer;
         let mut reason = StopReason::MaxTokens;
@@ -275,11 +299,16 @@ impl<'m, 'a> Session<'m, 'a> {
                     break;
                 }
                 Some(t) if tok.is_special(t) => {}
-                Some(t) => utf8.push(tok.decode_piece(prev, t), on_text),
+                Some(t) => {
+                    utf8.push(tok.decode_piece(prev, t), &mut emit);
+                    if stopped.get() {
+                        return Ok(StopReason::Stopped);
+                    }
+                }
             }
         }
-        utf8.finish(on_text);
-        Ok(reason)
+        utf8.finish(&mut emit);
+        Ok(if stopped.get() { StopReason::Stopped } else { reason })
     }
 }
 

@@ -117,3 +117,39 @@ fn a_domain_of_another_model_is_refused() {
     let e = Session::with_domain(&a, b.default_domain(), &mut arena, SessionOptions::new(8)).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::UnknownDomain);
 }
+
+#[test]
+fn generate_while_stops_when_asked_and_otherwise_equals_generate() {
+    let spec = SyntheticSpec::tiny(DType::Q8);
+    let engine = Engine::from_bytes(aligned(synthetic_model(&spec).unwrap()), EngineOptions::default()).unwrap();
+    let run = |stop_after: Option<usize>| {
+        engine
+            .with_session(None, opts(48), |s| -> Result<_, Error> {
+                s.feed_prompt("Once")?;
+                let mut pieces = Vec::new();
+                let reason = s.generate_while(30, &mut |t| {
+                    pieces.push(t.to_string());
+                    match stop_after {
+                        Some(n) if pieces.len() >= n => core::ops::ControlFlow::Break(()),
+                        _ => core::ops::ControlFlow::Continue(()),
+                    }
+                })?;
+                Ok((pieces, reason, s.tokens().len()))
+            })
+            .unwrap()
+    };
+    let plain = engine
+        .with_session(None, opts(48), |s| -> Result<_, Error> {
+            s.feed_prompt("Once")?;
+            let mut pieces = Vec::new();
+            let reason = s.generate(30, &mut |t| pieces.push(t.to_string()))?;
+            Ok((pieces, reason, s.tokens().len()))
+        })
+        .unwrap();
+    assert_eq!(run(None), plain);
+    assert!(plain.0.len() > 3, "the synthetic model should stream several pieces: {plain:?}");
+    let (pieces, reason, len) = run(Some(3));
+    assert_eq!(reason, StopReason::Stopped);
+    assert_eq!(pieces[..], plain.0[..3]);
+    assert!(len < plain.2, "no tokens are generated after the stop ({len} vs {})", plain.2);
+}
