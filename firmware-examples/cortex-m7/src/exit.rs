@@ -20,9 +20,7 @@ pub fn exit(status: u32) -> ! {
     let block = [ADP_STOPPED_APPLICATION_EXIT, status];
     // SAFETY: the semihosting trap (BKPT 0xAB) reads the two-word block r1
     // points to; with a semihosting host it does not return.
-    unsafe {
-        asm!("bkpt 0xab", in("r0") SYS_EXIT_EXTENDED, in("r1") block.as_ptr(), options(nostack, readonly))
-    };
+    unsafe { asm!("bkpt 0xab", in("r0") SYS_EXIT_EXTENDED, in("r1") block.as_ptr(), options(nostack, readonly)) };
     park()
 }
 

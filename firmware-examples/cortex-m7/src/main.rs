@@ -47,7 +47,8 @@ unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
         // a fault while reporting one (no semihosting host): stop here
         exit::park();
     }
-    let _ = writeln!(uart::Uart::uart0(), "\n{MARK} fault: HardFault at pc {:#010x}, lr {:#010x}", frame.pc(), frame.lr());
+    let _ =
+        writeln!(uart::Uart::uart0(), "\n{MARK} fault: HardFault at pc {:#010x}, lr {:#010x}", frame.pc(), frame.lr());
     exit::exit(exit::FAULT)
 }
 

@@ -16,13 +16,11 @@ extern "C" {
 }
 
 fn bottom() -> usize {
-    // SAFETY: only the address of a linker symbol is taken.
-    unsafe { addr_of!(__sheap) as usize }
+    addr_of!(__sheap) as usize
 }
 
 fn top() -> usize {
-    // SAFETY: only the address of a linker symbol is taken.
-    unsafe { addr_of!(_stack_start) as usize }
+    addr_of!(_stack_start) as usize
 }
 
 /// Paints the unused stack. Call first thing in `main`.

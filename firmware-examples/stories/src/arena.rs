@@ -22,6 +22,7 @@ impl<const N: usize> StaticArena<N> {
     }
 
     /// The buffer, the first time; `None` after that.
+    #[allow(clippy::mut_from_ref)] // the point of this type: `taken` makes the borrow unique
     pub fn take(&'static self) -> Option<&'static mut [u8]> {
         if self.taken.swap(true, Ordering::AcqRel) {
             return None;

@@ -41,7 +41,16 @@ const RUNS: &[Run] = &[
         top_p: 0.9,
         repeat_penalty: 1.1,
     },
-    Run { domain: "story", prompt: "", max_tokens: 10, seed: 3, temperature: 0.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0 },
+    Run {
+        domain: "story",
+        prompt: "",
+        max_tokens: 10,
+        seed: 3,
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        repeat_penalty: 1.0,
+    },
 ];
 
 fn image(runs: &'static [Run], max_seq: usize) -> Image {

@@ -32,6 +32,7 @@
 /// other head sizes use the reference), `swiglu_simd` and `attn_values_simd`.
 /// Sound only where the module hands its tables out after detecting the
 /// features those primitives enable.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! simd_f32_wrappers {
     (rope_step: $rope_step:expr) => {
         fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
