@@ -17,8 +17,9 @@ case "$1" in
   virt)
     crate=edgelm-virt-aarch64
     target=aarch64-unknown-none
-    # cortex-a72: a Pi 4's core (NEON without dotprod), as the image's kernels
-    qemu=(qemu-system-aarch64 -M virt -cpu cortex-a72 -m 256M)
+    # cortex-a72: a Pi 4's core (NEON without dotprod), as the image's kernels;
+    # two cores: the image splits large matrix-vector products with core 1
+    qemu=(qemu-system-aarch64 -M virt -cpu cortex-a72 -smp "${EDGELM_QEMU_CORES:-2}" -m 256M)
     ;;
   cortex-m7)
     crate=edgelm-cortex-m7
@@ -34,7 +35,7 @@ if ! command -v "${qemu[0]}" >/dev/null; then
   echo "error: ${qemu[0]} not found; install Debian's qemu-system-arm package" >&2
   exit 1
 fi
-if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx "$target"; then
   echo "error: the Rust target $target is missing; run: rustup target add $target" >&2
   exit 1
 fi

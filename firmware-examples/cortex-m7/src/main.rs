@@ -28,7 +28,7 @@ fn main() -> ! {
     let Some(peripherals) = cortex_m::Peripherals::take() else { panic!("peripherals taken twice") };
     let clock = clock::SysTickClock::start(peripherals.SYST);
     let Some(arena) = ARENA.take() else { panic!("main ran twice") };
-    match edgelm_stories::tell(&mut uart, &clock, &IMAGE, arena) {
+    match edgelm_stories::tell(&mut uart, &clock, &IMAGE, arena, None) {
         Ok(_) => {
             let _ = writeln!(uart, "{MARK} stack: {} bytes at most", stack::peak());
             exit::exit(exit::SUCCESS)

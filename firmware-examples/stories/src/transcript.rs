@@ -6,6 +6,7 @@
 
 use core::fmt::{self, Write};
 
+use edgelm_runtime::kernels::Parallel;
 use edgelm_runtime::{Model, SamplerConfig, Session, SessionOptions};
 
 /// Starts every line the app prints outside the generated text.
@@ -128,14 +129,23 @@ impl fmt::Display for Rate {
 }
 
 /// Loads `image`'s model, runs each of its runs in `arena` and prints the
-/// transcript to `out`. Returns the decode speed over all runs.
-pub fn tell(out: &mut dyn Write, clock: &dyn Clock, image: &Image, arena: &mut [u8]) -> Result<Speed, Failure> {
+/// transcript to `out`, splitting large matrix-vector products across
+/// `par` when given (the text is the same either way). Returns the decode
+/// speed over all runs.
+pub fn tell(
+    out: &mut dyn Write,
+    clock: &dyn Clock,
+    image: &Image,
+    arena: &mut [u8],
+    par: Option<&dyn Parallel>,
+) -> Result<Speed, Failure> {
     let mut model = Model::from_bytes(image.base.bytes)?;
     for pack in image.packs {
         model.add_pack_bytes(pack.bytes)?;
     }
     writeln!(out, "{MARK} image: {} (arena {} bytes, max-seq {})", image.board, arena.len(), image.max_seq)?;
     writeln!(out, "{MARK} kernels: {}", edgelm_runtime::kernels::best().name)?;
+    writeln!(out, "{MARK} cores: {}", par.map_or(1, |p| p.threads()))?;
     write!(out, "{MARK} models: --model {}", image.base.path)?;
     for pack in image.packs {
         write!(out, " --pack {}", pack.path)?;
@@ -147,6 +157,9 @@ pub fn tell(out: &mut dyn Write, clock: &dyn Clock, image: &Image, arena: &mut [
     for run in image.runs {
         let opts = SessionOptions { max_seq: image.max_seq, sampler: run.sampler(), truncate_prompt: false };
         let mut session = Session::new(&model, run.domain, &mut *arena, opts)?;
+        if let Some(p) = par {
+            session.set_parallel(p);
+        }
         writeln!(
             out,
             "{MARK} run: --domain {} --max-seq {} --max-tokens {} --seed {} --temperature {} --top-k {} --top-p {} --repeat-penalty {} --prompt {}",

@@ -95,7 +95,7 @@ fn run_flags_reproduce_the_text_between_run_and_done() {
     let model = Model::from_bytes(img.base.bytes).unwrap();
     let mut arena = vec![0u8; model.arena_bytes(img.max_seq)];
     let mut out = String::new();
-    let speed = tell(&mut out, &StepClock(Cell::new(0)), &img, &mut arena).expect("tell");
+    let speed = tell(&mut out, &StepClock(Cell::new(0)), &img, &mut arena, None).expect("tell");
 
     assert!(out.starts_with(&format!("{MARK} image: test (arena {} bytes, max-seq 64)\n", arena.len())), "{out}");
     assert!(out.contains(&format!("\n{MARK} models: --model tiny.edgelm\n")), "{out}");
@@ -130,15 +130,15 @@ fn refusals_are_errors_not_panics() {
     let img = image(UNKNOWN, 64);
     let model = Model::from_bytes(img.base.bytes).unwrap();
     let mut arena = vec![0u8; model.arena_bytes(64)];
-    let e = tell(&mut String::new(), &StepClock(Cell::new(0)), &img, &mut arena).unwrap_err();
+    let e = tell(&mut String::new(), &StepClock(Cell::new(0)), &img, &mut arena, None).unwrap_err();
     assert!(matches!(e, Failure::Runtime(Error::UnknownDomain(_))), "{e}");
 
     let img = image(RUNS, 64);
     let mut small = vec![0u8; model.arena_bytes(64) - 1];
-    let e = tell(&mut String::new(), &StepClock(Cell::new(0)), &img, &mut small).unwrap_err();
+    let e = tell(&mut String::new(), &StepClock(Cell::new(0)), &img, &mut small, None).unwrap_err();
     assert!(matches!(e, Failure::Runtime(Error::ArenaTooSmall { .. })), "{e}");
 
     let bad = Image { base: Embedded { path: "x", bytes: &[0u8; 64] }, ..img };
-    let e = tell(&mut String::new(), &StepClock(Cell::new(0)), &bad, &mut arena).unwrap_err();
+    let e = tell(&mut String::new(), &StepClock(Cell::new(0)), &bad, &mut arena, None).unwrap_err();
     assert!(matches!(e, Failure::Runtime(_)), "{e}");
 }

@@ -1,10 +1,10 @@
-//! Start-up on QEMU virt: core 0 enters at `_start` in EL1 with the MMU off.
-//! It enables the FPU/NEON (CPACR_EL1: the runtime's kernels and even
+//! Start-up on QEMU virt: core 0 enters at `_start` in EL1 with the MMU off
+//! (core 1 at `_start_core1`, once PSCI starts it). Each enables the FPU/NEON (CPACR_EL1: the runtime's kernels and even
 //! `memcpy` use SIMD registers), sets up the stack, the exception vectors
 //! and an identity map (devices below 1 GiB, RAM above as normal cacheable
 //! memory: with the MMU off every access is Device memory, where unaligned
-//! or exclusive accesses fault on real cores), zeroes `.bss` and calls
-//! `main`. Any exception ends in `fault`, which reports it on the UART and
+//! or exclusive accesses fault on real cores; the map is also what keeps the
+//! two cores' caches coherent); core 0 then zeroes `.bss` and calls `main`. Any exception ends in `fault`, which reports it on the UART and
 //! exits with status 3.
 
 use core::arch::{asm, global_asm};
@@ -57,23 +57,14 @@ global_asm!(
     .section .text.boot, "ax"
     .global _start
 _start:
-    // Only core 0 runs the image; QEMU holds the others powered off (PSCI).
+    // Only core 0 starts here; QEMU holds the others powered off until
+    // PSCI CPU_ON (second_core.rs) sends core 1 to _start_core1.
     mrs     x0, mpidr_el1
     and     x0, x0, #0xff
     cbnz    x0, 9f
-
-    // FPU and NEON at EL1 and EL0: CPACR_EL1.FPEN = 0b11
-    mov     x0, #(3 << 20)
-    msr     cpacr_el1, x0
-    isb
-
     adrp    x0, __stack_top
     add     x0, x0, :lo12:__stack_top
-    mov     sp, x0
-
-    adrp    x0, vectors
-    add     x0, x0, :lo12:vectors
-    msr     vbar_el1, x0
+    bl      core_setup
 
     // zero .bss (16-byte aligned and sized by link.x)
     adrp    x0, __bss_start
@@ -84,8 +75,28 @@ _start:
     b.hs    2f
     stp     xzr, xzr, [x0], #16
     b       1b
-2:
-    // identity map, then MMU and caches on
+2:  bl      {main}
+9:  wfe
+    b       9b
+
+    .global _start_core1
+_start_core1:
+    adrp    x0, __stack1_top
+    add     x0, x0, :lo12:__stack1_top
+    bl      core_setup
+    bl      {core1_main}
+    b       9b
+
+    // Per core: x0 = stack top. FPU/NEON, stack, vectors, MMU and caches.
+core_setup:
+    // FPU and NEON at EL1 and EL0: CPACR_EL1.FPEN = 0b11
+    mov     x1, #(3 << 20)
+    msr     cpacr_el1, x1
+    isb
+    mov     sp, x0
+    adrp    x0, vectors
+    add     x0, x0, :lo12:vectors
+    msr     vbar_el1, x0
     ldr     x0, ={mair}
     msr     mair_el1, x0
     ldr     x0, ={tcr}
@@ -103,10 +114,7 @@ _start:
     bic     x0, x0, x1
     msr     sctlr_el1, x0
     isb
-
-    bl      {main}
-9:  wfe
-    b       9b
+    ret
 
     // 16 vectors of 128 bytes: x0 = which one, then report it.
     .section .text.vectors, "ax"
@@ -124,6 +132,7 @@ vectors:
     sctlr_on = const SCTLR_ON,
     sctlr_off = const SCTLR_OFF,
     main = sym crate::main,
+    core1_main = sym crate::second_core::worker,
     fault = sym fault,
 );
 
