@@ -1,10 +1,13 @@
 //! Core 1 as the runtime's [`Parallel`] worker: started with PSCI `CPU_ON`
-//! (QEMU: `-smp 2`), it waits for a job and runs `f(1)` while core 0 runs
-//! `f(0)`. The runtime splits matrix rows between the two, so every row is
-//! computed exactly as on one core: the same bytes, sooner.
+//! (QEMU: `-smp 2`), it sleeps in `wfi` until core 0 posts a job and wakes
+//! it with a software-generated interrupt (GICv2 SGI), then runs `f(1)`
+//! while core 0 runs `f(0)`. The runtime splits matrix rows between the two,
+//! so every row is computed exactly as on one core: the same bytes.
+//! (`wfi`, not a `wfe` spin: an idle emulated core then costs no host CPU.)
 
 use core::arch::asm;
 use core::cell::UnsafeCell;
+use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use edgelm_runtime::kernels::Parallel;
@@ -12,6 +15,31 @@ use edgelm_runtime::kernels::Parallel;
 const PSCI_CPU_ON: u64 = 0xc400_0003;
 /// MPIDR_EL1 affinity of the virt machine's second core.
 const CORE1: u64 = 1;
+
+/// QEMU virt's GICv2 (device tree `intc@8000000`): distributor, CPU interface.
+const GICD: usize = 0x0800_0000;
+const GICC: usize = 0x0801_0000;
+const GICD_CTLR: usize = 0x000;
+const GICD_ISENABLER0: usize = 0x100;
+const GICD_SGIR: usize = 0xf00;
+const GICC_CTLR: usize = 0x000;
+const GICC_PMR: usize = 0x004;
+const GICC_IAR: usize = 0x00c;
+const GICC_EOIR: usize = 0x010;
+/// The interrupt that wakes core 1 (SGI 0, to CPU 1 only).
+const WAKE_SGI: u32 = 0;
+const SGIR_TO_CORE1: u32 = (1 << 1) << 16;
+const SPURIOUS: u32 = 1023;
+
+fn gic_write(addr: usize, value: u32) {
+    // SAFETY: `addr` is a GICv2 register (GICD/GICC above), mapped as device memory.
+    unsafe { write_volatile(addr as *mut u32, value) }
+}
+
+fn gic_read(addr: usize) -> u32 {
+    // SAFETY: as in `gic_write`.
+    unsafe { read_volatile(addr as *const u32) }
+}
 
 type Job = *const (dyn Fn(usize) + Sync);
 
@@ -38,6 +66,7 @@ impl SecondCore {
         extern "C" {
             fn _start_core1();
         }
+        gic_write(GICD + GICD_CTLR, 1); // forward interrupts (the SGI) to the cores
         let status: i64;
         // SAFETY: PSCI CPU_ON through QEMU virt's HVC conduit: core 1 starts
         // at `_start_core1` (boot.rs) on its own stack; x0 carries the status.
@@ -71,7 +100,10 @@ impl Parallel for SecondCore {
         // SAFETY: core 1 is idle (every earlier job is done), see `Mailbox`.
         unsafe { *MAILBOX.job.get() = Some(job) };
         let seq = MAILBOX.seq.fetch_add(1, Ordering::Release) + 1;
-        send_event();
+        // the job is visible before the interrupt that announces it
+        // SAFETY: a barrier; no other effect.
+        unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
+        gic_write(GICD + GICD_SGIR, SGIR_TO_CORE1 | WAKE_SGI);
         f(0);
         while MAILBOX.done.load(Ordering::Acquire) != seq {
             wait_for_event();
@@ -81,10 +113,21 @@ impl Parallel for SecondCore {
 
 /// Core 1's loop, entered from boot.rs with its stack, FPU and MMU ready.
 pub extern "C" fn worker() -> ! {
+    // this core's view of the GIC: the wake-up SGI enabled, every priority let through
+    gic_write(GICD + GICD_ISENABLER0, 1 << WAKE_SGI);
+    gic_write(GICC + GICC_PMR, 0xff);
+    gic_write(GICC + GICC_CTLR, 1);
     let mut seen = 0;
     loop {
         while MAILBOX.seq.load(Ordering::Acquire) == seen {
-            wait_for_event();
+            // IRQs stay masked (PSTATE.I): a pending one ends `wfi` without
+            // being taken; it is acknowledged here instead.
+            // SAFETY: waits for an interrupt; no memory access.
+            unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+            let irq = gic_read(GICC + GICC_IAR);
+            if irq & 0x3ff != SPURIOUS {
+                gic_write(GICC + GICC_EOIR, irq);
+            }
         }
         seen = seen.wrapping_add(1);
         // SAFETY: job `seen` was published before `seq` (Acquire above) and
