@@ -7,12 +7,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType as CDType, Device, Tensor};
-use edgelm_runtime::format::{Config, DomainSpec};
+use edgelm_checkpoint::{Kind, LlamaConfig, CONFIG_FILE, MODEL_FILE, MODEL_INDEX_FILE, TOKENIZER_FILE};
+use edgelm_runtime::format::{Config, DomainSpec, TokenizerTables};
 use serde_json::Value;
 
 use crate::store::{check_shape, permute_rope_rows, ModelBuilder, Role, Source};
-use crate::tokenizer_import::{from_tokenizer_json, TokenizerTables};
+use crate::tokenizer_import::{from_tokenizer_json, write_tables};
+use crate::weights::StoredTensor;
 use crate::{Converted, Error, ImportOptions, Result};
 
 /// What `config.json` says, in runtime terms.
@@ -23,62 +24,36 @@ pub struct CheckpointConfig {
     pub domain: String,
 }
 
-fn get_u32(v: &Value, key: &str) -> Result<Option<u32>> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(x) => match x.as_u64() {
-            Some(n) if n <= u32::MAX as u64 => Ok(Some(n as u32)),
-            _ => Err(Error::Config(format!("config.json: {key} must be a non-negative integer, found {x}"))),
-        },
-    }
+/// Reads `config.json` (the checkpoint contract's type).
+pub fn read_config(json: &str) -> Result<LlamaConfig> {
+    serde_json::from_str(json).map_err(|e| Error::Config(format!("config.json: {e}")))
 }
 
-fn req_u32(v: &Value, key: &str) -> Result<u32> {
-    get_u32(v, key)?.ok_or_else(|| Error::Config(format!("config.json lacks {key}")))
+fn to_u32(v: usize, key: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Config(format!("config.json: {key} {v} is out of range")))
 }
 
-fn get_f32(v: &Value, key: &str, default: f32) -> Result<f32> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(x) => {
-            x.as_f64().map(|f| f as f32).ok_or_else(|| Error::Config(format!("config.json: {key} must be a number")))
-        }
-    }
-}
-
-/// Parses `config.json`.
-pub fn parse_config(json: &str) -> Result<CheckpointConfig> {
-    let v: Value =
-        serde_json::from_str(json).map_err(|e| Error::Config(format!("config.json is not valid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(Error::Config("config.json is not a JSON object".into()));
-    }
-    let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-    let is_llama_arch = v
-        .get("architectures")
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some("LlamaForCausalLM")));
-    if model_type != "llama" && !is_llama_arch {
-        let name = if model_type.is_empty() { "<missing model_type>" } else { model_type };
+/// The runtime config of a Llama `config.json`, whatever its `edgelm.kind`;
+/// refuses what the runtime does not implement.
+pub fn runtime_config(c: &LlamaConfig) -> Result<Config> {
+    if !c.is_llama() {
+        let name = if c.model_type.is_empty() { "<missing model_type>" } else { c.model_type.as_str() };
         return Err(Error::UnsupportedArchitecture(name.into()));
     }
-    if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {
-        if act != "silu" {
-            return Err(Error::Config(format!("hidden_act {act:?} is not supported (the runtime uses SiLU)")));
-        }
+    if let Some(act) = c.hidden_act.as_deref().filter(|a| *a != "silu") {
+        return Err(Error::Config(format!("hidden_act {act:?} is not supported (the runtime uses SiLU)")));
     }
-    if !v.get("rope_scaling").is_none_or(Value::is_null) {
+    if c.rope_scaling.is_some() {
         return Err(Error::Config("rope_scaling is not supported (the runtime uses plain RoPE)".into()));
     }
-    for key in ["attention_bias", "mlp_bias"] {
-        if v.get(key).and_then(Value::as_bool) == Some(true) {
+    for (key, on) in [("attention_bias", c.attention_bias), ("mlp_bias", c.mlp_bias)] {
+        if on == Some(true) {
             return Err(Error::Config(format!("{key}=true is not supported (the runtime has no biases)")));
         }
     }
-    let dim = req_u32(&v, "hidden_size")?;
-    let n_heads = req_u32(&v, "num_attention_heads")?;
-    if let Some(hd) = get_u32(&v, "head_dim")? {
-        if n_heads == 0 || hd * n_heads != dim {
+    let (dim, n_heads) = (to_u32(c.hidden_size, "hidden_size")?, to_u32(c.num_attention_heads, "num_attention_heads")?);
+    if let Some(hd) = c.head_dim {
+        if n_heads == 0 || hd * c.num_attention_heads != c.hidden_size {
             return Err(Error::Config(format!(
                 "head_dim {hd} × num_attention_heads {n_heads} ≠ hidden_size {dim} (not supported by the runtime)"
             )));
@@ -86,44 +61,42 @@ pub fn parse_config(json: &str) -> Result<CheckpointConfig> {
     }
     let config = Config {
         dim,
-        n_layers: req_u32(&v, "num_hidden_layers")?,
+        n_layers: to_u32(c.num_hidden_layers, "num_hidden_layers")?,
         n_heads,
-        n_kv_heads: get_u32(&v, "num_key_value_heads")?.unwrap_or(n_heads),
-        ffn_dim: req_u32(&v, "intermediate_size")?,
-        vocab_size: req_u32(&v, "vocab_size")?,
-        max_seq_len: get_u32(&v, "max_position_embeddings")?.unwrap_or(2048).min(edgelm_runtime::format::MAX_SEQ),
-        rope_theta: get_f32(&v, "rope_theta", 10000.0)?,
-        norm_eps: get_f32(&v, "rms_norm_eps", 1e-6)?,
-        tied_head: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+        n_kv_heads: to_u32(c.kv_heads(), "num_key_value_heads")?,
+        ffn_dim: to_u32(c.intermediate_size, "intermediate_size")?,
+        vocab_size: to_u32(c.vocab_size, "vocab_size")?,
+        max_seq_len: c.max_positions().min(edgelm_runtime::format::MAX_SEQ as usize) as u32,
+        rope_theta: c.rope_theta() as f32,
+        norm_eps: c.norm_eps() as f32,
+        tied_head: c.tie_word_embeddings,
     };
     config.validate()?;
-    let e = v.get("edgelm");
-    if let Some(kind) = e.and_then(|e| e.get("kind")).and_then(Value::as_str) {
-        if kind != "base" {
-            return Err(Error::NotYet(format!(
-                "this is a {kind:?} checkpoint (edgelm.kind): it imports as a domain pack over its base; \
-                 run `edgelm-convert import-checkpoint DIR --base BASE_DIR --output PACK.edgelm`"
-            )));
-        }
+    Ok(config)
+}
+
+/// Parses a base checkpoint's `config.json`.
+pub fn parse_config(json: &str) -> Result<CheckpointConfig> {
+    let c = read_config(json)?;
+    let config = runtime_config(&c)?;
+    if c.edgelm.kind != Kind::Base {
+        return Err(Error::NotYet(format!(
+            "this is a {:?} checkpoint (edgelm.kind): it imports as a domain pack over its base; \
+             run `edgelm-convert import-checkpoint DIR --base BASE_DIR --output PACK.edgelm`",
+            c.edgelm.kind.name()
+        )));
     }
-    let model_id = e.and_then(|e| e.get("model_id")).and_then(Value::as_str).map(str::to_string);
-    let domain = e
-        .and_then(|e| e.get("domains"))
-        .and_then(Value::as_array)
-        .and_then(|d| d.first())
-        .and_then(Value::as_str)
-        .unwrap_or("story")
-        .to_string();
-    Ok(CheckpointConfig { config, model_id, domain })
+    let domain = c.first_domain().unwrap_or("story").to_string();
+    Ok(CheckpointConfig { config, model_id: c.edgelm.model_id, domain })
 }
 
 /// The safetensors files of a checkpoint.
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
+    let single = dir.join(MODEL_FILE);
     if single.is_file() {
         return Ok(vec![single]);
     }
-    let index = dir.join("model.safetensors.index.json");
+    let index = dir.join(MODEL_INDEX_FILE);
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io("read", &index, e))?;
         let v: Value = serde_json::from_str(&text)
@@ -144,36 +117,16 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     })
 }
 
-/// All tensors of the checkpoint (any float dtype), by name.
-fn load_tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
+/// All tensors of the checkpoint, by name.
+fn load_tensors(dir: &Path) -> Result<HashMap<String, StoredTensor>> {
     let mut all = HashMap::new();
     for f in weight_files(dir)? {
         if !f.is_file() {
             return Err(Error::BadInput { path: f, what: "listed in the index but missing".into() });
         }
-        let t = candle_core::safetensors::load(&f, &Device::Cpu).map_err(|e| {
-            Error::Safetensors(format!(
-                "{}: not a readable safetensors file (truncated or corrupt?): {}",
-                f.display(),
-                crate::gguf::candle_msg(&e)
-            ))
-        })?;
-        all.extend(t);
+        all.extend(crate::weights::load(&f)?);
     }
     Ok(all)
-}
-
-fn to_f32(name: &str, t: &Tensor) -> Result<Vec<f32>> {
-    match t.dtype() {
-        CDType::F32 | CDType::F16 | CDType::BF16 | CDType::F64 => {}
-        other => {
-            return Err(Error::UnsupportedTensorType { name: name.into(), dtype: format!("{other:?}") });
-        }
-    }
-    t.to_dtype(CDType::F32)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(|e| Error::Safetensors(format!("tensor {name}: {}", crate::gguf::candle_msg(&e))))
 }
 
 /// Base domain declared with the tokenizer's settings.
@@ -216,11 +169,11 @@ pub fn import_checkpoint(dir: &Path, opts: &ImportOptions) -> Result<Converted> 
             what: "not a directory (expected a checkpoint directory)".into(),
         });
     }
-    let cfg_path = dir.join("config.json");
+    let cfg_path = dir.join(CONFIG_FILE);
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io("read", &cfg_path, e))?;
     let ck = parse_config(&cfg_text)?;
     let c = ck.config;
-    let tok_path = dir.join("tokenizer.json");
+    let tok_path = dir.join(TOKENIZER_FILE);
     let tok_text = std::fs::read_to_string(&tok_path).map_err(|e| Error::io("read", &tok_path, e))?;
     let mut tables = from_tokenizer_json(&tok_text).map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
     fit_vocab(&mut tables, c.vocab_size as usize)?;
@@ -232,10 +185,10 @@ pub fn import_checkpoint(dir: &Path, opts: &ImportOptions) -> Result<Converted> 
     let pb = opts.progress(2 + 9 * c.n_layers as u64 + 1);
     let (dim, hd, vocab) = (c.dim as usize, c.head_dim(), c.vocab_size as usize);
 
-    let take = |tensors: &mut HashMap<String, Tensor>, hf: &str, shape: &[usize]| -> Result<Vec<f32>> {
+    let take = |tensors: &mut HashMap<String, StoredTensor>, hf: &str, shape: &[usize]| -> Result<Vec<f32>> {
         let t = tensors.remove(hf).ok_or_else(|| Error::MissingTensor(hf.into()))?;
         check_shape(hf, t.dims(), shape)?;
-        to_f32(hf, &t)
+        t.to_f32(hf)
     };
     let t = &mut tensors;
     let emb = take(t, "model.embed_tokens.weight", &[vocab, dim])?;
@@ -283,7 +236,7 @@ pub fn import_checkpoint(dir: &Path, opts: &ImportOptions) -> Result<Converted> 
     if let Some(extra) = t.keys().min() {
         return Err(Error::UnexpectedTensor(extra.clone()));
     }
-    tables.write(&mut b.writer, "").map_err(|e| Error::Tokenizer(e.to_string()))?;
+    write_tables(&tables, &mut b.writer, "").map_err(|e| Error::Tokenizer(e.to_string()))?;
     b.writer.domains.push(base_domain(opts.domain.as_deref().unwrap_or(&ck.domain), c.vocab_size, &tables));
     b.writer.model_id = ck.model_id.unwrap_or_else(|| b.content_id());
     pb.finish_and_clear();

@@ -22,7 +22,7 @@ use edgelm_runtime::model::{Block, Matrix, Weights};
 use edgelm_runtime::{AlignedBytes, Model};
 
 use crate::store::{check_shape, ModelBuilder, Role, Source};
-use crate::tokenizer_import::TokenizerTables;
+use crate::tokenizer_import::{write_tables, TokenizerTables};
 use crate::vocab::{from_gguf, tables_from_file, to_gguf};
 use crate::{Converted, Error, ImportOptions, Result};
 
@@ -259,7 +259,7 @@ pub fn import_gguf(path: &Path, opts: &ImportOptions) -> Result<Converted> {
     }
     let domain =
         opts.domain.clone().unwrap_or_else(|| md_str(&content.metadata, "edgelm.domain").unwrap_or("story").into());
-    tables.write(&mut b.writer, "").map_err(|e| Error::Tokenizer(e.to_string()))?;
+    write_tables(&tables, &mut b.writer, "").map_err(|e| Error::Tokenizer(e.to_string()))?;
     b.writer.domains.push(crate::checkpoint::base_domain(&domain, c.vocab_size, &tables));
     b.writer.model_id = match md_str(&content.metadata, "edgelm.model_id") {
         Some(id) => id.to_string(),

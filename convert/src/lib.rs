@@ -17,6 +17,7 @@ pub mod pack;
 pub mod store;
 pub mod tokenizer_import;
 pub mod vocab;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use store::{Policy, Report, StoreDType};

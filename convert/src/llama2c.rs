@@ -25,7 +25,7 @@ use std::path::Path;
 use edgelm_runtime::format::Config;
 
 use crate::store::{ModelBuilder, Role, Source};
-use crate::tokenizer_import::from_llama2c_tokenizer_bin;
+use crate::tokenizer_import::{from_llama2c_tokenizer_bin, write_tables};
 use crate::{Converted, Error, ImportOptions, Result};
 
 pub const MAGIC: u32 = 0x616b_3432;
@@ -289,7 +289,7 @@ pub fn import_llama2c(
     }
     pb.inc(3);
     debug_assert_eq!(cur.pos, model_bytes.len());
-    tables.write(&mut b.writer, "").map_err(|e| Error::Tokenizer(e.to_string()))?;
+    write_tables(&tables, &mut b.writer, "").map_err(|e| Error::Tokenizer(e.to_string()))?;
     b.writer.domains.push(crate::checkpoint::base_domain(
         opts.domain.as_deref().unwrap_or("story"),
         c.vocab_size,

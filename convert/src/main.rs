@@ -1,5 +1,6 @@
 //! `edgelm-convert`: import models to `.edgelm`, export GGUF, inspect and verify.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -140,7 +141,7 @@ fn finish(c: Converted, s: &Store, inputs: &[&Path], started: Instant) -> Result
         let json = serde_json::to_string_pretty(&r.to_json())?;
         output::write_bytes(p, inputs, json.as_bytes())?;
     }
-    println!(
+    writeln!(std::io::stdout(), 
         "wrote {} ({} bytes, {} tensors, matrices {}, embedding {}) in {:.2} s; max abs error {:.3e}, relative RMS error {:.3e}",
         s.output.display(),
         c.bytes.len(),
@@ -150,11 +151,28 @@ fn finish(c: Converted, s: &Store, inputs: &[&Path], started: Instant) -> Result
         secs,
         max,
         rel
-    );
+    )?;
     Ok(())
 }
 
-fn main() -> Result<()> {
+/// True when the error comes from writing to a closed pipe (`… | head`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // a reader that stopped early (`| head`) is not a failure
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     let started = Instant::now();
     match cli.cmd {
@@ -206,14 +224,14 @@ fn main() -> Result<()> {
             let e = export_gguf(&base, pack_bytes.as_deref(), &ExportOptions { domain })
                 .with_context(|| format!("exporting {} to GGUF", model.display()))?;
             output::write_bytes(&out, &inputs, &e.bytes)?;
-            println!(
+            writeln!(std::io::stdout(), 
                 "wrote {} ({} bytes, domain {}, {} blocks) in {:.2} s",
                 out.display(),
                 e.bytes.len(),
                 e.domain,
                 e.n_blocks,
                 started.elapsed().as_secs_f64()
-            );
+            )?;
             Ok(())
         }
         Cmd::Inspect { file } => {
@@ -234,11 +252,11 @@ fn main() -> Result<()> {
             let pack_bytes = pack.as_deref().map(output::read).transpose()?;
             let v = edgelm_convert::inspect::verify(&bytes, pack_bytes.as_deref())
                 .with_context(|| format!("verifying {}", file.display()))?;
-            println!("ok: checksum {:#018x} verified, {} tensors, structure loads", v.checksum, v.n_tensors);
+            writeln!(std::io::stdout(), "ok: checksum {:#018x} verified, {} tensors, structure loads", v.checksum, v.n_tensors)?;
             for (name, top, amax) in &v.domains {
-                println!(
+                writeln!(std::io::stdout(), 
                     "ok: domain {name}: one forward step from BOS, finite logits (max |logit| {amax:.3}, argmax {top})"
-                );
+                )?;
             }
             Ok(())
         }

@@ -1,7 +1,7 @@
-//! Writing outputs safely: into a temporary file in the destination folder,
-//! then renamed into place. An input is never overwritten, and a failed
-//! conversion leaves nothing half-written behind (the temporary file is
-//! removed when it is dropped).
+//! Writing outputs safely, by the policy the trainer's `fsio` follows too: into a temporary file in the destination folder, synced to disk,
+//! renamed into place, then the folder synced so the rename survives a power
+//! cut. An input is never overwritten, and a failed conversion leaves nothing
+//! half-written behind (the temporary file is removed when it is dropped).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -56,6 +56,9 @@ where
     tmp.as_file_mut().flush().map_err(|e| Error::io("write", output, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io("sync", output, e))?;
     tmp.persist(output).map_err(|e| Error::io("rename the finished file to", output, e.error))?;
+    if cfg!(unix) {
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync", &dir, e))?;
+    }
     Ok(())
 }
 

@@ -12,25 +12,17 @@
 
 use std::path::Path;
 
-use candle_core::{DType as CDType, Device, Tensor};
+use edgelm_checkpoint::{Kind, TokenizerMode, CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE};
 use edgelm_runtime::format::{DomainSpec, FileKind};
-use serde_json::Value;
 
-use crate::checkpoint::{fit_vocab, import_checkpoint, parse_config};
+use crate::checkpoint::{fit_vocab, import_checkpoint, parse_config, read_config, runtime_config};
 use crate::store::{check_shape, permute_rope_rows, ModelBuilder, Role, Source};
-use crate::tokenizer_import::from_tokenizer_json;
+use crate::tokenizer_import::{from_tokenizer_json, write_tables};
 use crate::{Converted, Error, ImportOptions, Result, StoreDType};
 
 fn read(dir: &Path, f: &str) -> Result<String> {
     let p = dir.join(f);
     std::fs::read_to_string(&p).map_err(|e| Error::io("read", &p, e))
-}
-
-fn to_f32(name: &str, t: &Tensor) -> Result<Vec<f32>> {
-    t.to_dtype(CDType::F32)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(|e| Error::Safetensors(format!("tensor {name}: {e}")))
 }
 
 /// The pack bytes for the domain checkpoint `domain_dir` trained over the base
@@ -42,44 +34,29 @@ pub fn domain_checkpoint_to_pack(domain_dir: &Path, base_dir: &Path, dtype: Stor
 
 /// [`domain_checkpoint_to_pack`] with the per-tensor report.
 pub fn import_domain(domain_dir: &Path, base_dir: &Path, opts: &ImportOptions) -> Result<Converted> {
-    let dtext = read(domain_dir, "config.json")?;
-    let dv: Value = serde_json::from_str(&dtext)
-        .map_err(|e| Error::BadInput { path: domain_dir.join("config.json"), what: format!("not valid JSON: {e}") })?;
-    let e = dv.get("edgelm").cloned().unwrap_or(Value::Null);
-    let bad = |what: String| Error::BadInput { path: domain_dir.join("config.json"), what };
-    if e.get("kind").and_then(Value::as_str) != Some("domain") {
+    let dc = read_config(&read(domain_dir, CONFIG_FILE)?)?;
+    let e = &dc.edgelm;
+    let bad = |what: String| Error::BadInput { path: domain_dir.join(CONFIG_FILE), what };
+    if e.kind != Kind::Domain {
         return Err(bad("edgelm.kind is not \"domain\" (convert a base checkpoint with import-checkpoint)".into()));
     }
-    let name = e
-        .get("domains")
-        .and_then(Value::as_array)
-        .and_then(|d| d.first())
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("edgelm.domains is missing".into()))?
-        .to_string();
-    let want_base =
-        e.get("base_model_id").and_then(Value::as_str).ok_or_else(|| bad("no edgelm.base_model_id".into()))?;
-    let model_id = e.get("model_id").and_then(Value::as_str).unwrap_or("").to_string();
-    let exp = e.get("expansion").ok_or_else(|| bad("no edgelm.expansion".into()))?;
+    let name = e.domains.first().ok_or_else(|| bad("edgelm.domains is missing".into()))?.clone();
+    let want_base = e.base_model_id.as_deref().ok_or_else(|| bad("no edgelm.base_model_id".into()))?;
+    let model_id = e.model_id.clone().unwrap_or_default();
+    let exp = e.expansion.as_ref().ok_or_else(|| bad("no edgelm.expansion".into()))?;
     let positions: Vec<u16> = exp
-        .get("positions")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("edgelm.expansion.positions is missing".into()))?
+        .positions
         .iter()
-        .map(|p| p.as_u64().filter(|&p| p <= u16::MAX as u64).map(|p| p as u16))
+        .map(|&p| u16::try_from(p).ok())
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| bad("edgelm.expansion.positions must be small integers".into()))?;
-    let per_domain = match exp.get("tokenizer").and_then(Value::as_str) {
-        Some("per-domain") => true,
-        Some("shared") => false,
-        other => return Err(bad(format!("edgelm.expansion.tokenizer {other:?}: expected per-domain or shared"))),
-    };
-    let tag_token = exp.get("tag_token").and_then(Value::as_u64).map(|t| t as u32);
+    let per_domain = exp.tokenizer == TokenizerMode::PerDomain;
+    let tag_token = exp.tag_token;
 
     // The base: its config (the runtime config of the pack) and its identity.
-    let base = parse_config(&read(base_dir, "config.json")?)?;
+    let base = parse_config(&read(base_dir, CONFIG_FILE)?)?;
     let base_id = base.model_id.clone().ok_or_else(|| Error::BadInput {
-        path: base_dir.join("config.json"),
+        path: base_dir.join(CONFIG_FILE),
         what: "no edgelm.model_id: the pack could not be bound to this base".into(),
     })?;
     if base_id != want_base {
@@ -89,16 +66,14 @@ pub fn import_domain(domain_dir: &Path, base_dir: &Path, opts: &ImportOptions) -
         )));
     }
     let c = base.config;
-    let dc = parse_domain_config(&dtext)?;
+    let dc = runtime_config(&dc)?;
     if (dc.dim, dc.n_layers, dc.n_heads, dc.n_kv_heads, dc.ffn_dim)
         != (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim)
     {
         return Err(bad("the domain's model shape differs from its base's".into()));
     }
 
-    let wpath = domain_dir.join("model.safetensors");
-    let mut tensors = candle_core::safetensors::load(&wpath, &Device::Cpu)
-        .map_err(|e| Error::Safetensors(format!("{}: not a readable safetensors file: {e}", wpath.display())))?;
+    let mut tensors = crate::weights::load(&domain_dir.join(MODEL_FILE))?;
     let emb_rows = tensors.get("domain.embed_tokens.weight").and_then(|t| t.dims().first().copied());
     let has_head = tensors.contains_key("domain.lm_head.weight");
     let mut b = ModelBuilder::new(c, opts.policy)?;
@@ -109,11 +84,11 @@ pub fn import_domain(domain_dir: &Path, base_dir: &Path, opts: &ImportOptions) -
     let mut take = |hf: &str, shape: &[usize]| -> Result<Vec<f32>> {
         let t = tensors.remove(hf).ok_or_else(|| Error::MissingTensor(hf.into()))?;
         check_shape(hf, t.dims(), shape)?;
-        to_f32(hf, &t)
+        t.to_f32(hf)
     };
 
     let (vocab, info) = if per_domain {
-        let mut tables = from_tokenizer_json(&read(domain_dir, "tokenizer.json")?)
+        let mut tables = from_tokenizer_json(&read(domain_dir, TOKENIZER_FILE)?)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
         let emb_rows = emb_rows.ok_or_else(|| Error::MissingTensor("domain.embed_tokens.weight".into()))?;
         fit_vocab(&mut tables, emb_rows)?;
@@ -124,10 +99,10 @@ pub fn import_domain(domain_dir: &Path, base_dir: &Path, opts: &ImportOptions) -
             let head = take("domain.lm_head.weight", &[emb_rows, dim])?;
             b.matrix(&format!("{prefix}output"), Role::Embedding, emb_rows, dim, Source::F32(head))?;
         }
-        tables.write(&mut b.writer, &prefix).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        write_tables(&tables, &mut b.writer, &prefix).map_err(|e| Error::Tokenizer(e.to_string()))?;
         (emb_rows as u32, tables.info)
     } else {
-        let tables = from_tokenizer_json(&read(base_dir, "tokenizer.json")?)
+        let tables = from_tokenizer_json(&read(base_dir, TOKENIZER_FILE)?)
             .map_err(|e| Error::Tokenizer(format!("base tokenizer.json: {e}")))?;
         if tag_token.is_none() {
             return Err(bad("a shared-tokenizer domain needs edgelm.expansion.tag_token".into()));
@@ -180,15 +155,4 @@ pub fn import_domain(domain_dir: &Path, base_dir: &Path, opts: &ImportOptions) -
     model.add_pack_bytes(&pack_bytes)?;
     model.domain(&name)?;
     Ok(Converted { bytes, report })
-}
-
-/// The model shape fields of a domain's config.json (the base's LlamaConfig fields).
-fn parse_domain_config(json: &str) -> Result<edgelm_runtime::format::Config> {
-    // parse_config refuses non-base kinds; check the shape with the kind removed.
-    let mut v: Value =
-        serde_json::from_str(json).map_err(|e| Error::Config(format!("config.json is not valid JSON: {e}")))?;
-    if let Some(e) = v.get_mut("edgelm").and_then(Value::as_object_mut) {
-        e.insert("kind".into(), Value::String("base".into()));
-    }
-    Ok(parse_config(&v.to_string())?.config)
 }

@@ -29,22 +29,8 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, ImportError> {
     Err(ImportError::Invalid(msg.into()))
 }
 
-/// A tokenizer in the runtime's terms (token ids index `vocab`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenizerTables {
-    pub info: TokenizerInfo,
-    /// Raw bytes of every token (byte-level characters mapped back to bytes;
-    /// llama2.c `<0xXX>` pieces as the single byte).
-    pub vocab: Vec<Vec<u8>>,
-    /// BPE: `(left, right, result)` in rank order. Empty for SentencePiece.
-    pub merges: Vec<(u32, u32, u32)>,
-    /// SentencePiece: one score per token. Empty for BPE.
-    pub scores: Vec<f32>,
-    /// Tokens matched literally in input text (Hugging Face special added tokens).
-    pub special: Vec<u32>,
-    /// The token of each single byte (BPE base tokens / SentencePiece byte fallback).
-    pub byte_tokens: [u32; 256],
-}
+/// A tokenizer in the runtime's terms: the format's owned tables.
+pub use edgelm_runtime::format::TokenizerTables;
 
 /// GPT-2's `bytes_to_unicode`: the printable character standing for each byte.
 pub fn byte_to_char() -> [char; 256] {
@@ -283,7 +269,7 @@ pub fn from_tokenizer_json(json: &str) -> Result<TokenizerTables, ImportError> {
         special,
         byte_tokens,
     };
-    tables.validate()?;
+    validate_tables(&tables)?;
     Ok(tables)
 }
 
@@ -368,127 +354,68 @@ pub fn from_llama2c_tokenizer_bin(bytes: &[u8], vocab_size: usize) -> Result<Tok
         special: Vec::new(),
         byte_tokens,
     };
-    tables.validate()?;
+    validate_tables(&tables)?;
     Ok(tables)
 }
 
-impl TokenizerTables {
-    pub fn vocab_size(&self) -> usize {
-        self.vocab.len()
+/// Consistency checks the runtime would make at load, with clearer messages.
+pub fn validate_tables(t: &TokenizerTables) -> Result<(), ImportError> {
+    let n = t.vocab.len();
+    if n == 0 || n > edgelm_runtime::format::MAX_VOCAB as usize {
+        return invalid(format!("vocabulary size {n} is out of range"));
     }
-
-    fn is_byte_token(&self, id: u32) -> bool {
-        matches!(&self.vocab[id as usize][..], [b] if self.byte_tokens[*b as usize] == id)
+    if t.vocab.iter().map(Vec::len).sum::<usize>() > u32::MAX as usize {
+        return invalid("token bytes exceed 4 GiB");
     }
-
-    /// Consistency checks the runtime would make at load, with clearer messages.
-    pub fn validate(&self) -> Result<(), ImportError> {
-        let n = self.vocab.len();
-        if n == 0 || n > edgelm_runtime::format::MAX_VOCAB as usize {
-            return invalid(format!("vocabulary size {n} is out of range"));
+    if t.vocab.iter().all(Vec::is_empty) {
+        return invalid("every token is empty");
+    }
+    let ok = |id: u32| (id as usize) < n;
+    if !t.info.bos.is_none_or(ok) || !t.info.eos.is_none_or(ok) {
+        return invalid("bos/eos outside the vocabulary");
+    }
+    for (b, &id) in t.byte_tokens.iter().enumerate() {
+        if !ok(id) || t.vocab[id as usize] != [b as u8] {
+            return invalid(format!("byte_tokens[0x{b:02X}] = {id} is not the token of that byte"));
         }
-        if self.vocab.iter().map(Vec::len).sum::<usize>() > u32::MAX as usize {
-            return invalid("token bytes exceed 4 GiB");
+    }
+    for &id in &t.special {
+        if !ok(id) || t.vocab[id as usize].is_empty() {
+            return invalid(format!("special token {id} is outside the vocabulary or empty"));
         }
-        let ok = |id: u32| (id as usize) < n;
-        if !self.info.bos.is_none_or(ok) || !self.info.eos.is_none_or(ok) {
-            return invalid("bos/eos outside the vocabulary");
-        }
-        for (b, &id) in self.byte_tokens.iter().enumerate() {
-            if !ok(id) || self.vocab[id as usize] != [b as u8] {
-                return invalid(format!("byte_tokens[0x{b:02X}] = {id} is not the token of that byte"));
-            }
-        }
-        for &id in &self.special {
-            if !ok(id) || self.vocab[id as usize].is_empty() {
-                return invalid(format!("special token {id} is outside the vocabulary or empty"));
-            }
-        }
-        match self.info.kind {
-            TokenizerKind::ByteLevelBpe => {
-                for &(l, r, res) in &self.merges {
-                    if !ok(l) || !ok(r) || !ok(res) {
-                        return invalid(format!("merge ({l}, {r}) -> {res} is outside the vocabulary"));
-                    }
-                    let (lb, rb) = (&self.vocab[l as usize], &self.vocab[r as usize]);
-                    if lb.is_empty() || rb.is_empty() || [&lb[..], &rb[..]].concat() != self.vocab[res as usize] {
-                        return invalid(format!("merge ({l}, {r}) -> {res}: result is not the concatenation"));
-                    }
+    }
+    match t.info.kind {
+        TokenizerKind::ByteLevelBpe => {
+            for &(l, r, res) in &t.merges {
+                if !ok(l) || !ok(r) || !ok(res) {
+                    return invalid(format!("merge ({l}, {r}) -> {res} is outside the vocabulary"));
                 }
-                let mut seen = std::collections::HashSet::new();
-                for &(l, r, _) in &self.merges {
-                    if !seen.insert((l, r)) {
-                        return invalid(format!("merge ({l}, {r}) is listed twice"));
-                    }
+                let (lb, rb) = (&t.vocab[l as usize], &t.vocab[r as usize]);
+                if lb.is_empty() || rb.is_empty() || [&lb[..], &rb[..]].concat() != t.vocab[res as usize] {
+                    return invalid(format!("merge ({l}, {r}) -> {res}: result is not the concatenation"));
                 }
             }
-            TokenizerKind::SentencePieceBpe => {
-                if self.scores.len() != n {
-                    return invalid("SentencePiece tables need one score per token");
+            let mut seen = std::collections::HashSet::new();
+            for &(l, r, _) in &t.merges {
+                if !seen.insert((l, r)) {
+                    return invalid(format!("merge ({l}, {r}) is listed twice"));
                 }
             }
         }
-        Ok(())
-    }
-
-    /// Ranks sorted by `(left, right)` (the `merge_index` tensor).
-    pub fn merge_index(&self) -> Vec<u32> {
-        let mut index: Vec<u32> = (0..self.merges.len() as u32).collect();
-        index.sort_by_key(|&r| (self.merges[r as usize].0, self.merges[r as usize].1));
-        index
-    }
-
-    /// Non-byte-fallback, non-empty tokens sorted by bytes; of tokens with
-    /// equal bytes only the lowest id is kept (the `sorted_vocab` tensor).
-    pub fn sorted_vocab(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = (0..self.vocab.len() as u32)
-            .filter(|&id| !self.vocab[id as usize].is_empty() && !self.is_byte_token(id))
-            .collect();
-        ids.sort_by(|&a, &b| self.vocab[a as usize].cmp(&self.vocab[b as usize]).then(a.cmp(&b)));
-        ids.dedup_by(|later, earlier| self.vocab[*later as usize] == self.vocab[*earlier as usize]);
-        ids
-    }
-
-    /// Adds the `{prefix}tokenizer.*` tensors (docs/TOKENIZER.md) to `w`.
-    pub fn write(&self, w: &mut FileWriter, prefix: &str) -> Result<(), ImportError> {
-        self.validate()?;
-        let name = |s: &str| format!("{prefix}tokenizer.{s}");
-        let mut bytes = Vec::new();
-        let mut offsets = Vec::with_capacity(self.vocab.len() + 1);
-        offsets.push(0u32);
-        for t in &self.vocab {
-            bytes.extend_from_slice(t);
-            offsets.push(bytes.len() as u32);
-        }
-        if bytes.is_empty() {
-            return invalid("every token is empty");
-        }
-        let v = self.vocab.len() as u32;
-        w.add_u8(&name("vocab_bytes"), &bytes)?;
-        w.add_u32(&name("vocab_offsets"), &[v + 1], &offsets)?;
-        w.add_u32(&name("byte_tokens"), &[256], &self.byte_tokens)?;
-        if !self.special.is_empty() {
-            w.add_u32(&name("special"), &[self.special.len() as u32], &self.special)?;
-        }
-        match self.info.kind {
-            TokenizerKind::ByteLevelBpe => {
-                if !self.merges.is_empty() {
-                    let flat: Vec<u32> = self.merges.iter().flat_map(|&(a, b, c)| [a, b, c]).collect();
-                    let n = self.merges.len() as u32;
-                    w.add_u32(&name("merges"), &[n, 3], &flat)?;
-                    w.add_u32(&name("merge_index"), &[n], &self.merge_index())?;
-                }
-            }
-            TokenizerKind::SentencePieceBpe => {
-                w.add_f32(&name("scores"), &[v], &self.scores)?;
-                let sorted = self.sorted_vocab();
-                if !sorted.is_empty() {
-                    w.add_u32(&name("sorted_vocab"), &[sorted.len() as u32], &sorted)?;
-                }
+        TokenizerKind::SentencePieceBpe => {
+            if t.scores.len() != n {
+                return invalid("SentencePiece tables need one score per token");
             }
         }
-        Ok(())
     }
+    Ok(())
+}
+
+/// Validates `t`, then adds its `{prefix}tokenizer.*` tensors to `w` (the
+/// format's writer, [`TokenizerTables::write`]).
+pub fn write_tables(t: &TokenizerTables, w: &mut FileWriter, prefix: &str) -> Result<(), ImportError> {
+    validate_tables(t)?;
+    Ok(t.write(w, prefix)?)
 }
 
 #[cfg(test)]

@@ -66,10 +66,6 @@ fn strings(v: Vec<String>) -> Value {
     Value::Array(v.into_iter().map(Value::String).collect())
 }
 
-fn is_byte_token(t: &TokenizerTables, id: usize) -> bool {
-    matches!(&t.vocab[id][..], [b] if t.byte_tokens[*b as usize] as usize == id)
-}
-
 /// GGUF `tokenizer.ggml.*` metadata for `t`.
 pub fn to_gguf(t: &TokenizerTables) -> Result<Vec<(String, Value)>> {
     let n = t.vocab.len();
@@ -115,7 +111,7 @@ pub fn to_gguf(t: &TokenizerTables) -> Result<Vec<(String, Value)>> {
         TokenizerKind::SentencePieceBpe => {
             let mut tokens = Vec::with_capacity(n);
             for (id, piece) in t.vocab.iter().enumerate() {
-                if is_byte_token(t, id) {
+                if t.is_byte_token(id as u32) {
                     types[id] = TOKEN_BYTE;
                     tokens.push(format!("<0x{:02X}>", piece[0]));
                     continue;

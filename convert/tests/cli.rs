@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use edgelm_runtime::format::DType;
-use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
 fn run(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_edgelm-convert")).args(args).current_dir(dir).output().expect("runs")

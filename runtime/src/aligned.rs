@@ -8,6 +8,9 @@ use core::ops::Deref;
 #[repr(C, align(64))]
 struct Block([u8; 64]);
 
+// The byte views below assume a block is exactly 64 bytes, without padding.
+const _: () = assert!(core::mem::size_of::<Block>() == 64 && core::mem::align_of::<Block>() == 64);
+
 /// Owned, 64-byte aligned bytes.
 #[derive(Clone)]
 pub struct AlignedBytes {

@@ -23,7 +23,7 @@ const N_BUFFERS: usize = 15;
 
 /// Bytes of each buffer, in carving order.
 fn sizes(model: &Model<'_>, max_seq: usize) -> [usize; N_BUFFERS] {
-    let c = &model.config;
+    let c = model.config();
     let (dim, ffn, heads, hd) = (c.dim as usize, c.ffn_dim as usize, c.n_heads as usize, c.head_dim());
     let kv = model.max_blocks() * max_seq * c.kv_dim();
     let vocab = model.max_vocab();
@@ -60,7 +60,7 @@ impl Layout {
             max_seq,
             max_blocks: model.max_blocks(),
             max_vocab: model.max_vocab(),
-            kv_dim: model.config.kv_dim(),
+            kv_dim: model.config().kv_dim(),
             offsets,
             sizes,
             // + ALIGN: the caller's slice need not start aligned
@@ -96,6 +96,15 @@ impl Pod for f32 {}
 impl Pod for i8 {}
 impl Pod for u32 {}
 impl Pod for ProbIndex {}
+
+// The casts in `take` assume these layouts: no padding (every byte is part
+// of a value) and an alignment the 64-byte carving satisfies.
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<f32>() == 4 && size_of::<u32>() == 4 && size_of::<i8>() == 1);
+    assert!(size_of::<ProbIndex>() == 8 && align_of::<ProbIndex>() == 4);
+    assert!(ALIGN % align_of::<ProbIndex>() == 0 && ALIGN % align_of::<f32>() == 0);
+};
 
 /// Splits the next buffer (at `offset`, `bytes` long) off `rest`, which
 /// begins at arena offset `*at`.

@@ -7,11 +7,6 @@ use crate::format::Config;
 use crate::kernels::{matvec_f16_par, matvec_f32_par, matvec_q8_par, Kernels, Parallel};
 use crate::model::{Block, Domain, Matrix, Model, Weights};
 
-/// `out = x / sqrt(mean(x²) + eps) * w` (scalar; the forward pass uses `Kernels::rmsnorm`).
-pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    crate::kernels::reference::rmsnorm(out, x, w, eps)
-}
-
 /// In-place softmax (scalar; the forward pass uses `Kernels::softmax`).
 pub fn softmax(x: &mut [f32]) {
     crate::kernels::reference::softmax(x)
@@ -130,13 +125,13 @@ pub fn forward(
     pos: usize,
     logits: bool,
 ) {
-    let cfg = &model.config;
+    let cfg = model.config();
     domain.embedding.row_into(token as usize, s.x);
     rope_table(s.rope, pos, cfg.head_dim(), cfg.rope_theta);
 
     let mut layer = 0;
     let mut expansion = domain.expansion.iter().peekable();
-    for (i, b) in model.blocks.iter().enumerate() {
+    for (i, b) in model.blocks().iter().enumerate() {
         while let Some((_, eb)) = expansion.next_if(|(p, _)| *p as usize == i) {
             block(e, cfg, eb, s, layer, pos);
             layer += 1;

@@ -14,8 +14,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! `#![no_std]` at its core; `alloc` adds the file writer and aligned
-//! buffers, `std` (default) adds the `edgelm` CLI, mmap and evaluation helpers.
+//! `#![no_std]` at its core, and a library only (the `edgelm` CLI is the
+//! `edgelm-cli` crate). `alloc` adds the file writer and aligned buffers;
+//! `std` (default) adds the owned [`Engine`], worker threads and run-time
+//! kernel detection; `mmap` (default) maps model files instead of reading them.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -26,25 +28,26 @@ extern crate std;
 
 #[cfg(feature = "alloc")]
 mod aligned;
-pub mod arena;
-mod error;
+mod arena;
+pub mod bpb;
 #[cfg(feature = "std")]
-pub mod eval;
+mod engine;
+mod error;
 pub mod format;
-pub mod forward;
+mod forward;
 pub mod kernels;
 pub mod model;
 pub mod sampler;
 pub mod session;
-#[cfg(feature = "alloc")]
-pub mod synthetic;
 #[cfg(feature = "std")]
 pub mod threads;
 pub mod tokenizer;
 
 #[cfg(feature = "alloc")]
 pub use aligned::AlignedBytes;
-pub use error::{Error, Name, Result};
+#[cfg(feature = "std")]
+pub use engine::{Engine, EngineOptions};
+pub use error::{Error, ErrorKind, Name, Result};
 pub use format::{ModelFile, VerifyChecksum};
 pub use model::{Domain, Model};
 pub use sampler::SamplerConfig;
@@ -53,6 +56,9 @@ pub use session::{Session, SessionOptions, StopReason};
 /// Wrapper that gives embedded bytes the 64-byte alignment the loader needs.
 #[repr(C, align(64))]
 pub struct Aligned64<T: ?Sized>(pub T);
+
+// `include_model!` relies on the wrapper putting its bytes at offset 0 with 64-byte alignment.
+const _: () = assert!(core::mem::align_of::<Aligned64<[u8; 1]>>() == format::ALIGN);
 
 /// Embeds a model file in the binary, aligned for zero-copy loading:
 /// `static MODEL: &[u8] = edgelm_runtime::include_model!("../model.edgelm");`

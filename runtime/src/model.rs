@@ -125,13 +125,15 @@ impl Domain<'_> {
     }
 }
 
-/// A base model with any number of domain packs.
+/// A base model with any number of domain packs. Read-only from outside:
+/// the invariants the forward pass relies on (at least one domain, blocks
+/// matching the config) are established at load.
 #[derive(Clone, Debug)]
 pub struct Model<'a> {
-    pub config: Config,
-    pub model_id: &'a str,
-    pub blocks: heapless::Vec<Block<'a>, MAX_LAYERS>,
-    pub domains: heapless::Vec<Domain<'a>, MAX_DOMAINS>,
+    config: Config,
+    model_id: &'a str,
+    blocks: heapless::Vec<Block<'a>, MAX_LAYERS>,
+    domains: heapless::Vec<Domain<'a>, MAX_DOMAINS>,
 }
 
 type NameBuf = heapless::String<192>;
@@ -318,6 +320,26 @@ impl<'a> Model<'a> {
             return Err(Error::DuplicateDomain(Name::new(d.name)));
         }
         self.domains.push(d).map_err(|_| Error::TooManyDomains(MAX_DOMAINS))
+    }
+
+    /// The model's shape (from the base file).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// `model_id` of the base file (packs name it as their base).
+    pub fn model_id(&self) -> &'a str {
+        self.model_id
+    }
+
+    /// The base's transformer blocks.
+    pub fn blocks(&self) -> &[Block<'a>] {
+        &self.blocks
+    }
+
+    /// Every loaded domain: the base's first, then those of added packs.
+    pub fn domains(&self) -> &[Domain<'a>] {
+        &self.domains
     }
 
     /// The domain called `name`.

@@ -61,13 +61,18 @@ impl<'m, 'a> Session<'m, 'a> {
         Self::with_domain(model, domain, arena, opts)
     }
 
+    /// Opens a session on `domain`, one of `model.domains()`.
     pub fn with_domain(
         model: &'m Model<'a>,
         domain: &'m Domain<'a>,
         arena: &'m mut [u8],
         opts: SessionOptions,
     ) -> Result<Self> {
-        let limit = model.config.max_seq_len as usize;
+        // The arena and the forward pass are sized by this model's domains only.
+        if !model.domains().iter().any(|d| core::ptr::eq(d, domain)) {
+            return Err(Error::UnknownDomain(crate::error::Name::new(domain.name)));
+        }
+        let limit = model.config().max_seq_len as usize;
         if opts.max_seq == 0 || opts.max_seq > limit {
             return Err(Error::SeqTooLong { requested: opts.max_seq, limit });
         }
@@ -153,7 +158,7 @@ impl<'m, 'a> Session<'m, 'a> {
             return Err(Error::BadToken(token));
         }
         if self.len >= self.opts.max_seq {
-            return Err(Error::PromptTooLong { tokens: self.len + 1, limit: self.opts.max_seq });
+            return Err(Error::ContextFull { limit: self.opts.max_seq });
         }
         let pos = self.len;
         let exec = Exec { kernels: self.kernels, par: self.par };

@@ -7,7 +7,7 @@ use common::aligned;
 use edgelm_runtime::format::{
     checksum::xxh64, Config, DType, FileKind, FileWriter, ModelFile, ALIGN, CHECKSUM_LEN, PREAMBLE_LEN,
 };
-use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::{Error, Model, VerifyChecksum};
 
 fn cfg() -> Config {

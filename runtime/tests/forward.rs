@@ -6,7 +6,7 @@ mod common;
 use common::{aligned, Reference};
 use edgelm_runtime::format::DType;
 use edgelm_runtime::sampler::argmax;
-use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::{Model, SamplerConfig, Session, SessionOptions};
 
 fn tokens(n: usize, vocab: u32) -> Vec<u32> {

@@ -310,7 +310,7 @@ proptest! {
 #[test]
 fn forward_pass_matches_reference_tables() {
     use edgelm_runtime::format::DType;
-    use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
+    use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
     use edgelm_runtime::threads::Pool;
     use edgelm_runtime::{AlignedBytes, Model, Session, SessionOptions};
 
@@ -319,7 +319,7 @@ fn forward_pass_matches_reference_tables() {
     for dtype in [DType::Q8, DType::F16, DType::F32] {
         let bytes = AlignedBytes::from(synthetic_model(&SyntheticSpec::tiny(dtype)).unwrap());
         let model = Model::from_bytes(&bytes).unwrap();
-        let tokens: Vec<u32> = (0..20u32).map(|i| (i * 37 + 11) % model.config.vocab_size).collect();
+        let tokens: Vec<u32> = (0..20u32).map(|i| (i * 37 + 11) % model.config().vocab_size).collect();
         let run = |k: &'static Kernels, threads: bool| -> Vec<Vec<f32>> {
             let mut arena = vec![0u8; model.arena_bytes(32)];
             let mut s = Session::new(&model, "story", &mut arena, SessionOptions::new(32)).unwrap();

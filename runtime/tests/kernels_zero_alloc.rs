@@ -4,13 +4,11 @@
 
 use edgelm_runtime::format::DType;
 use edgelm_runtime::kernels::PARALLEL_MIN_BYTES;
-use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::threads::Pool;
 use edgelm_runtime::{AlignedBytes, Model, Session, SessionOptions};
 
-#[path = "support/counting_alloc.rs"]
-mod counting_alloc;
-use counting_alloc::{allocations, Counting};
+use edgelm_testkit::counting_alloc::{allocations, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;

@@ -5,7 +5,7 @@ mod common;
 
 use common::aligned;
 use edgelm_runtime::format::DType;
-use edgelm_runtime::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
+use edgelm_testkit::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
 use edgelm_runtime::{Error, Model, SamplerConfig, Session, SessionOptions};
 
 fn recipe_pack(identity_init: bool, own_vocab: Option<u32>) -> SyntheticPackSpec {
@@ -42,7 +42,7 @@ fn story_output_is_identical_with_and_without_a_pack() {
     let alone = Model::from_bytes(&base).unwrap();
     let mut with = Model::from_bytes(&base).unwrap();
     with.add_pack_bytes(&pack).unwrap();
-    assert_eq!(with.domains.len(), 2);
+    assert_eq!(with.domains().len(), 2);
     assert!(with.arena_bytes(64) > alone.arena_bytes(64), "the pack's blocks and vocabulary need room");
     let a = generate(&alone, "story", "Once upon a time");
     let b = generate(&with, "story", "Once upon a time");
@@ -63,12 +63,12 @@ fn a_pack_for_another_base_is_refused() {
     let mut model = Model::from_bytes(&base).unwrap();
     let e = model.add_pack_bytes(&foreign).unwrap_err();
     assert!(matches!(e, Error::PackBaseMismatch { .. }), "{e:?}");
-    assert_eq!(model.domains.len(), 1, "a refused pack leaves the model unchanged");
+    assert_eq!(model.domains().len(), 1, "a refused pack leaves the model unchanged");
     // a base is not a pack, and a domain cannot be loaded twice
     assert_eq!(model.add_pack_bytes(&base).unwrap_err(), Error::NotAPack);
     model.add_pack_bytes(&pack).unwrap();
     assert!(matches!(model.add_pack_bytes(&pack), Err(Error::DuplicateDomain(_))));
-    assert_eq!(model.domains.len(), 2);
+    assert_eq!(model.domains().len(), 2);
 }
 
 #[test]

@@ -2,12 +2,10 @@
 //! allocator watches prompt feeding, sampling and decoding.
 
 use edgelm_runtime::format::DType;
-use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::{AlignedBytes, Model, SamplerConfig, Session, SessionOptions};
 
-#[path = "support/counting_alloc.rs"]
-mod counting_alloc;
-use counting_alloc::{allocations, Counting};
+use edgelm_testkit::counting_alloc::{allocations, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;

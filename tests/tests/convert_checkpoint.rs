@@ -159,7 +159,7 @@ fn hf_checkpoint_matches_rotate_half_reference() {
         assert!(worst < 1e-4, "{st:?} tied={tied}: worst relative error {worst}");
         let aligned = AlignedBytes::from_slice(&conv.bytes);
         let m = Model::from_bytes(&aligned).unwrap();
-        assert_eq!(m.model_id, "sha256:test");
+        assert_eq!(m.model_id(), "sha256:test");
         assert_eq!(m.default_domain().name, "story");
         // q8: greedy agreement with the f64 reference
         let q8 = import_checkpoint(dir.path(), &ImportOptions::new(StoreDType::Q8)).unwrap();
@@ -183,12 +183,12 @@ fn model_id_is_computed_when_absent() {
     write_checkpoint(dir.path(), &c, &w, St::F32, None);
     let a = import_checkpoint(dir.path(), &ImportOptions::new(StoreDType::Q8)).unwrap();
     let aligned = AlignedBytes::from_slice(&a.bytes);
-    let id = Model::from_bytes(&aligned).unwrap().model_id.to_string();
+    let id = Model::from_bytes(&aligned).unwrap().model_id().to_string();
     assert!(id.starts_with("sha256:") && id.len() == 7 + 64, "{id}");
     // the id depends on the weights, not on the storage dtype
     let b = import_checkpoint(dir.path(), &ImportOptions::new(StoreDType::F32)).unwrap();
     let aligned = AlignedBytes::from_slice(&b.bytes);
-    assert_eq!(Model::from_bytes(&aligned).unwrap().model_id, id);
+    assert_eq!(Model::from_bytes(&aligned).unwrap().model_id(), id);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use edgelm_convert::gguf::{export_gguf, import_gguf, ExportOptions};
 use edgelm_convert::tokenizer_import::byte_to_char;
 use edgelm_convert::{Error, ImportOptions, StoreDType};
 use edgelm_runtime::format::{Config, DType, ModelFile, VerifyChecksum};
-use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::{AlignedBytes, Model};
 
 enum V {
@@ -449,7 +449,7 @@ fn step_logits(model: &Model<'_>, domain: &str, tokens: &[u32]) -> Vec<Vec<f32>>
 
 #[test]
 fn pack_domain_flattens_to_a_plain_llama() {
-    use edgelm_runtime::synthetic::{synthetic_pack, SyntheticPackSpec};
+    use edgelm_testkit::synthetic::{synthetic_pack, SyntheticPackSpec};
     let base_spec = SyntheticSpec::tiny(DType::F32);
     let base = synthetic_model(&base_spec).unwrap();
     let packs = [

@@ -9,7 +9,7 @@ use edgelm_convert::inspect::{describe, verify};
 use edgelm_convert::output::{check_not_input, write_bytes, write_with};
 use edgelm_convert::Error;
 use edgelm_runtime::format::DType;
-use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
 fn entries(dir: &std::path::Path) -> Vec<String> {
     let mut v: Vec<String> =

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use edgelm_convert::checkpoint::import_checkpoint;
 use edgelm_convert::inspect::verify;
 use edgelm_convert::{ImportOptions, StoreDType};
-use edgelm_runtime::eval::{eval_document, EvalTotals};
+use edgelm_runtime::bpb::{eval_document, Totals};
 use edgelm_runtime::{AlignedBytes, Model, Session, SessionOptions};
 
 /// Written for this test (not from the training corpus).
@@ -20,10 +20,10 @@ and she did not open the door.";
 fn bpb(bytes: &[u8]) -> f64 {
     let aligned = AlignedBytes::from_slice(bytes);
     let model = Model::from_bytes(&aligned).unwrap();
-    let seq = model.config.max_seq_len as usize;
+    let seq = model.config().max_seq_len as usize;
     let mut arena = vec![0u8; model.arena_bytes(seq)];
     let mut s = Session::with_domain(&model, model.default_domain(), &mut arena, SessionOptions::new(seq)).unwrap();
-    let mut totals = EvalTotals::default();
+    let mut totals = Totals::default();
     eval_document(&mut s, PASSAGE, &mut totals).unwrap();
     totals.bpb()
 }

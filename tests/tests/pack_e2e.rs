@@ -120,7 +120,7 @@ fn a_trained_expansion_runs_on_device_as_a_pack() {
     let base_bytes = import(&base_dir);
     let pack = AlignedBytes::from_slice(&domain_checkpoint_to_pack(&dom_dir, &base_dir, StoreDType::F32).unwrap());
     let alone = Model::from_bytes(&base_bytes).unwrap();
-    assert_eq!(alone.model_id, base_id);
+    assert_eq!(alone.model_id(), base_id);
     let mut with = Model::from_bytes(&base_bytes).unwrap();
     with.add_pack_bytes(&pack).unwrap();
 

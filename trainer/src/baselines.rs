@@ -13,7 +13,8 @@
 
 use crate::config::ModelConfig;
 use crate::eval::Scorer;
-use crate::expand::{block_forward, BlockW, Frozen};
+use crate::expand::Frozen;
+use crate::model::{block_forward, BlockW};
 use crate::model::Llama;
 use crate::ops;
 use crate::optim::{AdamW, AdamWParams, GradAccumulator};

@@ -2,7 +2,7 @@
 //! names), `config.json` (LlamaConfig + `edgelm` section), `tokenizer.json`, and for
 //! training `train_state.safetensors` + `train_state.json`.
 //!
-//! Every file is written atomically (temporary `*.edgelm.tmp` + rename), in the
+//! Every file is written atomically ([`crate::fsio`]), in the
 //! order model, config, tokenizer, train state tensors, train state JSON. The JSON
 //! written last is the commit record: it names the step and the `model_id` of the
 //! weights it belongs to, so `--resume` detects a torn checkpoint instead of
@@ -18,11 +18,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const CONFIG_FILE: &str = "config.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-pub const STATE_TENSORS_FILE: &str = "train_state.safetensors";
-pub const STATE_FILE: &str = "train_state.json";
+pub use edgelm_checkpoint::{CONFIG_FILE, MODEL_FILE, STATE_FILE, STATE_TENSORS_FILE, TOKENIZER_FILE};
 
 /// `sha256:<hex>` over the tensors in name order; for each tensor the UTF-8 name,
 /// a 0 byte, then its values as f32 little-endian.
@@ -53,9 +49,9 @@ pub fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>, dtype: DTyp
         .iter()
         .map(|(k, v)| Ok((k.clone(), v.to_dtype(dtype)?.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
-    let tmp = crate::error::tmp_path(path);
-    candle_core::safetensors::save(&conv, &tmp).map_err(|e| Error::ckpt(&tmp, format!("cannot write: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename into place", path, e))
+    crate::fsio::write_atomic_with(path, |tmp| {
+        candle_core::safetensors::save(&conv, tmp).map_err(|e| Error::ckpt(tmp, format!("cannot write: {e}")))
+    })
 }
 
 /// Reads a safetensors file (any float dtype) as f32 tensors.
@@ -78,15 +74,17 @@ pub fn save_model(dir: &Path, model: &Llama, tok: &EdgeTokenizer, domains: &[Str
         tensors.iter().map(|(k, v)| Ok((k.clone(), v.to_dtype(dtype)?))).collect::<Result<_>>()?;
     let id = model_id(&stored)?;
     write_tensors(&dir.join(MODEL_FILE), &stored, dtype)?;
-    let mut cfg = HfConfig::new(&model.cfg, domains.to_vec(), id.clone());
-    cfg.torch_dtype = match dtype {
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        _ => "float32",
-    }
-    .into();
+    let mut cfg = model.cfg.to_hf(domains.to_vec(), id.clone());
+    cfg.torch_dtype = Some(
+        match dtype {
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+            _ => "float32",
+        }
+        .into(),
+    );
     let json = serde_json::to_string_pretty(&cfg).expect("config serialises");
-    crate::error::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
+    crate::fsio::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
     tok.save(&dir.join(TOKENIZER_FILE))?;
     Ok(id)
 }
@@ -104,14 +102,14 @@ pub fn load_config(dir: &Path) -> Result<HfConfig> {
     if !dir.is_dir() {
         return Err(Error::ckpt(dir, "not a directory (pass the --out directory of `edgelm-train base`)"));
     }
-    let bytes = crate::error::read(&p)?;
+    let bytes = crate::fsio::read(&p)?;
     serde_json::from_slice(&bytes).map_err(|source| Error::Json { path: p, source })
 }
 
 /// Loads model + tokenizer + config from a checkpoint directory.
 pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     let config = load_config(dir)?;
-    let model_cfg: ModelConfig = config.model();
+    let model_cfg = ModelConfig::from_hf(&config);
     let tensors = load_tensors(&dir.join(MODEL_FILE), device)?;
     let model = Llama::from_tensors(&model_cfg, tensors, device).map_err(|e| Error::ckpt(dir, e.to_string()))?;
     let tokenizer = EdgeTokenizer::load(&dir.join(TOKENIZER_FILE))?;
@@ -146,7 +144,7 @@ pub struct TrainState {
 pub fn save_state(dir: &Path, state: &TrainState, opt_tensors: &HashMap<String, Tensor>) -> Result<()> {
     write_tensors(&dir.join(STATE_TENSORS_FILE), opt_tensors, DType::F32)?;
     let json = serde_json::to_string_pretty(state).expect("state serialises");
-    crate::error::write_atomic(&dir.join(STATE_FILE), json.as_bytes())
+    crate::fsio::write_atomic(&dir.join(STATE_FILE), json.as_bytes())
 }
 
 /// Reads the training state and checks it belongs to the model in `dir`.
@@ -155,7 +153,7 @@ pub fn load_state(dir: &Path, model: &Llama, device: &Device) -> Result<(TrainSt
     if !p.exists() {
         return Err(Error::ckpt(dir, "no train_state.json: nothing to resume (drop --resume to start fresh)"));
     }
-    let bytes = crate::error::read(&p)?;
+    let bytes = crate::fsio::read(&p)?;
     let state: TrainState = serde_json::from_slice(&bytes).map_err(|source| Error::Json { path: p, source })?;
     let id = model_id(&model.tensors())?;
     if id != state.model_id {

@@ -80,81 +80,52 @@ impl ModelConfig {
     }
 }
 
-/// The `edgelm` section of config.json.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EdgelmSection {
-    pub format: u32,
-    pub kind: String,
-    pub domains: Vec<String>,
-    pub model_id: String,
-    pub base_model_id: Option<String>,
-    pub expansion: Option<serde_json::Value>,
-}
+/// config.json of a checkpoint: the checkpoint contract's type (Hugging Face
+/// `LlamaConfig` names plus the `edgelm` section).
+pub use edgelm_checkpoint::{EdgelmSection, LlamaConfig as HfConfig};
 
-/// config.json of a checkpoint (Hugging Face `LlamaConfig` names).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HfConfig {
-    pub architectures: Vec<String>,
-    pub model_type: String,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub num_key_value_heads: usize,
-    pub vocab_size: usize,
-    pub max_position_embeddings: usize,
-    pub rope_theta: f64,
-    pub rms_norm_eps: f64,
-    pub tie_word_embeddings: bool,
-    pub hidden_act: String,
-    pub torch_dtype: String,
-    pub bos_token_id: u32,
-    pub eos_token_id: u32,
-    pub edgelm: EdgelmSection,
-}
-
-impl HfConfig {
-    pub fn new(m: &ModelConfig, domains: Vec<String>, model_id: String) -> Self {
+impl ModelConfig {
+    /// config.json for a base model of this shape serving `domains`, with
+    /// weights `model_id`.
+    pub fn to_hf(&self, domains: Vec<String>, model_id: String) -> HfConfig {
         HfConfig {
             architectures: vec!["LlamaForCausalLM".into()],
             model_type: "llama".into(),
-            hidden_size: m.dim,
-            intermediate_size: m.ffn_dim,
-            num_hidden_layers: m.n_layers,
-            num_attention_heads: m.n_heads,
-            num_key_value_heads: m.n_kv_heads,
-            vocab_size: m.vocab_size,
-            max_position_embeddings: m.max_seq,
-            rope_theta: m.rope_theta,
-            rms_norm_eps: m.norm_eps,
-            tie_word_embeddings: m.tie_embeddings,
-            hidden_act: "silu".into(),
-            torch_dtype: "float32".into(),
-            bos_token_id: 0,
-            eos_token_id: 0,
-            edgelm: EdgelmSection {
-                format: 1,
-                kind: "base".into(),
-                domains,
-                model_id,
-                base_model_id: None,
-                expansion: None,
-            },
+            hidden_size: self.dim,
+            intermediate_size: self.ffn_dim,
+            num_hidden_layers: self.n_layers,
+            num_attention_heads: self.n_heads,
+            num_key_value_heads: Some(self.n_kv_heads),
+            head_dim: None,
+            vocab_size: self.vocab_size,
+            max_position_embeddings: Some(self.max_seq),
+            rope_theta: Some(self.rope_theta),
+            rms_norm_eps: Some(self.norm_eps),
+            tie_word_embeddings: self.tie_embeddings,
+            hidden_act: Some("silu".into()),
+            rope_scaling: None,
+            attention_bias: None,
+            mlp_bias: None,
+            torch_dtype: Some("float32".into()),
+            bos_token_id: Some(edgelm_checkpoint::TokenIds::One(0)),
+            eos_token_id: Some(edgelm_checkpoint::TokenIds::One(0)),
+            edgelm: EdgelmSection { domains, model_id: Some(model_id), ..Default::default() },
         }
     }
 
-    pub fn model(&self) -> ModelConfig {
+    /// The model shape a config.json describes.
+    pub fn from_hf(c: &HfConfig) -> Self {
         ModelConfig {
-            dim: self.hidden_size,
-            n_layers: self.num_hidden_layers,
-            n_heads: self.num_attention_heads,
-            n_kv_heads: self.num_key_value_heads,
-            ffn_dim: self.intermediate_size,
-            vocab_size: self.vocab_size,
-            max_seq: self.max_position_embeddings,
-            rope_theta: self.rope_theta,
-            norm_eps: self.rms_norm_eps,
-            tie_embeddings: self.tie_word_embeddings,
+            dim: c.hidden_size,
+            n_layers: c.num_hidden_layers,
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.kv_heads(),
+            ffn_dim: c.intermediate_size,
+            vocab_size: c.vocab_size,
+            max_seq: c.max_positions(),
+            rope_theta: c.rope_theta(),
+            norm_eps: c.norm_eps(),
+            tie_embeddings: c.tie_word_embeddings,
         }
     }
 }
@@ -221,7 +192,7 @@ pub struct FileConfig {
 impl FileConfig {
     /// Reads a TOML config file.
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let text = String::from_utf8(crate::error::read(path)?)
+        let text = String::from_utf8(crate::fsio::read(path)?)
             .map_err(|_| Error::Config(format!("{} is not UTF-8", path.display())))?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// The document separator line.
-pub const SEPARATOR: &str = "<|endoftext|>";
+pub use edgelm_runtime::bpb::SEPARATOR;
 
 /// Limits applied when reading a corpus.
 #[derive(Debug, Clone, Copy)]
@@ -24,42 +24,12 @@ impl Default for Limits {
     }
 }
 
-/// Splits `text` into documents per the evaluation protocol: on lines that are
-/// exactly `<|endoftext|>`; each document loses its final newline; empty documents
-/// are skipped. Returns `(first line number, document)` pairs.
+/// Splits `text` into documents per the evaluation protocol (the runtime's
+/// splitter, [`edgelm_runtime::bpb::documents_with_lines`]): on lines that are
+/// exactly `<|endoftext|>`; each document loses its final newline; empty
+/// documents are skipped. Returns `(first line number, document)` pairs.
 pub fn split_documents(text: &str) -> Vec<(usize, &str)> {
-    let mut docs = Vec::new();
-    let mut start = 0usize; // byte offset of the current document
-    let mut start_line = 1usize;
-    let mut line_no = 1usize;
-    let mut pos = 0usize;
-    let bytes = text.as_bytes();
-    while pos < bytes.len() {
-        let end = memchr_nl(bytes, pos);
-        let line = &text[pos..end];
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        let next = if end < bytes.len() { end + 1 } else { end };
-        if line == SEPARATOR {
-            push_doc(&mut docs, &text[start..pos], start_line);
-            start = next;
-            start_line = line_no + 1;
-        }
-        pos = next;
-        line_no += 1;
-    }
-    push_doc(&mut docs, &text[start..], start_line);
-    docs
-}
-
-fn memchr_nl(b: &[u8], from: usize) -> usize {
-    b[from..].iter().position(|&c| c == b'\n').map_or(b.len(), |i| from + i)
-}
-
-fn push_doc<'a>(docs: &mut Vec<(usize, &'a str)>, doc: &'a str, line: usize) {
-    let doc = doc.strip_suffix('\n').unwrap_or(doc);
-    if !doc.is_empty() {
-        docs.push((line, doc));
-    }
+    edgelm_runtime::bpb::documents_with_lines(text).collect()
 }
 
 /// A corpus file read into memory.
@@ -79,7 +49,7 @@ impl Corpus {
                 "file not found (pass a UTF-8 text file whose documents are separated by `<|endoftext|>` lines)".into(),
             ));
         }
-        let bytes = crate::error::read(path)?;
+        let bytes = crate::fsio::read(path)?;
         let text = String::from_utf8(bytes)
             .map_err(|e| err(format!("not valid UTF-8 at byte {}", e.utf8_error().valid_up_to())))?;
         let corpus = Corpus { path: path.to_path_buf(), text };
@@ -101,6 +71,25 @@ impl Corpus {
     /// The documents, with the line each starts on.
     pub fn documents(&self) -> Vec<(usize, &str)> {
         split_documents(&self.text)
+    }
+
+    /// The first documents, until at least `max_bytes` of text are taken
+    /// (0: the whole corpus).
+    pub fn head(self, max_bytes: usize) -> Corpus {
+        if max_bytes == 0 {
+            return self;
+        }
+        let mut text = String::new();
+        for (_, d) in self.documents() {
+            if text.len() >= max_bytes {
+                break;
+            }
+            text.push_str(d);
+            text.push('\n');
+            text.push_str(SEPARATOR);
+            text.push('\n');
+        }
+        Corpus { path: self.path, text }
     }
 }
 
@@ -149,7 +138,7 @@ impl TokenStream {
         }
         let s = Self::build(corpus, tok, tag)?;
         std::fs::create_dir_all(cache_dir).map_err(|e| Error::io("cannot create cache dir", cache_dir, e))?;
-        crate::error::write_atomic(&file, &s.encode())?;
+        crate::fsio::write_atomic(&file, &s.encode())?;
         Ok(s)
     }
 
@@ -216,17 +205,6 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_per_protocol() {
-        let t = "a\nb\n<|endoftext|>\n\n<|endoftext|>\nc\n<|endoftext|>\n";
-        let d: Vec<&str> = split_documents(t).into_iter().map(|x| x.1).collect();
-        assert_eq!(d, vec!["a\nb", "c"]);
-        // A separator-like line inside text is not a separator.
-        let d = split_documents("x <|endoftext|>\ny");
-        assert_eq!(d.len(), 1);
-        assert_eq!(split_documents("<|endoftext|>\nz\n<|endoftext|>")[0], (2, "z"));
-    }
 
     #[test]
     fn cache_roundtrip() {

@@ -51,26 +51,3 @@ impl Error {
         Error::Checkpoint { path: path.into(), msg: msg.into() }
     }
 }
-
-/// Reads a whole file, with the path in the error.
-pub(crate) fn read(path: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))
-}
-
-/// Writes `bytes` to `path` atomically: a temporary `*.edgelm.tmp` file in the same
-/// directory, flushed, then renamed over the destination.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = tmp_path(path);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io("cannot write", &tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename into place", path, e))
-}
-
-/// The temporary name used by [`write_atomic`] (ignored by git: `*.edgelm.tmp`).
-pub(crate) fn tmp_path(path: &std::path::Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".edgelm.tmp");
-    path.with_file_name(name)
-}

@@ -1,16 +1,10 @@
-//! Evaluation protocol (docs/CHECKPOINT.md), shared with the on-device runtime:
-//!
-//! 1. documents = text between `<|endoftext|>` lines, final newline removed, empty
-//!    ones skipped;
-//! 2. tokens = `[bos] (+ tag) + encode(doc) + [eos]`; the tag is context, not scored;
-//! 3. every token after the first is scored with `-ln p(token | previous)`; a
-//!    document longer than the context is scored in consecutive windows of
-//!    `max_seq` tokens, each window after the first starting with the last token of
-//!    the previous one as its only context;
-//! 4. `bpb = total_nats / ln 2 / document_bytes`, `loss = total_nats / scored`,
-//!    `ppl = exp(loss)`.
+//! Bits per byte with candle: the protocol of docs/CHECKPOINT.md is the
+//! runtime's ([`edgelm_runtime::bpb`]: the document splitter, the scoring
+//! windows, the totals), so `edgelm-train eval` and `edgelm eval` agree; here
+//! the windows are scored in padded batches by a [`Scorer`].
 
 use crate::corpus::split_documents;
+use edgelm_runtime::bpb::{self, Totals};
 use crate::model::Llama;
 use crate::tokenizer::EdgeTokenizer;
 use crate::Result;
@@ -31,15 +25,15 @@ pub struct EvalResult {
 
 impl EvalResult {
     pub fn from_totals(documents: usize, bytes: u64, scored: u64, nats: f64) -> Self {
-        let loss = nats / scored.max(1) as f64;
+        let t = Totals { nats, scored_tokens: scored, bytes, documents: documents as u64 };
         EvalResult {
             documents,
             bytes,
             scored_tokens: scored,
             total_nats: nats,
-            loss,
-            ppl: loss.exp(),
-            bpb: nats / std::f64::consts::LN_2 / bytes.max(1) as f64,
+            loss: t.loss(),
+            ppl: t.perplexity(),
+            bpb: t.bpb(),
         }
     }
 }
@@ -52,19 +46,13 @@ pub struct Window {
     pub first_scored: usize,
 }
 
-/// Cuts a document's token sequence into protocol windows. `unscored` leading
-/// targets (1 when a tag follows BOS) are not scored.
+/// Cuts a document's token sequence into the protocol's windows
+/// ([`edgelm_runtime::bpb::windows`]). `unscored` leading targets (1 when a
+/// tag follows BOS) are not scored.
 pub fn windows(tokens: &[u32], max_seq: usize, unscored: usize) -> Vec<Window> {
-    let mut out = Vec::new();
-    let mut start = 0usize;
-    while start + 1 < tokens.len() {
-        let end = (start + max_seq).min(tokens.len());
-        // Target index j in this window predicts tokens[start + j + 1].
-        let first_scored = unscored.saturating_sub(start);
-        out.push(Window { tokens: tokens[start..end].to_vec(), first_scored });
-        start = end - 1;
-    }
-    out
+    bpb::windows(tokens.len(), max_seq, unscored)
+        .map(|w| Window { tokens: tokens[w.start..w.end].to_vec(), first_scored: w.first_scored - w.start })
+        .collect()
 }
 
 /// Something that returns `-ln p` of each next token of a batch of windows.

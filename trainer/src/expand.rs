@@ -19,12 +19,12 @@
 
 use crate::checkpoint::{self, CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE};
 use crate::config::{HfConfig, ModelConfig};
-use crate::model::{Block, Llama};
+use edgelm_checkpoint::{Expansion, Kind};
+use crate::model::{block_forward, BlockW, Llama};
 use crate::ops::{self, Rope};
 use crate::tokenizer::EdgeTokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -39,36 +39,8 @@ pub fn domain_layer_name(j: usize, suffix: &str) -> String {
     format!("domain.layers.{j}.{suffix}")
 }
 
-/// How the domain tokenizes text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TokenizerMode {
-    /// The domain's own tokenizer, embedding, final norm and head.
-    #[serde(rename = "per-domain")]
-    PerDomain,
-    /// The base's tokenizer, embedding and head, plus a tag token after BOS.
-    #[serde(rename = "shared")]
-    Shared,
-}
-
-impl std::str::FromStr for TokenizerMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "per-domain" => Ok(TokenizerMode::PerDomain),
-            "shared" => Ok(TokenizerMode::Shared),
-            o => Err(format!("unknown tokenizer mode {o:?}: use per-domain or shared")),
-        }
-    }
-}
-
-impl TokenizerMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            TokenizerMode::PerDomain => "per-domain",
-            TokenizerMode::Shared => "shared",
-        }
-    }
-}
+/// How the domain tokenizes text (part of the checkpoint contract).
+pub use edgelm_checkpoint::TokenizerMode;
 
 /// `k` positions: after every ⌈L/k⌉ base blocks (capped at L).
 pub fn default_positions(n_layers: usize, k: usize) -> Vec<usize> {
@@ -77,63 +49,6 @@ pub fn default_positions(n_layers: usize, k: usize) -> Vec<usize> {
     }
     let step = n_layers.div_ceil(k).max(1);
     (1..=k).map(|j| (j * step).min(n_layers)).collect()
-}
-
-/// A block's weights as plain tensors (tracked vars, or detached frozen copies).
-#[derive(Debug, Clone)]
-pub struct BlockW {
-    pub attn_norm: Tensor,
-    pub wq: Tensor,
-    pub wk: Tensor,
-    pub wv: Tensor,
-    pub wo: Tensor,
-    pub mlp_norm: Tensor,
-    pub w_gate: Tensor,
-    pub w_up: Tensor,
-    pub w_down: Tensor,
-}
-
-impl BlockW {
-    /// `detach`: no gradient flows into these weights (frozen).
-    pub fn of(b: &Block, detach: bool) -> Self {
-        let t = |v: &Var| if detach { v.as_tensor().detach() } else { v.as_tensor().clone() };
-        BlockW {
-            attn_norm: t(&b.attn_norm),
-            wq: t(&b.wq),
-            wk: t(&b.wk),
-            wv: t(&b.wv),
-            wo: t(&b.wo),
-            mlp_norm: t(&b.mlp_norm),
-            w_gate: t(&b.w_gate),
-            w_up: t(&b.w_up),
-            w_down: t(&b.w_down),
-        }
-    }
-}
-
-/// One decoder block on `x: [B*T, dim]` — the same maths as [`Llama::block`]
-/// (tested equal), over plain tensors so frozen weights can be detached and LoRA
-/// can pass merged weights.
-pub fn block_forward(cfg: &ModelConfig, rope: &Rope, w: &BlockW, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
-    let (hd, nh, nkv) = (cfg.head_dim(), cfg.n_heads, cfg.n_kv_heads);
-    let rep = nh / nkv;
-    let h = ops::rms_norm(x, &w.attn_norm, cfg.norm_eps)?;
-    let q = h.matmul(&w.wq.t()?)?.reshape((b, t, nh, hd))?;
-    let k = h.matmul(&w.wk.t()?)?.reshape((b, t, nkv, hd))?;
-    let v = h.matmul(&w.wv.t()?)?.reshape((b, t, nkv, hd))?;
-    let q = rope.apply(&q)?.transpose(1, 2)?.contiguous()?;
-    let k = rope.apply(&k)?.transpose(1, 2)?.contiguous()?;
-    let v = v.transpose(1, 2)?.contiguous()?;
-    let q = q.reshape((b, nkv, rep * t, hd))?;
-    let scores = q.matmul(&k.t()?)?;
-    let p = ops::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
-    let o = p.matmul(&v)?;
-    let o = o.reshape((b, nh, t, hd))?.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
-    let x = (x + o.matmul(&w.wo.t()?)?)?;
-    let h = ops::rms_norm(&x, &w.mlp_norm, cfg.norm_eps)?;
-    let g = ops::silu(&h.matmul(&w.w_gate.t()?)?)?;
-    let u = h.matmul(&w.w_up.t()?)?;
-    Ok((&x + (g * u)?.matmul(&w.w_down.t()?)?)?)
 }
 
 /// The frozen view of a base model: detached weights and the RoPE tables.
@@ -372,14 +287,14 @@ impl Expanded {
         Ok(self.forward(&x)?.get(0)?.get(ctx.len() - 1)?.to_vec1::<f32>()?)
     }
 
-    /// The `expansion` object of config.json.
-    pub fn expansion_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "positions": self.positions,
-            "tokenizer": self.mode.name(),
-            "tag_token": self.tag_token,
-            "vocab_size": self.vocab_size,
-        })
+    /// The `edgelm.expansion` of config.json.
+    pub fn expansion(&self) -> Expansion {
+        Expansion {
+            positions: self.positions.clone(),
+            tokenizer: self.mode,
+            tag_token: self.tag_token,
+            vocab_size: Some(self.vocab_size),
+        }
     }
 
     /// Writes the domain checkpoint: model.safetensors (new tensors only),
@@ -392,14 +307,14 @@ impl Expanded {
         let id = checkpoint::model_id(&tensors)?;
         checkpoint::write_tensors(&dir.join(MODEL_FILE), &tensors, DType::F32)?;
         let mut cfg = base_cfg.clone();
-        cfg.torch_dtype = "float32".into();
-        cfg.edgelm.kind = "domain".into();
+        cfg.torch_dtype = Some("float32".into());
+        cfg.edgelm.kind = Kind::Domain;
         cfg.edgelm.domains = vec![self.domain.clone()];
-        cfg.edgelm.base_model_id = Some(base_cfg.edgelm.model_id.clone());
-        cfg.edgelm.model_id = id.clone();
-        cfg.edgelm.expansion = Some(self.expansion_json());
+        cfg.edgelm.base_model_id = base_cfg.edgelm.model_id.clone();
+        cfg.edgelm.model_id = Some(id.clone());
+        cfg.edgelm.expansion = Some(self.expansion());
         let json = serde_json::to_string_pretty(&cfg).expect("config serialises");
-        crate::error::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
+        crate::fsio::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
         tok.save(&dir.join(TOKENIZER_FILE))?;
         Ok(id)
     }
@@ -458,23 +373,17 @@ pub struct DomainCheckpoint {
     pub tokenizer: EdgeTokenizer,
 }
 
-/// Parsed `edgelm.expansion` of a domain config.json.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ExpansionInfo {
-    pub positions: Vec<usize>,
-    pub tokenizer: TokenizerMode,
-    pub tag_token: Option<u32>,
-}
-
 /// Loads a domain checkpoint over its base checkpoint; refuses a base whose
 /// `model_id` (recomputed from its tensors) is not the one recorded.
 pub fn load_domain(domain_dir: &Path, base_dir: &Path, device: &Device) -> Result<DomainCheckpoint> {
     let config = checkpoint::load_config(domain_dir)?;
-    if config.edgelm.kind != "domain" {
-        return Err(Error::ckpt(domain_dir, format!("edgelm.kind is {:?}, not \"domain\"", config.edgelm.kind)));
+    if config.edgelm.kind != Kind::Domain {
+        return Err(Error::ckpt(
+            domain_dir,
+            format!("edgelm.kind is {:?}, not \"domain\"", config.edgelm.kind.name()),
+        ));
     }
-    let exp: ExpansionInfo = serde_json::from_value(config.edgelm.expansion.clone().unwrap_or_default())
-        .map_err(|e| Error::ckpt(domain_dir, format!("edgelm.expansion: {e}")))?;
+    let exp = config.edgelm.expansion.clone().ok_or_else(|| Error::ckpt(domain_dir, "no edgelm.expansion"))?;
     let base = checkpoint::load(base_dir, device)?;
     let base_id = checkpoint::model_id(&base.model.tensors())?;
     let want = config.edgelm.base_model_id.clone().unwrap_or_default();

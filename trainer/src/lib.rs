@@ -21,6 +21,7 @@ pub mod error;
 pub mod eval;
 pub mod expand;
 pub mod experiment;
+pub mod fsio;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -223,27 +223,7 @@ impl Llama {
 
     /// One block on `x: [B*T, dim]`.
     pub fn block(&self, blk: &Block, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
-        let c = &self.cfg;
-        let (hd, nh, nkv) = (c.head_dim(), c.n_heads, c.n_kv_heads);
-        let rep = nh / nkv;
-        let h = ops::rms_norm(x, &blk.attn_norm, c.norm_eps)?;
-        let q = h.matmul(&blk.wq.t()?)?.reshape((b, t, nh, hd))?;
-        let k = h.matmul(&blk.wk.t()?)?.reshape((b, t, nkv, hd))?;
-        let v = h.matmul(&blk.wv.t()?)?.reshape((b, t, nkv, hd))?;
-        let q = self.rope.apply(&q)?.transpose(1, 2)?.contiguous()?; // [B, H, T, hd]
-        let k = self.rope.apply(&k)?.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
-        let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
-                                                  // Query heads sharing a KV head are stacked: [B, KV, rep*T, hd].
-        let q = q.reshape((b, nkv, rep * t, hd))?;
-        let scores = q.matmul(&k.t()?)?; // [B, KV, rep*T, T]
-        let p = ops::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
-        let o = p.matmul(&v)?; // [B, KV, rep*T, hd]
-        let o = o.reshape((b, nh, t, hd))?.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
-        let x = (x + o.matmul(&blk.wo.t()?)?)?;
-        let h = ops::rms_norm(&x, &blk.mlp_norm, c.norm_eps)?;
-        let g = ops::silu(&h.matmul(&blk.w_gate.t()?)?)?;
-        let u = h.matmul(&blk.w_up.t()?)?;
-        Ok((&x + (g * u)?.matmul(&blk.w_down.t()?)?)?)
+        block_forward(&self.cfg, &self.rope, &BlockW::of(blk, false), x, b, t)
     }
 
     /// Logits of the last position for one sequence of ids (no cache; the last
@@ -255,6 +235,64 @@ impl Llama {
         let logits = self.forward(&x)?; // [1, T, V]
         Ok(logits.get(0)?.get(ctx.len() - 1)?.to_vec1::<f32>()?)
     }
+}
+
+/// A block's weights as plain tensors (tracked vars, or detached frozen copies).
+#[derive(Debug, Clone)]
+pub struct BlockW {
+    pub attn_norm: Tensor,
+    pub wq: Tensor,
+    pub wk: Tensor,
+    pub wv: Tensor,
+    pub wo: Tensor,
+    pub mlp_norm: Tensor,
+    pub w_gate: Tensor,
+    pub w_up: Tensor,
+    pub w_down: Tensor,
+}
+
+impl BlockW {
+    /// `detach`: no gradient flows into these weights (frozen).
+    pub fn of(b: &Block, detach: bool) -> Self {
+        let t = |v: &Var| if detach { v.as_tensor().detach() } else { v.as_tensor().clone() };
+        BlockW {
+            attn_norm: t(&b.attn_norm),
+            wq: t(&b.wq),
+            wk: t(&b.wk),
+            wv: t(&b.wv),
+            wo: t(&b.wo),
+            mlp_norm: t(&b.mlp_norm),
+            w_gate: t(&b.w_gate),
+            w_up: t(&b.w_up),
+            w_down: t(&b.w_down),
+        }
+    }
+}
+
+/// One decoder block on `x: [B*T, dim]`, the one block forward of the trainer:
+/// over plain tensors, so [`Llama::block`] passes its tracked vars, expansion
+/// detached frozen copies and LoRA merged weights.
+pub fn block_forward(cfg: &ModelConfig, rope: &Rope, w: &BlockW, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+    let (hd, nh, nkv) = (cfg.head_dim(), cfg.n_heads, cfg.n_kv_heads);
+    let rep = nh / nkv;
+    let h = ops::rms_norm(x, &w.attn_norm, cfg.norm_eps)?;
+    let q = h.matmul(&w.wq.t()?)?.reshape((b, t, nh, hd))?;
+    let k = h.matmul(&w.wk.t()?)?.reshape((b, t, nkv, hd))?;
+    let v = h.matmul(&w.wv.t()?)?.reshape((b, t, nkv, hd))?;
+    let q = rope.apply(&q)?.transpose(1, 2)?.contiguous()?; // [B, H, T, hd]
+    let k = rope.apply(&k)?.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
+    let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
+    // Query heads sharing a KV head are stacked: [B, KV, rep*T, hd].
+    let q = q.reshape((b, nkv, rep * t, hd))?;
+    let scores = q.matmul(&k.t()?)?; // [B, KV, rep*T, T]
+    let p = ops::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
+    let o = p.matmul(&v)?; // [B, KV, rep*T, hd]
+    let o = o.reshape((b, nh, t, hd))?.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
+    let x = (x + o.matmul(&w.wo.t()?)?)?;
+    let h = ops::rms_norm(&x, &w.mlp_norm, cfg.norm_eps)?;
+    let g = ops::silu(&h.matmul(&w.w_gate.t()?)?)?;
+    let u = h.matmul(&w.w_up.t()?)?;
+    Ok((&x + (g * u)?.matmul(&w.w_down.t()?)?)?)
 }
 
 #[cfg(test)]

@@ -13,9 +13,8 @@ pub fn loss_curve(path: &Path, rows: &[LogRow]) -> Result<()> {
         return Ok(());
     }
     let err = |e: String| Error::Plot { path: path.to_path_buf(), msg: e };
-    let tmp = path.with_extension("png.edgelm.tmp.png");
-    {
-        let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
+    crate::fsio::write_atomic_with(path, |tmp| {
+        let root = BitMapBackend::new(tmp, (800, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let x_max = rows.last().map_or(1, |r| r.step).max(1) as f64;
         let y_max = rows.iter().take(5).map(|r| r.loss).fold(0.0, f64::max).max(0.1) * 1.05;
@@ -48,7 +47,6 @@ pub fn loss_curve(path: &Path, rows: &[LogRow]) -> Result<()> {
             rows.iter().filter_map(|r| r.valid_loss.map(|v| (r.step as f64, v.min(y_max)))).collect();
         chart.draw_series(LineSeries::new(valid.clone(), RED.stroke_width(2))).map_err(|e| err(e.to_string()))?;
         chart.draw_series(valid.iter().map(|&p| Circle::new(p, 3, RED.filled()))).map_err(|e| err(e.to_string()))?;
-        root.present().map_err(|e| err(e.to_string()))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename into place", path, e))
+        root.present().map_err(|e| err(e.to_string()))
+    })
 }

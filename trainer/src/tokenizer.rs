@@ -96,14 +96,14 @@ impl EdgeTokenizer {
                 path.display()
             )));
         }
-        let json = String::from_utf8(crate::error::read(path)?)
+        let json = String::from_utf8(crate::fsio::read(path)?)
             .map_err(|_| Error::Tokenizer(format!("{} is not UTF-8", path.display())))?;
         Self::from_json(json).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
     }
 
     /// Writes tokenizer.json atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::error::write_atomic(path, self.json.as_bytes())
+        crate::fsio::write_atomic(path, self.json.as_bytes())
     }
 
     pub fn json(&self) -> &str {

@@ -167,7 +167,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
         text.push_str(&r.csv());
         text.push('\n');
     }
-    crate::error::write_atomic(&log_path, text.as_bytes())?;
+    crate::fsio::write_atomic(&log_path, text.as_bytes())?;
     let mut log =
         std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| Error::io("cannot open", &log_path, e))?;
 

@@ -78,7 +78,7 @@ fn checkpoint_round_trip_f32_and_half() {
         let id = checkpoint::save_model(&out, &m, &tok, &["story".into()], dt).unwrap();
         let ck = checkpoint::load(&out, &Device::Cpu).unwrap();
         assert_eq!(ck.model.cfg, cfg);
-        assert_eq!(ck.config.edgelm.model_id, id);
+        assert_eq!(ck.config.edgelm.model_id.as_deref(), Some(id.as_str()));
         assert_eq!(checkpoint::model_id(&ck.model.tensors()).unwrap(), id);
         let got = ck.model.forward(&ids).unwrap();
         let d = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

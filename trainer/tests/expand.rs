@@ -184,9 +184,9 @@ fn expansion_training_leaves_every_base_tensor_bit_identical() {
     let dom = dir.join("recipe");
     let dom_id = e.save(&dom, &ck.config, &fx.recipe_tok).unwrap();
     let cfg = checkpoint::load_config(&dom).unwrap();
-    assert_eq!(cfg.edgelm.kind, "domain");
+    assert_eq!(cfg.edgelm.kind, edgelm_checkpoint::Kind::Domain);
     assert_eq!(cfg.edgelm.base_model_id.as_deref(), Some(base_id.as_str()));
-    assert_eq!(cfg.edgelm.model_id, dom_id);
+    assert_eq!(cfg.edgelm.model_id.as_deref(), Some(dom_id.as_str()));
     let st = checkpoint::load_tensors(&dom.join(checkpoint::MODEL_FILE), &Device::Cpu).unwrap();
     assert!(st.contains_key(DOMAIN_EMBED) && st.keys().all(|k| k.starts_with("domain.")), "{:?}", st.keys());
     let back = load_domain(&dom, &base_dir, &Device::Cpu).unwrap();

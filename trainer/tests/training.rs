@@ -69,7 +69,7 @@ fn loss_falls_well_below_unigram_entropy() {
         assert!(out.join(file).exists(), "{file} missing");
     }
     let ck = checkpoint::load(&out, &Device::Cpu).unwrap();
-    assert_eq!(ck.config.edgelm.model_id, r.model_id.unwrap());
+    assert_eq!(ck.config.edgelm.model_id, r.model_id);
     assert_eq!(train::read_log(&out.join("train_log.csv")).len(), 200);
 }
 

@@ -8,9 +8,9 @@
 //! same token ids, median of `runs` per call, `rounds` alternating rounds.
 //!
 //! ```text
-//! cargo run --release -p edgelm-runtime --example write_synthetic -- stories15m q8 /tmp/s15m-q8.edgelm
+//! cargo run --release -p edgelm-testkit --example write_synthetic -- stories15m q8 /tmp/s15m-q8.edgelm
 //! cargo run --release -p edgelm-convert -- export-gguf /tmp/s15m-q8.edgelm -o /tmp/s15m-q8.gguf
-//! cargo build --release -p edgelm-runtime --bin edgelm
+//! cargo build --release -p edgelm-cli
 //! RUSTFLAGS="-C target-cpu=native" CARGO_TARGET_DIR=target-llama \
 //!   cargo run --release -p edgelm-benches --features llama-cpp --bin llama_decode -- \
 //!   /tmp/s15m-q8.gguf /tmp/s15m-q8.edgelm target/release/edgelm [rounds]

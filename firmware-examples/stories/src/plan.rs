@@ -191,7 +191,7 @@ impl Plan {
         // tag included, as the session counts them) plus the tokens to
         // generate, capped at the model's own limit, where `edgelm generate
         // --max-seq` stops alike.
-        let limit = model.config.max_seq_len as usize;
+        let limit = model.config().max_seq_len as usize;
         let max_seq = match s.max_seq {
             Some(m) => m,
             None => {

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use edgelm_runtime::format::DType;
-use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::{AlignedBytes, Model, Session, SessionOptions};
 use edgelm_stories::plan::{prompt_var, Defaults, Plan, Settings};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
 const DEFAULTS: Defaults = Defaults {
     board: "test",

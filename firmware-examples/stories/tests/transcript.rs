@@ -4,9 +4,9 @@
 use std::cell::Cell;
 
 use edgelm_runtime::format::DType;
-use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
 use edgelm_runtime::{AlignedBytes, Error, Model, SamplerConfig, Session, SessionOptions};
 use edgelm_stories::{tell, Clock, Embedded, Failure, Image, Run, MARK};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
 /// Advances 1000 ticks per read at 1000 Hz: one second per read.
 struct StepClock(Cell<u64>);

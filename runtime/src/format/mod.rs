@@ -13,9 +13,13 @@
 pub mod checksum;
 mod reader;
 #[cfg(feature = "alloc")]
+mod tokenizer_tables;
+#[cfg(feature = "alloc")]
 mod writer;
 
 pub use reader::{ModelFile, TensorView, VerifyChecksum};
+#[cfg(feature = "alloc")]
+pub use tokenizer_tables::TokenizerTables;
 #[cfg(feature = "alloc")]
 pub use writer::{quantize_q8, DomainSpec, FileWriter};
 

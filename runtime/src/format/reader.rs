@@ -221,6 +221,12 @@ fn view<'a>(info: &TensorInfo<'a>, data: &'a [u8]) -> TensorView<'a> {
     }
 }
 
+// `cast` serves these element types; their sizes are the dtypes' byte widths.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<f32>() == 4 && size_of::<u32>() == 4 && size_of::<u16>() == 2 && size_of::<i8>() == 1);
+};
+
 /// Reinterprets little-endian bytes as `&[T]` in place.
 fn cast<'a, T: Copy>(t: &TensorView<'a>) -> Result<&'a [T]> {
     let size = core::mem::size_of::<T>();

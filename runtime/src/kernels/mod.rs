@@ -15,9 +15,9 @@
 //! Selection: with `std`, [`best`] detects CPU features at run time once
 //! (`is_x86_feature_detected!` / `is_aarch64_feature_detected!`) and honours
 //! the environment variable `EDGELM_KERNELS=<name>`. A name that is unknown
-//! or unsupported by this CPU is reported on stderr (with the valid names)
-//! and the detected best path is used instead; [`select`] is the fallible
-//! form. Without `std`, the table is fixed at compile time from
+//! or unsupported by this CPU falls back to the detected best path (the
+//! library never prints: [`from_env`] says what was wrong, for a caller that
+//! wants to warn); [`select`] is the fallible form. Without `std`, the table is fixed at compile time from
 //! `cfg(target_feature)` (e.g. `-C target-feature=+dotprod` for a Pi 5
 //! firmware). No path needs `-C target-cpu=native`.
 //!
@@ -261,23 +261,42 @@ pub fn select(name: Option<&str>) -> Result<&'static Kernels, UnsupportedKernels
         .ok_or(UnsupportedKernels { requested: name, known: NAMES.iter().any(|n| n.eq_ignore_ascii_case(name)) })
 }
 
+/// The environment variable that forces a kernel path (std).
+pub const ENV_VAR: &str = "EDGELM_KERNELS";
+
+/// An `EDGELM_KERNELS` value that cannot be used here (owned form of
+/// [`UnsupportedKernels`]).
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnusableOverride {
+    pub requested: std::string::String,
+    pub known: bool,
+}
+
+#[cfg(feature = "std")]
+impl core::fmt::Display for UnusableOverride {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        UnsupportedKernels { requested: &self.requested, known: self.known }.fmt(f)
+    }
+}
+
+/// The table `EDGELM_KERNELS` asks for (the detected best one when it is unset,
+/// empty or `auto`); `Err` when it names a path this CPU cannot run. Callers
+/// that want to tell the user check this; [`best`] silently falls back.
+#[cfg(feature = "std")]
+pub fn from_env() -> Result<&'static Kernels, UnusableOverride> {
+    let env = std::env::var(ENV_VAR).ok();
+    select(env.as_deref()).map_err(|e| UnusableOverride { requested: e.requested.into(), known: e.known })
+}
+
 /// The table [`crate::Session`] uses. With `std`: chosen once per process
-/// (run-time detection, `EDGELM_KERNELS` honoured; an unusable override is
-/// reported on stderr and the detected path is used). Without `std`: fixed
+/// (run-time detection, `EDGELM_KERNELS` honoured; an unusable override
+/// falls back to the detected path, see [`from_env`]). Without `std`: fixed
 /// at compile time by `cfg(target_feature)`.
 #[cfg(feature = "std")]
 pub fn best() -> &'static Kernels {
     static CHOSEN: std::sync::OnceLock<&'static Kernels> = std::sync::OnceLock::new();
-    CHOSEN.get_or_init(|| {
-        let env = std::env::var("EDGELM_KERNELS").ok();
-        match select(env.as_deref()) {
-            Ok(k) => k,
-            Err(e) => {
-                std::eprintln!("warning: EDGELM_KERNELS: {e}; using {}", detected().name);
-                detected()
-            }
-        }
-    })
+    CHOSEN.get_or_init(|| from_env().unwrap_or_else(|_| detected()))
 }
 
 /// The table [`crate::Session`] uses: without `std`, fixed at compile time.

@@ -17,16 +17,8 @@ use crate::format::{Config, FileKind, FileWriter, VerifyChecksum};
 
 // ---------------------------------------------------------------- helpers
 
-/// Tables in their simplest form, written the way docs/TOKENIZER.md says.
-#[derive(Clone)]
-struct Tables {
-    info: TokenizerInfo,
-    vocab: Vec<Vec<u8>>,
-    merges: Vec<(u32, u32, u32)>,
-    scores: Vec<f32>,
-    special: Vec<u32>,
-    byte_tokens: [u32; 256],
-}
+/// The tables, written by the format's one writer (docs/TOKENIZER.md).
+type Tables = crate::format::TokenizerTables;
 
 fn info(kind: TokenizerKind) -> TokenizerInfo {
     let sp = kind == TokenizerKind::SentencePieceBpe;
@@ -68,46 +60,14 @@ impl Aligned {
     }
 }
 
-impl Tables {
-    fn write(&self, w: &mut FileWriter, prefix: &str) {
-        let mut bytes = Vec::new();
-        let mut offsets = vec![0u32];
-        for t in &self.vocab {
-            bytes.extend_from_slice(t);
-            offsets.push(bytes.len() as u32);
-        }
-        let v = self.vocab.len() as u32;
-        let name = |s: &str| alloc::format!("{prefix}tokenizer.{s}");
-        w.add_u8(&name("vocab_bytes"), &bytes).unwrap();
-        w.add_u32(&name("vocab_offsets"), &[v + 1], &offsets).unwrap();
-        w.add_u32(&name("byte_tokens"), &[256], &self.byte_tokens).unwrap();
-        if !self.special.is_empty() {
-            w.add_u32(&name("special"), &[self.special.len() as u32], &self.special).unwrap();
-        }
-        if !self.merges.is_empty() {
-            let flat: Vec<u32> = self.merges.iter().flat_map(|&(a, b, c)| [a, b, c]).collect();
-            let n = self.merges.len() as u32;
-            w.add_u32(&name("merges"), &[n, 3], &flat).unwrap();
-            let mut index: Vec<u32> = (0..n).collect();
-            index.sort_by_key(|&r| (self.merges[r as usize].0, self.merges[r as usize].1));
-            w.add_u32(&name("merge_index"), &[n], &index).unwrap();
-        }
-        if self.info.kind == TokenizerKind::SentencePieceBpe {
-            w.add_f32(&name("scores"), &[v], &self.scores).unwrap();
-            let is_byte = |id: u32| matches!(&self.vocab[id as usize][..], [b] if self.byte_tokens[*b as usize] == id);
-            let mut sorted: Vec<u32> =
-                (0..v).filter(|&id| !is_byte(id) && !self.vocab[id as usize].is_empty()).collect();
-            sorted.sort_by(|&a, &b| self.vocab[a as usize].cmp(&self.vocab[b as usize]).then(a.cmp(&b)));
-            sorted.dedup_by(|a, b| self.vocab[*a as usize] == self.vocab[*b as usize]);
-            if !sorted.is_empty() {
-                w.add_u32(&name("sorted_vocab"), &[sorted.len() as u32], &sorted).unwrap();
-            }
-        }
-    }
+trait TablesFile {
+    fn file(&self) -> Vec<u8>;
+}
 
+impl TablesFile for Tables {
     fn file(&self) -> Vec<u8> {
         let mut w = FileWriter::new(FileKind::Base, "test", config(self.vocab.len()));
-        self.write(&mut w, "");
+        self.write(&mut w, "").unwrap();
         w.to_bytes().unwrap()
     }
 }
@@ -120,7 +80,7 @@ fn write_tampered(t: &Tables, tamper: Tamper) -> Vec<u8> {
     // tensors (FileWriter refuses duplicates, so rebuild from scratch).
     let mut w = FileWriter::new(FileKind::Base, "test", config(t.vocab.len()));
     let mut inner = FileWriter::new(FileKind::Base, "test", config(t.vocab.len()));
-    t.write(&mut inner, "");
+    t.write(&mut inner, "").unwrap();
     let bytes = inner.to_bytes().unwrap();
     let a = Aligned::new(&bytes);
     let file = ModelFile::parse(a.bytes(), VerifyChecksum::Yes).unwrap();
@@ -865,7 +825,7 @@ fn rejects_bad_tables() {
 fn prefixed_tables() {
     let t = small_bpe();
     let mut w = FileWriter::new(FileKind::Base, "test", config(t.vocab.len()));
-    t.write(&mut w, "domains.story.");
+    t.write(&mut w, "domains.story.").unwrap();
     let a = Aligned::new(&w.to_bytes().unwrap());
     let file = ModelFile::parse(a.bytes(), VerifyChecksum::Yes).unwrap();
     let tok = Tokenizer::from_file(&file, "domains.story.", t.info, t.vocab.len()).unwrap();

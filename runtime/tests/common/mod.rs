@@ -1,17 +1,13 @@
-//! Shared test support: aligned model bytes, and the independent f64
-//! reference forward pass (`reference.rs`) over the synthetic weights.
+//! Shared support of the runtime's tests: aligned model bytes, and the
+//! independent f64 reference forward pass (from edgelm-testkit) over the
+//! synthetic weights.
 #![allow(dead_code)]
 
-mod reference;
+use edgelm_testkit::reference;
+use edgelm_testkit::synthetic::{synthetic_weights, SyntheticSpec};
 
-use edgelm_runtime::synthetic::{synthetic_weights, SyntheticSpec};
-use edgelm_runtime::AlignedBytes;
-
+pub use edgelm_testkit::aligned;
 pub use reference::Rope;
-
-pub fn aligned(bytes: Vec<u8>) -> AlignedBytes {
-    AlignedBytes::from(bytes)
-}
 
 /// The f64 reference on a synthetic model's weights (interleaved RoPE, as the runtime).
 pub struct Reference(reference::Reference);

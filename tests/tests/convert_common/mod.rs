@@ -8,7 +8,6 @@ use std::collections::HashMap;
 
 use edgelm_runtime::format::Config;
 use edgelm_runtime::sampler::argmax;
-use edgelm_runtime::synthetic;
 use edgelm_runtime::{AlignedBytes, Model, Session, SessionOptions};
 
 /// Weights by name: `(shape, values)`.
@@ -36,14 +35,13 @@ pub fn tiny_config(vocab: u32, tied: bool) -> Config {
 /// all-`1/sqrt(cols)` weights a tiny random model's top logits are near-ties,
 /// and greedy agreement then measures the ties rather than the conversion).
 pub fn random_weights(c: &Config, seed: u64) -> Weights {
-    synthetic::random_weights(c, seed, 4.0)
+    edgelm_testkit::synthetic::random_weights(c, seed, 4.0)
         .into_iter()
         .map(|(name, shape, v)| (name, (shape.into_iter().map(|d| d as usize).collect(), v)))
         .collect()
 }
 
-#[path = "../../../runtime/tests/common/reference.rs"]
-mod reference;
+use edgelm_testkit::reference;
 
 pub use reference::Rope;
 

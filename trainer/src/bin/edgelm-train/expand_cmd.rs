@@ -10,6 +10,7 @@ use edgelm_trainer::eval::evaluate;
 use edgelm_trainer::expand::{default_positions, Expanded, TokenizerMode};
 use edgelm_trainer::experiment::{self, ExperimentConfig, ALL_METHODS};
 use edgelm_trainer::tokenizer::EdgeTokenizer;
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -62,21 +63,6 @@ pub struct ExpandArgs {
     pub max_bytes: usize,
 }
 
-fn cap(c: Corpus, max: usize) -> Corpus {
-    if max == 0 {
-        return c;
-    }
-    let mut text = String::new();
-    for (_, d) in c.documents() {
-        if text.len() >= max {
-            break;
-        }
-        text.push_str(d);
-        text.push_str("\n<|endoftext|>\n");
-    }
-    Corpus { path: c.path, text }
-}
-
 pub fn cmd_expand(a: ExpandArgs) -> Result<()> {
     let dev = Device::Cpu;
     let base = checkpoint::load(&a.base, &dev).with_context(|| format!("loading base {}", a.base.display()))?;
@@ -102,7 +88,7 @@ pub fn cmd_expand(a: ExpandArgs) -> Result<()> {
     let id0 = checkpoint::model_id(&base.model.tensors())?;
     let e = Expanded::new(base.model, &a.domain, a.tokenizer, positions, Some(&base.tokenizer), Some(&tok), tag)?;
     let seq = a.seq_len.unwrap_or(e.cfg().max_seq).min(e.cfg().max_seq);
-    let corpus = cap(Corpus::load(&a.corpus, Limits::default())?, a.max_bytes);
+    let corpus = Corpus::load(&a.corpus, Limits::default())?.head(a.max_bytes);
     let cache = a.out.parent().unwrap_or(std::path::Path::new(".")).join(".token-cache");
     let stream = TokenStream::cached(&corpus, &tok, tag, &cache)?;
     eprintln!(
@@ -141,14 +127,14 @@ pub fn cmd_expand(a: ExpandArgs) -> Result<()> {
     let csv: String = std::iter::once("step,loss\n".to_string())
         .chain(st.losses.iter().map(|(s, l)| format!("{s},{l:.6}\n")))
         .collect();
-    std::fs::write(a.out.join("train_log.csv"), csv)?;
-    println!("wrote {} ({id}, base {id0}) in {:.0}s", a.out.display(), st.wall_s);
+    edgelm_trainer::fsio::write_atomic(&a.out.join("train_log.csv"), csv.as_bytes())?;
+    writeln!(std::io::stdout(), "wrote {} ({id}, base {id0}) in {:.0}s", a.out.display(), st.wall_s)?;
     if let Some(v) = &a.valid {
         let c = Corpus::load(v, Limits::default())?;
         let f = |x: &Tensor, y: &Tensor| e.token_losses(x, y);
         let sc = FnScorer { max_seq: e.cfg().max_seq, batch: 16, device: dev.clone(), f: &f };
         let r = evaluate(&sc, &tok, &c.text, tag)?;
-        println!("{} [{}]: bpb {:.4} loss {:.4} ({} docs)", v.display(), a.domain, r.bpb, r.loss, r.documents);
+        writeln!(std::io::stdout(), "{} [{}]: bpb {:.4} loss {:.4} ({} docs)", v.display(), a.domain, r.bpb, r.loss, r.documents)?;
     }
     Ok(())
 }
@@ -253,7 +239,7 @@ pub fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
         c.methods = a.methods.clone();
     }
     let rs = experiment::run(&c)?;
-    println!("wrote {} ({} methods)", c.out.join("report.md").display(), rs.len());
+    writeln!(std::io::stdout(), "wrote {} ({} methods)", c.out.join("report.md").display(), rs.len())?;
     Ok(())
 }
 
@@ -329,7 +315,7 @@ pub fn cmd_baseline(a: BaselineArgs) -> Result<()> {
     let corpora: Vec<Corpus> = a
         .corpus
         .iter()
-        .map(|p| Ok(cap(Corpus::load(p, Limits::default())?, a.max_bytes)))
+        .map(|p| Ok(Corpus::load(p, Limits::default())?.head(a.max_bytes)))
         .collect::<edgelm_trainer::Result<_>>()?;
     let (model, tok) = match a.method.as_str() {
         "finetune" | "lora" => {
@@ -403,6 +389,6 @@ pub fn cmd_baseline(a: BaselineArgs) -> Result<()> {
         other => bail!("unknown --method {other:?}: finetune, lora or joint (separate = `edgelm-train base`)"),
     };
     let id = checkpoint::save_model(&a.out, &model, &tok, &a.domain, candle_core::DType::F32)?;
-    println!("wrote {} ({id}) in {:.0}s", a.out.display(), t0.elapsed().as_secs_f64());
+    writeln!(std::io::stdout(), "wrote {} ({id}) in {:.0}s", a.out.display(), t0.elapsed().as_secs_f64())?;
     Ok(())
 }

@@ -11,6 +11,7 @@ use edgelm_trainer::eval::{evaluate, ModelScorer};
 use edgelm_trainer::sample::{generate, SampleOptions};
 use edgelm_trainer::tokenizer::EdgeTokenizer;
 use edgelm_trainer::train::{self, TrainJob};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 mod expand_cmd;
@@ -296,7 +297,24 @@ fn tag_for(tok: &EdgeTokenizer, domain: &str) -> Result<Option<u32>> {
     }
 }
 
-fn main() -> Result<()> {
+/// True when the error comes from writing to a closed pipe (`… | head`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // a reader that stopped early (`| head`) is not a failure
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -328,13 +346,13 @@ fn cmd_tokenizer(a: TokArgs) -> Result<()> {
     let docs = corpora.iter().flat_map(|c| c.documents().into_iter().map(|(_, d)| d));
     let tok = EdgeTokenizer::train(docs, a.vocab_size, &domains)?;
     tok.save(&a.output)?;
-    println!(
+    writeln!(std::io::stdout(), 
         "wrote {} (vocab {}, domains {:?}) in {:.1}s",
         a.output.display(),
         tok.vocab_size(),
         domains,
         t0.elapsed().as_secs_f64()
-    );
+    )?;
     let valid: Vec<PathBuf> = if a.valid.is_empty() {
         a.corpus.iter().map(|p| p.with_file_name("valid.txt")).filter(|p| p.exists() && !a.corpus.contains(p)).collect()
     } else {
@@ -343,7 +361,7 @@ fn cmd_tokenizer(a: TokArgs) -> Result<()> {
     for v in valid {
         let c = Corpus::load(&v, limits)?;
         let docs: Vec<&str> = c.documents().into_iter().map(|(_, d)| d).collect();
-        println!("{}: {:.3} bytes/token", v.display(), tok.bytes_per_token(&docs)?);
+        writeln!(std::io::stdout(), "{}: {:.3} bytes/token", v.display(), tok.bytes_per_token(&docs)?)?;
     }
     Ok(())
 }
@@ -456,21 +474,48 @@ fn cmd_base(a: BaseArgs) -> Result<()> {
     Ok(())
 }
 
+/// The domain a `--valid` file is scored as: the one named by `--domain`,
+/// else the checkpoint's only domain; a checkpoint serving several takes the
+/// one its folder names (`recipes/valid.txt` -> `recipe`), as `edgelm eval`
+/// takes a model's first domain unless told.
+fn eval_domain(ck: &checkpoint::Checkpoint, given: Option<&String>, file: &Path) -> Result<String> {
+    if let Some(d) = given {
+        return Ok(d.clone());
+    }
+    let known = &ck.config.edgelm.domains;
+    match known.as_slice() {
+        [] => Ok(domain_from_path(file)),
+        [only] => Ok(only.clone()),
+        many => {
+            let guess = domain_from_path(file);
+            if many.contains(&guess) {
+                Ok(guess)
+            } else {
+                bail!("the checkpoint serves {many:?}: pass --domain for {}", file.display())
+            }
+        }
+    }
+}
+
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let dev = device(&a.device)?;
     let ck = checkpoint::load(&a.checkpoint, &dev)?;
     let scorer = ModelScorer { model: &ck.model, batch: a.batch };
-    let mut results = Vec::new();
+    let mut out = std::io::stdout().lock();
     for (i, v) in a.valid.iter().enumerate() {
-        let domain = a.domain.get(i).cloned().unwrap_or_else(|| domain_from_path(v));
+        let domain = eval_domain(&ck, a.domain.get(i), v)?;
         let tag = tag_for(&ck.tokenizer, &domain)?;
         let c = Corpus::load(v, Limits::default())?;
-        if split_documents(&c.text).is_empty() {
-            bail!("{}: no documents", v.display());
-        }
         let r = evaluate(&scorer, &ck.tokenizer, &c.text, tag)?;
-        if !a.json {
-            println!(
+        if a.json {
+            // one object per line, the field names of `edgelm eval --json`
+            let mut j = serde_json::to_value(&r)?;
+            j["file"] = v.display().to_string().into();
+            j["domain"] = domain.into();
+            writeln!(out, "{}", serde_json::to_string(&j)?)?;
+        } else {
+            writeln!(
+                out,
                 "{} [{}]: bpb {:.4}  loss {:.4}  ppl {:.2}  ({} docs, {} bytes, {} tokens scored)",
                 v.display(),
                 domain,
@@ -480,16 +525,8 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
                 r.documents,
                 r.bytes,
                 r.scored_tokens
-            );
+            )?;
         }
-        let mut j = serde_json::to_value(&r)?;
-        j["file"] = v.display().to_string().into();
-        j["domain"] = domain.into();
-        results.push(j);
-    }
-    if a.json {
-        let out = if results.len() == 1 { results.remove(0) } else { serde_json::Value::Array(results) };
-        println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())
 }
@@ -509,9 +546,9 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         };
         let (text, _) = generate(&ck.model, &ck.tokenizer, &a.prompt, &o)?;
         if a.n > 1 {
-            println!("--- sample {} (seed {}) ---", i + 1, o.seed);
+            writeln!(std::io::stdout(), "--- sample {} (seed {}) ---", i + 1, o.seed)?;
         }
-        println!("{}{}", a.prompt, text);
+        writeln!(std::io::stdout(), "{}{}", a.prompt, text)?;
     }
     Ok(())
 }
@@ -532,11 +569,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let t = edgelm_trainer::config::TrainConfig { batch: a.batch, ..Default::default() };
     let tps = train::bench(&m, &t, a.warmup_steps, a.steps, &dev)?;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
-    println!(
+    writeln!(std::io::stdout(), 
         "{}",
         serde_json::json!({"tokens_per_s": tps, "params": m.n_params(), "batch": a.batch,
             "seq_len": a.seq_len, "threads": threads})
-    );
+    )?;
     Ok(())
 }
 
@@ -555,6 +592,6 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
             std::fs::copy(&src, a.out.join(f)).with_context(|| format!("cannot copy {}", src.display()))?;
         }
     }
-    println!("exported {} as {} ({id})", a.out.display(), a.dtype);
+    writeln!(std::io::stdout(), "exported {} as {} ({id})", a.out.display(), a.dtype)?;
     Ok(())
 }

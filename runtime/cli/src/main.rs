@@ -1,16 +1,15 @@
 //! `edgelm`: generate text, inspect a model, benchmark and evaluate it.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use edgelm_runtime::eval::{documents, eval_document, EvalTotals};
+use edgelm_runtime::bpb::{documents, eval_document, Totals};
 use edgelm_runtime::format::{FileKind, ModelFile, VerifyChecksum};
-use edgelm_runtime::{Model, SamplerConfig, Session, SessionOptions};
-use memmap2::Mmap;
+use edgelm_runtime::{Engine, EngineOptions, ErrorKind, Model, SamplerConfig, SessionOptions};
 
 #[derive(Parser)]
 #[command(
@@ -144,47 +143,36 @@ struct EvalArgs {
     json: bool,
 }
 
-fn map(path: &Path) -> Result<Mmap> {
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: the mapping is read-only; the file must not be truncated while
-    // mapped (as with any mmap'd model file); all access is bounds-checked.
-    unsafe { Mmap::map(&f) }.with_context(|| format!("cannot map {}", path.display()))
-}
-
-struct Loaded {
-    base: Mmap,
-    packs: Vec<Mmap>,
-}
-
-impl Loaded {
-    fn open(a: &ModelArgs) -> Result<Self> {
-        let base = map(&a.model)?;
-        let packs = a.pack.iter().map(|p| map(p)).collect::<Result<_>>()?;
-        Ok(Loaded { base, packs })
+/// Opens the base and packs of `a` with the kernels and threads it asks for.
+fn open(a: &ModelArgs) -> Result<Engine> {
+    let threads = check_threads(a.threads)?;
+    let verify = if a.no_verify { VerifyChecksum::Skip } else { VerifyChecksum::Yes };
+    let opts = EngineOptions { verify, threads, kernels: None };
+    let mut engine = Engine::open(&a.model, opts).with_context(|| format!("loading {}", a.model.display()))?;
+    for p in &a.pack {
+        engine.add_pack_with(p, verify).with_context(|| format!("loading pack {}", p.display()))?;
     }
+    Ok(engine)
+}
 
-    fn model(&self, a: &ModelArgs) -> Result<Model<'_>> {
-        let verify = if a.no_verify { VerifyChecksum::Skip } else { VerifyChecksum::Yes };
-        let file = ModelFile::parse(&self.base, verify).with_context(|| format!("loading {}", a.model.display()))?;
-        let mut model = Model::from_file(&file).with_context(|| format!("loading {}", a.model.display()))?;
-        for (bytes, path) in self.packs.iter().zip(&a.pack) {
-            let file = ModelFile::parse(bytes, verify).with_context(|| format!("loading pack {}", path.display()))?;
-            model.add_pack(&file).with_context(|| format!("loading pack {}", path.display()))?;
+/// The domain `a` names (checked, with the loaded ones listed), or the base's first.
+fn domain_name(model: &Model<'_>, a: &ModelArgs) -> Result<String> {
+    match a.domain.as_deref() {
+        None => Ok(model.default_domain().name.to_string()),
+        Some(d) if model.domain(d).is_ok() => Ok(d.to_string()),
+        Some(d) => {
+            let names: Vec<&str> = model.domains().iter().map(|d| d.name).collect();
+            bail!("unknown domain {d:?}: the model and its packs provide {names:?} (add a domain with --pack)")
         }
-        Ok(model)
     }
 }
 
-fn domain_name<'m>(model: &'m Model<'_>, a: &'m ModelArgs) -> &'m str {
-    a.domain.as_deref().unwrap_or(model.default_domain().name)
+fn max_seq(engine: &Engine, a: &ModelArgs) -> usize {
+    a.max_seq.unwrap_or(engine.max_seq())
 }
 
-fn max_seq(model: &Model<'_>, a: &ModelArgs) -> usize {
-    a.max_seq.unwrap_or(model.config.max_seq_len as usize)
-}
-
-/// Validates `--threads` and builds the worker pool (`None` for one thread).
-fn check_threads(n: usize) -> Result<Option<edgelm_runtime::threads::Pool>> {
+/// Validates `--threads` (warning when it exceeds the CPUs).
+fn check_threads(n: usize) -> Result<usize> {
     if n == 0 {
         bail!("--threads must be at least 1");
     }
@@ -194,22 +182,26 @@ fn check_threads(n: usize) -> Result<Option<edgelm_runtime::threads::Pool>> {
             "note: --threads {n} exceeds the {cpus} CPU(s) available; expect it to be slower than --threads {cpus}"
         );
     }
-    if n == 1 {
-        return Ok(None);
+    Ok(n)
+}
+
+/// Warns once when `EDGELM_KERNELS` names a path this CPU cannot run (the
+/// runtime then uses the detected one).
+fn warn_kernel_override() {
+    if let Err(e) = edgelm_runtime::kernels::from_env() {
+        eprintln!(
+            "warning: {}: {e}; using {}",
+            edgelm_runtime::kernels::ENV_VAR,
+            edgelm_runtime::kernels::detected().name
+        );
     }
-    let pool = edgelm_runtime::threads::Pool::try_new(n).context("cannot start worker threads; try fewer --threads")?;
-    Ok(Some(pool))
 }
 
 fn generate(g: GenerateArgs) -> Result<()> {
-    let loaded = Loaded::open(&g.model)?;
-    let model = loaded.model(&g.model)?;
-    let pool = check_threads(g.model.threads)?;
-    let domain = domain_name(&model, &g.model);
-    let seq = max_seq(&model, &g.model);
-    let mut arena = vec![0u8; model.arena_bytes(seq)];
+    let engine = open(&g.model)?;
+    let domain = domain_name(&engine.model()?, &g.model)?;
     let opts = SessionOptions {
-        max_seq: seq,
+        max_seq: max_seq(&engine, &g.model),
         sampler: SamplerConfig {
             temperature: g.temperature,
             top_k: g.top_k,
@@ -220,48 +212,50 @@ fn generate(g: GenerateArgs) -> Result<()> {
         },
         truncate_prompt: g.truncate_prompt,
     };
-    let mut session = Session::new(&model, domain, &mut arena, opts)?;
-    if let Some(p) = &pool {
-        session.set_pool(p);
-    }
     let mut out = std::io::stdout().lock();
-    session.feed_prompt(&g.prompt)?;
-    write!(out, "{}", g.prompt)?;
-    let mut io_err = None;
-    let reason = session.generate(g.max_tokens, &mut |s| {
-        if io_err.is_none() {
-            io_err = write!(out, "{s}").and_then(|_| out.flush()).err();
-        }
-    })?;
-    if let Some(e) = io_err {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
+    let reason = engine.with_session(Some(&domain), opts, |session| -> Result<_> {
+        session.feed_prompt(&g.prompt)?;
+        write!(out, "{}", g.prompt)?;
+        let mut io_err = None;
+        let reason = session.generate(g.max_tokens, &mut |s| {
+            if io_err.is_none() {
+                io_err = write!(out, "{s}").and_then(|_| out.flush()).err();
+            }
+        })?;
+        if let Some(e) = io_err {
             return Err(e.into());
         }
-    }
+        Ok(reason)
+    })?;
     writeln!(out)?;
     eprintln!("[{domain}: stopped by {reason:?}]");
     Ok(())
 }
 
 fn inspect(path: &Path) -> Result<()> {
-    let bytes = map(path)?;
-    let file = ModelFile::parse(&bytes, VerifyChecksum::Yes).with_context(|| format!("reading {}", path.display()))?;
+    let engine_err = |e| anyhow::Error::from(e).context(format!("reading {}", path.display()));
+    let bytes = std::fs::read(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let bytes = edgelm_runtime::AlignedBytes::from(bytes);
+    let file = ModelFile::parse(&bytes, VerifyChecksum::Yes).map_err(engine_err)?;
     let m = &file.meta;
     let c = &m.config;
-    println!("file        {} ({} bytes)", path.display(), file.file_len);
-    println!("kind        {:?}", m.kind);
-    println!("model id    {}", m.model_id);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "file        {} ({} bytes)", path.display(), file.file_len)?;
+    writeln!(out, "kind        {:?}", m.kind)?;
+    writeln!(out, "model id    {}", m.model_id)?;
     if m.kind == FileKind::Pack {
-        println!("base id     {}", m.base_model_id);
+        writeln!(out, "base id     {}", m.base_model_id)?;
     }
-    println!("checksum    {:#018x} (verified)", file.checksum);
-    println!(
+    writeln!(out, "checksum    {:#018x} (verified)", file.checksum)?;
+    writeln!(
+        out,
         "config      dim {} layers {} heads {} kv-heads {} ffn {} vocab {} max-seq {} rope-theta {} eps {} tied-head {}",
         c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim, c.vocab_size, c.max_seq_len, c.rope_theta, c.norm_eps, c.tied_head
-    );
-    println!("kernels     {}", edgelm_runtime::kernels::best().name);
+    )?;
+    writeln!(out, "kernels     {}", edgelm_runtime::kernels::best().name)?;
     for d in &m.domains {
-        println!(
+        writeln!(
+            out,
             "domain      {:<10} vocab {:>6} tokenizer {:?}{} head {} tag {:?} expansion blocks at {:?}",
             d.name,
             d.vocab_size,
@@ -270,21 +264,28 @@ fn inspect(path: &Path) -> Result<()> {
             if d.own_head { "own" } else { "base's" },
             d.tag_token,
             d.expansion_positions.as_slice()
-        );
+        )?;
     }
-    println!("tensors     {}", file.n_tensors());
+    writeln!(out, "tensors     {}", file.n_tensors())?;
     let mut params = 0usize;
     for t in file.tensors() {
         if !t.name.contains("tokenizer.") {
             params += t.numel();
         }
-        println!("  {:<48} {:<4} {:>16} {:>10} B", t.name, t.dtype.name(), format!("{:?}", t.shape()), t.bytes.len());
+        writeln!(
+            out,
+            "  {:<48} {:<4} {:>16} {:>10} B",
+            t.name,
+            t.dtype.name(),
+            format!("{:?}", t.shape()),
+            t.bytes.len()
+        )?;
     }
-    println!("parameters  {params}");
+    writeln!(out, "parameters  {params}")?;
     if m.kind == FileKind::Base {
         let model = Model::from_file(&file)?;
         let seq = c.max_seq_len as usize;
-        println!("arena       {} bytes for max-seq {seq}", model.arena_bytes(seq));
+        writeln!(out, "arena       {} bytes for max-seq {seq}", model.arena_bytes(seq))?;
     }
     Ok(())
 }
@@ -302,11 +303,10 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn bench(b: BenchArgs) -> Result<()> {
-    let loaded = Loaded::open(&b.model)?;
-    let model = loaded.model(&b.model)?;
-    let pool = check_threads(b.model.threads)?;
-    let domain = domain_name(&model, &b.model);
-    let seq = max_seq(&model, &b.model);
+    let engine = open(&b.model)?;
+    let model = engine.model()?;
+    let domain = domain_name(&model, &b.model)?;
+    let seq = max_seq(&engine, &b.model);
     if b.prompt_tokens + b.gen_tokens > seq {
         bail!(
             "--prompt-tokens + --gen-tokens = {} exceeds the context ({seq}); lower them or raise --max-seq",
@@ -318,10 +318,7 @@ fn bench(b: BenchArgs) -> Result<()> {
     }
     let arena_bytes = model.arena_bytes(seq);
     let mut arena = vec![0u8; arena_bytes];
-    let mut session = Session::new(&model, domain, &mut arena, SessionOptions::new(seq))?;
-    if let Some(p) = &pool {
-        session.set_pool(p);
-    }
+    let mut session = engine.session(&model, Some(&domain), &mut arena, SessionOptions::new(seq))?;
     let vocab = session.domain().vocab_size as u32;
     let kernels = session.kernels().name;
     let (mut prompt_tps, mut decode_tps) = (Vec::new(), Vec::new());
@@ -346,25 +343,29 @@ fn bench(b: BenchArgs) -> Result<()> {
     let p = median(&mut prompt_tps);
     let d = median(&mut decode_tps);
     let rss = peak_rss_bytes().unwrap_or(0);
+    let threads = engine.threads();
+    let mut out = std::io::stdout().lock();
     if b.json {
-        println!(
+        writeln!(
+            out,
             "{{\"model\":{:?},\"domain\":{:?},\"kernels\":{:?},\"threads\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"runs\":{},\"prompt_tokens_per_s\":{:.2},\"decode_tokens_per_s\":{:.2},\"ms_per_token\":{:.4},\"peak_rss_bytes\":{},\"arena_bytes\":{}}}",
-            b.model.model.display().to_string(), domain, kernels, b.model.threads, b.prompt_tokens, b.gen_tokens, b.runs, p, d, 1000.0 / d, rss, arena_bytes
-        );
+            b.model.model.display().to_string(), domain, kernels, threads, b.prompt_tokens, b.gen_tokens, b.runs, p, d, 1000.0 / d, rss, arena_bytes
+        )?;
     } else {
-        println!("model         {}", b.model.model.display());
-        println!("domain        {domain}");
-        println!("kernels       {kernels}, {} thread(s)", b.model.threads);
-        println!("prompt        {:.1} tok/s ({} tokens, median of {})", p, b.prompt_tokens, b.runs);
-        println!(
+        writeln!(out, "model         {}", b.model.model.display())?;
+        writeln!(out, "domain        {domain}")?;
+        writeln!(out, "kernels       {kernels}, {threads} thread(s)")?;
+        writeln!(out, "prompt        {:.1} tok/s ({} tokens, median of {})", p, b.prompt_tokens, b.runs)?;
+        writeln!(
+            out,
             "decode        {:.1} tok/s, {:.3} ms/token ({} tokens, median of {})",
             d,
             1000.0 / d,
             b.gen_tokens,
             b.runs
-        );
-        println!("peak RSS      {:.1} MiB", rss as f64 / (1 << 20) as f64);
-        println!("arena         {:.2} MiB ({arena_bytes} bytes)", arena_bytes as f64 / (1 << 20) as f64);
+        )?;
+        writeln!(out, "peak RSS      {:.1} MiB", rss as f64 / (1 << 20) as f64)?;
+        writeln!(out, "arena         {:.2} MiB ({arena_bytes} bytes)", arena_bytes as f64 / (1 << 20) as f64)?;
     }
     Ok(())
 }
@@ -372,35 +373,34 @@ fn bench(b: BenchArgs) -> Result<()> {
 fn eval(e: EvalArgs) -> Result<()> {
     let text = std::fs::read_to_string(&e.textfile)
         .with_context(|| format!("cannot read {} (is it UTF-8 text?)", e.textfile.display()))?;
-    let loaded = Loaded::open(&e.model)?;
-    let model = loaded.model(&e.model)?;
-    let pool = check_threads(e.model.threads)?;
-    let domain = domain_name(&model, &e.model);
-    let seq = max_seq(&model, &e.model);
-    let mut arena = vec![0u8; model.arena_bytes(seq)];
-    let mut session = Session::new(&model, domain, &mut arena, SessionOptions::new(seq))?;
-    if let Some(p) = &pool {
-        session.set_pool(p);
+    if documents(&text).next().is_none() {
+        bail!("{}: no documents (the file is empty or holds only <|endoftext|> lines)", e.textfile.display());
     }
-    let mut totals = EvalTotals::default();
+    let engine = open(&e.model)?;
+    let domain = domain_name(&engine.model()?, &e.model)?;
+    let opts = SessionOptions::new(max_seq(&engine, &e.model));
     let t0 = Instant::now();
-    for doc in documents(&text).take(e.limit.unwrap_or(usize::MAX)) {
-        eval_document(&mut session, doc, &mut totals)?;
-    }
-    if totals.documents == 0 {
-        bail!("{} holds no documents", e.textfile.display());
-    }
+    let totals = engine.with_session(Some(&domain), opts, |session| -> Result<_> {
+        let mut totals = Totals::default();
+        for doc in documents(&text).take(e.limit.unwrap_or(usize::MAX)) {
+            eval_document(session, doc, &mut totals)?;
+        }
+        Ok(totals)
+    })?;
     let secs = t0.elapsed().as_secs_f64();
+    let mut out = std::io::stdout().lock();
     if e.json {
-        println!(
-            "{{\"file\":{:?},\"domain\":{:?},\"documents\":{},\"bytes\":{},\"tokens\":{},\"loss\":{:.6},\"ppl\":{:.4},\"bpb\":{:.6},\"seconds\":{:.2}}}",
-            e.textfile.display().to_string(), domain, totals.documents, totals.bytes, totals.scored_tokens, totals.loss(), totals.perplexity(), totals.bpb(), secs
-        );
+        // the field names of `edgelm-train eval --json`
+        writeln!(
+            out,
+            "{{\"file\":{:?},\"domain\":{:?},\"documents\":{},\"bytes\":{},\"scored_tokens\":{},\"total_nats\":{},\"loss\":{},\"ppl\":{},\"bpb\":{},\"seconds\":{:.2}}}",
+            e.textfile.display().to_string(), domain, totals.documents, totals.bytes, totals.scored_tokens, totals.nats, totals.loss(), totals.perplexity(), totals.bpb(), secs
+        )?;
     } else {
-        println!("domain      {domain}");
-        println!("documents   {} ({} bytes, {} tokens)", totals.documents, totals.bytes, totals.scored_tokens);
-        println!("loss        {:.4} nats/token (ppl {:.2})", totals.loss(), totals.perplexity());
-        println!("bpb         {:.4} bits/byte", totals.bpb());
+        writeln!(out, "domain      {domain}")?;
+        writeln!(out, "documents   {} ({} bytes, {} tokens)", totals.documents, totals.bytes, totals.scored_tokens)?;
+        writeln!(out, "loss        {:.4} nats/token (ppl {:.2})", totals.loss(), totals.perplexity())?;
+        writeln!(out, "bpb         {:.4} bits/byte", totals.bpb())?;
     }
     Ok(())
 }
@@ -411,22 +411,20 @@ fn demo(d: DemoArgs) -> Result<()> {
         bail!("{} not found: run the demo from the repository root, or pass --models DIR", base_path.display());
     }
     let pack_path = d.models.join("recipe.edgelm");
-    let base = map(&base_path)?;
-    let pack = if pack_path.exists() { Some(map(&pack_path)?) } else { None };
-    let mut model = Model::from_bytes(&base).with_context(|| format!("loading {}", base_path.display()))?;
-    if let Some(p) = &pack {
-        model.add_pack_bytes(p).with_context(|| format!("loading {}", pack_path.display()))?;
+    let mut engine = Engine::open(&base_path, EngineOptions::default())
+        .with_context(|| format!("loading {}", base_path.display()))?;
+    if pack_path.exists() {
+        engine.add_pack(&pack_path).with_context(|| format!("loading {}", pack_path.display()))?;
     } else {
         eprintln!("note: {} is not there; only the base's domains are shown", pack_path.display());
     }
-    let seq = model.config.max_seq_len as usize;
-    let mut arena = vec![0u8; model.arena_bytes(seq)];
+    let names: Vec<String> = engine.model()?.domains().iter().map(|d| d.name.to_string()).collect();
     let prompts = [("story", "Once upon a time"), ("recipe", "Title:")];
     let mut out = std::io::stdout().lock();
-    for domain in &model.domains {
-        let prompt = prompts.iter().find(|(n, _)| *n == domain.name).map_or("", |(_, p)| *p);
+    for domain in &names {
+        let prompt = prompts.iter().find(|(n, _)| n == domain).map_or("", |(_, p)| *p);
         let opts = SessionOptions {
-            max_seq: seq,
+            max_seq: engine.max_seq(),
             sampler: SamplerConfig {
                 temperature: 0.8,
                 top_p: 0.9,
@@ -436,27 +434,70 @@ fn demo(d: DemoArgs) -> Result<()> {
             },
             truncate_prompt: false,
         };
-        let mut session = Session::with_domain(&model, domain, &mut arena, opts)?;
-        writeln!(out, "=== {} ===", domain.name)?;
+        writeln!(out, "=== {domain} ===")?;
         write!(out, "{prompt}")?;
-        session.feed_prompt(prompt)?;
         let start = Instant::now();
-        session.generate(d.max_tokens, &mut |t| {
-            let _ = write!(out, "{t}").and_then(|_| out.flush());
+        let (tokens, io_err) = engine.with_session(Some(domain), opts, |session| -> Result<_> {
+            session.feed_prompt(prompt)?;
+            let mut io_err = None;
+            session.generate(d.max_tokens, &mut |t| {
+                if io_err.is_none() {
+                    io_err = write!(out, "{t}").and_then(|_| out.flush()).err();
+                }
+            })?;
+            Ok((session.tokens().len(), io_err))
         })?;
+        if let Some(e) = io_err {
+            return Err(e.into());
+        }
         let secs = start.elapsed().as_secs_f64();
         writeln!(out, "\n")?;
-        eprintln!("[{}: {} tokens in {:.2} s]", domain.name, session.tokens().len(), secs);
+        eprintln!("[{domain}: {tokens} tokens in {secs:.2} s]");
     }
     Ok(())
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+/// What a user can do about a runtime error (the library's messages are neutral).
+fn advice(kind: ErrorKind) -> Option<&'static str> {
+    Some(match kind {
+        ErrorKind::PromptTooLong => "shorten the prompt, raise --max-seq, or use --truncate-prompt",
+        ErrorKind::ContextFull => "raise --max-seq or generate fewer tokens",
+        ErrorKind::CorruptFile => "convert models with `edgelm-convert`; re-copy or re-convert a damaged file",
+        ErrorKind::Unsupported => "re-convert the model with this version's `edgelm-convert`, or upgrade edgelm",
+        ErrorKind::WrongFile => "pass the base model with --model and its domain packs with --pack",
+        ErrorKind::UnknownDomain => "`edgelm inspect` lists the domains a model and its packs provide",
+        _ => return None,
+    })
+}
+
+/// True when the error comes from writing to a closed pipe (`edgelm … | head`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    warn_kernel_override();
+    match cli.command {
         Command::Generate(g) => generate(g),
         Command::Inspect { file } => inspect(&file),
         Command::Bench(b) => bench(b),
         Command::Eval(e) => eval(e),
         Command::Demo(d) => demo(d),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // a reader that stopped early (`| head`) is not a failure
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            let kind = e.chain().find_map(|c| c.downcast_ref::<edgelm_runtime::Error>()).map(|r| r.kind());
+            if let Some(hint) = kind.and_then(advice) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
     }
 }

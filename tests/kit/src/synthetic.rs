@@ -2,12 +2,10 @@
 //! vocabulary, for tests and benchmarks (e.g. the 15M-parameter shape of
 //! llama2.c's stories15M). Written through the format writer like any model.
 
-use alloc::format;
-use alloc::string::String;
-use alloc::vec::Vec;
-
-use crate::error::Result;
-use crate::format::{Config, DType, DomainSpec, FileKind, FileWriter, TokenizerInfo, TokenizerKind};
+use edgelm_runtime::format::{
+    Config, DType, DomainSpec, FileKind, FileWriter, TokenizerInfo, TokenizerKind, TokenizerTables,
+};
+use edgelm_runtime::Result;
 
 /// Deterministic weights (SplitMix64).
 pub struct WeightRng(u64);
@@ -42,7 +40,7 @@ pub fn byte_level_vocab(vocab_size: usize) -> VocabAndMerges {
     let mut vocab: Vec<Vec<u8>> = Vec::with_capacity(vocab_size);
     vocab.push(b"<|endoftext|>".to_vec());
     for b in 0..=255u8 {
-        vocab.push(alloc::vec![b]);
+        vocab.push(vec![b]);
     }
     let mut merges = Vec::new();
     // frequent English letters first, so small vocabularies get useful pairs
@@ -54,7 +52,7 @@ pub fn byte_level_vocab(vocab_size: usize) -> VocabAndMerges {
                 break 'pairs;
             }
             merges.push((byte_id(a), byte_id(b), vocab.len() as u32));
-            vocab.push(alloc::vec![a, b]);
+            vocab.push(vec![a, b]);
         }
     }
     let n_pairs = vocab.len();
@@ -73,38 +71,29 @@ pub fn byte_level_vocab(vocab_size: usize) -> VocabAndMerges {
     (vocab, merges)
 }
 
-/// Writes byte-level BPE tokenizer tables under `prefix`.
+/// Writes byte-level BPE tokenizer tables under `prefix` (`<|endoftext|>`,
+/// id 0, is the one special token).
 pub fn write_byte_level_tokenizer(
     w: &mut FileWriter,
     prefix: &str,
     vocab: &[Vec<u8>],
     merges: &[(u32, u32, u32)],
 ) -> Result<()> {
-    let mut bytes = Vec::new();
-    let mut offsets = Vec::with_capacity(vocab.len() + 1);
-    for t in vocab {
-        offsets.push(bytes.len() as u32);
-        bytes.extend_from_slice(t);
-    }
-    offsets.push(bytes.len() as u32);
     let mut byte_tokens = [0u32; 256];
     for (i, t) in vocab.iter().enumerate().skip(1) {
         if t.len() == 1 {
             byte_tokens[t[0] as usize] = i as u32;
         }
     }
-    w.add_u8(&format!("{prefix}tokenizer.vocab_bytes"), &bytes)?;
-    w.add_u32(&format!("{prefix}tokenizer.vocab_offsets"), &[offsets.len() as u32], &offsets)?;
-    w.add_u32(&format!("{prefix}tokenizer.byte_tokens"), &[256], &byte_tokens)?;
-    w.add_u32(&format!("{prefix}tokenizer.special"), &[1], &[0])?;
-    if !merges.is_empty() {
-        let flat: Vec<u32> = merges.iter().flat_map(|&(a, b, c)| [a, b, c]).collect();
-        let mut index: Vec<u32> = (0..merges.len() as u32).collect();
-        index.sort_by_key(|&r| (merges[r as usize].0, merges[r as usize].1));
-        w.add_u32(&format!("{prefix}tokenizer.merges"), &[merges.len() as u32, 3], &flat)?;
-        w.add_u32(&format!("{prefix}tokenizer.merge_index"), &[merges.len() as u32], &index)?;
-    }
-    Ok(())
+    let tables = TokenizerTables {
+        info: byte_level_info(),
+        vocab: vocab.to_vec(),
+        merges: merges.to_vec(),
+        scores: Vec::new(),
+        special: vec![0],
+        byte_tokens,
+    };
+    tables.write(w, prefix)
 }
 
 /// The tokenizer settings of synthetic byte-level models.
@@ -188,7 +177,7 @@ pub fn random_weights(c: &Config, seed: u64, embed_gain: f32) -> Vec<(String, Ve
     let mut mat = |rng: &mut WeightRng, name: String, rows: usize, cols: usize| {
         let gain = if name == "tok_embeddings" || name == "output" { embed_gain } else { 1.0 };
         let scale = gain / libm::sqrtf(cols as f32);
-        out.push((name, alloc::vec![rows as u32, cols as u32], rng.fill(rows * cols, scale)));
+        out.push((name, vec![rows as u32, cols as u32], rng.fill(rows * cols, scale)));
     };
     mat(&mut rng, "tok_embeddings".into(), vocab, dim);
     for l in 0..c.n_layers {
@@ -206,7 +195,7 @@ pub fn random_weights(c: &Config, seed: u64, embed_gain: f32) -> Vec<(String, Ve
     }
     let mut norm = |rng: &mut WeightRng, name: String| {
         let v = (0..dim).map(|_| 1.0 + 0.1 * rng.uniform()).collect();
-        out.push((name, alloc::vec![dim as u32], v));
+        out.push((name, vec![dim as u32], v));
     };
     for l in 0..c.n_layers {
         norm(&mut rng, format!("layers.{l}.attention_norm"));
@@ -296,7 +285,7 @@ pub fn synthetic_pack(base: &SyntheticSpec, pack: &SyntheticPackSpec) -> Result<
         let s = 1.0 / libm::sqrtf(dim as f32);
         let zero_or = |rng: &mut WeightRng, n: usize, scale: f32| {
             if pack.identity_init {
-                alloc::vec![0.0; n]
+                vec![0.0; n]
             } else {
                 rng.fill(n, scale)
             }

@@ -1,24 +1,6 @@
-//! `edgelm-train experiment` (issue #5): a story base, then every way of adding
-//! the recipe domain with the same recipe data and token budget, plus the
-//! tokenizer comparison; writes `report.md`, PNG charts and one `result.json` per
-//! method into the output directory. A method whose `result.json` exists is
-//! skipped (loaded), so a crashed or stopped run resumes where it was; the report
-//! is rewritten after every method.
-//!
-//! Methods (every recipe method gets `domain.steps` steps of `batch × seq` tokens):
-//! * `base`: a story model from scratch with its own story tokenizer (`base.steps`);
-//! * `expand`: `k` new blocks + the recipe tokenizer's embedding/norm over the frozen base;
-//! * `finetune`: all base weights on recipes (base tokenizer);
-//! * `lora`: rank-r adapters on every projection, base frozen (base tokenizer);
-//! * `separate`: a recipe model from scratch with its own recipe tokenizer;
-//! * `joint`: a model from scratch on both corpora (`base.steps + domain.steps`
-//!   steps, each step one domain in proportion), generic tokenizer with tags;
-//! * `story-generic`, `recipe-generic`: the base and separate recipe models again,
-//!   same architecture and steps, with one generic tokenizer trained on both corpora
-//!   at a larger vocabulary (the tokenizer claim);
-//! * `story-generic-eq`, `recipe-generic-eq`: the same with the FFN narrowed so the
-//!   total parameter count matches the custom-tokenizer model (same parameter budget).
+//! Training and scoring every method of the experiment, resumably.
 
+use super::{write_report, DomainScore, ExperimentConfig, MethodResult, ALL_METHODS};
 use crate::baselines::{finetune_copy, fit, FitConfig, FitStats, FnScorer, Lora};
 use crate::checkpoint;
 use crate::config::ModelConfig;
@@ -31,140 +13,14 @@ use crate::sample::{pick, SampleOptions};
 use crate::tokenizer::EdgeTokenizer;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, Var};
-use plotters::prelude::*;
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
-
-/// Settings of an experiment run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExperimentConfig {
-    /// Directory with `stories/` and `recipes/` (each `train.txt`, `valid.txt`).
-    pub data: PathBuf,
-    pub out: PathBuf,
-    /// Architecture of every model (vocab_size is set per tokenizer).
-    pub model: ModelConfig,
-    /// Vocabulary of the per-domain tokenizers.
-    pub vocab: usize,
-    /// Vocabulary of the generic tokenizer (both corpora).
-    pub generic_vocab: usize,
-    pub base: FitConfig,
-    pub domain: FitConfig,
-    pub lora_rank: usize,
-    /// New blocks of `expand`.
-    pub blocks: usize,
-    /// Text used to train each tokenizer (first documents of train.txt).
-    pub tokenizer_bytes: usize,
-    /// Text of each train.txt used for training (first documents).
-    pub train_bytes: usize,
-    /// Text of each valid.txt evaluated (first documents).
-    pub valid_bytes: usize,
-    /// Samples per domain in the report.
-    pub samples: usize,
-    pub methods: Vec<String>,
-}
-
-pub const ALL_METHODS: [&str; 10] = [
-    "base",
-    "expand",
-    "finetune",
-    "lora",
-    "separate",
-    "joint",
-    "story-generic",
-    "recipe-generic",
-    "story-generic-eq",
-    "recipe-generic-eq",
-];
-
-impl ExperimentConfig {
-    /// The small, bounded default for a CPU-starved machine.
-    pub fn small(data: PathBuf, out: PathBuf) -> Self {
-        let model = ModelConfig {
-            dim: 128,
-            n_layers: 4,
-            n_heads: 4,
-            n_kv_heads: 2,
-            ffn_dim: 352,
-            vocab_size: 2048,
-            max_seq: 128,
-            ..ModelConfig::default()
-        };
-        let fc =
-            FitConfig { steps: 300, batch: 16, seq: 128, lr: 3e-3, min_lr: 3e-4, warmup: 30, ..FitConfig::default() };
-        ExperimentConfig {
-            data,
-            out,
-            model,
-            vocab: 2048,
-            generic_vocab: 4096,
-            base: fc.clone(),
-            domain: fc,
-            lora_rank: 8,
-            blocks: 2,
-            tokenizer_bytes: 6 << 20,
-            train_bytes: 12 << 20,
-            valid_bytes: 300 << 10,
-            samples: 2,
-            methods: ALL_METHODS.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-}
-
-/// BPB of one domain.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DomainScore {
-    pub bpb: f64,
-    pub loss: f64,
-    pub tokenizer: String,
-    pub vocab: usize,
-    pub bytes_per_token: f64,
-}
-
-impl DomainScore {
-    fn of(r: &EvalResult, tokenizer: &str, vocab: usize) -> Self {
-        DomainScore {
-            bpb: r.bpb,
-            loss: r.loss,
-            tokenizer: tokenizer.into(),
-            vocab,
-            bytes_per_token: r.bytes as f64 / (r.scored_tokens.saturating_sub(r.documents as u64)).max(1) as f64,
-        }
-    }
-}
-
-/// What one method produced.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MethodResult {
-    pub method: String,
-    pub story: Option<DomainScore>,
-    pub recipe: Option<DomainScore>,
-    pub trainable_params: usize,
-    pub total_params: usize,
-    pub train_tokens: u64,
-    pub wall_s: f64,
-    pub losses: Vec<(usize, f64)>,
-    pub samples: Vec<(String, String)>,
-    pub notes: Vec<String>,
-}
 
 struct Data {
     story_train: Corpus,
     story_valid: Corpus,
     recipe_train: Corpus,
     recipe_valid: Corpus,
-}
-
-fn head_docs(c: Corpus, max_bytes: usize) -> Corpus {
-    let mut text = String::new();
-    for (_, d) in split_documents(&c.text) {
-        if text.len() >= max_bytes {
-            break;
-        }
-        text.push_str(d);
-        text.push_str("\n<|endoftext|>\n");
-    }
-    Corpus { path: c.path, text }
 }
 
 fn log(out: &Path, msg: &str) {
@@ -180,11 +36,11 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
     let out = &cfg.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io("cannot create", out, e))?;
     let json = serde_json::to_string_pretty(cfg).expect("config serialises");
-    crate::error::write_atomic(&out.join("experiment.json"), json.as_bytes())?;
+    crate::fsio::write_atomic(&out.join("experiment.json"), json.as_bytes())?;
     let dev = Device::Cpu;
     let lim = Limits::default();
     let load = |dom: &str, f: &str, cap: usize| -> Result<Corpus> {
-        Ok(head_docs(Corpus::load(&cfg.data.join(dom).join(f), lim)?, cap))
+        Ok(Corpus::load(&cfg.data.join(dom).join(f), lim)?.head(cap))
     };
     let t0 = Instant::now();
     let data = Data {
@@ -204,7 +60,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
             return EdgeTokenizer::load(&p);
         }
         let t = Instant::now();
-        let caps: Vec<Corpus> = corpora.iter().map(|c| head_docs((*c).clone(), cfg.tokenizer_bytes)).collect();
+        let caps: Vec<Corpus> = corpora.iter().map(|c| (*c).clone().head(cfg.tokenizer_bytes)).collect();
         let docs: Vec<&str> = caps.iter().flat_map(|c| c.documents().into_iter().map(|(_, d)| d)).collect();
         let tok = EdgeTokenizer::train(docs.into_iter(), vocab, domains)?;
         tok.save(&p)?;
@@ -235,7 +91,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         let dir = out.join(&r.method);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
         let j = serde_json::to_string_pretty(&r).expect("result serialises");
-        crate::error::write_atomic(&dir.join("result.json"), j.as_bytes())?;
+        crate::fsio::write_atomic(&dir.join("result.json"), j.as_bytes())?;
         log(out, &format!("{} done: {}", r.method, summary(&r)));
         rs.retain(|x| x.method != r.method);
         rs.push(r);
@@ -508,244 +364,4 @@ pub fn samples_of(
         out.push((prompt.to_string(), tok.decode(&gen)?));
     }
     Ok(out)
-}
-
-fn fmt_params(n: usize) -> String {
-    if n >= 1_000_000 {
-        format!("{:.2}M", n as f64 / 1e6)
-    } else {
-        format!("{:.1}k", n as f64 / 1e3)
-    }
-}
-
-/// Writes `report.md` and the charts from whatever results exist.
-pub fn write_report(cfg: &ExperimentConfig, rs: &[MethodResult]) -> Result<()> {
-    let get = |m: &str| rs.iter().find(|r| r.method == m);
-    let base_story = get("base").and_then(|r| r.story.as_ref()).map(|s| s.bpb);
-    let mut md = String::new();
-    md.push_str("# Experiment: adding the recipe domain to a story model\n\n");
-    md.push_str(&format!(
-        "Model: dim {}, {} layers, {} heads ({} KV), ffn {}, context {}; per-domain tokenizers of {} tokens, \
-         generic tokenizer {} tokens. Story base: {} steps; every recipe method: {} steps; batch {} × {} tokens \
-         (= {} tokens per step). LR {} → {} (cosine, {} warm-up), AdamW wd {}, clip {}. LoRA rank {}; expansion: {} \
-         new blocks. Train text: first {:.1} MB of each train.txt; BPB on the first {} KB of each valid.txt.\n\n",
-        cfg.model.dim,
-        cfg.model.n_layers,
-        cfg.model.n_heads,
-        cfg.model.n_kv_heads,
-        cfg.model.ffn_dim,
-        cfg.base.seq,
-        cfg.vocab,
-        cfg.generic_vocab,
-        cfg.base.steps,
-        cfg.domain.steps,
-        cfg.domain.batch,
-        cfg.domain.seq,
-        cfg.domain.batch * cfg.domain.seq,
-        cfg.domain.lr,
-        cfg.domain.min_lr,
-        cfg.domain.warmup,
-        cfg.domain.weight_decay,
-        cfg.domain.grad_clip,
-        cfg.lora_rank,
-        cfg.blocks,
-        cfg.train_bytes as f64 / (1 << 20) as f64,
-        cfg.valid_bytes >> 10,
-    ));
-    md.push_str("## Methods (valid bits per byte, lower is better)\n\n");
-    md.push_str(
-        "| method | story BPB | Δ story vs base (forgetting) | recipe BPB | recipe tokenizer | trainable params | total params | train tokens | wall (s) |\n|---|---|---|---|---|---|---|---|---|\n",
-    );
-    let f = |d: Option<&DomainScore>| d.map(|d| format!("{:.4}", d.bpb)).unwrap_or_else(|| "–".into());
-    for m in ["base", "expand", "finetune", "lora", "separate", "joint"] {
-        if let Some(r) = get(m) {
-            let delta = match (r.story.as_ref(), base_story) {
-                (Some(s), Some(b)) if m != "base" => format!("{:+.4}", s.bpb - b),
-                _ => "–".into(),
-            };
-            md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
-                m,
-                f(r.story.as_ref()),
-                delta,
-                f(r.recipe.as_ref()),
-                r.recipe.as_ref().map(|d| format!("{} ({})", d.tokenizer, d.vocab)).unwrap_or_default(),
-                fmt_params(r.trainable_params),
-                fmt_params(r.total_params),
-                r.train_tokens,
-                r.wall_s
-            ));
-        }
-    }
-    md.push('\n');
-    if let (Some(e), Some(s)) = (get("expand"), get("separate")) {
-        if let (Some(er), Some(sr)) = (e.recipe.as_ref(), s.recipe.as_ref()) {
-            let rel = (er.bpb - sr.bpb) / sr.bpb * 100.0;
-            md.push_str(&format!(
-                "Expansion's recipe BPB is {:+.1} % relative to the separate recipe model with the same budget \
-                 (the issue's target: within 10 %: {}).\n\n",
-                rel,
-                if rel <= 10.0 { "met" } else { "NOT met" }
-            ));
-        }
-    }
-    md.push_str("## Tokenizer claim: custom per-domain tokenizers vs one generic tokenizer\n\n");
-    md.push_str(
-        "Same steps and tokens per step. `*-generic`: same architecture, only the tokenizer (and so the \
-         embedding size) differs; `*-generic-eq`: the FFN is narrowed so the total parameter count equals the \
-         custom-tokenizer model's (same parameter budget).\n\n",
-    );
-    md.push_str("| domain | tokenizer | vocab | bytes/token | params | BPB |\n|---|---|---|---|---|---|\n");
-    for (dom, own, gen, eq) in [
-        ("story", "base", "story-generic", "story-generic-eq"),
-        ("recipe", "separate", "recipe-generic", "recipe-generic-eq"),
-    ] {
-        for m in [own, gen, eq] {
-            if let Some(r) = get(m) {
-                let d = if dom == "story" { r.story.as_ref() } else { r.recipe.as_ref() };
-                if let Some(d) = d {
-                    md.push_str(&format!(
-                        "| {dom} | {} ({m}) | {} | {:.2} | {} | {:.4} |\n",
-                        d.tokenizer,
-                        d.vocab,
-                        d.bytes_per_token,
-                        fmt_params(r.total_params),
-                        d.bpb
-                    ));
-                }
-            }
-        }
-    }
-    md.push_str(
-        "\nCharts: `bpb.png` (per method, left bar story BPB in blue, right bar recipe BPB in orange; the \
-         dashed line is the base's story BPB), `tokenizers.png` (per domain: custom tokenizer blue, generic \
-         orange, generic with equal parameters grey), `curves.png` (recipe training loss per step: expand red, finetune blue, lora green, separate \
-         black).\n\n",
-    );
-    md.push_str("## Notes\n\n");
-    for r in rs {
-        for n in &r.notes {
-            md.push_str(&format!("- {}: {n}\n", r.method));
-        }
-    }
-    md.push_str("\n## Samples (temperature 0.8, top-k 40)\n\n");
-    for r in rs {
-        for (p, t) in &r.samples {
-            md.push_str(&format!("**{}** — `{}`\n\n```\n{}{}\n```\n\n", r.method, p.trim_end(), p, t));
-        }
-    }
-    crate::error::write_atomic(&cfg.out.join("report.md"), md.as_bytes())?;
-    if let Err(e) = charts(&cfg.out, rs) {
-        eprintln!("warning: charts: {e}");
-    }
-    Ok(())
-}
-
-fn charts(out: &Path, rs: &[MethodResult]) -> std::result::Result<(), String> {
-    let e = |x: &dyn std::fmt::Display| x.to_string();
-    let get = |m: &str| rs.iter().find(|r| r.method == m);
-    let blue = RGBColor(60, 110, 200);
-    let orange = RGBColor(240, 140, 40);
-    // bpb.png
-    {
-        let methods = ["base", "expand", "finetune", "lora", "separate", "joint"];
-        let vals: Vec<(Option<f64>, Option<f64>)> = methods
-            .iter()
-            .map(|m| {
-                get(m).map_or((None, None), |r| (r.story.as_ref().map(|d| d.bpb), r.recipe.as_ref().map(|d| d.bpb)))
-            })
-            .collect();
-        let ymax = vals.iter().flat_map(|(a, b)| [a, b]).filter_map(|v| *v).fold(0.1, f64::max) * 1.1;
-        let p = out.join("bpb.png");
-        let root = BitMapBackend::new(&p, (800, 450)).into_drawing_area();
-        root.fill(&WHITE).map_err(|x| e(&x))?;
-        let mut ch = ChartBuilder::on(&root)
-            .margin(20)
-            .build_cartesian_2d(0f64..methods.len() as f64, 0f64..ymax)
-            .map_err(|x| e(&x))?;
-        for k in 0..=(ymax * 2.0) as usize {
-            let y = k as f64 / 2.0;
-            ch.draw_series(LineSeries::new([(0.0, y), (methods.len() as f64, y)], RGBColor(220, 220, 220)))
-                .map_err(|x| e(&x))?;
-        }
-        for (i, (s, r)) in vals.iter().enumerate() {
-            let x = i as f64;
-            if let Some(s) = s {
-                ch.draw_series([Rectangle::new([(x + 0.1, 0.0), (x + 0.45, *s)], blue.filled())]).map_err(|x| e(&x))?;
-            }
-            if let Some(r) = r {
-                ch.draw_series([Rectangle::new([(x + 0.55, 0.0), (x + 0.9, *r)], orange.filled())])
-                    .map_err(|x| e(&x))?;
-            }
-        }
-        if let Some(b) = get("base").and_then(|r| r.story.as_ref()) {
-            ch.draw_series(DashedLineSeries::new([(0.0, b.bpb), (methods.len() as f64, b.bpb)], 6, 4, BLACK.into()))
-                .map_err(|x| e(&x))?;
-        }
-        root.present().map_err(|x| e(&x))?;
-    }
-    // tokenizers.png
-    {
-        let bars = |m: [&str; 3], story: bool| -> Vec<Option<f64>> {
-            m.iter()
-                .map(|x| get(x).and_then(|r| if story { r.story.as_ref() } else { r.recipe.as_ref() }).map(|d| d.bpb))
-                .collect()
-        };
-        let groups = [
-            bars(["base", "story-generic", "story-generic-eq"], true),
-            bars(["separate", "recipe-generic", "recipe-generic-eq"], false),
-        ];
-        let ymax = groups.iter().flatten().filter_map(|v| *v).fold(0.1, f64::max) * 1.1;
-        let p = out.join("tokenizers.png");
-        let root = BitMapBackend::new(&p, (500, 400)).into_drawing_area();
-        root.fill(&WHITE).map_err(|x| e(&x))?;
-        let mut ch = ChartBuilder::on(&root).margin(20).build_cartesian_2d(0f64..2.0, 0f64..ymax).map_err(|x| e(&x))?;
-        let colors = [blue, orange, RGBColor(150, 150, 150)];
-        for (i, g) in groups.iter().enumerate() {
-            for (k, v) in g.iter().enumerate() {
-                if let Some(v) = v {
-                    let x = i as f64 + 0.08 + k as f64 * 0.28;
-                    ch.draw_series([Rectangle::new([(x, 0.0), (x + 0.25, *v)], colors[k].filled())])
-                        .map_err(|x| e(&x))?;
-                }
-            }
-        }
-        root.present().map_err(|x| e(&x))?;
-    }
-    // curves.png
-    {
-        let series = [
-            ("expand", RGBColor(220, 40, 40)),
-            ("finetune", RGBColor(40, 80, 220)),
-            ("lora", RGBColor(40, 160, 60)),
-            ("separate", RGBColor(0, 0, 0)),
-        ];
-        let xmax = series.iter().filter_map(|(m, _)| get(m)).map(|r| r.losses.len()).max().unwrap_or(1).max(1) as f64;
-        let ymax = series
-            .iter()
-            .filter_map(|(m, _)| get(m))
-            .flat_map(|r| r.losses.iter().take(5).map(|l| l.1))
-            .fold(1.0, f64::max)
-            * 1.05;
-        let p = out.join("curves.png");
-        let root = BitMapBackend::new(&p, (800, 450)).into_drawing_area();
-        root.fill(&WHITE).map_err(|x| e(&x))?;
-        let mut ch =
-            ChartBuilder::on(&root).margin(20).build_cartesian_2d(0f64..xmax, 0f64..ymax).map_err(|x| e(&x))?;
-        for (m, c) in series {
-            if let Some(r) = get(m) {
-                let w = 10usize;
-                let pts: Vec<(f64, f64)> = (0..r.losses.len())
-                    .map(|i| {
-                        let lo = i.saturating_sub(w);
-                        let s: f64 = r.losses[lo..=i].iter().map(|l| l.1).sum();
-                        (r.losses[i].0 as f64, (s / (i - lo + 1) as f64).min(ymax))
-                    })
-                    .collect();
-                ch.draw_series(LineSeries::new(pts, c.stroke_width(2))).map_err(|x| e(&x))?;
-            }
-        }
-        root.present().map_err(|x| e(&x))?;
-    }
-    Ok(())
 }

@@ -1,9 +1,9 @@
 //! Writes a synthetic (random-weight) model for benchmarks:
-//! `cargo run --release -p edgelm-runtime --example write_synthetic -- stories15m q8 /tmp/s15m-q8.edgelm`
+//! `cargo run --release -p edgelm-testkit --example write_synthetic -- stories15m q8 /tmp/s15m-q8.edgelm`
 //! Shapes: `tiny`, `stories15m`. Dtypes: `f32`, `f16`, `q8`.
 
 use edgelm_runtime::format::DType;
-use edgelm_runtime::synthetic::{synthetic_model, SyntheticSpec};
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

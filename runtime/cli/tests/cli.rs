@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use edgelm_runtime::format::DType;
-use edgelm_runtime::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
+use edgelm_testkit::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
 
 fn workdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("edgelm-cli-{name}-{}", std::process::id()));

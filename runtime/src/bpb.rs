@@ -1,0 +1,233 @@
+//! Bits per byte, the protocol of `docs/CHECKPOINT.md`, in one place: the
+//! document splitter, the scoring windows and the totals. `edgelm eval`
+//! scores with a [`Session`]; the trainer scores the same windows with candle
+//! and adds its nats to the same [`Totals`], so the numbers compare across tools.
+//!
+//! 1. documents = text between lines that are exactly `<|endoftext|>` (a
+//!    `\r` before the line's `\n` is allowed), each without its final `\n`,
+//!    empty ones skipped;
+//! 2. tokens = `[bos] (+ tag) + encode(doc) + [eos]`; the tag is context, not scored;
+//! 3. every token after the first is scored with `-ln p(token | previous)`; a
+//!    document longer than the context is scored in consecutive windows of
+//!    `max_seq` tokens, each window after the first starting with the last token
+//!    of the previous one as its only context;
+//! 4. `bpb = nats / ln 2 / document bytes` (0 for no bytes), `loss = nats /
+//!    scored tokens`, `ppl = exp(loss)`.
+//!
+//! No allocation and no `std`: a firmware can score text too.
+
+use crate::error::{Error, Result};
+use crate::session::Session;
+
+/// The document separator line.
+pub const SEPARATOR: &str = "<|endoftext|>";
+
+/// Documents of a corpus text with the (1-based) line each starts on.
+pub fn documents_with_lines(text: &str) -> Documents<'_> {
+    Documents { text, pos: 0, line: 1 }
+}
+
+/// Documents of a corpus text (see the module's step 1).
+pub fn documents(text: &str) -> impl Iterator<Item = &str> {
+    documents_with_lines(text).map(|(_, d)| d)
+}
+
+/// Iterator of [`documents_with_lines`].
+#[derive(Debug, Clone)]
+pub struct Documents<'t> {
+    text: &'t str,
+    /// Byte offset where the next document starts.
+    pos: usize,
+    /// Line number at `pos`.
+    line: usize,
+}
+
+impl<'t> Iterator for Documents<'t> {
+    type Item = (usize, &'t str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let bytes = self.text.as_bytes();
+        while self.pos < bytes.len() {
+            let (start, start_line) = (self.pos, self.line);
+            // Walk lines until a separator line or the end of the text.
+            let mut at = start;
+            let doc_end = loop {
+                if at >= bytes.len() {
+                    self.pos = at;
+                    break at;
+                }
+                let end = bytes[at..].iter().position(|&c| c == b'\n').map_or(bytes.len(), |i| at + i);
+                let line = &self.text[at..end];
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                let next = if end < bytes.len() { end + 1 } else { end };
+                self.line += 1;
+                if line == SEPARATOR {
+                    self.pos = next;
+                    break at;
+                }
+                at = next;
+            };
+            let doc = &self.text[start..doc_end];
+            let doc = doc.strip_suffix('\n').unwrap_or(doc);
+            if !doc.is_empty() {
+                return Some((start_line, doc));
+            }
+        }
+        None
+    }
+}
+
+/// One scoring window over a document's token sequence: tokens
+/// `start..end`; the prediction of token `i + 1` counts for `i >= first_scored`
+/// (indices into the whole sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: usize,
+    pub end: usize,
+    pub first_scored: usize,
+}
+
+/// The windows of a sequence of `len` tokens for a context of `max_seq`
+/// tokens, the first `unscored` predictions (a tag after BOS) not scored.
+pub fn windows(len: usize, max_seq: usize, unscored: usize) -> impl Iterator<Item = Window> {
+    let max_seq = max_seq.max(2);
+    let mut start = 0usize;
+    core::iter::from_fn(move || {
+        if start + 1 >= len {
+            return None;
+        }
+        let end = (start + max_seq).min(len);
+        let w = Window { start, end, first_scored: unscored.max(start) };
+        start = end - 1;
+        Some(w)
+    })
+}
+
+/// Sums over scored documents.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    /// `Σ -ln p` over scored tokens.
+    pub nats: f64,
+    pub scored_tokens: u64,
+    /// UTF-8 bytes of the documents.
+    pub bytes: u64,
+    pub documents: u64,
+}
+
+impl Totals {
+    /// Bits per byte; 0 when no bytes were scored.
+    pub fn bpb(&self) -> f64 {
+        if self.bytes == 0 {
+            return 0.0;
+        }
+        self.nats / core::f64::consts::LN_2 / self.bytes as f64
+    }
+
+    /// Mean nats per scored token (0 for none).
+    pub fn loss(&self) -> f64 {
+        self.nats / self.scored_tokens.max(1) as f64
+    }
+
+    pub fn perplexity(&self) -> f64 {
+        libm::exp(self.loss())
+    }
+}
+
+/// `-ln softmax(logits)[target]`, in f64.
+pub fn nll(logits: &[f32], target: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let lse = max + libm::log(logits.iter().map(|&v| libm::exp(v as f64 - max)).sum::<f64>());
+    lse - logits[target as usize] as f64
+}
+
+/// Scores one document with `session` (its domain and context length) and
+/// adds it to `totals`. `buf` holds the token sequence: `doc.len() + 8`
+/// entries are always enough (a token covers at least one byte).
+pub fn score_document(session: &mut Session<'_, '_>, doc: &str, buf: &mut [u32], totals: &mut Totals) -> Result<()> {
+    let domain = session.domain();
+    let tok = domain.tokenizer;
+    let info = *tok.info();
+    let (bos, eos) = match (info.bos, info.eos) {
+        (Some(b), Some(e)) => (b, e),
+        _ => return Err(Error::BadTokenizer("evaluation needs BOS and EOS tokens")),
+    };
+    let prefix: &[u32] = match domain.tag_token {
+        Some(tag) => &[bos, tag],
+        None => &[bos],
+    };
+    let mut seq = prefix.len().min(buf.len());
+    buf[..seq].copy_from_slice(&prefix[..seq]);
+    let end = buf.len().saturating_sub(1).max(seq);
+    seq += tok.encode(doc, &mut buf[seq..end])?;
+    if seq >= buf.len() {
+        return Err(Error::BadSetting("score_document: token buffer too small"));
+    }
+    buf[seq] = eos;
+    let seq = &buf[..seq + 1];
+
+    for w in windows(seq.len(), session.max_seq(), prefix.len() - 1) {
+        session.reset();
+        for pos in w.start..w.end - 1 {
+            let logits = session.step(seq[pos])?;
+            if pos >= w.first_scored {
+                totals.nats += nll(logits, seq[pos + 1]);
+                totals.scored_tokens += 1;
+            }
+        }
+    }
+    totals.bytes += doc.len() as u64;
+    totals.documents += 1;
+    Ok(())
+}
+
+/// [`score_document`] with a buffer of its own.
+#[cfg(feature = "alloc")]
+pub fn eval_document(session: &mut Session<'_, '_>, doc: &str, totals: &mut Totals) -> Result<()> {
+    let mut buf = alloc::vec![0u32; doc.len() + 8];
+    score_document(session, doc, &mut buf, totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docs(t: &str) -> alloc::vec::Vec<(usize, &str)> {
+        documents_with_lines(t).collect()
+    }
+
+    extern crate alloc;
+
+    #[test]
+    fn splits_per_protocol() {
+        let t = "a\nb\n<|endoftext|>\n\n<|endoftext|>\nc\n<|endoftext|>\n";
+        assert_eq!(docs(t), [(1, "a\nb"), (6, "c")]);
+        // A separator-like line inside text is not a separator.
+        assert_eq!(docs("x <|endoftext|>\ny"), [(1, "x <|endoftext|>\ny")]);
+        assert_eq!(docs("<|endoftext|>\nz\n<|endoftext|>"), [(2, "z")]);
+        // CRLF separators split too; the text keeps its own bytes.
+        assert_eq!(docs("a\r\n<|endoftext|>\r\nb\r\n"), [(1, "a\r"), (3, "b\r")]);
+        assert!(docs("").is_empty());
+        assert!(docs("<|endoftext|>\n<|endoftext|>\n").is_empty());
+    }
+
+    #[test]
+    fn windows_follow_protocol() {
+        let w: alloc::vec::Vec<Window> = windows(7, 4, 0).collect();
+        assert_eq!(w, [Window { start: 0, end: 4, first_scored: 0 }, Window { start: 3, end: 7, first_scored: 3 }]);
+        let scored: usize = w.iter().map(|w| w.end - 1 - w.first_scored).sum();
+        assert_eq!(scored, 6, "every token after the first, once");
+        let w: alloc::vec::Vec<(usize, usize)> = windows(7, 3, 1).map(|w| (w.start, w.end)).collect();
+        assert_eq!(w, [(0, 3), (2, 5), (4, 7)]);
+        assert_eq!(windows(7, 3, 1).next().unwrap().first_scored, 1);
+        assert_eq!(windows(1, 4, 0).count(), 0);
+    }
+
+    #[test]
+    fn totals() {
+        assert_eq!(Totals::default().bpb(), 0.0);
+        let t = Totals { nats: 10.0, scored_tokens: 10, bytes: 8, documents: 2 };
+        assert!((t.bpb() - 10.0 / core::f64::consts::LN_2 / 8.0).abs() < 1e-12);
+        assert!((t.loss() - 1.0).abs() < 1e-12);
+        assert!((nll(&[0.0, 0.0], 1) - core::f64::consts::LN_2).abs() < 1e-12);
+    }
+}
