@@ -103,7 +103,7 @@ const _: () = {
     use core::mem::{align_of, size_of};
     assert!(size_of::<f32>() == 4 && size_of::<u32>() == 4 && size_of::<i8>() == 1);
     assert!(size_of::<ProbIndex>() == 8 && align_of::<ProbIndex>() == 4);
-    assert!(ALIGN % align_of::<ProbIndex>() == 0 && ALIGN % align_of::<f32>() == 0);
+    assert!(ALIGN.is_multiple_of(align_of::<ProbIndex>()) && ALIGN.is_multiple_of(align_of::<f32>()));
 };
 
 /// Splits the next buffer (at `offset`, `bytes` long) off `rest`, which

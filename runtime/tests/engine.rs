@@ -19,23 +19,11 @@ fn opts(max_seq: usize) -> SessionOptions {
     }
 }
 
-fn pack_spec() -> SyntheticPackSpec {
-    SyntheticPackSpec {
-        domain: "recipe".into(),
-        own_vocab: Some(300),
-        tag_token: None,
-        positions: vec![2],
-        identity_init: false,
-        dtype: DType::Q8,
-        seed: 4,
-    }
-}
-
 #[test]
 fn engine_sessions_equal_hand_built_ones() {
     let spec = SyntheticSpec::tiny(DType::Q8);
     let base = synthetic_model(&spec).unwrap();
-    let pack = synthetic_pack(&spec, &pack_spec()).unwrap();
+    let pack = synthetic_pack(&spec, &SyntheticPackSpec::recipe(DType::Q8)).unwrap();
 
     let (b, p) = (aligned(base.clone()), aligned(pack.clone()));
     let mut model = Model::from_bytes(&b).unwrap();

@@ -24,15 +24,7 @@ fn subcommands_work_on_a_synthetic_model() {
     let spec = SyntheticSpec::tiny(DType::Q8);
     let model = dir.join("base.edgelm");
     std::fs::write(&model, synthetic_model(&spec).unwrap()).unwrap();
-    let pack_spec = SyntheticPackSpec {
-        domain: "recipe".into(),
-        own_vocab: Some(300),
-        tag_token: None,
-        positions: vec![2],
-        identity_init: false,
-        dtype: DType::Q8,
-        seed: 4,
-    };
+    let pack_spec = SyntheticPackSpec::recipe(DType::Q8);
     let pack = dir.join("recipe.edgelm");
     std::fs::write(&pack, synthetic_pack(&spec, &pack_spec).unwrap()).unwrap();
     let m = model.to_str().unwrap();

@@ -114,7 +114,7 @@ macro_rules! simd_f32_wrappers {
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 #[cfg(feature = "std")]
-pub mod pool;
+pub(crate) mod pool;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;

@@ -252,6 +252,22 @@ pub struct SyntheticPackSpec {
     pub seed: u64,
 }
 
+impl SyntheticPackSpec {
+    /// A `recipe` pack with its own 300-token byte-level tokenizer and one new
+    /// block after base block 2 (the tiny model's last).
+    pub fn recipe(dtype: DType) -> Self {
+        SyntheticPackSpec {
+            domain: "recipe".into(),
+            own_vocab: Some(300),
+            tag_token: None,
+            positions: vec![2],
+            identity_init: false,
+            dtype,
+            seed: 4,
+        }
+    }
+}
+
 /// Serialises a domain pack for the synthetic base `base`.
 pub fn synthetic_pack(base: &SyntheticSpec, pack: &SyntheticPackSpec) -> Result<Vec<u8>> {
     let c = base.config;

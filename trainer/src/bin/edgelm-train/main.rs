@@ -216,10 +216,12 @@ struct EvalArgs {
     /// Held-out file(s), one per domain.
     #[arg(long, num_args = 1.., required = true)]
     valid: Vec<PathBuf>,
-    /// Domain of each --valid file (needed for shared tokenizers; default from the directory name).
+    /// Domain of each --valid file (default: the checkpoint's domain; a checkpoint serving
+    /// several takes the one the file's folder names, e.g. recipes/valid.txt -> recipe).
     #[arg(long, num_args = 1..)]
     domain: Vec<String>,
-    /// Print JSON (keys: file, domain, bpb, loss, ppl, scored_tokens, bytes, documents).
+    /// Print JSON, one object per --valid file and line (the keys of `edgelm eval --json`:
+    /// file, domain, documents, bytes, scored_tokens, total_nats, loss, ppl, bpb).
     #[arg(long)]
     json: bool,
     /// Windows per forward batch.
