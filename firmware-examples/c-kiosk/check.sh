@@ -49,7 +49,7 @@ compare() {
 
 say "native build"
 make -s CARGOFLAGS="${CARGOFLAGS:-}"
-cargo build -q -p edgelm-cli ${CARGOFLAGS:-}
+cargo build -q --manifest-path "$ROOT/Cargo.toml" -p edgelm-cli ${CARGOFLAGS:-}
 NATIVE=build/native-debug
 timeout "$T" "$NATIVE/errors" "$MODELS/base.edgelm" "$MODELS/recipe.edgelm"
 compare native "$NATIVE/kiosk" "$ROOT/target/debug/edgelm"
@@ -57,7 +57,7 @@ compare native "$NATIVE/kiosk" "$ROOT/target/debug/edgelm"
 if [ "${SKIP_AARCH64:-0}" != 1 ]; then
   say "aarch64 build (aarch64-linux-gnu-gcc), run under qemu-aarch64"
   make -s TARGET=$A64 CC=aarch64-linux-gnu-gcc CARGOFLAGS="${CARGOFLAGS:-}"
-  cargo build -q -p edgelm-cli --target $A64 ${CARGOFLAGS:-}
+  cargo build -q --manifest-path "$ROOT/Cargo.toml" -p edgelm-cli --target $A64 ${CARGOFLAGS:-}
   A64B=build/$A64-debug
   readelf -h "$A64B/kiosk" | grep -q AArch64 || { echo "$A64B/kiosk is not an aarch64 binary" >&2; exit 1; }
   timeout "$T" "${QEMU[@]}" "$A64B/errors" "$MODELS/base.edgelm" "$MODELS/recipe.edgelm"
