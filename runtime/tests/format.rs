@@ -213,8 +213,9 @@ fn the_writer_refuses_what_the_reader_would() {
 #[test]
 fn misaligned_bytes_are_refused_not_misread() {
     let bytes = tiny();
-    let mut buf = vec![0u8; bytes.len() + 64];
-    let start = 64 - (buf.as_ptr() as usize % 64) + 1; // deliberately off by one
+    let mut buf = vec![0u8; bytes.len() + 65];
+    // the first 64-aligned offset in `buf` (0 when the allocation is aligned), plus one
+    let start = (64 - buf.as_ptr() as usize % 64) % 64 + 1;
     buf[start..start + bytes.len()].copy_from_slice(&bytes);
     let e = ModelFile::parse(&buf[start..start + bytes.len()], VerifyChecksum::Yes).unwrap_err();
     assert_eq!(e, Error::Misaligned);
