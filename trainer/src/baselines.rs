@@ -74,12 +74,56 @@ pub fn fit(
     loss: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
     progress: &mut dyn FnMut(usize, f64),
 ) -> Result<FitStats> {
+    fit_from(vars, fc, device, FitFrom::start(), batch, loss, progress)
+}
+
+/// Where a [`fit_from`] starts and when it checkpoints (a resumable run).
+pub struct FitFrom<'a> {
+    /// A resumed run: the completed steps, the optimiser moments
+    /// ([`AdamW::state_tensors`]) and the losses logged so far. The vars must
+    /// already hold that step's values, and the batch source its sampler state.
+    pub resume: Option<(usize, HashMap<String, Tensor>, Vec<(usize, f64)>)>,
+    /// Call `on_checkpoint` after every N-th step and after the last (0 = never).
+    pub checkpoint_every: usize,
+    /// Persists a checkpoint: the completed steps, the optimiser and the stats so far.
+    pub on_checkpoint: Option<&'a mut dyn FnMut(usize, &AdamW, &FitStats) -> Result<()>>,
+    /// Stop (as if killed) after this many steps of this call. For tests.
+    pub stop_after: Option<usize>,
+}
+
+impl FitFrom<'_> {
+    /// A fresh run that never checkpoints.
+    pub fn start() -> Self {
+        FitFrom { resume: None, checkpoint_every: 0, on_checkpoint: None, stop_after: None }
+    }
+}
+
+/// [`fit`] from a resumed state, with periodic checkpoints. Continuing a run
+/// stopped at a checkpoint gives exactly the weights of an uninterrupted run
+/// (same batches, schedule and moments), provided the caller restored the vars
+/// and the batch sampler.
+pub fn fit_from(
+    vars: Vec<(String, Var)>,
+    fc: &FitConfig,
+    device: &Device,
+    mut from: FitFrom,
+    batch: &mut dyn FnMut(usize) -> Result<(Vec<u32>, Vec<u32>)>,
+    loss: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    progress: &mut dyn FnMut(usize, f64),
+) -> Result<FitStats> {
     let hp = AdamWParams { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: fc.weight_decay };
     let mut opt = AdamW::new(vars, hp)?;
     let vars = opt.params.clone();
-    let start = Instant::now();
     let mut stats = FitStats::default();
-    for step in 0..fc.steps {
+    let mut first = 0;
+    if let Some((step, moments, losses)) = from.resume {
+        opt.load_state(moments, step)?;
+        first = step;
+        stats.losses = losses.into_iter().filter(|&(s, _)| s <= step).collect();
+        stats.tokens = (step * fc.batch * fc.seq) as u64;
+    }
+    let start = Instant::now();
+    for step in first..fc.steps {
         let lr = crate::schedule::lr_at(step, fc.steps, fc.warmup, fc.lr, fc.min_lr);
         let (x, y) = batch(step)?;
         let x = Tensor::from_vec(x, (fc.batch, fc.seq), device)?;
@@ -96,7 +140,17 @@ pub fn fit(
         opt.step(&g, lr)?;
         stats.losses.push((step + 1, lv));
         stats.tokens += (fc.batch * fc.seq) as u64;
+        stats.wall_s = start.elapsed().as_secs_f64();
         progress(step + 1, lv);
+        let done = step + 1;
+        if let Some(save) = from.on_checkpoint.as_mut() {
+            if from.checkpoint_every > 0 && (done % from.checkpoint_every == 0 || done == fc.steps) {
+                save(done, &opt, &stats)?;
+            }
+        }
+        if from.stop_after == Some(done - first) {
+            break;
+        }
     }
     stats.wall_s = start.elapsed().as_secs_f64();
     Ok(stats)

@@ -242,3 +242,85 @@ fn untied_base_gets_its_own_domain_head() {
     let x = ids(&[0, 40, 41, 200]);
     assert_eq!(max_diff(&e.forward(&x).unwrap(), &reference.forward(&x).unwrap()), 0.0);
 }
+
+/// An expansion stopped after a checkpoint and resumed ends with exactly the
+/// weights, loss log and optimiser state of an uninterrupted run; a torn
+/// checkpoint and other settings are refused.
+#[test]
+fn expansion_resume_matches_uninterrupted_run() {
+    use edgelm_trainer::expand::train::{self as expand_train, ExpandJob};
+    let dir = tmpdir("resume");
+    let fx = fixture(7);
+    let base_dir = dir.join("base");
+    checkpoint::save_model(&base_dir, &fx.base, &fx.story_tok, &["story".into()], DType::F32).unwrap();
+    let corpus = Corpus { path: dir.join("recipes.txt"), text: recipe_text(40) };
+    let stream = TokenStream::build(&corpus, &fx.recipe_tok, None).unwrap();
+    let fc = FitConfig { steps: 8, batch: 4, seq: 16, lr: 1e-2, warmup: 2, ..FitConfig::default() };
+    let expanded = || {
+        let ck = checkpoint::load(&base_dir, &Device::Cpu).unwrap();
+        let e = Expanded::new(
+            ck.model,
+            "recipe",
+            TokenizerMode::PerDomain,
+            default_positions(3, 2),
+            Some(&fx.story_tok),
+            Some(&fx.recipe_tok),
+            None,
+        )
+        .unwrap();
+        (e, ck.config)
+    };
+    let (e, base_cfg) = expanded();
+    let job = |out: &str, resume: bool, stop_after: Option<usize>| ExpandJob {
+        base_config: &base_cfg,
+        tokenizer: &fx.recipe_tok,
+        stream: &stream,
+        fit: fc.clone(),
+        out: dir.join(out),
+        checkpoint_every: 3,
+        resume,
+        stop_after,
+    };
+    let whole = expand_train::run(&e, &job("whole", false, None), &mut |_, _| {}).unwrap();
+    assert_eq!(whole.final_step, 8);
+
+    // Killed after step 5: the last checkpoint is step 3's; the resumed run redoes 4 and 5.
+    let (e1, _) = expanded();
+    let part = expand_train::run(&e1, &job("resumed", false, Some(5)), &mut |_, _| {}).unwrap();
+    assert_eq!(part.final_step, 5);
+    let (e2, _) = expanded();
+    let mut seen = Vec::new();
+    let rest = expand_train::run(&e2, &job("resumed", true, None), &mut |s, _| seen.push(s)).unwrap();
+    assert_eq!(seen.first(), Some(&4), "resumes after the step-3 checkpoint");
+    assert_eq!(rest.final_step, 8);
+    assert_eq!(rest.model_id, whole.model_id, "resumed weights differ from the uninterrupted run's");
+    assert_eq!(
+        checkpoint::model_id(&e2.tensors()).unwrap(),
+        checkpoint::model_id(&e.tensors()).unwrap()
+    );
+    let log = |d: &str| std::fs::read_to_string(dir.join(d).join(expand_train::LOG_FILE)).unwrap();
+    assert_eq!(log("resumed"), log("whole"));
+    let moments = |d: &str| checkpoint::load_tensors(&dir.join(d).join(checkpoint::STATE_TENSORS_FILE), &Device::Cpu);
+    assert_eq!(
+        checkpoint::model_id(&moments("resumed").unwrap()).unwrap(),
+        checkpoint::model_id(&moments("whole").unwrap()).unwrap()
+    );
+
+    // Other settings are refused rather than silently mixed.
+    let (e3, _) = expanded();
+    let mut other = job("resumed", true, None);
+    other.fit.lr = 5e-3;
+    let err = expand_train::run(&e3, &other, &mut |_, _| {}).err().expect("other settings must be refused");
+    assert!(err.to_string().contains("other settings"), "{err}");
+
+    // A checkpoint torn between the weights and the state is detected.
+    let (e4, _) = expanded();
+    e4.save(&dir.join("resumed"), &base_cfg, &fx.recipe_tok).unwrap();
+    let err = expand_train::run(&e4, &job("resumed", true, None), &mut |_, _| {}).err().expect("torn checkpoint");
+    assert!(err.to_string().contains("does not belong"), "{err}");
+
+    // Nothing to resume is a clear error.
+    let (e5, _) = expanded();
+    let err = expand_train::run(&e5, &job("fresh", true, None), &mut |_, _| {}).err().expect("nothing to resume");
+    assert!(err.to_string().contains("nothing to resume"), "{err}");
+}

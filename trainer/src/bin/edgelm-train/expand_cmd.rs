@@ -3,10 +3,11 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
-use edgelm_trainer::baselines::{fit, FitConfig, FnScorer};
+use edgelm_trainer::baselines::{FitConfig, FnScorer};
 use edgelm_trainer::checkpoint;
 use edgelm_trainer::corpus::{Batcher, Corpus, Limits, TokenStream};
 use edgelm_trainer::eval::evaluate;
+use edgelm_trainer::expand::train::ExpandJob;
 use edgelm_trainer::expand::{default_positions, Expanded, TokenizerMode};
 use edgelm_trainer::experiment::{self, ExperimentConfig, ALL_METHODS};
 use edgelm_trainer::tokenizer::EdgeTokenizer;
@@ -61,6 +62,13 @@ pub struct ExpandArgs {
     /// Use only the first N bytes of documents of the corpus (0 = all).
     #[arg(long, default_value_t = 0)]
     pub max_bytes: usize,
+    /// Write the domain checkpoint (with optimiser state) every N steps.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Continue an interrupted run from the checkpoint in --out (exactly: weights,
+    /// optimiser, batch sampler); give the same settings as the first run.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 pub fn cmd_expand(a: ExpandArgs) -> Result<()> {
@@ -109,26 +117,35 @@ pub fn cmd_expand(a: ExpandArgs) -> Result<()> {
         seed: a.seed,
         ..FitConfig::default()
     };
-    let mut b = Batcher::new(fc.seed, fc.batch, fc.seq);
-    let mut next = |_s: usize| b.next_batch(&stream);
-    let lf = |x: &Tensor, y: &Tensor| e.loss(x, y);
+    let job = ExpandJob {
+        base_config: &base_cfg,
+        tokenizer: &tok,
+        stream: &stream,
+        fit: fc,
+        out: a.out.clone(),
+        checkpoint_every: a.checkpoint_every,
+        resume: a.resume,
+        stop_after: None,
+    };
     let t0 = std::time::Instant::now();
     let mut prog = |s: usize, l: f64| {
         if s.is_multiple_of(10) || s == a.steps {
             eprintln!("step {s}/{}: loss {l:.4} ({:.0}s)", a.steps, t0.elapsed().as_secs_f64());
         }
     };
-    let st = fit(e.vars(), &fc, &dev, &mut next, &lf, &mut prog)?;
+    let r = edgelm_trainer::expand::train::run(&e, &job, &mut prog).with_context(|| {
+        if a.resume {
+            format!("resuming the expansion in {}", a.out.display())
+        } else {
+            format!("training the expansion into {}", a.out.display())
+        }
+    })?;
     let id1 = checkpoint::model_id(&e.base.tensors())?;
     if id0 != id1 {
         bail!("internal error: the base changed during expansion ({id0} -> {id1})");
     }
-    let id = e.save(&a.out, &base_cfg, &tok)?;
-    let csv: String = std::iter::once("step,loss\n".to_string())
-        .chain(st.losses.iter().map(|(s, l)| format!("{s},{l:.6}\n")))
-        .collect();
-    edgelm_trainer::fsio::write_atomic(&a.out.join("train_log.csv"), csv.as_bytes())?;
-    writeln!(std::io::stdout(), "wrote {} ({id}, base {id0}) in {:.0}s", a.out.display(), st.wall_s)?;
+    let id = r.model_id.unwrap_or_default();
+    writeln!(std::io::stdout(), "wrote {} ({id}, base {id0}) in {:.0}s", a.out.display(), r.elapsed_s)?;
     if let Some(v) = &a.valid {
         let c = Corpus::load(v, Limits::default())?;
         let f = |x: &Tensor, y: &Tensor| e.token_losses(x, y);
@@ -300,7 +317,7 @@ pub struct BaselineArgs {
 }
 
 pub fn cmd_baseline(a: BaselineArgs) -> Result<()> {
-    use edgelm_trainer::baselines::{finetune_copy, Lora};
+    use edgelm_trainer::baselines::{finetune_copy, fit, Lora};
     use edgelm_trainer::model::Llama;
     let dev = Device::Cpu;
     let fc = FitConfig {

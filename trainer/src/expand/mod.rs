@@ -28,6 +28,8 @@ use edgelm_checkpoint::{Expansion, Kind};
 use std::collections::HashMap;
 use std::path::Path;
 
+pub mod train;
+
 pub use crate::model::BLOCK_SUFFIXES;
 
 pub const DOMAIN_EMBED: &str = "domain.embed_tokens.weight";
@@ -215,6 +217,22 @@ impl Expanded {
         self.vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect()
     }
 
+    /// Sets the new parameters from a domain checkpoint's tensors (`dir` names it
+    /// in errors): every var present with its shape, nothing else.
+    pub fn set_vars(&self, mut tensors: HashMap<String, Tensor>, dir: &Path) -> Result<()> {
+        for (name, v) in self.vars() {
+            let t = tensors.remove(&name).ok_or_else(|| Error::ckpt(dir, format!("missing tensor {name}")))?;
+            if t.dims() != v.dims() {
+                return Err(Error::ckpt(dir, format!("tensor {name} has shape {:?}, expected {:?}", t.dims(), v.dims())));
+            }
+            v.set(&t)?;
+        }
+        match tensors.keys().next() {
+            Some(extra) => Err(Error::ckpt(dir, format!("unexpected tensor {extra}"))),
+            None => Ok(()),
+        }
+    }
+
     pub fn n_trainable(&self) -> usize {
         self.vars().iter().map(|(_, v)| v.elem_count()).sum()
     }
@@ -390,7 +408,7 @@ pub fn load_domain(domain_dir: &Path, base_dir: &Path, device: &Device) -> Resul
             format!("trained on base {want}, but the base in {} is {base_id}", base_dir.display()),
         ));
     }
-    let mut tensors = checkpoint::load_tensors(&domain_dir.join(MODEL_FILE), device)?;
+    let tensors = checkpoint::load_tensors(&domain_dir.join(MODEL_FILE), device)?;
     let tokenizer = EdgeTokenizer::load(&domain_dir.join(TOKENIZER_FILE))?;
     let domain = config.edgelm.domains.first().cloned().unwrap_or_else(|| "domain".into());
     let mut e = Expanded::new(
@@ -402,19 +420,7 @@ pub fn load_domain(domain_dir: &Path, base_dir: &Path, device: &Device) -> Resul
         (exp.tokenizer == TokenizerMode::PerDomain).then_some(&tokenizer),
         exp.tag_token,
     )?;
-    for (name, v) in e.vars() {
-        let t = tensors.remove(&name).ok_or_else(|| Error::ckpt(domain_dir, format!("missing tensor {name}")))?;
-        if t.dims() != v.dims() {
-            return Err(Error::ckpt(
-                domain_dir,
-                format!("tensor {name} has shape {:?}, expected {:?}", t.dims(), v.dims()),
-            ));
-        }
-        v.set(&t)?;
-    }
-    if let Some(extra) = tensors.keys().next() {
-        return Err(Error::ckpt(domain_dir, format!("unexpected tensor {extra}")));
-    }
+    e.set_vars(tensors, domain_dir)?;
     // `Expanded::new` copied rows it could not see; nothing else to fix up.
     e.tag_token = exp.tag_token;
     Ok(DomainCheckpoint { config, expanded: e, tokenizer })
