@@ -8,8 +8,10 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { startServer, check } from "./server.mjs";
+import { fileURLToPath } from "node:url";
+const here = fileURLToPath(new URL(".", import.meta.url));
 
-const outDir = resolve(process.env.KIOSK_OUT || join(import.meta.dirname, "out"));
+const outDir = resolve(process.env.KIOSK_OUT || join(here, "out"));
 mkdirSync(outDir, { recursive: true });
 
 // a slow enough pace that streaming is visible, few enough tokens to be quick

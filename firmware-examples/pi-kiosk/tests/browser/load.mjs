@@ -5,11 +5,13 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { startServer, rssKiB, check } from "./server.mjs";
+import { fileURLToPath } from "node:url";
+const here = fileURLToPath(new URL(".", import.meta.url));
 
 const pool = Number(process.env.KIOSK_POOL || 4);
 const clients = 2 * pool;
 const rounds = Number(process.env.KIOSK_ROUNDS || 3);
-const outDir = resolve(process.env.KIOSK_OUT || join(import.meta.dirname, "out"));
+const outDir = resolve(process.env.KIOSK_OUT || join(here, "out"));
 mkdirSync(outDir, { recursive: true });
 
 const server = await startServer(`sessions = ${pool}\npace_ms = 15\ndefault_tokens = 80`);
@@ -19,8 +21,11 @@ try {
   const idleKiB = rssKiB(server.pid);
   const info = await health();
 
-  let peakKiB = idleKiB;
-  const sampler = setInterval(() => { peakKiB = Math.max(peakKiB, rssKiB(server.pid)); }, 50);
+  const peakKiB = { ...idleKiB };
+  const sampler = setInterval(() => {
+    const now = rssKiB(server.pid);
+    for (const k of Object.keys(peakKiB)) peakKiB[k] = Math.max(peakKiB[k], now[k]);
+  }, 50);
 
   async function client(i) {
     const domain = i % 2 ? "recipe" : "story";
@@ -69,7 +74,7 @@ try {
   check(accepted.every((r) => r.done && !r.failed), "every accepted request completed");
   check(end.busy === 0, "every session is free again");
   check(server.exited() === null, "the server did not crash");
-  console.log(`load test: OK (RSS idle ${idleKiB} KiB, peak under load ${peakKiB} KiB; ` +
+  console.log(`load test: OK (VmRSS idle ${idleKiB.rss} KiB, peak under load ${peakKiB.rss} KiB; ` +
     `${accepted.length} accepted and completed, ${rejected.length} answered 503; summary in ${join(outDir, "load.json")})`);
 } finally {
   const exit = await server.stop();

@@ -1,11 +1,15 @@
 // Starts edgelm-kiosk for a test: a settings file in a fresh folder, port 0,
 // and the port read from the server's first line. Shared by browser.mjs and load.mjs.
 import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 
-const root = resolve(import.meta.dirname, "../../../..");
+// (import.meta.dirname needs Node 20.11; Debian 12 has 18)
+const here = fileURLToPath(new URL(".", import.meta.url));
+
+const root = resolve(here, "../../../..");
 
 export function kioskBinary() {
   return process.env.KIOSK_BIN || join(root, "target/debug/edgelm-kiosk");
@@ -41,11 +45,12 @@ export async function startServer(settings) {
   };
 }
 
-/** Resident memory of `pid` in KiB (VmRSS). */
-import { readFileSync } from "node:fs";
+/** Resident memory of `pid` in KiB: { rss: VmRSS, anon: RssAnon (heap,
+ * arenas, stacks), file: RssFile (the mapped models and the binary) }. */
 export function rssKiB(pid) {
-  const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/^VmRSS:\s+(\d+) kB/m);
-  return m ? Number(m[1]) : NaN;
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const field = (name) => Number((status.match(new RegExp(`^${name}:\\s+(\\d+) kB`, "m")) || [])[1]);
+  return { rss: field("VmRSS"), anon: field("RssAnon"), file: field("RssFile") };
 }
 
 export function check(cond, msg) {
