@@ -45,11 +45,14 @@ impl Default for EngineOptions {
     }
 }
 
-/// Model bytes the engine owns.
+/// Model bytes the engine owns, or borrows for good.
 enum Bytes {
     #[cfg(feature = "mmap")]
     Mapped(memmap2::Mmap),
     Owned(AlignedBytes),
+    /// Bytes that outlive the engine (`include_model!`, flash, or memory its
+    /// owner keeps, such as a C caller's buffer): used in place.
+    Static(&'static [u8]),
 }
 
 impl core::ops::Deref for Bytes {
@@ -59,6 +62,7 @@ impl core::ops::Deref for Bytes {
             #[cfg(feature = "mmap")]
             Bytes::Mapped(m) => m,
             Bytes::Owned(b) => b,
+            Bytes::Static(b) => b,
         }
     }
 }
@@ -103,6 +107,12 @@ impl Engine {
         Self::with_base(Bytes::Owned(bytes), opts)
     }
 
+    /// An engine over base model bytes that outlive it, read in place (no
+    /// copy). They must start 64-byte aligned ([`Error::Misaligned`]).
+    pub fn from_static(bytes: &'static [u8], opts: EngineOptions) -> Result<Self> {
+        Self::with_base(Bytes::Static(bytes), opts)
+    }
+
     fn with_base(base: Bytes, opts: EngineOptions) -> Result<Self> {
         if opts.threads == 0 {
             return Err(Error::BadSetting("threads must be at least 1"));
@@ -125,6 +135,17 @@ impl Engine {
     /// Adds a domain pack from bytes in memory (checksum verified).
     pub fn add_pack_bytes(&mut self, bytes: AlignedBytes) -> Result<()> {
         self.push_pack(Bytes::Owned(bytes), VerifyChecksum::Yes)
+    }
+
+    /// Like [`Engine::add_pack_bytes`], with the checksum check chosen by the caller.
+    pub fn add_pack_bytes_with(&mut self, bytes: AlignedBytes, verify: VerifyChecksum) -> Result<()> {
+        self.push_pack(Bytes::Owned(bytes), verify)
+    }
+
+    /// Adds a domain pack from bytes that outlive the engine, read in place
+    /// (see [`Engine::from_static`]).
+    pub fn add_pack_static(&mut self, bytes: &'static [u8], verify: VerifyChecksum) -> Result<()> {
+        self.push_pack(Bytes::Static(bytes), verify)
     }
 
     /// Like [`Engine::add_pack`], with the checksum check chosen by the caller.

@@ -7,7 +7,7 @@ mod common;
 use common::aligned;
 use edgelm_runtime::format::DType;
 use edgelm_runtime::{
-    Engine, EngineOptions, Error, ErrorKind, Model, SamplerConfig, Session, SessionOptions, StopReason,
+    Engine, EngineOptions, Error, ErrorKind, Model, SamplerConfig, Session, SessionOptions, StopReason, VerifyChecksum,
 };
 use edgelm_testkit::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
 
@@ -73,6 +73,48 @@ fn engine_refuses_bad_files_and_keeps_what_it_had() {
     // a base is not a pack; the engine is unchanged after the refusal
     assert_eq!(engine.add_pack_bytes(aligned(base)).unwrap_err().kind(), ErrorKind::WrongFile);
     assert_eq!(engine.model().unwrap().domains().len(), 1);
+}
+
+fn story(engine: &Engine, domain: &str) -> String {
+    engine
+        .with_session(Some(domain), opts(48), |s| -> Result<String, Error> {
+            s.feed_prompt("Once")?;
+            let mut out = String::new();
+            s.generate(20, &mut |t| out.push_str(t))?;
+            Ok(out)
+        })
+        .unwrap()
+}
+
+#[test]
+fn static_bytes_are_read_in_place_and_checksums_can_be_skipped() {
+    let spec = SyntheticSpec::tiny(DType::Q8);
+    let base = synthetic_model(&spec).unwrap();
+    let pack = synthetic_pack(&spec, &SyntheticPackSpec::recipe(DType::Q8)).unwrap();
+    let mut copied = Engine::from_bytes(aligned(base.clone()), EngineOptions::default()).unwrap();
+    copied.add_pack_bytes(aligned(pack.clone())).unwrap();
+
+    let (b, p): (&'static [u8], &'static [u8]) =
+        (Box::leak(Box::new(aligned(base))), Box::leak(Box::new(aligned(pack))));
+    let mut in_place = Engine::from_static(b, EngineOptions::default()).unwrap();
+    in_place.add_pack_static(p, VerifyChecksum::Yes).unwrap();
+    for domain in ["story", "recipe"] {
+        assert_eq!(story(&in_place, domain), story(&copied, domain));
+    }
+    // in place: the file one byte off the 64-byte grid is refused, not copied onto it
+    let shifted: &'static [u8] = Box::leak(Box::new(aligned([&[0u8][..], b].concat())));
+    let e = Engine::from_static(&shifted[1..], EngineOptions::default()).unwrap_err();
+    assert_eq!(e, Error::Misaligned);
+
+    // a pack whose stored checksum is wrong: refused when verified, used when not
+    let mut bad = p.to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    let mut e1 = Engine::from_static(b, EngineOptions::default()).unwrap();
+    let err = e1.add_pack_bytes_with(aligned(bad.clone()), VerifyChecksum::Yes).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CorruptFile, "{err}");
+    e1.add_pack_bytes_with(aligned(bad), VerifyChecksum::Skip).unwrap();
+    assert_eq!(story(&e1, "recipe"), story(&copied, "recipe"));
 }
 
 #[test]

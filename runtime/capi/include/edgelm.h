@@ -105,6 +105,18 @@ typedef struct {
   uint64_t seed;
 } edgelm_sampler;
 
+// How a model is opened; start from edgelm_open_options_defaults().
+typedef struct {
+  // Threads for large matrix-vector products, 1 to 256: the thread that
+  // generates plus threads - 1 workers, started when the model is opened
+  // and shared by its sessions (their products take turns). Default 1.
+  uint32_t threads;
+  // Non-zero: verify the checksum of the base and of every pack added
+  // later (reads each file once). 0: skip it; the structure is still
+  // validated. Default 1.
+  int verify_checksum;
+} edgelm_open_options;
+
 // Receives each piece of generated text: `len` bytes of complete UTF-8 at
 // `piece` (also NUL-terminated; valid only during the call), and the
 // `user_data` given to edgelm_session_generate(). Return 0 to go on,
@@ -154,7 +166,34 @@ edgelm_status edgelm_model_open(const char *path, edgelm_model **out);
 // `data` is NULL or points to `len` readable bytes; `out` is NULL or writable.
 edgelm_status edgelm_model_open_buffer(const uint8_t *data, size_t len, edgelm_model **out);
 
-// Adds the domain pack file at `path` (memory-mapped, checksum verified).
+// Writes the default open options to `*out`: 1 thread, checksums verified
+// (what edgelm_model_open() and edgelm_model_open_buffer() use).
+//
+// # Safety
+// `out` is NULL or points to writable memory for one edgelm_open_options.
+edgelm_status edgelm_open_options_defaults(edgelm_open_options *out);
+
+// Like edgelm_model_open(), with the threads and the checksum check from
+// `*options`.
+//
+// # Safety
+// `path` is NULL or a NUL-terminated string; `options` is NULL or points to
+// an edgelm_open_options; `out` is NULL or writable.
+edgelm_status edgelm_model_open_with(const char *path, const edgelm_open_options *options, edgelm_model **out);
+
+// Opens a base model from `len` bytes at `data` **in place** (no copy): for
+// a model in flash, a mapped file or a buffer the caller keeps. `data` must
+// start on a 64-byte boundary (EDGELM_ERR_INVALID_ARGUMENT otherwise) and
+// stay valid and unchanged until edgelm_model_free() has returned.
+// Threads and the checksum check come from `*options`.
+//
+// # Safety
+// `data` is NULL or points to `len` readable bytes kept as above; `options`
+// is NULL or points to an edgelm_open_options; `out` is NULL or writable.
+edgelm_status edgelm_model_open_buffer_in_place(const uint8_t *data, size_t len, const edgelm_open_options *options, edgelm_model **out);
+
+// Adds the domain pack file at `path` (memory-mapped; checksum verified unless
+// the model was opened with verify_checksum = 0).
 // A refused pack (another base, a domain already loaded) leaves the model
 // as it was. EDGELM_ERR_BUSY while sessions are open on the model.
 //
@@ -162,12 +201,22 @@ edgelm_status edgelm_model_open_buffer(const uint8_t *data, size_t len, edgelm_m
 // `model` is NULL or from edgelm_model_open*; `path` is NULL or a NUL-terminated string.
 edgelm_status edgelm_model_add_pack(edgelm_model *model, const char *path);
 
-// Adds a domain pack from `len` bytes at `data` (copied; checksum verified).
+// Adds a domain pack from `len` bytes at `data` (copied; checksum as for the base).
 // Otherwise as edgelm_model_add_pack().
 //
 // # Safety
 // `model` is NULL or from edgelm_model_open*; `data` is NULL or points to `len` readable bytes.
 edgelm_status edgelm_model_add_pack_buffer(edgelm_model *model, const uint8_t *data, size_t len);
+
+// Adds a domain pack from `len` bytes at `data` in place (no copy), under
+// the contract of edgelm_model_open_buffer_in_place(): 64-byte aligned,
+// valid and unchanged until the model has been freed. Otherwise as
+// edgelm_model_add_pack().
+//
+// # Safety
+// `model` is NULL or from edgelm_model_open*; `data` is NULL or points to
+// `len` readable bytes kept as above.
+edgelm_status edgelm_model_add_pack_buffer_in_place(edgelm_model *model, const uint8_t *data, size_t len);
 
 // Frees a model. EDGELM_ERR_BUSY (and nothing is freed) while sessions are
 // open on it. NULL is a no-op.

@@ -26,6 +26,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use edgelm_runtime::{
     AlignedBytes, Engine, EngineOptions, Error, ErrorKind, Model, SamplerConfig, Session, SessionOptions, StopReason,
+    VerifyChecksum,
 };
 
 /// What a call did: EDGELM_OK, or why it failed (edgelm_last_error() has the details).
@@ -123,6 +124,42 @@ impl From<&edgelm_sampler> for SamplerConfig {
     }
 }
 
+/// How a model is opened; start from edgelm_open_options_defaults().
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct edgelm_open_options {
+    /// Threads for large matrix-vector products, 1 to 256: the thread that
+    /// generates plus threads - 1 workers, started when the model is opened
+    /// and shared by its sessions (their products take turns). Default 1.
+    pub threads: u32,
+    /// Non-zero: verify the checksum of the base and of every pack added
+    /// later (reads each file once). 0: skip it; the structure is still
+    /// validated. Default 1.
+    pub verify_checksum: c_int,
+}
+
+/// Most threads a model may ask for (a bad value must not start millions).
+const MAX_THREADS: u32 = 256;
+
+impl edgelm_open_options {
+    fn engine_options(&self) -> Res<(EngineOptions, VerifyChecksum)> {
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return Err(fail(
+                EDGELM_ERR_INVALID_ARGUMENT,
+                format!("threads must be between 1 and {MAX_THREADS} (got {})", self.threads),
+            ));
+        }
+        let verify = if self.verify_checksum != 0 { VerifyChecksum::Yes } else { VerifyChecksum::Skip };
+        Ok((EngineOptions { verify, threads: self.threads as usize, kernels: None }, verify))
+    }
+}
+
+impl Default for edgelm_open_options {
+    fn default() -> Self {
+        edgelm_open_options { threads: 1, verify_checksum: 1 }
+    }
+}
+
 /// Receives each piece of generated text: `len` bytes of complete UTF-8 at
 /// `piece` (also NUL-terminated; valid only during the call), and the
 /// `user_data` given to edgelm_session_generate(). Return 0 to go on,
@@ -135,6 +172,8 @@ pub struct edgelm_model {
     inner: RwLock<ModelInner>,
     /// Open sessions; while any is open the engine is not changed or freed.
     sessions: AtomicUsize,
+    /// Whether packs added later have their checksum verified (as the base had).
+    verify: VerifyChecksum,
 }
 
 struct ModelInner {
@@ -307,10 +346,10 @@ impl edgelm_model {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn new(engine: Engine) -> Res<Box<edgelm_model>> {
+    fn new(engine: Engine, verify: VerifyChecksum) -> Res<Box<edgelm_model>> {
         let mut inner = ModelInner { engine, names: Vec::new() };
         inner.refresh_names()?;
-        Ok(Box::new(edgelm_model { inner: RwLock::new(inner), sessions: AtomicUsize::new(0) }))
+        Ok(Box::new(edgelm_model { inner: RwLock::new(inner), sessions: AtomicUsize::new(0), verify }))
     }
 }
 
@@ -421,7 +460,7 @@ pub unsafe extern "C" fn edgelm_model_open(path: *const c_char, out: *mut *mut e
         out_ptr(out, "out")?;
         // SAFETY: NUL-terminated by the caller's contract.
         let path = unsafe { arg_path(path, "path") }?;
-        let model = edgelm_model::new(Engine::open(&path, EngineOptions::default())?)?;
+        let model = edgelm_model::new(Engine::open(&path, EngineOptions::default())?, VerifyChecksum::Yes)?;
         // SAFETY: `out` is non-null and writable by the caller's contract.
         unsafe { *out = Box::into_raw(model) };
         Ok(())
@@ -447,7 +486,91 @@ pub unsafe extern "C" fn edgelm_model_open_buffer(
         }
         // SAFETY: `len` readable bytes at `data` by the caller's contract.
         let bytes = unsafe { arg_bytes(data, len, "data") }?;
-        let model = edgelm_model::new(Engine::from_bytes(AlignedBytes::from_slice(bytes), EngineOptions::default())?)?;
+        let engine = Engine::from_bytes(AlignedBytes::from_slice(bytes), EngineOptions::default())?;
+        let model = edgelm_model::new(engine, VerifyChecksum::Yes)?;
+        // SAFETY: `out` is non-null and writable by the caller's contract.
+        unsafe { *out = Box::into_raw(model) };
+        Ok(())
+    })
+}
+
+/// Writes the default open options to `*out`: 1 thread, checksums verified
+/// (what edgelm_model_open() and edgelm_model_open_buffer() use).
+///
+/// # Safety
+/// `out` is NULL or points to writable memory for one edgelm_open_options.
+#[no_mangle]
+pub unsafe extern "C" fn edgelm_open_options_defaults(out: *mut edgelm_open_options) -> edgelm_status {
+    guard("edgelm_open_options_defaults", || {
+        // SAFETY: checked for NULL; writable by the caller's contract.
+        *unsafe { arg_mut(out, "out") }? = edgelm_open_options::default();
+        Ok(())
+    })
+}
+
+/// Like edgelm_model_open(), with the threads and the checksum check from
+/// `*options`.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string; `options` is NULL or points to
+/// an edgelm_open_options; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn edgelm_model_open_with(
+    path: *const c_char,
+    options: *const edgelm_open_options,
+    out: *mut *mut edgelm_model,
+) -> edgelm_status {
+    guard("edgelm_model_open_with", || {
+        out_ptr(out, "out")?;
+        // SAFETY: NUL-terminated by the caller's contract.
+        let path = unsafe { arg_path(path, "path") }?;
+        // SAFETY: checked for NULL; valid by the caller's contract.
+        let (opts, verify) = unsafe { arg_ref(options, "options") }?.engine_options()?;
+        let model = edgelm_model::new(Engine::open(&path, opts)?, verify)?;
+        // SAFETY: `out` is non-null and writable by the caller's contract.
+        unsafe { *out = Box::into_raw(model) };
+        Ok(())
+    })
+}
+
+/// `len` bytes at `data` for as long as the caller keeps them.
+///
+/// # Safety
+/// `data` is NULL or points to `len` readable bytes that stay valid and
+/// unchanged until the model they are given to has been freed.
+unsafe fn arg_kept_bytes(data: *const u8, len: usize) -> Res<&'static [u8]> {
+    if data.is_null() {
+        return Err(fail(EDGELM_ERR_NULL_POINTER, "`data` is NULL"));
+    }
+    // SAFETY: readable for `len` bytes until the model is freed, by the
+    // caller's contract; the model (and so the engine holding this slice) is
+    // freed only by edgelm_model_free, which refuses while sessions borrow it.
+    unsafe { arg_bytes(data, len, "data") }
+}
+
+/// Opens a base model from `len` bytes at `data` **in place** (no copy): for
+/// a model in flash, a mapped file or a buffer the caller keeps. `data` must
+/// start on a 64-byte boundary (EDGELM_ERR_INVALID_ARGUMENT otherwise) and
+/// stay valid and unchanged until edgelm_model_free() has returned.
+/// Threads and the checksum check come from `*options`.
+///
+/// # Safety
+/// `data` is NULL or points to `len` readable bytes kept as above; `options`
+/// is NULL or points to an edgelm_open_options; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn edgelm_model_open_buffer_in_place(
+    data: *const u8,
+    len: usize,
+    options: *const edgelm_open_options,
+    out: *mut *mut edgelm_model,
+) -> edgelm_status {
+    guard("edgelm_model_open_buffer_in_place", || {
+        out_ptr(out, "out")?;
+        // SAFETY: kept until the model is freed, by the caller's contract.
+        let bytes = unsafe { arg_kept_bytes(data, len) }?;
+        // SAFETY: checked for NULL; valid by the caller's contract.
+        let (opts, verify) = unsafe { arg_ref(options, "options") }?.engine_options()?;
+        let model = edgelm_model::new(Engine::from_static(bytes, opts)?, verify)?;
         // SAFETY: `out` is non-null and writable by the caller's contract.
         unsafe { *out = Box::into_raw(model) };
         Ok(())
@@ -494,7 +617,8 @@ fn with_engine_mut(model: &edgelm_model, f: impl FnOnce(&mut Engine) -> Result<(
     inner.refresh_names()
 }
 
-/// Adds the domain pack file at `path` (memory-mapped, checksum verified).
+/// Adds the domain pack file at `path` (memory-mapped; checksum verified unless
+/// the model was opened with verify_checksum = 0).
 /// A refused pack (another base, a domain already loaded) leaves the model
 /// as it was. EDGELM_ERR_BUSY while sessions are open on the model.
 ///
@@ -507,11 +631,11 @@ pub unsafe extern "C" fn edgelm_model_add_pack(model: *mut edgelm_model, path: *
         let model = unsafe { arg_ref(model, "model") }?;
         // SAFETY: NUL-terminated by the caller's contract.
         let path = unsafe { arg_path(path, "path") }?;
-        with_engine_mut(model, |e| e.add_pack(&path))
+        with_engine_mut(model, |e| e.add_pack_with(&path, model.verify))
     })
 }
 
-/// Adds a domain pack from `len` bytes at `data` (copied; checksum verified).
+/// Adds a domain pack from `len` bytes at `data` (copied; checksum as for the base).
 /// Otherwise as edgelm_model_add_pack().
 ///
 /// # Safety
@@ -530,7 +654,30 @@ pub unsafe extern "C" fn edgelm_model_add_pack_buffer(
         }
         // SAFETY: `len` readable bytes by the caller's contract.
         let bytes = unsafe { arg_bytes(data, len, "data") }?;
-        with_engine_mut(model, |e| e.add_pack_bytes(AlignedBytes::from_slice(bytes)))
+        with_engine_mut(model, |e| e.add_pack_bytes_with(AlignedBytes::from_slice(bytes), model.verify))
+    })
+}
+
+/// Adds a domain pack from `len` bytes at `data` in place (no copy), under
+/// the contract of edgelm_model_open_buffer_in_place(): 64-byte aligned,
+/// valid and unchanged until the model has been freed. Otherwise as
+/// edgelm_model_add_pack().
+///
+/// # Safety
+/// `model` is NULL or from edgelm_model_open*; `data` is NULL or points to
+/// `len` readable bytes kept as above.
+#[no_mangle]
+pub unsafe extern "C" fn edgelm_model_add_pack_buffer_in_place(
+    model: *mut edgelm_model,
+    data: *const u8,
+    len: usize,
+) -> edgelm_status {
+    guard("edgelm_model_add_pack_buffer_in_place", || {
+        // SAFETY: a live model by the caller's contract.
+        let model = unsafe { arg_ref(model, "model") }?;
+        // SAFETY: kept until the model is freed, by the caller's contract.
+        let bytes = unsafe { arg_kept_bytes(data, len) }?;
+        with_engine_mut(model, |e| e.add_pack_static(bytes, model.verify))
     })
 }
 

@@ -321,3 +321,90 @@ fn status_names_and_version() {
         assert_eq!(CStr::from_ptr(edgelm_version()).to_str(), Ok(env!("CARGO_PKG_VERSION")));
     }
 }
+
+/// One story from `m` (seed 11, "Once", 40 tokens).
+fn story_of(m: *mut edgelm_model, domain: &str) -> String {
+    let cdomain = CString::new(domain).unwrap();
+    let smp = sampler(11);
+    let mut s = null_mut();
+    // SAFETY: live model, valid strings and outs
+    ok(unsafe { edgelm_session_new(m, cdomain.as_ptr(), 0, &smp, &mut s) });
+    let text = run(s, "Once", 40, None).0;
+    // SAFETY: live session, freed once
+    ok(unsafe { edgelm_session_free(s) });
+    text
+}
+
+#[test]
+fn models_read_in_place_and_open_options_give_the_same_text() {
+    let (base, pack) = files();
+    let expected: Vec<String> =
+        ["story", "recipe"].iter().map(|d| by_runtime(&base, &pack, d, 11, "Once", 40)).collect();
+    // 64-byte aligned buffers the caller keeps until the model is freed
+    let (b, p) = (AlignedBytes::from_slice(&base), AlignedBytes::from_slice(&pack));
+    let mut defaults = std::mem::MaybeUninit::uninit();
+    // SAFETY: writable
+    ok(unsafe { edgelm_open_options_defaults(defaults.as_mut_ptr()) });
+    // SAFETY: written on success
+    let defaults = unsafe { defaults.assume_init() };
+    assert_eq!((defaults.threads, defaults.verify_checksum != 0), (1, true));
+    let two_threads = edgelm_open_options { threads: 2, verify_checksum: 0 };
+    for opts in [defaults, two_threads] {
+        let mut m = null_mut();
+        // SAFETY: aligned buffers that outlive the model, valid options and out
+        unsafe {
+            ok(edgelm_model_open_buffer_in_place(b.as_ptr(), b.len(), &opts, &mut m));
+            ok(edgelm_model_add_pack_buffer_in_place(m, p.as_ptr(), p.len()));
+        }
+        for (domain, want) in ["story", "recipe"].iter().zip(&expected) {
+            assert_eq!(&story_of(m, domain), want, "{domain} with {opts:?}");
+        }
+        // SAFETY: no session open
+        ok(unsafe { edgelm_model_free(m) });
+    }
+
+    // in place means no copy: bytes off the 64-byte grid are refused
+    let shifted = AlignedBytes::from_slice(&[&[0u8][..], &base[..]].concat());
+    let mut m = null_mut();
+    // SAFETY: readable bytes, valid options and out
+    let status = unsafe { edgelm_model_open_buffer_in_place(shifted[1..].as_ptr(), base.len(), &defaults, &mut m) };
+    assert_eq!(status, EDGELM_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("aligned"), "{}", last_error());
+
+    // a pack whose stored checksum is wrong: refused when verified, used when not
+    let mut bad = pack.clone();
+    *bad.last_mut().unwrap() ^= 0xff;
+    let dir = tempfile_dir();
+    let (base_path, bad_path) = (dir.join("base.edgelm"), dir.join("bad-pack.edgelm"));
+    std::fs::write(&base_path, &base).unwrap();
+    std::fs::write(&bad_path, &bad).unwrap();
+    let (cbase, cbad) =
+        (CString::new(base_path.to_str().unwrap()).unwrap(), CString::new(bad_path.to_str().unwrap()).unwrap());
+    for (opts, want) in [(defaults, EDGELM_ERR_CORRUPT_FILE), (two_threads, EDGELM_OK)] {
+        for from_path in [true, false] {
+            let mut m = null_mut();
+            // SAFETY: valid strings, buffer, options and outs; the model is freed once
+            unsafe {
+                ok(edgelm_model_open_with(cbase.as_ptr(), &opts, &mut m));
+                let status = match from_path {
+                    true => edgelm_model_add_pack(m, cbad.as_ptr()),
+                    false => edgelm_model_add_pack_buffer(m, bad.as_ptr(), bad.len()),
+                };
+                assert_eq!(status, want, "{}", last_error());
+                ok(edgelm_model_free(m));
+            }
+        }
+    }
+    let zero = edgelm_open_options { threads: 0, verify_checksum: 1 };
+    // SAFETY: valid strings, options and out
+    assert_eq!(unsafe { edgelm_model_open_with(cbase.as_ptr(), &zero, &mut m) }, EDGELM_ERR_INVALID_ARGUMENT);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A fresh folder under the system's temporary one.
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("edgelm-capi-{}-{:?}", std::process::id(), std::thread::current().id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -131,6 +131,67 @@ int main(int argc, char **argv) {
         failures++;
     }
 
+    /* open options, and models read in place (no copy) */
+    CHECK(edgelm_open_options_defaults(NULL), EDGELM_ERR_NULL_POINTER, "edgelm_open_options_defaults", "out");
+    edgelm_open_options oo;
+    CHECK_OK(edgelm_open_options_defaults(&oo));
+    if (oo.threads != 1 || oo.verify_checksum == 0) {
+        fprintf(stderr, "edgelm_open_options_defaults: threads %u, verify %d\n", oo.threads, oo.verify_checksum);
+        failures++;
+    }
+    CHECK(edgelm_model_open_with(NULL, &oo, &m), EDGELM_ERR_NULL_POINTER, "edgelm_model_open_with", "path");
+    CHECK(edgelm_model_open_with(base_path, NULL, &m), EDGELM_ERR_NULL_POINTER, "options");
+    CHECK(edgelm_model_open_with(base_path, &oo, NULL), EDGELM_ERR_NULL_POINTER, "out");
+    CHECK(edgelm_model_open_with(pack_path, &oo, &m), EDGELM_ERR_WRONG_FILE, "pack");
+    edgelm_open_options bad_oo = oo;
+    bad_oo.threads = 0;
+    CHECK(edgelm_model_open_with(base_path, &bad_oo, &m), EDGELM_ERR_INVALID_ARGUMENT, "threads");
+    bad_oo.threads = 4000000000u;
+    CHECK(edgelm_model_open_with(base_path, &bad_oo, &m), EDGELM_ERR_INVALID_ARGUMENT, "threads");
+    static _Alignas(64) const unsigned char aligned_garbage[256] = {1, 2, 3};
+    CHECK(edgelm_model_open_buffer_in_place(NULL, 10, &oo, &m), EDGELM_ERR_NULL_POINTER,
+          "edgelm_model_open_buffer_in_place", "data");
+    CHECK(edgelm_model_open_buffer_in_place(aligned_garbage, sizeof aligned_garbage, NULL, &m),
+          EDGELM_ERR_NULL_POINTER, "options");
+    CHECK(edgelm_model_open_buffer_in_place(aligned_garbage, sizeof aligned_garbage, &oo, NULL),
+          EDGELM_ERR_NULL_POINTER, "out");
+    CHECK(edgelm_model_open_buffer_in_place(aligned_garbage, SIZE_MAX, &oo, &m), EDGELM_ERR_INVALID_ARGUMENT, "length");
+    CHECK(edgelm_model_open_buffer_in_place(aligned_garbage, sizeof aligned_garbage, &oo, &m), EDGELM_ERR_CORRUPT_FILE,
+          "magic");
+    {
+        size_t blen = 0, plen = 0;
+        unsigned char *b = read_file(base_path, &blen), *p = read_file(pack_path, &plen);
+        /* aligned copies, and one a byte off the 64-byte grid */
+        unsigned char *ab = b ? aligned_alloc(64, (blen + 64 + 63) / 64 * 64) : NULL;
+        unsigned char *ap = p ? aligned_alloc(64, (plen + 63) / 64 * 64) : NULL;
+        if (!ab || !ap) {
+            fprintf(stderr, "cannot read %s or %s\n", base_path, pack_path);
+            return 2;
+        }
+        memcpy(ab + 1, b, blen);
+        CHECK(edgelm_model_open_buffer_in_place(ab + 1, blen, &oo, &m), EDGELM_ERR_INVALID_ARGUMENT, "aligned");
+        memcpy(ab, b, blen);
+        memcpy(ap, p, plen);
+        edgelm_model *mi = NULL;
+        CHECK_OK(edgelm_model_open_buffer_in_place(ab, blen, &oo, &mi));
+        CHECK(edgelm_model_add_pack_buffer_in_place(NULL, ap, plen), EDGELM_ERR_NULL_POINTER,
+              "edgelm_model_add_pack_buffer_in_place", "model");
+        CHECK(edgelm_model_add_pack_buffer_in_place(mi, NULL, plen), EDGELM_ERR_NULL_POINTER, "data");
+        CHECK(edgelm_model_add_pack_buffer_in_place(mi, ap, SIZE_MAX), EDGELM_ERR_INVALID_ARGUMENT, "length");
+        CHECK(edgelm_model_add_pack_buffer_in_place(mi, ab, blen), EDGELM_ERR_WRONG_FILE, "base");
+        CHECK_OK(edgelm_model_add_pack_buffer_in_place(mi, ap, plen));
+        CHECK_OK(edgelm_model_free(mi));
+        /* the buffers are the caller's, freed after the model */
+        free(ab);
+        free(ap);
+        free(b);
+        free(p);
+    }
+    if (m != MODEL_SENTINEL) {
+        fprintf(stderr, "a failed open wrote its out-pointer\n");
+        failures++;
+    }
+
     /* a base read into memory, with its length wrong */
     size_t base_len = 0;
     unsigned char *base_bytes = read_file(base_path, &base_len);
