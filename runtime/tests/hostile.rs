@@ -293,19 +293,20 @@ fn prompts_past_the_context_and_unknown_domains_are_their_own_errors() {
     let base = aligned(micro_base());
     let model = Model::from_bytes(&base).unwrap();
     let mut arena = vec![0u8; model.arena_bytes(16)];
-    let mut s = Session::new(&model, "story", &mut arena, SessionOptions::new(16)).unwrap();
-    let e = s.feed_prompt(&"zq".repeat(100)).unwrap_err();
-    assert!(matches!(e, Error::PromptTooLong { limit: 15, .. }), "{e:?}");
-    assert_eq!(e.kind(), ErrorKind::PromptTooLong);
-    // a context that is full after generation
-    s.feed_prompt("Once").unwrap();
-    s.generate(100, &mut |_| {}).unwrap();
-    assert!(matches!(s.step(1), Err(Error::ContextFull { limit: 16 })));
-    // token ids outside the vocabulary
-    s.reset();
-    assert_eq!(s.step(264).unwrap_err(), Error::BadToken(264));
-    assert_eq!(s.step(u32::MAX).unwrap_err(), Error::BadToken(u32::MAX));
-    drop(s);
+    {
+        let mut s = Session::new(&model, "story", &mut arena, SessionOptions::new(16)).unwrap();
+        let e = s.feed_prompt(&"zq".repeat(100)).unwrap_err();
+        assert!(matches!(e, Error::PromptTooLong { limit: 15, .. }), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::PromptTooLong);
+        // a context that is full after generation
+        s.feed_prompt("Once").unwrap();
+        s.generate(100, &mut |_| {}).unwrap();
+        assert!(matches!(s.step(1), Err(Error::ContextFull { limit: 16 })));
+        // token ids outside the vocabulary
+        s.reset();
+        assert_eq!(s.step(264).unwrap_err(), Error::BadToken(264));
+        assert_eq!(s.step(u32::MAX).unwrap_err(), Error::BadToken(u32::MAX));
+    }
     for name in ["recipe", "", "story\0", &"x".repeat(1000)] {
         let e = Session::new(&model, name, &mut arena, SessionOptions::new(16)).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::UnknownDomain, "{name:?}");

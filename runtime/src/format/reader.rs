@@ -294,8 +294,10 @@ impl<'a> TensorView<'a> {
         let n = self.numel();
         // (views made by `parse` always hold n values and n/32 scales;
         // `TensorView`'s fields are public, so check)
-        let (qs, scales) =
-            self.bytes.split_at_checked(n).ok_or_else(|| bad(self.name, "byte length does not match dtype and shape"))?;
+        let (qs, scales) = self
+            .bytes
+            .split_at_checked(n)
+            .ok_or_else(|| bad(self.name, "byte length does not match dtype and shape"))?;
         let qs_view = TensorView { bytes: qs, ..*self };
         let sc_view = TensorView { bytes: scales, ..*self };
         Ok((cast(&qs_view)?, cast(&sc_view)?))
