@@ -13,8 +13,9 @@ fuzz_target!(|data: &[u8]| {
     let mut fixed = data.to_vec();
     if fix_checksum(&mut fixed) {
         let fixed = AlignedBytes::from(fixed);
-        if let Ok(model) = Model::from_bytes(&fixed) {
-            exercise(&model);
+        let loaded = Model::from_bytes(&fixed);
+        if let Ok(model) = &loaded {
+            exercise(model);
         }
     }
 });
