@@ -215,8 +215,13 @@ const BLOCK_NAMES: [(&str, &str); 9] = [
 /// Imports a GGUF `llama` model.
 pub fn import_gguf(path: &Path, opts: &ImportOptions) -> Result<Converted> {
     let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut r = std::io::BufReader::new(file);
-    let content = read_content(&mut r, path)?;
+    import_gguf_from(&mut std::io::BufReader::new(file), path, opts)
+}
+
+/// Imports a GGUF `llama` model from any seekable reader (`path` names it in
+/// errors); the fuzzer feeds it in-memory bytes.
+pub fn import_gguf_from<R: Read + Seek>(r: &mut R, path: &Path, opts: &ImportOptions) -> Result<Converted> {
+    let content = read_content(r, path)?;
     let c = config_from_metadata(&content)?;
     let mut tables = from_gguf(&content.metadata)?;
     crate::checkpoint::fit_vocab(&mut tables, c.vocab_size as usize)?;
@@ -225,7 +230,7 @@ pub fn import_gguf(path: &Path, opts: &ImportOptions) -> Result<Converted> {
     let mut known: Vec<String> = vec!["token_embd.weight".into(), "output_norm.weight".into(), "output.weight".into()];
     let mut b = ModelBuilder::new(c, opts.policy)?;
     let pb = opts.progress(2 + 9 * c.n_layers as u64);
-    let emb = read_tensor(&content, &mut r, path, "token_embd.weight", &[vocab, dim])?;
+    let emb = read_tensor(&content, r, path, "token_embd.weight", &[vocab, dim])?;
     b.matrix("tok_embeddings", Role::Embedding, vocab, dim, emb)?;
     pb.inc(1);
     for l in 0..c.n_layers as usize {
@@ -235,11 +240,11 @@ pub fn import_gguf(path: &Path, opts: &ImportOptions) -> Result<Converted> {
             debug_assert_eq!(rname, shape.0);
             match shape.1 {
                 None => {
-                    let s = read_tensor(&content, &mut r, path, &gname, &[dim])?;
+                    let s = read_tensor(&content, r, path, &gname, &[dim])?;
                     b.norm(&rname, to_norm(&gname, s)?)?;
                 }
                 Some((rows, cols)) => {
-                    let s = read_tensor(&content, &mut r, path, &gname, &[rows, cols])?;
+                    let s = read_tensor(&content, r, path, &gname, &[rows, cols])?;
                     b.matrix(&rname, Role::Matrix, rows, cols, s)?;
                 }
             }
@@ -247,10 +252,10 @@ pub fn import_gguf(path: &Path, opts: &ImportOptions) -> Result<Converted> {
             pb.inc(1);
         }
     }
-    let s = read_tensor(&content, &mut r, path, "output_norm.weight", &[dim])?;
+    let s = read_tensor(&content, r, path, "output_norm.weight", &[dim])?;
     b.norm("norm", to_norm("output_norm.weight", s)?)?;
     if !c.tied_head {
-        let s = read_tensor(&content, &mut r, path, "output.weight", &[vocab, dim])?;
+        let s = read_tensor(&content, r, path, "output.weight", &[vocab, dim])?;
         b.matrix("output", Role::Embedding, vocab, dim, s)?;
     }
     pb.inc(1);

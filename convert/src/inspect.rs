@@ -82,9 +82,12 @@ pub fn verify(bytes: &[u8], pack: Option<&[u8]>) -> Result<Verified> {
             "this is a domain pack: verify it together with its base (`verify BASE --pack FILE`)".into(),
         ));
     }
+    check_weights_finite(&f)?;
     let mut model = Model::from_file(&f)?;
     if let Some(p) = &pack {
-        model.add_pack_bytes(p)?;
+        let pf = ModelFile::parse(p, VerifyChecksum::Yes)?;
+        check_weights_finite(&pf)?;
+        model.add_pack(&pf)?;
     }
     let max_seq = 4.min(model.config().max_seq_len as usize);
     let mut arena = vec![0u8; model.arena_bytes(max_seq)];
@@ -109,6 +112,29 @@ pub fn verify(bytes: &[u8], pack: Option<&[u8]>) -> Result<Verified> {
         domains.push((d.name.to_string(), top, amax));
     }
     Ok(Verified { checksum: f.checksum, n_tensors: f.n_tensors(), domains })
+}
+
+/// Names the first tensor holding a NaN or infinite value (f32, f16, or a
+/// q8 scale): the runtime loads such a file, but it computes garbage.
+fn check_weights_finite(f: &ModelFile<'_>) -> Result<()> {
+    // f16 bits with an all-ones exponent are NaN or infinite
+    let f16_bad = |bits: &[u16]| bits.iter().position(|&b| b & 0x7c00 == 0x7c00);
+    for t in f.tensors() {
+        let bad = match t.dtype {
+            DType::F32 => t.f32s()?.iter().position(|v| !v.is_finite()),
+            DType::F16 => f16_bad(t.f16_bits()?),
+            DType::Q8 => f16_bad(t.q8()?.1).map(|g| g * edgelm_runtime::format::Q8_GROUP),
+            DType::U8 | DType::U32 => None,
+        };
+        if let Some(i) = bad {
+            return Err(Error::Verify(format!(
+                "tensor {} ({}): element {i} is NaN or infinite",
+                t.name,
+                t.dtype.name()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A short summary of a GGUF file (metadata without the vocabulary arrays,

@@ -7,6 +7,10 @@
 //! `FileWriter` and checks every result by loading it with the runtime
 //! before it is written. See docs/CONVERT.md.
 
+// Bad input is an error, never a panic: no unwrap/expect outside tests
+// (enforced by CI's clippy -D warnings).
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod checkpoint;
 mod error;
 pub mod gguf;

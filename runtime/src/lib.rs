@@ -19,6 +19,10 @@
 //! `std` (default) adds the owned [`Engine`], worker threads and run-time
 //! kernel detection; `mmap` (default) maps model files instead of reading them.
 #![no_std]
+// Library code returns errors instead of panicking on data (issue 15): no
+// unwrap/expect outside tests; format/ and tokenizer/ also deny unchecked
+// indexing (see their module headers). Enforced by CI's clippy -D warnings.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "alloc")]

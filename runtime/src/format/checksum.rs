@@ -9,17 +9,8 @@ const P4: u64 = 0x85EB_CA77_C2B2_AE63;
 const P5: u64 = 0x27D4_EB2F_1656_67C5;
 
 #[inline]
-fn read_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
-}
-
-#[inline]
-fn read_u32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_le_bytes(a)
+fn read_u64(b: &[u8; 8]) -> u64 {
+    u64::from_le_bytes(*b)
 }
 
 #[inline]
@@ -41,14 +32,17 @@ pub fn xxh64(data: &[u8], seed: u64) -> u64 {
         let mut v2 = seed.wrapping_add(P2);
         let mut v3 = seed;
         let mut v4 = seed.wrapping_sub(P1);
-        let mut chunks = data.chunks_exact(32);
-        for c in &mut chunks {
-            v1 = round(v1, read_u64(&c[0..]));
-            v2 = round(v2, read_u64(&c[8..]));
-            v3 = round(v3, read_u64(&c[16..]));
-            v4 = round(v4, read_u64(&c[24..]));
+        let (stripes, tail) = data.as_chunks::<32>();
+        for stripe in stripes {
+            // a 32-byte stripe is always four words
+            if let ([w1, w2, w3, w4], _) = stripe.as_chunks::<8>() {
+                v1 = round(v1, read_u64(w1));
+                v2 = round(v2, read_u64(w2));
+                v3 = round(v3, read_u64(w3));
+                v4 = round(v4, read_u64(w4));
+            }
         }
-        rest = chunks.remainder();
+        rest = tail;
         let mut h = v1
             .rotate_left(1)
             .wrapping_add(v2.rotate_left(7))
@@ -62,15 +56,16 @@ pub fn xxh64(data: &[u8], seed: u64) -> u64 {
         seed.wrapping_add(P5)
     };
     h = h.wrapping_add(len);
-    while rest.len() >= 8 {
-        h ^= round(0, read_u64(rest));
+    let (words, tail) = rest.as_chunks::<8>();
+    for w in words {
+        h ^= round(0, read_u64(w));
         h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
-        rest = &rest[8..];
     }
-    if rest.len() >= 4 {
-        h ^= (read_u32(rest) as u64).wrapping_mul(P1);
+    rest = tail;
+    if let Some((w, tail)) = rest.split_first_chunk::<4>() {
+        h ^= (u32::from_le_bytes(*w) as u64).wrapping_mul(P1);
         h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
-        rest = &rest[4..];
+        rest = tail;
     }
     for &b in rest {
         h ^= (b as u64).wrapping_mul(P5);

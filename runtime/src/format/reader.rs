@@ -38,16 +38,13 @@ pub struct TensorView<'a> {
     pub bytes: &'a [u8],
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
+/// Little-endian fields; `None` past the end (callers check lengths first).
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(*b.get(at..)?.first_chunk()?))
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(*b.get(at..)?.first_chunk()?))
 }
 
 const DECODE: Error = Error::HeaderDecode("could not decode the header (truncated or corrupt)");
@@ -64,25 +61,26 @@ impl<'a> ModelFile<'a> {
         }
         let got = bytes.len() as u64;
         let min = (PREAMBLE_LEN + CHECKSUM_LEN) as u64;
+        let short = Error::TooShort { needed: min, got };
         if got < min {
-            return Err(Error::TooShort { needed: min, got });
+            return Err(short);
         }
-        if bytes[..8] != MAGIC {
+        if bytes.first_chunk::<8>() != Some(&MAGIC) {
             return Err(Error::BadMagic);
         }
-        let version = u32_at(bytes, 8);
+        let version = u32_at(bytes, 8).ok_or_else(|| short.clone())?;
         if version != FORMAT_VERSION {
             return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
         }
-        if u32_at(bytes, 12) != ENDIAN_MARK {
+        if u32_at(bytes, 12) != Some(ENDIAN_MARK) {
             return Err(Error::WrongEndianness);
         }
-        let header_len = u64_at(bytes, 16);
+        let header_len = u64_at(bytes, 16).ok_or_else(|| short.clone())?;
         if header_len > MAX_HEADER_LEN {
             return Err(Error::HeaderTooLarge(header_len));
         }
         let header_len = header_len as usize;
-        let data_len = u64_at(bytes, 24);
+        let data_len = u64_at(bytes, 24).ok_or_else(|| short.clone())?;
         let data_start = align_up(PREAMBLE_LEN + header_len);
         let declared = (data_start as u64)
             .checked_add(data_len)
@@ -94,11 +92,12 @@ impl<'a> ModelFile<'a> {
         if got > declared {
             return Err(Error::SizeMismatch { declared, got });
         }
-        let body_end = bytes.len() - CHECKSUM_LEN;
-        let stored = u64_at(bytes, body_end);
+        // got == declared ≥ CHECKSUM_LEN, so the split exists
+        let (body, trailer) = bytes.split_last_chunk::<CHECKSUM_LEN>().ok_or_else(|| short.clone())?;
+        let stored = u64::from_le_bytes(*trailer);
         let checksum_verified = verify == VerifyChecksum::Yes;
         if checksum_verified {
-            let computed = xxh64(&bytes[..body_end], 0);
+            let computed = xxh64(body, 0);
             if computed != stored {
                 return Err(Error::ChecksumMismatch { stored, computed });
             }
@@ -107,19 +106,23 @@ impl<'a> ModelFile<'a> {
             return Err(Error::Misaligned);
         }
 
-        let header = &bytes[PREAMBLE_LEN..PREAMBLE_LEN + header_len];
+        // in range: declared (checked equal to the length) covers both
+        let header = bytes.get(PREAMBLE_LEN..PREAMBLE_LEN + header_len).ok_or_else(|| short.clone())?;
         let (meta, rest): (HeaderMeta<'a>, &'a [u8]) = postcard::take_from_bytes(header).map_err(|_| DECODE)?;
         meta.config.validate()?;
         let (count, table): (u32, &'a [u8]) = postcard::take_from_bytes(rest).map_err(|_| DECODE)?;
         if count as usize > MAX_TENSORS {
             return Err(Error::TooManyTensors(count as u64, MAX_TENSORS));
         }
-        let data = &bytes[data_start..data_start + data_len as usize];
+        let data = bytes.get(data_start..data_start + data_len as usize).ok_or(short)?;
 
         // Validate every entry once; the names must be strictly ascending,
         // which rules out duplicates in O(n).
+        // Data must follow the table order without overlap (the writer lays
+        // tensors out in name order), which also takes O(n).
         let mut cursor = table;
         let mut prev: Option<&str> = None;
+        let mut prev_end = 0u64;
         for _ in 0..count {
             let (info, next): (TensorInfo<'a>, &'a [u8]) = postcard::take_from_bytes(cursor).map_err(|_| DECODE)?;
             cursor = next;
@@ -129,7 +132,12 @@ impl<'a> ModelFile<'a> {
                     return Err(bad(info.name, "tensor table is not sorted by name (or has duplicates)"));
                 }
             }
+            if info.offset < prev_end {
+                return Err(bad(info.name, "data overlaps the previous tensor's"));
+            }
             prev = Some(info.name);
+            // validate_entry checked that offset + len does not overflow
+            prev_end = info.offset + info.len;
         }
         if !cursor.is_empty() {
             return Err(Error::HeaderDecode("trailing bytes after the tensor table"));
@@ -156,7 +164,7 @@ impl<'a> ModelFile<'a> {
         (0..self.n_tensors).map_while(move |_| {
             let (info, next): (TensorInfo<'a>, &'a [u8]) = postcard::take_from_bytes(cursor).ok()?;
             cursor = next;
-            Some(view(&info, data))
+            view(&info, data)
         })
     }
 
@@ -191,7 +199,8 @@ fn validate_entry(info: &TensorInfo<'_>, data_len: u64) -> Result<()> {
         }
         n = n.checked_mul(d as u64).ok_or_else(|| bad(name, "element count overflows"))?;
     }
-    if info.dtype == DType::Q8 && !(info.shape[info.shape.len() - 1] as usize).is_multiple_of(Q8_GROUP) {
+    let last = info.shape.last().copied().unwrap_or(0);
+    if info.dtype == DType::Q8 && !(last as usize).is_multiple_of(Q8_GROUP) {
         return Err(bad(name, "q8 tensor's last dimension is not a multiple of 32"));
     }
     let expected = info.dtype.byte_len(n).ok_or_else(|| bad(name, "byte length overflows"))?;
@@ -208,17 +217,15 @@ fn validate_entry(info: &TensorInfo<'_>, data_len: u64) -> Result<()> {
     Ok(())
 }
 
-fn view<'a>(info: &TensorInfo<'a>, data: &'a [u8]) -> TensorView<'a> {
+/// The view of a validated entry (`None` cannot happen after `parse`).
+fn view<'a>(info: &TensorInfo<'a>, data: &'a [u8]) -> Option<TensorView<'a>> {
     let mut shape = [1u32; MAX_DIMS];
-    shape[..info.shape.len()].copy_from_slice(&info.shape);
-    let start = info.offset as usize;
-    TensorView {
-        name: info.name,
-        dtype: info.dtype,
-        shape,
-        ndim: info.shape.len(),
-        bytes: &data[start..start + info.len as usize],
+    for (s, &d) in shape.iter_mut().zip(info.shape.iter()) {
+        *s = d;
     }
+    let start = usize::try_from(info.offset).ok()?;
+    let end = start.checked_add(usize::try_from(info.len).ok()?)?;
+    Some(TensorView { name: info.name, dtype: info.dtype, shape, ndim: info.shape.len(), bytes: data.get(start..end)? })
 }
 
 // `cast` serves these element types; their sizes are the dtypes' byte widths.
@@ -242,7 +249,7 @@ fn cast<'a, T: Copy>(t: &TensorView<'a>) -> Result<&'a [T]> {
 
 impl<'a> TensorView<'a> {
     pub fn shape(&self) -> &[u32] {
-        &self.shape[..self.ndim]
+        self.shape.get(..self.ndim).unwrap_or(&self.shape)
     }
 
     pub fn numel(&self) -> usize {
@@ -285,7 +292,12 @@ impl<'a> TensorView<'a> {
     pub fn q8(&self) -> Result<(&'a [i8], &'a [u16])> {
         self.expect(DType::Q8)?;
         let n = self.numel();
-        let (qs, scales) = self.bytes.split_at(n);
+        // (views made by `parse` always hold n values and n/32 scales;
+        // `TensorView`'s fields are public, so check)
+        let (qs, scales) = self
+            .bytes
+            .split_at_checked(n)
+            .ok_or_else(|| bad(self.name, "byte length does not match dtype and shape"))?;
         let qs_view = TensorView { bytes: qs, ..*self };
         let sc_view = TensorView { bytes: scales, ..*self };
         Ok((cast(&qs_view)?, cast(&sc_view)?))

@@ -34,25 +34,29 @@ impl TokenizerTables {
 
     /// Whether `id` is the token `byte_tokens` names for its single byte.
     pub fn is_byte_token(&self, id: u32) -> bool {
-        matches!(&self.vocab[id as usize][..], [b] if self.byte_tokens[*b as usize] == id)
+        matches!(self.vocab.get(id as usize).map(Vec::as_slice), Some([b]) if self.byte_tokens.get(*b as usize) == Some(&id))
     }
 
     /// Ranks sorted by `(left, right)` (the `merge_index` tensor).
     pub fn merge_index(&self) -> Vec<u32> {
-        let mut index: Vec<u32> = (0..self.merges.len() as u32).collect();
-        index.sort_by_key(|&r| (self.merges[r as usize].0, self.merges[r as usize].1));
-        index
+        // (left, right, rank): equal pairs stay in rank order, as a stable sort by pair would keep them
+        let mut index: Vec<(u32, u32, u32)> =
+            self.merges.iter().enumerate().map(|(r, &(a, b, _))| (a, b, r as u32)).collect();
+        index.sort_unstable();
+        index.into_iter().map(|(_, _, r)| r).collect()
     }
 
     /// Non-byte-fallback, non-empty tokens sorted by bytes; of tokens with
     /// equal bytes only the lowest id is kept (the `sorted_vocab` tensor).
     pub fn sorted_vocab(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = (0..self.vocab.len() as u32)
-            .filter(|&id| !self.vocab[id as usize].is_empty() && !self.is_byte_token(id))
+        let mut ids: Vec<(&[u8], u32)> = (self.vocab.iter().zip(0u32..))
+            .filter(|&(t, id)| !t.is_empty() && !self.is_byte_token(id))
+            .map(|(t, id)| (t.as_slice(), id))
             .collect();
-        ids.sort_by(|&a, &b| self.vocab[a as usize].cmp(&self.vocab[b as usize]).then(a.cmp(&b)));
-        ids.dedup_by(|later, earlier| self.vocab[*later as usize] == self.vocab[*earlier as usize]);
-        ids
+        // by bytes, then id: the first of equal tokens is the lowest id
+        ids.sort_unstable();
+        ids.dedup_by(|later, earlier| later.0 == earlier.0);
+        ids.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Adds the `{prefix}tokenizer.*` tensors to `w`, as they are (the

@@ -82,7 +82,7 @@ impl FileWriter {
         if shape.is_empty() || shape.len() > MAX_DIMS || shape.contains(&0) {
             return bad("shape needs 1 to 4 non-zero dimensions");
         }
-        if dtype == DType::Q8 && !(shape[shape.len() - 1] as usize).is_multiple_of(Q8_GROUP) {
+        if dtype == DType::Q8 && !(shape.last().copied().unwrap_or(0) as usize).is_multiple_of(Q8_GROUP) {
             return bad("q8 tensor's last dimension is not a multiple of 32");
         }
         let n: u64 = shape.iter().map(|&d| d as u64).product();

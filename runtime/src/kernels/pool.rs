@@ -55,6 +55,7 @@ impl Pool {
     /// A pool that runs jobs on `threads` threads: the caller plus
     /// `threads - 1` workers spawned now (`threads` of 0 is treated as 1).
     /// Panics if the OS refuses a thread; [`Pool::try_new`] reports that instead.
+    #[allow(clippy::expect_used)] // documented panic (like std::thread::spawn); try_new is the fallible form
     pub fn new(threads: usize) -> Pool {
         Self::try_new(threads).expect("cannot spawn an edgelm worker thread")
     }

@@ -5,10 +5,12 @@
 //!   vocabulary, written through the runtime's format writer.
 //! * [`reference`]: an independent f64 Llama forward pass, the oracle of the
 //!   runtime's and the converter's numeric tests.
+//! * [`llama2c`]: llama2.c `tokenizer.bin` and v1 checkpoint writers.
 //! * [`counting_alloc`]: a global allocator that counts, for the
 //!   zero-allocation tests.
 
 pub mod counting_alloc;
+pub mod llama2c;
 pub mod reference;
 pub mod synthetic;
 

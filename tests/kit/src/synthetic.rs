@@ -139,6 +139,28 @@ impl SyntheticSpec {
         }
     }
 
+    /// The smallest model the format accepts with q8 matrices and a
+    /// byte-level vocabulary (one block, dim 32): seed inputs for the fuzzers.
+    pub fn micro(dtype: DType) -> Self {
+        SyntheticSpec {
+            config: Config {
+                dim: 32,
+                n_layers: 1,
+                n_heads: 2,
+                n_kv_heads: 1,
+                ffn_dim: 32,
+                vocab_size: 264,
+                max_seq_len: 16,
+                rope_theta: 10000.0,
+                norm_eps: 1e-5,
+                tied_head: false,
+            },
+            dtype,
+            seed: 3,
+            domain: "story".into(),
+        }
+    }
+
     /// The shape of llama2.c's stories15M (the benchmark reference model).
     pub fn stories15m(dtype: DType) -> Self {
         SyntheticSpec {

@@ -431,12 +431,15 @@ macro_rules! q8_matvec {
                 groups: usize,
             ) {
                 let cols = groups * 32;
-                // rows are contiguous: prefetch the block after next (one stream)
+                // rows are contiguous: prefetch the block after next (one stream).
+                // Near the last rows that address lies past the weights, so it
+                // is formed with wrapping_add (`add` past the allocation is UB
+                // even unread); a prefetch never faults.
                 if R == 4 {
-                    let ahead = w.add(2 * R * cols);
+                    let ahead = w.wrapping_add(2 * R * cols);
                     let mut off = 0;
                     while off < R * cols {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.add(off));
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off));
                         off += 64;
                     }
                 }

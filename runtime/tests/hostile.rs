@@ -1,0 +1,314 @@
+//! Hostile inputs the format and session tests elsewhere do not cover, each
+//! with the specific error it must give (docs/RELIABILITY.md lists them all):
+//! hand-encoded headers the writer refuses to make (overlapping data,
+//! overflowing shapes, absurd vocabularies), damage to each region of a
+//! file and of a pack, sampler values out of range, the arena message.
+
+mod common;
+
+use common::aligned;
+use edgelm_runtime::format::{
+    align_up, checksum::xxh64, Config, DType, FileKind, HeaderMeta, ModelFile, TensorInfo, CHECKSUM_LEN, ENDIAN_MARK,
+    FORMAT_VERSION, MAGIC, PREAMBLE_LEN,
+};
+use edgelm_runtime::{Error, ErrorKind, Model, SamplerConfig, Session, SessionOptions, VerifyChecksum};
+use edgelm_testkit::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
+
+fn cfg() -> Config {
+    SyntheticSpec::micro(DType::Q8).config
+}
+
+/// A file with this config and tensor table, `data_len` zero bytes of data
+/// and a correct checksum: what a hostile writer could make.
+fn raw_file(config: Config, entries: &[TensorInfo<'_>], data_len: u64) -> Vec<u8> {
+    let meta = HeaderMeta {
+        kind: FileKind::Base,
+        model_id: "hostile",
+        base_model_id: "",
+        config,
+        domains: heapless::Vec::new(),
+    };
+    let mut header = postcard::to_allocvec(&meta).unwrap();
+    header.extend(postcard::to_allocvec(&(entries.len() as u32)).unwrap());
+    for e in entries {
+        header.extend(postcard::to_allocvec(e).unwrap());
+    }
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&ENDIAN_MARK.to_le_bytes());
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&data_len.to_le_bytes());
+    out.extend_from_slice(&header);
+    out.resize(align_up(out.len()) + data_len as usize, 0);
+    reseal_append(&mut out);
+    out
+}
+
+fn reseal_append(out: &mut Vec<u8>) {
+    let sum = xxh64(out, 0);
+    out.extend_from_slice(&sum.to_le_bytes());
+}
+
+fn reseal(bytes: &mut [u8]) {
+    let n = bytes.len() - CHECKSUM_LEN;
+    let sum = xxh64(&bytes[..n], 0);
+    bytes[n..].copy_from_slice(&sum.to_le_bytes());
+}
+
+fn entry<'a>(name: &'a str, dtype: DType, shape: &[u32], offset: u64, len: u64) -> TensorInfo<'a> {
+    TensorInfo { name, dtype, shape: heapless::Vec::from_slice(shape).unwrap(), offset, len }
+}
+
+fn parse(bytes: &[u8]) -> Result<(), Error> {
+    let b = aligned(bytes.to_vec());
+    ModelFile::parse(&b, VerifyChecksum::Yes).map(|_| ())
+}
+
+fn tensor_error(bytes: &[u8]) -> &'static str {
+    match parse(bytes) {
+        Err(Error::BadTensor { what, .. }) => what,
+        other => panic!("expected a BadTensor error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_raw_writer_makes_valid_files() {
+    // the helper itself: two well-placed tensors parse
+    let f = raw_file(cfg(), &[entry("a", DType::F32, &[16], 0, 64), entry("b", DType::U8, &[3], 64, 3)], 67);
+    parse(&f).unwrap();
+}
+
+#[test]
+fn overlapping_tensor_data_is_refused() {
+    // b starts inside a
+    let f = raw_file(cfg(), &[entry("a", DType::F32, &[32], 0, 128), entry("b", DType::F32, &[16], 64, 64)], 128);
+    assert_eq!(tensor_error(&f), "data overlaps the previous tensor's");
+    // the same data twice
+    let f = raw_file(cfg(), &[entry("a", DType::F32, &[16], 0, 64), entry("b", DType::F32, &[16], 0, 64)], 64);
+    assert_eq!(tensor_error(&f), "data overlaps the previous tensor's");
+    // data out of table order
+    let f = raw_file(cfg(), &[entry("a", DType::F32, &[16], 64, 64), entry("b", DType::F32, &[16], 0, 64)], 128);
+    assert_eq!(tensor_error(&f), "data overlaps the previous tensor's");
+}
+
+#[test]
+fn misaligned_tensor_offsets_are_refused() {
+    let f = raw_file(cfg(), &[entry("a", DType::U8, &[4], 0, 4), entry("b", DType::F32, &[1], 4, 4)], 8);
+    assert_eq!(tensor_error(&f), "offset is not 64-byte aligned");
+}
+
+#[test]
+fn shapes_whose_products_overflow_or_exceed_the_file_are_refused() {
+    let m = u32::MAX;
+    // element count overflows u64 (and so usize)
+    let f = raw_file(cfg(), &[entry("a", DType::U8, &[m, m, m, m], 0, 64)], 64);
+    assert_eq!(tensor_error(&f), "element count overflows");
+    // element count fits, bytes (× 4) do not
+    let f = raw_file(cfg(), &[entry("a", DType::F32, &[m, m], 0, 64)], 64);
+    assert_eq!(tensor_error(&f), "byte length overflows");
+    // consistent, but far larger than the file
+    let n = (1u64 << 20) * (1 << 12) * 4;
+    let f = raw_file(cfg(), &[entry("a", DType::F32, &[1 << 20, 1 << 12], 0, n)], 64);
+    assert_eq!(tensor_error(&f), "data lies past the end of the file");
+    // offset + len overflows
+    let f = raw_file(cfg(), &[entry("a", DType::U8, &[64], u64::MAX - 63, 64)], 64);
+    assert_eq!(tensor_error(&f), "offset + length overflows");
+    // a zero dimension, no dimensions, five dimensions cannot even decode
+    let f = raw_file(cfg(), &[entry("a", DType::U8, &[4, 0], 0, 0)], 64);
+    assert_eq!(tensor_error(&f), "shape has a zero dimension");
+    let f = raw_file(cfg(), &[entry("a", DType::U8, &[], 0, 0)], 64);
+    assert_eq!(tensor_error(&f), "shape has no dimensions");
+}
+
+#[test]
+fn zero_and_huge_vocabularies_are_refused() {
+    for vocab in [0, (1 << 20) + 1, u32::MAX] {
+        let f = raw_file(Config { vocab_size: vocab, ..cfg() }, &[], 0);
+        assert_eq!(parse(&f), Err(Error::BadConfig("vocab_size must be in 1..=1048576")), "vocab {vocab}");
+    }
+    // a vocabulary the format allows but the tensors do not have
+    let mut c = cfg();
+    c.vocab_size = 1 << 20;
+    let f = raw_file(c, &[entry("tok_embeddings", DType::F32, &[264, 32], 0, 264 * 32 * 4)], 264 * 32 * 4);
+    let b = aligned(f);
+    let file = ModelFile::parse(&b, VerifyChecksum::Yes).unwrap();
+    assert!(matches!(Model::from_file(&file), Err(Error::MissingTensor(_) | Error::ShapeMismatch { .. })));
+}
+
+fn micro_base() -> Vec<u8> {
+    synthetic_model(&SyntheticSpec::micro(DType::Q8)).unwrap()
+}
+
+fn micro_pack() -> Vec<u8> {
+    let spec = SyntheticPackSpec { own_vocab: Some(260), positions: vec![1], ..SyntheticPackSpec::recipe(DType::Q8) };
+    synthetic_pack(&SyntheticSpec::micro(DType::Q8), &spec).unwrap()
+}
+
+/// Byte ranges of a file's regions: header, tensor table, each tensor's data, trailer.
+fn regions(bytes: &[u8]) -> Vec<(String, usize, usize)> {
+    let a = aligned(bytes.to_vec());
+    let f = ModelFile::parse(&a, VerifyChecksum::Yes).unwrap();
+    let header_len = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
+    let mut out =
+        vec![("preamble".to_string(), 0, PREAMBLE_LEN), ("header".into(), PREAMBLE_LEN, PREAMBLE_LEN + header_len)];
+    for t in f.tensors() {
+        let start = t.bytes.as_ptr() as usize - a.as_ptr() as usize;
+        out.push((t.name.to_string(), start, start + t.bytes.len()));
+    }
+    out.push(("trailer".into(), bytes.len() - CHECKSUM_LEN, bytes.len()));
+    out
+}
+
+#[test]
+fn a_flipped_bit_in_any_region_is_a_checksum_mismatch_and_never_a_panic_without_it() {
+    for (what, bytes) in [("base", micro_base()), ("pack", micro_pack())] {
+        let base = aligned(micro_base());
+        for (region, start, end) in regions(&bytes) {
+            for at in [start, (start + end) / 2, end - 1] {
+                for bit in [0, 7] {
+                    let mut b = bytes.clone();
+                    b[at] ^= 1 << bit;
+                    let damaged = aligned(b);
+                    // with the checksum: the preamble's own checks come first
+                    // (magic, version, sizes); anywhere else it is the checksum
+                    let e = ModelFile::parse(&damaged, VerifyChecksum::Yes).unwrap_err();
+                    if region != "preamble" {
+                        assert!(matches!(e, Error::ChecksumMismatch { .. }), "{what} {region} byte {at}: {e:?}");
+                    }
+                    assert!(matches!(e.kind(), ErrorKind::CorruptFile | ErrorKind::Unsupported), "{e:?}");
+                    // without it: structure errors or a model that loads, never a panic
+                    let base_here = base.clone(); // dropped before `damaged`, which the model borrows too
+                    if let Ok(f) = ModelFile::parse(&damaged, VerifyChecksum::Skip) {
+                        if what == "base" {
+                            let _ = Model::from_file(&f);
+                        } else {
+                            let mut m = Model::from_bytes(&base_here).unwrap();
+                            if m.add_pack(&f).is_err() {
+                                assert_eq!(m.domains().len(), 1, "a refused pack leaves the model as it was");
+                            }
+                        }
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_truncated_pack_is_too_short() {
+    let pack = micro_pack();
+    let base = aligned(micro_base());
+    for cut in [0, 7, PREAMBLE_LEN, PREAMBLE_LEN + 5, pack.len() / 2, pack.len() - 1] {
+        let cut_pack = aligned(pack[..cut].to_vec());
+        let mut m = Model::from_bytes(&base).unwrap();
+        let e = m.add_pack_bytes(&cut_pack).unwrap_err();
+        assert!(matches!(e, Error::TooShort { .. }), "cut at {cut}: {e:?}");
+        assert_eq!(m.domains().len(), 1, "a refused pack leaves the model as it was");
+    }
+}
+
+#[test]
+fn a_pack_of_another_format_version_is_refused() {
+    let mut pack = micro_pack();
+    pack[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+    reseal(&mut pack);
+    let base = aligned(micro_base());
+    let pack = aligned(pack);
+    let mut m = Model::from_bytes(&base).unwrap();
+    let e = m.add_pack_bytes(&pack).unwrap_err();
+    assert_eq!(e, Error::UnsupportedVersion { found: FORMAT_VERSION + 1, supported: FORMAT_VERSION });
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+}
+
+#[test]
+fn a_pack_is_refused_where_a_base_belongs_and_vice_versa() {
+    let base = aligned(micro_base());
+    let pack = aligned(micro_pack());
+    assert_eq!(Model::from_bytes(&pack).unwrap_err(), Error::NotABase);
+    let mut m = Model::from_bytes(&base).unwrap();
+    assert_eq!(m.add_pack_bytes(&base).unwrap_err(), Error::NotAPack);
+    m.add_pack_bytes(&pack).unwrap();
+    assert!(matches!(m.add_pack_bytes(&pack), Err(Error::DuplicateDomain(_))));
+}
+
+#[test]
+fn sampler_values_out_of_range_are_refused() {
+    let base = aligned(micro_base());
+    let model = Model::from_bytes(&base).unwrap();
+    let mut arena = vec![0u8; model.arena_bytes(8)];
+    let d = SamplerConfig::default();
+    let cases = [
+        ("temperature", SamplerConfig { temperature: -0.5, ..d }),
+        ("temperature", SamplerConfig { temperature: f32::NAN, ..d }),
+        ("temperature", SamplerConfig { temperature: f32::INFINITY, ..d }),
+        ("top-p", SamplerConfig { top_p: 0.0, ..d }),
+        ("top-p", SamplerConfig { top_p: 1.5, ..d }),
+        ("top-p", SamplerConfig { top_p: f32::NAN, ..d }),
+        ("repeat penalty", SamplerConfig { repeat_penalty: 0.0, ..d }),
+        ("repeat penalty", SamplerConfig { repeat_penalty: f32::INFINITY, ..d }),
+        ("repeat penalty", SamplerConfig { repeat_penalty: -1.0, ..d }),
+    ];
+    for (what, sampler) in cases {
+        let opts = SessionOptions { sampler, ..SessionOptions::new(8) };
+        match Session::new(&model, "story", &mut arena, opts) {
+            Err(e @ Error::BadSampler(msg)) => {
+                assert!(msg.starts_with(what), "{sampler:?}: {msg}");
+                assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+            }
+            other => panic!("{sampler:?} gave {:?}", other.map(|_| ())),
+        }
+    }
+    // extreme but valid settings run
+    let extreme = [
+        SamplerConfig { temperature: 1e30, top_k: usize::MAX, top_p: f32::MIN_POSITIVE, ..d },
+        SamplerConfig { temperature: 1e-30, repeat_penalty: 1e30, repeat_window: usize::MAX, ..d },
+    ];
+    for sampler in extreme {
+        let opts = SessionOptions { sampler, ..SessionOptions::new(8) };
+        let mut s = Session::new(&model, "story", &mut arena, opts).unwrap();
+        s.feed_prompt("Once").unwrap();
+        s.generate(4, &mut |_| {}).unwrap();
+        assert!(s.tokens().iter().all(|&t| t < 264));
+    }
+}
+
+#[test]
+fn the_arena_message_states_the_size_needed() {
+    let base = aligned(micro_base());
+    let model = Model::from_bytes(&base).unwrap();
+    let need = model.arena_bytes(8);
+    let mut small = vec![0u8; need - 1];
+    let e = Session::new(&model, "story", &mut small, SessionOptions::new(8)).err().unwrap();
+    assert_eq!(e, Error::ArenaTooSmall { needed: need, got: need - 1 });
+    assert!(e.to_string().contains(&need.to_string()), "{e}");
+    let mut none: [u8; 0] = [];
+    assert!(matches!(
+        Session::new(&model, "story", &mut none, SessionOptions::new(8)),
+        Err(Error::ArenaTooSmall { got: 0, .. })
+    ));
+}
+
+#[test]
+fn prompts_past_the_context_and_unknown_domains_are_their_own_errors() {
+    let base = aligned(micro_base());
+    let model = Model::from_bytes(&base).unwrap();
+    let mut arena = vec![0u8; model.arena_bytes(16)];
+    {
+        let mut s = Session::new(&model, "story", &mut arena, SessionOptions::new(16)).unwrap();
+        let e = s.feed_prompt(&"zq".repeat(100)).unwrap_err();
+        assert!(matches!(e, Error::PromptTooLong { limit: 15, .. }), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::PromptTooLong);
+        // a context that is full after generation
+        s.feed_prompt("Once").unwrap();
+        s.generate(100, &mut |_| {}).unwrap();
+        assert!(matches!(s.step(1), Err(Error::ContextFull { limit: 16 })));
+        // token ids outside the vocabulary
+        s.reset();
+        assert_eq!(s.step(264).unwrap_err(), Error::BadToken(264));
+        assert_eq!(s.step(u32::MAX).unwrap_err(), Error::BadToken(u32::MAX));
+    }
+    for name in ["recipe", "", "story\0", &"x".repeat(1000)] {
+        let e = Session::new(&model, name, &mut arena, SessionOptions::new(16)).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::UnknownDomain, "{name:?}");
+    }
+}

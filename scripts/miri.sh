@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Miri (nightly) over the runtime's scalar paths: the format reader and
+# writer, tokenizers, sampler, and whole sessions on the micro model with the
+# reference kernels (runtime/tests/scalar_session.rs). SIMD kernels, threads
+# and mmap are out of Miri's reach and are left out.
+# Last result: docs/RELIABILITY.md. CPU: MIRI_CPU=N pins to core N (niced).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pin=()
+if [ -n "${MIRI_CPU:-}" ]; then pin=(nice -n 19 taskset -c "$MIRI_CPU"); fi
+rustup +nightly component add miri rust-src >/dev/null
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
+# libm/force-soft-floats: libm's x86 sqrt is inline asm, which Miri cannot run.
+# argmax_matches_the_one_pass_definition is skipped: thousands of cases, hours under Miri.
+t=${MIRI_TIMEOUT:-3600}
+timeout -k 10 "$t" "${pin[@]}" cargo +nightly miri setup
+# library unit tests of the scalar modules (names are module paths)
+timeout -k 10 "$t" "${pin[@]}" cargo +nightly miri test -p edgelm-runtime --no-default-features --features std,libm/force-soft-floats --lib -- \
+  format:: tokenizer:: sampler:: bpb:: --skip argmax_matches_the_one_pass_definition
+timeout -k 10 "$t" "${pin[@]}" cargo +nightly miri test -p edgelm-runtime --features libm/force-soft-floats --test scalar_session
