@@ -294,10 +294,7 @@ fn expansion_resume_matches_uninterrupted_run() {
     assert_eq!(seen.first(), Some(&4), "resumes after the step-3 checkpoint");
     assert_eq!(rest.final_step, 8);
     assert_eq!(rest.model_id, whole.model_id, "resumed weights differ from the uninterrupted run's");
-    assert_eq!(
-        checkpoint::model_id(&e2.tensors()).unwrap(),
-        checkpoint::model_id(&e.tensors()).unwrap()
-    );
+    assert_eq!(checkpoint::model_id(&e2.tensors()).unwrap(), checkpoint::model_id(&e.tensors()).unwrap());
     let log = |d: &str| std::fs::read_to_string(dir.join(d).join(expand_train::LOG_FILE)).unwrap();
     assert_eq!(log("resumed"), log("whole"));
     let moments = |d: &str| checkpoint::load_tensors(&dir.join(d).join(checkpoint::STATE_TENSORS_FILE), &Device::Cpu);

@@ -223,7 +223,10 @@ impl Expanded {
         for (name, v) in self.vars() {
             let t = tensors.remove(&name).ok_or_else(|| Error::ckpt(dir, format!("missing tensor {name}")))?;
             if t.dims() != v.dims() {
-                return Err(Error::ckpt(dir, format!("tensor {name} has shape {:?}, expected {:?}", t.dims(), v.dims())));
+                return Err(Error::ckpt(
+                    dir,
+                    format!("tensor {name} has shape {:?}, expected {:?}", t.dims(), v.dims()),
+                ));
             }
             v.set(&t)?;
         }
