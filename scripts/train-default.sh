@@ -9,11 +9,11 @@
 #                            [--vocab V] [--blocks B] [--threads T] [--device cpu|cuda]
 #
 # EDGELM_BIN=DIR uses prebuilt binaries instead of building them.
-# The defaults are the candidate for the next shipped models (issue 14; see the
-# compute-budget study in docs/TRAINING.md); today's models/ came from the
-# commands recorded in docs/TRAINING.md and docs/EXPERIMENT.md.
+# The defaults are the shipped models/base.edgelm and models/recipe.edgelm
+# (models/README.md): about 1.5 h for the base and 40 min for the pack on one
+# thread of a 2-core 2026 VM (--threads 1), less with more threads.
 # Interrupted? Run the same command again: finished stages are skipped and the
-# base run continues exactly from its last checkpoint (--resume).
+# base and the pack continue exactly from their last checkpoints (--resume).
 # Bigger hardware: raise --base-steps/--expand-steps and the dims, or --device cuda
 # (build the trainer with `--features cuda`).
 set -euo pipefail
@@ -23,8 +23,8 @@ usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 case $1 in -h|--help) usage 0 ;; esac
 DATA=$1; shift
 OUT=runs/default
-BASE_STEPS=3000 EXPAND_STEPS=1500
-DIM=256 LAYERS=6 HEADS=8 KV=4 FFN=704 VOCAB=4096 BLOCKS=2
+BASE_STEPS=4500 EXPAND_STEPS=1500
+DIM=128 LAYERS=4 HEADS=4 KV=2 FFN=352 VOCAB=4096 BLOCKS=2
 THREADS=${RAYON_NUM_THREADS:-$(nproc)} DEVICE=cpu
 while [ $# -gt 0 ]; do
   case $1 in
@@ -48,9 +48,16 @@ else
   BIN=$ROOT/target/release
 fi
 export RAYON_NUM_THREADS=$THREADS
+# glibc keeps freed tensor buffers instead of returning them to the kernel
+# every step (docs/TRAINING.md, "Notes"): about 1.45x the tokens/s here.
+export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824
 mkdir -p "$OUT"; cd "$OUT"
 
 step() { printf '\n== %s\n' "$*"; }
+# the pack's last checkpoint is short of --expand-steps
+pack_unfinished() {
+  [ -f recipe/train_state.json ] && ! grep -q "\"step\": $EXPAND_STEPS," recipe/train_state.json
+}
 [ -f story-tok.json ] || { step "story tokenizer ($VOCAB)";
   "$BIN/edgelm-train" tokenizer --corpus "$DATA/stories/train.txt" --vocab-size "$VOCAB" --output story-tok.json; }
 [ -f recipe-tok.json ] || { step "recipe tokenizer ($VOCAB)";
@@ -63,10 +70,13 @@ resume=(); [ -f story/train_state.json ] && resume=(--resume)
   --kv-heads "$KV" --ffn "$FFN" --seq-len 256 --batch 16 --steps "$BASE_STEPS" --lr 2e-3 --min-lr 2e-4 \
   --warmup 100 --seed 1 --checkpoint-every 100 --eval-every 500 --device "$DEVICE" "${resume[@]}"
 
-# (re)train the pack unless it is newer than the base it is bound to
-[ recipe/config.json -nt story/model.safetensors ] || { step "recipe expansion: $BLOCKS new blocks, $EXPAND_STEPS steps (base frozen)";
+# (re)train the pack unless it is newer than the base it is bound to; an
+# interrupted pack run (train_state.json at a step short of the end) resumes
+[ recipe/config.json -nt story/model.safetensors ] && ! pack_unfinished || { step "recipe expansion: $BLOCKS new blocks, $EXPAND_STEPS steps (base frozen)";
+  resume=(); pack_unfinished && [ recipe/train_state.json -nt story/model.safetensors ] && resume=(--resume)
   "$BIN/edgelm-train" expand --base story --corpus "$DATA/recipes/train.txt" --valid "$DATA/recipes/valid.txt" \
-    --domain recipe --domain-tokenizer recipe-tok.json --blocks "$BLOCKS" --steps "$EXPAND_STEPS" --out recipe; }
+    --domain recipe --domain-tokenizer recipe-tok.json --blocks "$BLOCKS" --steps "$EXPAND_STEPS" --batch 16 \
+    --lr 2e-3 --min-lr 2e-4 --warmup 100 --seed 1 --checkpoint-every 100 --out recipe "${resume[@]}"; }
 
 step "q8 files"
 "$BIN/edgelm-convert" import-checkpoint story --output base.edgelm --dtype q8

@@ -77,16 +77,26 @@ pub fn fit(
     fit_from(vars, fc, device, FitFrom::start(), batch, loss, progress)
 }
 
+/// The state a [`fit_from`] resumes from. The vars must already hold that
+/// step's values, and the batch source its sampler state.
+pub struct FitResume {
+    /// Completed optimiser steps.
+    pub step: usize,
+    /// The optimiser moments ([`AdamW::state_tensors`]).
+    pub moments: HashMap<String, Tensor>,
+    /// `(step, loss)` logged so far (rows past `step` are dropped).
+    pub losses: Vec<(usize, f64)>,
+}
+
+/// Persists a checkpoint: the completed steps, the optimiser and the stats so far.
+pub type OnCheckpoint<'a> = dyn FnMut(usize, &AdamW, &FitStats) -> Result<()> + 'a;
+
 /// Where a [`fit_from`] starts and when it checkpoints (a resumable run).
 pub struct FitFrom<'a> {
-    /// A resumed run: the completed steps, the optimiser moments
-    /// ([`AdamW::state_tensors`]) and the losses logged so far. The vars must
-    /// already hold that step's values, and the batch source its sampler state.
-    pub resume: Option<(usize, HashMap<String, Tensor>, Vec<(usize, f64)>)>,
+    pub resume: Option<FitResume>,
     /// Call `on_checkpoint` after every N-th step and after the last (0 = never).
     pub checkpoint_every: usize,
-    /// Persists a checkpoint: the completed steps, the optimiser and the stats so far.
-    pub on_checkpoint: Option<&'a mut dyn FnMut(usize, &AdamW, &FitStats) -> Result<()>>,
+    pub on_checkpoint: Option<&'a mut OnCheckpoint<'a>>,
     /// Stop (as if killed) after this many steps of this call. For tests.
     pub stop_after: Option<usize>,
 }
@@ -116,11 +126,11 @@ pub fn fit_from(
     let vars = opt.params.clone();
     let mut stats = FitStats::default();
     let mut first = 0;
-    if let Some((step, moments, losses)) = from.resume {
-        opt.load_state(moments, step)?;
-        first = step;
-        stats.losses = losses.into_iter().filter(|&(s, _)| s <= step).collect();
-        stats.tokens = (step * fc.batch * fc.seq) as u64;
+    if let Some(r) = from.resume.take() {
+        opt.load_state(r.moments, r.step)?;
+        first = r.step;
+        stats.losses = r.losses.into_iter().filter(|&(s, _)| s <= r.step).collect();
+        stats.tokens = (r.step * fc.batch * fc.seq) as u64;
     }
     let start = Instant::now();
     for step in first..fc.steps {

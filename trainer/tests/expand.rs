@@ -307,17 +307,17 @@ fn expansion_resume_matches_uninterrupted_run() {
     let (e3, _) = expanded();
     let mut other = job("resumed", true, None);
     other.fit.lr = 5e-3;
-    let err = expand_train::run(&e3, &other, &mut |_, _| {}).err().expect("other settings must be refused");
+    let err = expand_train::run(&e3, &other, &mut |_, _| {}).expect_err("other settings must be refused");
     assert!(err.to_string().contains("other settings"), "{err}");
 
     // A checkpoint torn between the weights and the state is detected.
     let (e4, _) = expanded();
     e4.save(&dir.join("resumed"), &base_cfg, &fx.recipe_tok).unwrap();
-    let err = expand_train::run(&e4, &job("resumed", true, None), &mut |_, _| {}).err().expect("torn checkpoint");
+    let err = expand_train::run(&e4, &job("resumed", true, None), &mut |_, _| {}).expect_err("torn checkpoint");
     assert!(err.to_string().contains("does not belong"), "{err}");
 
     // Nothing to resume is a clear error.
     let (e5, _) = expanded();
-    let err = expand_train::run(&e5, &job("fresh", true, None), &mut |_, _| {}).err().expect("nothing to resume");
+    let err = expand_train::run(&e5, &job("fresh", true, None), &mut |_, _| {}).expect_err("nothing to resume");
     assert!(err.to_string().contains("nothing to resume"), "{err}");
 }

@@ -9,7 +9,7 @@
 //! killed mid-checkpoint is detected on resume rather than mixing two steps.
 
 use super::Expanded;
-use crate::baselines::{fit_from, FitConfig, FitFrom, FitStats};
+use crate::baselines::{fit_from, FitConfig, FitFrom, FitResume, FitStats};
 use crate::checkpoint::{self, MODEL_FILE, STATE_FILE, STATE_TENSORS_FILE};
 use crate::config::HfConfig;
 use crate::corpus::{Batcher, TokenStream};
@@ -78,12 +78,12 @@ pub fn run(e: &Expanded, job: &ExpandJob, progress: &mut dyn FnMut(usize, f64)) 
     let mut resume = None;
     let mut elapsed0 = 0.0;
     if job.resume {
-        let (state, moments, losses) = load_state(e, job)?;
+        let (state, r) = load_state(e, job)?;
         batcher.borrow_mut().rng = state.batch_rng.clone();
         elapsed0 = state.elapsed_s;
-        resume = Some((state.step, moments, losses));
+        resume = Some(r);
     }
-    let first = resume.as_ref().map_or(0, |r| r.0);
+    let first = resume.as_ref().map_or(0, |r| r.step);
     std::fs::create_dir_all(&job.out).map_err(|e| Error::io("cannot create directory", &job.out, e))?;
 
     let mut model_id = None;
@@ -120,10 +120,7 @@ pub fn run(e: &Expanded, job: &ExpandJob, progress: &mut dyn FnMut(usize, f64)) 
 
 /// Reads the state of an interrupted run in `job.out` into `e` and checks that it
 /// belongs to this base, these settings and the weights beside it.
-fn load_state(
-    e: &Expanded,
-    job: &ExpandJob,
-) -> Result<(ExpandState, std::collections::HashMap<String, candle_core::Tensor>, Vec<(usize, f64)>)> {
+fn load_state(e: &Expanded, job: &ExpandJob) -> Result<(ExpandState, FitResume)> {
     let dir = &job.out;
     let p = dir.join(STATE_FILE);
     if !p.exists() {
@@ -158,7 +155,8 @@ fn load_state(
     }
     e.set_vars(tensors, dir)?;
     let moments = checkpoint::load_tensors(&dir.join(STATE_TENSORS_FILE), e.device())?;
-    Ok((state, moments, read_log(&dir.join(LOG_FILE))))
+    let resume = FitResume { step: state.step, moments, losses: read_log(&dir.join(LOG_FILE)) };
+    Ok((state, resume))
 }
 
 fn write_log(path: &Path, losses: &[(usize, f64)]) -> Result<()> {
