@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use edgelm_trainer::baselines::{finetune_copy, fit, FitConfig, Lora};
 use edgelm_trainer::checkpoint;
-use edgelm_trainer::config::ModelConfig;
+use edgelm_trainer::config::{HfConfig, ModelConfig};
 use edgelm_trainer::corpus::{Batcher, Corpus, TokenStream};
 use edgelm_trainer::expand::{default_positions, load_domain, Expanded, TokenizerMode, DOMAIN_EMBED};
 use edgelm_trainer::model::Llama;
@@ -61,6 +61,25 @@ struct Fixture {
     base: Llama,
     story_tok: EdgeTokenizer,
     recipe_tok: EdgeTokenizer,
+}
+
+impl Fixture {
+    /// The base checkpoint in `base_dir` with a per-domain recipe expansion
+    /// (two new blocks), and the base's config.
+    fn recipe_over(&self, base_dir: &std::path::Path) -> (Expanded, HfConfig) {
+        let ck = checkpoint::load(base_dir, &Device::Cpu).unwrap();
+        let e = Expanded::new(
+            ck.model,
+            "recipe",
+            TokenizerMode::PerDomain,
+            default_positions(3, 2),
+            Some(&self.story_tok),
+            Some(&self.recipe_tok),
+            None,
+        )
+        .unwrap();
+        (e, ck.config)
+    }
 }
 
 fn fixture(seed: u64) -> Fixture {
@@ -155,17 +174,7 @@ fn expansion_training_leaves_every_base_tensor_bit_identical() {
     };
     let before = per_tensor(&fx.base);
 
-    let ck = checkpoint::load(&base_dir, &Device::Cpu).unwrap();
-    let e = Expanded::new(
-        ck.model,
-        "recipe",
-        TokenizerMode::PerDomain,
-        default_positions(3, 2),
-        Some(&fx.story_tok),
-        Some(&fx.recipe_tok),
-        None,
-    )
-    .unwrap();
+    let (e, base_cfg) = fx.recipe_over(&base_dir);
     let init_new = checkpoint::model_id(&e.tensors()).unwrap();
     let corpus = Corpus { path: dir.join("recipes.txt"), text: recipe_text(40) };
     let stream = TokenStream::build(&corpus, &fx.recipe_tok, None).unwrap();
@@ -182,7 +191,7 @@ fn expansion_training_leaves_every_base_tensor_bit_identical() {
 
     // The domain checkpoint records the base it was trained on and reloads over it.
     let dom = dir.join("recipe");
-    let dom_id = e.save(&dom, &ck.config, &fx.recipe_tok).unwrap();
+    let dom_id = e.save(&dom, &base_cfg, &fx.recipe_tok).unwrap();
     let cfg = checkpoint::load_config(&dom).unwrap();
     assert_eq!(cfg.edgelm.kind, edgelm_checkpoint::Kind::Domain);
     assert_eq!(cfg.edgelm.base_model_id.as_deref(), Some(base_id.as_str()));
@@ -256,20 +265,7 @@ fn expansion_resume_matches_uninterrupted_run() {
     let corpus = Corpus { path: dir.join("recipes.txt"), text: recipe_text(40) };
     let stream = TokenStream::build(&corpus, &fx.recipe_tok, None).unwrap();
     let fc = FitConfig { steps: 8, batch: 4, seq: 16, lr: 1e-2, warmup: 2, ..FitConfig::default() };
-    let expanded = || {
-        let ck = checkpoint::load(&base_dir, &Device::Cpu).unwrap();
-        let e = Expanded::new(
-            ck.model,
-            "recipe",
-            TokenizerMode::PerDomain,
-            default_positions(3, 2),
-            Some(&fx.story_tok),
-            Some(&fx.recipe_tok),
-            None,
-        )
-        .unwrap();
-        (e, ck.config)
-    };
+    let expanded = || fx.recipe_over(&base_dir);
     let (e, base_cfg) = expanded();
     let job = |out: &str, resume: bool, stop_after: Option<usize>| ExpandJob {
         base_config: &base_cfg,
