@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Training throughput (tokens/s) of edgelm-train vs the same architecture in PyTorch
-on CPU, same batch, sequence length and thread count, measured in one run.
+on CPU (eager, and compiled with torch.compile), same batch, sequence length and
+thread count, measured alternately in one run.
 
 Architecture (docs/CHECKPOINT.md): Llama decoder, RMSNorm, RoPE (rotate-half), GQA,
 SwiGLU, tied output head; AdamW (betas 0.9/0.95, wd 0.1 on matrices), grad clip 1.0,
-random token windows. Both sides time `--steps` optimiser steps after `--warmup`
-untimed ones.
+random token windows. Every side times `--steps` optimiser steps after `--warmup`
+untimed ones (torch.compile compiles during the warm-up). Each measurement runs in
+a process of its own, with no environment tuning (edgelm-train as a user runs it),
+and `--rounds` rounds alternate edgelm / eager / compiled; the table shows medians.
 
 Usage:
-  pip install torch
-  cargo build --release -p edgelm-trainer
-  python3 benches/pytorch_train_throughput.py [--threads 1] [--steps 5]
+  pip install torch        # torch.compile also needs a C++ compiler (gcc)
+  cargo build --release --workspace --bin edgelm-train
+  python3 benches/pytorch_train_throughput.py [--threads 1 2] [--steps 5] [--rounds 3]
 Prints a Markdown table (and JSON lines with --json).
 """
 import argparse
@@ -34,7 +37,7 @@ def n_params(dim, layers, heads, kv, ffn, vocab):
     return vocab * dim + layers * per + dim
 
 
-def torch_tokens_per_s(cfg, batch, seq, steps, warmup, threads):
+def torch_tokens_per_s(cfg, batch, seq, steps, warmup, threads, compiled):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -100,6 +103,7 @@ def torch_tokens_per_s(cfg, batch, seq, steps, warmup, threads):
             return self.norm(x) @ self.emb.weight.t()
 
     m = Model()
+    fwd = torch.compile(m) if compiled else m
     decay = [p for p in m.parameters() if p.dim() >= 2]
     other = [p for p in m.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -109,7 +113,7 @@ def torch_tokens_per_s(cfg, batch, seq, steps, warmup, threads):
     ids = torch.randint(0, vocab, (batch, seq + 1))
 
     def step():
-        logits = m(ids[:, :-1])
+        logits = fwd(ids[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -126,17 +130,32 @@ def torch_tokens_per_s(cfg, batch, seq, steps, warmup, threads):
 
 def edgelm_tokens_per_s(binary, cfg, batch, seq, steps, warmup, threads):
     dim, layers, heads, kv, ffn, vocab = cfg
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", "33554432")
-    env.setdefault("MALLOC_TRIM_THRESHOLD_", "17179869184")
-    env.setdefault("MALLOC_TOP_PAD_", "1073741824")
     out = subprocess.run(
-        [binary, "bench", "--dim", str(dim), "--layers", str(layers), "--heads", str(heads),
-         "--kv-heads", str(kv), "--ffn", str(ffn), "--vocab", str(vocab), "--seq-len", str(seq),
-         "--batch", str(batch), "--steps", str(steps), "--warmup-steps", str(warmup)],
-        env=env, check=True, capture_output=True, text=True,
+        [binary, "--threads", str(threads), "bench", "--dim", str(dim), "--layers", str(layers),
+         "--heads", str(heads), "--kv-heads", str(kv), "--ffn", str(ffn), "--vocab", str(vocab),
+         "--seq-len", str(seq), "--batch", str(batch), "--steps", str(steps), "--warmup-steps", str(warmup),
+         "--json"],
+        check=True, capture_output=True, text=True, timeout=1800,
     ).stdout
     return json.loads(out)["tokens_per_s"]
+
+
+def torch_in_subprocess(name, batch, seq, steps, warmup, threads, compiled):
+    """One PyTorch measurement in a fresh interpreter (threads and compile caches
+    of one measurement do not leak into the next)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", name, "--batch", str(batch), "--seq", str(seq),
+         "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads)]
+        + (["--compiled"] if compiled else []),
+        check=True, capture_output=True, text=True, timeout=1800,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
 def main():
@@ -147,28 +166,51 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    import torch
+
+    if a.worker:
+        import torch
+        tps = torch_tokens_per_s(CONFIGS[a.worker], a.batch, a.seq, a.steps, a.warmup, a.threads[0], a.compiled)
+        print(json.dumps({"tokens_per_s": tps, "torch_version": torch.__version__}))
+        return 0
 
     rows = []
-    for name, cfg in CONFIGS.items():
-        e = edgelm_tokens_per_s(a.binary, cfg, a.batch, a.seq, a.steps, a.warmup, a.threads)
-        t = torch_tokens_per_s(cfg, a.batch, a.seq, a.steps, a.warmup, a.threads)
-        rows.append(dict(config=name, params=n_params(*cfg), dim=cfg[0], layers=cfg[1], heads=cfg[2],
-                         kv_heads=cfg[3], ffn=cfg[4], vocab=cfg[5], batch=a.batch, seq=a.seq,
-                         threads=a.threads, edgelm_tokens_per_s=round(e, 1),
-                         torch_tokens_per_s=round(t, 1), torch_version=torch.__version__))
-    print(f"| config | params | batch x seq | threads | edgelm-train tok/s | PyTorch {torch.__version__} tok/s | ratio |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    version = "?"
+    for name in a.configs:
+        cfg = CONFIGS[name]
+        for threads in a.threads:
+            e, te, tc = [], [], []
+            for _ in range(a.rounds):
+                e.append(edgelm_tokens_per_s(a.binary, cfg, a.batch, a.seq, a.steps, a.warmup, threads))
+                r = torch_in_subprocess(name, a.batch, a.seq, a.steps, a.warmup, threads, False)
+                te.append(r["tokens_per_s"])
+                version = r["torch_version"]
+                tc.append(torch_in_subprocess(name, a.batch, a.seq, a.steps, a.warmup, threads, True)["tokens_per_s"])
+            rows.append(dict(config=name, params=n_params(*cfg), dim=cfg[0], layers=cfg[1], heads=cfg[2],
+                             kv_heads=cfg[3], ffn=cfg[4], vocab=cfg[5], batch=a.batch, seq=a.seq,
+                             threads=threads, rounds=a.rounds, edgelm_tokens_per_s=round(median(e), 1),
+                             torch_eager_tokens_per_s=round(median(te), 1),
+                             torch_compiled_tokens_per_s=round(median(tc), 1), torch_version=version,
+                             edgelm_all=[round(x) for x in e], eager_all=[round(x) for x in te],
+                             compiled_all=[round(x) for x in tc]))
+    print(f"| config | params | batch x seq | threads | edgelm-train tok/s | PyTorch {version} eager | "
+          "torch.compile | vs eager | vs compiled |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        e, te, tc = r["edgelm_tokens_per_s"], r["torch_eager_tokens_per_s"], r["torch_compiled_tokens_per_s"]
         print(f"| {r['config']} (d{r['dim']} L{r['layers']} h{r['heads']}/{r['kv_heads']} ffn{r['ffn']} V{r['vocab']}) "
-              f"| {r['params'] / 1e6:.2f}M | {r['batch']}x{r['seq']} | {r['threads']} | {r['edgelm_tokens_per_s']:.0f} "
-              f"| {r['torch_tokens_per_s']:.0f} | {r['edgelm_tokens_per_s'] / r['torch_tokens_per_s']:.2f} |")
+              f"| {r['params'] / 1e6:.2f}M | {r['batch']}x{r['seq']} | {r['threads']} | {e:.0f} | {te:.0f} | {tc:.0f} "
+              f"| {e / te:.2f} | {e / tc:.2f} |")
     if a.json:
         for r in rows:
             print(json.dumps(r))
+    return 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ mkdir -p "$OUT"; cd "$OUT"
 run() { # name budget dim layers heads kv ffn
   local name=$1 budget=$2 dim=$3 layers=$4 heads=$5 kv=$6 ffn=$7 tps steps warm start end
   tps=$("$B/edgelm-train" bench --dim "$dim" --layers "$layers" --heads "$heads" --kv-heads "$kv" \
-        --ffn "$ffn" --vocab "$vocab" --seq-len 256 --batch 16 --steps 3 --warmup-steps 1 |
+        --ffn "$ffn" --vocab "$vocab" --seq-len 256 --batch 16 --steps 3 --warmup-steps 1 --json |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens_per_s"])')
   steps=$(python3 -c "print(max(50, int($budget * $tps / 4096)))")
   warm=$(python3 -c "print(max(20, $steps // 15))")

@@ -31,5 +31,6 @@ pub mod sample;
 pub mod schedule;
 pub mod tokenizer;
 pub mod train;
+pub mod vecmath;
 
 pub use error::{Error, Result};

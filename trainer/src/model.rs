@@ -290,9 +290,8 @@ pub fn block_forward(cfg: &ModelConfig, rope: &Rope, w: &BlockW, x: &Tensor, b: 
     let o = o.reshape((b, nh, t, hd))?.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
     let x = (x + o.matmul(&w.wo.t()?)?)?;
     let h = ops::rms_norm(&x, &w.mlp_norm, cfg.norm_eps)?;
-    let g = ops::silu(&h.matmul(&w.w_gate.t()?)?)?;
-    let u = h.matmul(&w.w_up.t()?)?;
-    Ok((&x + (g * u)?.matmul(&w.w_down.t()?)?)?)
+    let g = ops::swiglu(&h.matmul(&w.w_gate.t()?)?, &h.matmul(&w.w_up.t()?)?)?;
+    Ok((&x + g.matmul(&w.w_down.t()?)?)?)
 }
 
 #[cfg(test)]

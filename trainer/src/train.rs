@@ -262,27 +262,81 @@ pub fn train_step(
     tc: &TrainConfig,
     lr: f64,
 ) -> Result<(f64, f64)> {
+    train_step_timed(model, opt, batcher, stream, tc, lr, &mut StepTimes::default())
+}
+
+/// Seconds spent in each phase of training steps, summed over steps.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct StepTimes {
+    /// Batching, the forward pass and the loss.
+    pub forward: f64,
+    /// Backpropagation and summing micro-batch gradients.
+    pub backward: f64,
+    /// The gradient norm, clipping and the AdamW update.
+    pub optimizer: f64,
+}
+
+impl StepTimes {
+    pub fn total(&self) -> f64 {
+        self.forward + self.backward + self.optimizer
+    }
+}
+
+/// [`train_step`], adding the time of each phase to `times` (candle's CPU
+/// backend is eager, so each phase has finished when its call returns).
+pub fn train_step_timed(
+    model: &Llama,
+    opt: &mut AdamW,
+    batcher: &mut Batcher,
+    stream: &TokenStream,
+    tc: &TrainConfig,
+    lr: f64,
+    times: &mut StepTimes,
+) -> Result<(f64, f64)> {
     let (b, seq) = (batcher.batch, batcher.seq_len);
     let vars = opt.params.clone();
     let mut acc = GradAccumulator::new(vars.len());
     let mut loss_sum = 0.0;
     for _ in 0..tc.accum {
+        let t0 = Instant::now();
         let (x, y) = batcher.next_batch(stream)?;
         let x = Tensor::from_vec(x, (b, seq), model.device())?;
         let y = Tensor::from_vec(y, (b, seq), model.device())?;
         let loss = model.loss(&x, &y)?;
         loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let t1 = Instant::now();
         let grads = loss.backward()?;
         acc.add(&vars, &grads, 1.0 / tc.accum as f64)?;
+        drop(grads);
+        times.forward += (t1 - t0).as_secs_f64();
+        times.backward += t1.elapsed().as_secs_f64();
     }
+    let t2 = Instant::now();
     let (grads, grad_norm) = acc.finish(&vars, tc.grad_clip)?;
     opt.step(&grads, lr)?;
+    times.optimizer += t2.elapsed().as_secs_f64();
     Ok((loss_sum / tc.accum as f64, grad_norm))
 }
 
+/// What `edgelm-train bench` measures.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchReport {
+    pub tokens_per_s: f64,
+    /// Timed steps.
+    pub steps: usize,
+    /// Summed over the timed steps.
+    pub times: StepTimes,
+}
+
 /// Training throughput on random tokens: `steps` timed optimiser steps after
-/// `warmup` untimed ones. Returns tokens/s.
-pub fn bench(model_cfg: &ModelConfig, tc: &TrainConfig, warmup: usize, steps: usize, device: &Device) -> Result<f64> {
+/// `warmup` untimed ones.
+pub fn bench(
+    model_cfg: &ModelConfig,
+    tc: &TrainConfig,
+    warmup: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<BenchReport> {
     let mut rng = crate::rng::Rng::new(tc.seed, 0xBE4C);
     let n = 1 << 20;
     let stream = TokenStream {
@@ -297,9 +351,11 @@ pub fn bench(model_cfg: &ModelConfig, tc: &TrainConfig, warmup: usize, steps: us
     for _ in 0..warmup {
         train_step(&model, &mut opt, &mut batcher, &stream, tc, tc.lr)?;
     }
+    let mut times = StepTimes::default();
     let t0 = Instant::now();
     for _ in 0..steps {
-        train_step(&model, &mut opt, &mut batcher, &stream, tc, tc.lr)?;
+        train_step_timed(&model, &mut opt, &mut batcher, &stream, tc, tc.lr, &mut times)?;
     }
-    Ok((steps * tc.batch * tc.accum * model_cfg.max_seq) as f64 / t0.elapsed().as_secs_f64())
+    let tokens = (steps * tc.batch * tc.accum * model_cfg.max_seq) as f64;
+    Ok(BenchReport { tokens_per_s: tokens / t0.elapsed().as_secs_f64(), steps, times })
 }

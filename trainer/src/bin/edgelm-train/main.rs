@@ -16,6 +16,24 @@ use std::path::{Path, PathBuf};
 
 mod expand_cmd;
 
+// Training allocates and frees tensors of tens of MB every step (the logits of a
+// 16×256 batch over 4096 tokens are 64 MiB). glibc's malloc hands such blocks
+// back to the kernel on free and faults them in again page by page: a third of a
+// step went to page faults. So the trainer brings jemalloc, told (jemalloc's
+// documented compile-time `malloc_conf`) to keep freed pages for the next step
+// instead of purging them (`*_decay_ms:-1`; the footprint stays at the step's
+// peak), to serve big blocks from the normal arenas (`oversize_threshold:0`),
+// and to back its heap with transparent huge pages (`thp:always`: fewer faults
+// and TLB misses). Measured in docs/TRAINING.md.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(not(target_env = "msvc"))]
+#[used]
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_CONF: Option<&u8> = Some(&b"oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1,thp:always\0"[0]);
+
 #[derive(Parser)]
 #[command(
     name = "edgelm-train",
@@ -101,6 +119,9 @@ struct BenchArgs {
     warmup_steps: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// One JSON line instead of the table (for scripts).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -564,14 +585,32 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     };
     m.validate()?;
     let t = edgelm_trainer::config::TrainConfig { batch: a.batch, ..Default::default() };
-    let tps = train::bench(&m, &t, a.warmup_steps, a.steps, &dev)?;
+    let r = train::bench(&m, &t, a.warmup_steps, a.steps, &dev)?;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
-    writeln!(
-        std::io::stdout(),
-        "{}",
-        serde_json::json!({"tokens_per_s": tps, "params": m.n_params(), "batch": a.batch,
-            "seq_len": a.seq_len, "threads": threads})
-    )?;
+    let per_step_ms = |secs: f64| 1000.0 * secs / r.steps.max(1) as f64;
+    let (f, b, o) = (per_step_ms(r.times.forward), per_step_ms(r.times.backward), per_step_ms(r.times.optimizer));
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"tokens_per_s": r.tokens_per_s, "params": m.n_params(), "batch": a.batch,
+                "seq_len": a.seq_len, "threads": threads, "steps": r.steps,
+                "forward_ms": f, "backward_ms": b, "optimizer_ms": o})
+        )?;
+    } else {
+        let total = (f + b + o).max(f64::MIN_POSITIVE);
+        writeln!(out, "model       {} parameters, batch {} × {} tokens", m.n_params(), a.batch, a.seq_len)?;
+        writeln!(out, "threads     {threads}")?;
+        writeln!(
+            out,
+            "throughput  {:.0} tokens/s ({} timed steps after {} warm-up)",
+            r.tokens_per_s, r.steps, a.warmup_steps
+        )?;
+        for (name, ms) in [("forward", f), ("backward", b), ("optimizer", o)] {
+            writeln!(out, "{name:<11} {ms:>8.1} ms/step  {:>5.1} %", 100.0 * ms / total)?;
+        }
+    }
     Ok(())
 }
 
