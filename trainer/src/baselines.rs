@@ -270,19 +270,20 @@ impl Lora {
         })
     }
 
-    fn logits_rows(&self, ids: &Tensor) -> Result<Tensor> {
+    /// Final hidden states after the last norm, `[B*T, dim]`.
+    fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let f = &self.frozen;
         let mut x = f.embed.index_select(&ids.flatten_all()?, 0)?;
         for l in 0..f.blocks.len() {
             x = block_forward(&f.cfg, &f.rope, &self.merged_block(l)?, &x, b, t)?;
         }
-        let h = ops::rms_norm(&x, &f.norm, f.cfg.norm_eps)?;
-        Ok(h.matmul(&f.head.as_ref().unwrap_or(&f.embed).t()?)?)
+        Ok(ops::rms_norm(&x, &f.norm, f.cfg.norm_eps)?)
     }
 
     pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        Ok(ops::cross_entropy(&self.logits_rows(ids)?, &targets.flatten_all()?)?)
+        let f = &self.frozen;
+        Ok(ops::head_cross_entropy(&self.hidden(ids)?, f.head.as_ref().unwrap_or(&f.embed), targets)?)
     }
 
     /// The adapted model as a plain [`Llama`] (adapters merged into the weights).

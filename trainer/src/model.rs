@@ -190,8 +190,8 @@ impl Llama {
 
     /// Mean next-token cross-entropy for inputs and targets `[B, T]`.
     pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let logits = self.head(&self.hidden(ids)?)?;
-        Ok(ops::cross_entropy(&logits, &targets.flatten_all()?)?)
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(ops::head_cross_entropy(&self.hidden(ids)?, w, targets)?)
     }
 
     /// Per-token cross-entropy (nats) `[B*T]` for inputs and targets `[B, T]`.

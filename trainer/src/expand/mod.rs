@@ -276,13 +276,17 @@ impl Expanded {
         Ok(ops::rms_norm(&x, norm, f.cfg.norm_eps)?)
     }
 
-    fn head(&self, h: &Tensor) -> Result<Tensor> {
-        let w = match (self.mode, &self.lm_head, &self.embed) {
+    /// The output head's weights `[vocab, dim]`.
+    fn head_weight(&self) -> &Tensor {
+        match (self.mode, &self.lm_head, &self.embed) {
             (TokenizerMode::PerDomain, Some(hd), _) => hd.as_tensor(),
             (TokenizerMode::PerDomain, None, Some(e)) => e.as_tensor(),
             _ => self.frozen.head.as_ref().unwrap_or(&self.frozen.embed),
-        };
-        Ok(h.matmul(&w.t()?)?)
+        }
+    }
+
+    fn head(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(h.matmul(&self.head_weight().t()?)?)
     }
 
     /// Logits `[B, T, vocab]`.
@@ -292,8 +296,7 @@ impl Expanded {
     }
 
     pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let logits = self.head(&self.hidden(ids)?)?;
-        Ok(ops::cross_entropy(&logits, &targets.flatten_all()?)?)
+        Ok(ops::head_cross_entropy(&self.hidden(ids)?, self.head_weight(), targets)?)
     }
 
     pub fn token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
