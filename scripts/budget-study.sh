@@ -14,8 +14,6 @@ DATA=$1 TOK=$(realpath "$2") OUT=$3; shift 3
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 B=${EDGELM_BIN:-$ROOT/target/release}
 export RAYON_NUM_THREADS=1
-# glibc: keep freed tensors instead of returning them to the kernel each step
-export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824
 vocab=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))['model']['vocab']))" "$TOK")
 mkdir -p "$OUT"; cd "$OUT"
 

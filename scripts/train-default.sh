@@ -48,9 +48,6 @@ else
   BIN=$ROOT/target/release
 fi
 export RAYON_NUM_THREADS=$THREADS
-# glibc keeps freed tensor buffers instead of returning them to the kernel
-# every step (docs/TRAINING.md, "Notes"): about 1.45x the tokens/s here.
-export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824
 mkdir -p "$OUT"; cd "$OUT"
 
 step() { printf '\n== %s\n' "$*"; }
