@@ -130,14 +130,15 @@ def torch_tokens_per_s(cfg, batch, seq, steps, warmup, threads, compiled):
 
 def edgelm_tokens_per_s(binary, cfg, batch, seq, steps, warmup, threads):
     dim, layers, heads, kv, ffn, vocab = cfg
-    out = subprocess.run(
-        [binary, "--threads", str(threads), "bench", "--dim", str(dim), "--layers", str(layers),
-         "--heads", str(heads), "--kv-heads", str(kv), "--ffn", str(ffn), "--vocab", str(vocab),
-         "--seq-len", str(seq), "--batch", str(batch), "--steps", str(steps), "--warmup-steps", str(warmup),
-         "--json"],
-        check=True, capture_output=True, text=True, timeout=1800,
-    ).stdout
-    return json.loads(out)["tokens_per_s"]
+    cmd = [binary, "--threads", str(threads), "bench", "--dim", str(dim), "--layers", str(layers),
+           "--heads", str(heads), "--kv-heads", str(kv), "--ffn", str(ffn), "--vocab", str(vocab),
+           "--seq-len", str(seq), "--batch", str(batch), "--steps", str(steps), "--warmup-steps", str(warmup)]
+    r = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=1800)
+    if r.returncode == 2 and "--json" in r.stderr:
+        # binaries before the time split printed JSON without the flag
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    r.check_returncode()
+    return json.loads(r.stdout)["tokens_per_s"]
 
 
 def torch_in_subprocess(name, batch, seq, steps, warmup, threads, compiled):
