@@ -2,11 +2,13 @@
 //! names), `config.json` (LlamaConfig + `edgelm` section), `tokenizer.json`, and for
 //! training `train_state.safetensors` + `train_state.json`.
 //!
-//! Every file is written atomically ([`crate::fsio`]), in the
-//! order model, config, tokenizer, train state tensors, train state JSON. The JSON
-//! written last is the commit record: it names the step and the `model_id` of the
-//! weights it belongs to, so `--resume` detects a torn checkpoint instead of
-//! silently mixing steps.
+//! Every file is written atomically ([`crate::fsio`]). A training checkpoint is
+//! committed by one file, `train_state.safetensors` (the resume record, written
+//! first): it holds everything `--resume` reads — the trainable weights, the
+//! optimiser moments and the state — so a kill at any moment leaves either the
+//! previous record or the new one, never a mix of two steps. The model, config and
+//! tokenizer written after it are what the other tools read; a kill between the two
+//! leaves them one checkpoint behind the record, complete.
 
 use crate::config::{HfConfig, ModelConfig};
 use crate::model::Llama;
@@ -127,7 +129,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
 pub struct TrainState {
     /// Completed optimiser steps.
     pub step: usize,
-    /// model_id of the model.safetensors this state belongs to.
+    /// model_id of the weights in the resume record (an integrity check).
     pub model_id: String,
     /// Batch sampler RNG state.
     pub batch_rng: crate::rng::Rng,
@@ -140,29 +142,97 @@ pub struct TrainState {
     pub model: ModelConfig,
 }
 
-/// Writes the training state (after [`save_model`]).
-pub fn save_state(dir: &Path, state: &TrainState, opt_tensors: &HashMap<String, Tensor>) -> Result<()> {
-    write_tensors(&dir.join(STATE_TENSORS_FILE), opt_tensors, DType::F32)?;
-    let json = serde_json::to_string_pretty(state).expect("state serialises");
-    crate::fsio::write_atomic(&dir.join(STATE_FILE), json.as_bytes())
+/// The resume record's tensor holding the state as JSON bytes (u8).
+const STATE_JSON_TENSOR: &str = "state.json";
+/// Prefix of the trainable weights in the resume record (the moments are `m.`/`v.`).
+const PARAM_PREFIX: &str = "param.";
+
+/// What `--resume` reads back: see [`commit_resume`].
+pub struct ResumeRecord {
+    /// The trainer's state, JSON ([`TrainState`] or the expansion's state).
+    pub state_json: Vec<u8>,
+    /// Trainable weights by name.
+    pub params: HashMap<String, Tensor>,
+    /// AdamW moments (`m.NAME`, `v.NAME`).
+    pub moments: HashMap<String, Tensor>,
 }
 
-/// Reads the training state and checks it belongs to the model in `dir`.
-pub fn load_state(dir: &Path, model: &Llama, device: &Device) -> Result<(TrainState, HashMap<String, Tensor>)> {
-    let p = dir.join(STATE_FILE);
-    if !p.exists() {
-        return Err(Error::ckpt(dir, "no train_state.json: nothing to resume (drop --resume to start fresh)"));
+/// Commits a checkpoint for `--resume`: the trainable weights, the optimiser
+/// moments and the state JSON in one `train_state.safetensors`, written atomically
+/// (temporary file, fsync, rename, directory fsync), so a kill or power loss at
+/// any moment leaves the previous record or this one. Then `train_state.json`, a
+/// readable copy of the state that nothing reads back.
+pub fn commit_resume(
+    dir: &Path,
+    state_json: &[u8],
+    params: &HashMap<String, Tensor>,
+    moments: &HashMap<String, Tensor>,
+) -> Result<()> {
+    let cpu = Device::Cpu;
+    let mut all = HashMap::with_capacity(params.len() + moments.len() + 1);
+    for (k, v) in params {
+        all.insert(format!("{PARAM_PREFIX}{k}"), v.to_dtype(DType::F32)?.to_device(&cpu)?);
     }
-    let bytes = crate::fsio::read(&p)?;
-    let state: TrainState = serde_json::from_slice(&bytes).map_err(|source| Error::Json { path: p, source })?;
-    let id = model_id(&model.tensors())?;
-    if id != state.model_id {
+    for (k, v) in moments {
+        all.insert(k.clone(), v.to_dtype(DType::F32)?.to_device(&cpu)?);
+    }
+    all.insert(STATE_JSON_TENSOR.into(), Tensor::from_vec(state_json.to_vec(), state_json.len(), &cpu)?);
+    crate::fsio::write_atomic_with(&dir.join(STATE_TENSORS_FILE), |tmp| {
+        candle_core::safetensors::save(&all, tmp).map_err(|e| Error::ckpt(tmp, format!("cannot write: {e}")))
+    })?;
+    crate::fsio::write_atomic(&dir.join(STATE_FILE), state_json)
+}
+
+/// Reads the record written by [`commit_resume`].
+pub fn read_resume(dir: &Path, device: &Device) -> Result<ResumeRecord> {
+    let p = dir.join(STATE_TENSORS_FILE);
+    if !p.exists() {
+        return Err(Error::ckpt(dir, "no train_state.safetensors: nothing to resume (drop --resume to start fresh)"));
+    }
+    let all = candle_core::safetensors::load(&p, &Device::Cpu)
+        .map_err(|e| Error::ckpt(&p, format!("cannot read the resume record ({e}); restart without --resume")))?;
+    let mut rec = ResumeRecord { state_json: Vec::new(), params: HashMap::new(), moments: HashMap::new() };
+    for (k, v) in all {
+        if k == STATE_JSON_TENSOR {
+            rec.state_json = v.to_vec1::<u8>()?;
+        } else if let Some(name) = k.strip_prefix(PARAM_PREFIX) {
+            rec.params.insert(name.to_string(), v.to_dtype(DType::F32)?.to_device(device)?);
+        } else {
+            rec.moments.insert(k, v.to_dtype(DType::F32)?.to_device(device)?);
+        }
+    }
+    if rec.state_json.is_empty() || rec.params.is_empty() {
         return Err(Error::ckpt(
-            dir,
-            "train_state.json does not belong to model.safetensors (the checkpoint was interrupted while \
-             being written); restart without --resume or restore a copy",
+            &p,
+            "holds no state or no weights (written by an edgelm-train from before the single-file resume \
+             record?); restart without --resume",
         ));
     }
-    let t = load_tensors(&dir.join(STATE_TENSORS_FILE), device)?;
-    Ok((state, t))
+    Ok(rec)
+}
+
+/// Commits a base-training checkpoint (before [`save_model`]; see [`commit_resume`]).
+pub fn save_state(
+    dir: &Path,
+    state: &TrainState,
+    params: &HashMap<String, Tensor>,
+    opt_tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
+    let json = serde_json::to_vec_pretty(state).map_err(|source| Error::Json { path: dir.join(STATE_FILE), source })?;
+    commit_resume(dir, &json, params, opt_tensors)
+}
+
+/// The state of a base-training resume record, checked against its weights.
+pub fn load_state(dir: &Path, device: &Device) -> Result<(TrainState, ResumeRecord)> {
+    let rec = read_resume(dir, device)?;
+    let state: TrainState = serde_json::from_slice(&rec.state_json)
+        .map_err(|source| Error::Json { path: dir.join(STATE_TENSORS_FILE), source })?;
+    if model_id(&rec.params)? != state.model_id {
+        return Err(Error::ckpt(
+            dir,
+            "train_state.safetensors is damaged (its weights are not the ones its state names); restart \
+             without --resume",
+        ));
+    }
+    Ok((state, rec))
 }

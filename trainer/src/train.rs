@@ -136,18 +136,18 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     let hp = AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.eps, weight_decay: tc.weight_decay };
 
     let (model, mut opt, mut batcher, mut step, mut tokens_seen, elapsed0) = if job.resume {
-        let ck = checkpoint::load(&job.out, &job.device)?;
-        let model = ck.model;
-        if model.cfg != job.model {
+        let (state, rec) = checkpoint::load_state(&job.out, &job.device)?;
+        if state.model != job.model {
             return Err(Error::Config(format!(
                 "--resume: the checkpoint in {} has a different model config ({:?}); drop the architecture flags or use another --out",
                 job.out.display(),
-                model.cfg
+                state.model
             )));
         }
-        let (state, opt_t) = checkpoint::load_state(&job.out, &model, &job.device)?;
+        let model = Llama::from_tensors(&state.model, rec.params, &job.device)
+            .map_err(|e| Error::ckpt(&job.out, format!("resume record: {e}")))?;
         let mut opt = AdamW::new(model.vars(), hp)?;
-        opt.load_state(opt_t, state.step)?;
+        opt.load_state(rec.moments, state.step)?;
         let mut b = Batcher::new(tc.seed, tc.batch, seq);
         b.rng = state.batch_rng.clone();
         (model, opt, b, state.step, state.tokens_seen, state.elapsed_s)
@@ -227,17 +227,20 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
         rows.push(row);
 
         if step % tc.checkpoint_every.max(1) == 0 || step == tc.steps {
-            let id = checkpoint::save_model(&job.out, &model, job.tokenizer, &job.domains, DType::F32)?;
+            // the resume record first (it commits the checkpoint), then the model
+            // files the other tools read
+            let params = model.tensors();
             let state = TrainState {
                 step,
-                model_id: id.clone(),
+                model_id: checkpoint::model_id(&params)?,
                 batch_rng: batcher.rng.clone(),
                 tokens_seen,
                 elapsed_s: elapsed0 + start.elapsed().as_secs_f64(),
                 train: tc.clone(),
                 model: job.model.clone(),
             };
-            checkpoint::save_state(&job.out, &state, &opt.state_tensors())?;
+            checkpoint::save_state(&job.out, &state, &params, &opt.state_tensors())?;
+            let id = checkpoint::save_model(&job.out, &model, job.tokenizer, &job.domains, DType::F32)?;
             model_id = Some(id);
             if let Err(e) = crate::plot::loss_curve(&job.out.join(PLOT_FILE), &history) {
                 pb.println(format!("warning: {e}"));

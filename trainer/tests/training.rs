@@ -97,21 +97,35 @@ fn resume_matches_uninterrupted_run() {
 }
 
 #[test]
-fn torn_checkpoint_is_detected() {
+fn kill_between_record_and_model_files_resumes_exactly() {
     let f = fixture();
-    let mut j = job(&f, "torn", 10);
-    j.stop_after = Some(5);
-    train::run(&j).unwrap();
-    let sj = f.root.join("torn/train_state.json");
-    let text = std::fs::read_to_string(&sj).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["model_id"] = "sha256:00".into();
-    std::fs::write(&sj, v.to_string()).unwrap();
-    let mut j = job(&f, "torn", 10);
-    j.resume = true;
-    let e = train::run(&j).err().unwrap();
+    let job2 = |out: &str, stop_after: Option<usize>, resume: bool| {
+        let mut j = job(&f, out, 10);
+        j.train.checkpoint_every = 2;
+        j.stop_after = stop_after;
+        j.resume = resume;
+        j
+    };
+    // "Killed" after step 5: the record is step 4's.
+    train::run(&job2("torn", Some(5), false)).unwrap();
+    // A kill between the record and the model files leaves the model files one
+    // checkpoint behind (here: step 2's); resuming continues from the record, exactly.
+    let model = f.root.join("torn/model.safetensors");
+    let newer = std::fs::read(&model).unwrap();
+    train::run(&job2("early", Some(2), false)).unwrap();
+    std::fs::copy(f.root.join("early/model.safetensors"), &model).unwrap();
+    let resumed = train::run(&job2("torn", None, true)).unwrap();
+    assert_eq!(resumed.rows[0].step, 5, "resumes from the record's step 4");
+    assert_eq!(resumed.model_id, train::run(&job2("whole", None, false)).unwrap().model_id);
+    assert_ne!(std::fs::read(&model).unwrap(), newer, "the model files were rewritten");
+
+    // A damaged record is refused with a message, not used.
+    let rec = f.root.join("torn/train_state.safetensors");
+    let bytes = std::fs::read(&rec).unwrap();
+    std::fs::write(&rec, &bytes[..bytes.len() / 2]).unwrap();
+    let e = train::run(&job2("torn", None, true)).err().unwrap();
     assert!(matches!(e, Error::Checkpoint { .. }), "{e}");
-    assert!(e.to_string().contains("interrupted"), "{e}");
+    assert!(e.to_string().contains("restart without --resume"), "{e}");
 }
 
 #[test]

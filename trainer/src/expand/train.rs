@@ -2,15 +2,15 @@
 //! [`Expanded`] model trained by [`fit_from`], with periodic domain checkpoints and
 //! an exact `--resume`.
 //!
-//! A checkpoint is the domain checkpoint itself (model, config, tokenizer) plus
-//! `train_state.safetensors` (the optimiser moments) and `train_state.json`
-//! ([`ExpandState`]), written in that order, each atomically. The JSON is the
-//! commit record: it names the `model_id` of the weights it belongs to, so a run
-//! killed mid-checkpoint is detected on resume rather than mixing two steps.
+//! A checkpoint is committed by the resume record ([`checkpoint::commit_resume`]:
+//! the new parameters, their optimiser moments and [`ExpandState`] in one file,
+//! written atomically), then the domain checkpoint itself (model, config,
+//! tokenizer) and the loss log are written for the other tools. A kill at any
+//! moment leaves a record that resumes exactly.
 
 use super::Expanded;
 use crate::baselines::{fit_from, FitConfig, FitFrom, FitResume, FitStats};
-use crate::checkpoint::{self, MODEL_FILE, STATE_FILE, STATE_TENSORS_FILE};
+use crate::checkpoint::{self, STATE_TENSORS_FILE};
 use crate::config::HfConfig;
 use crate::corpus::{Batcher, TokenStream};
 use crate::rng::Rng;
@@ -45,7 +45,7 @@ pub struct ExpandJob<'a> {
 pub struct ExpandState {
     /// Completed optimiser steps.
     pub step: usize,
-    /// model_id of the domain's model.safetensors this state belongs to.
+    /// model_id of the new parameters in the resume record (an integrity check).
     pub model_id: String,
     /// model_id of the frozen base.
     pub base_model_id: Option<String>,
@@ -55,6 +55,9 @@ pub struct ExpandState {
     pub elapsed_s: f64,
     /// The settings the run was started with (a resume must use the same).
     pub fit: FitConfig,
+    /// `(step, loss)` up to `step` (the CSV beside it may be a checkpoint behind).
+    #[serde(default)]
+    pub losses: Vec<(usize, f64)>,
 }
 
 /// What [`run`] did.
@@ -88,20 +91,22 @@ pub fn run(e: &Expanded, job: &ExpandJob, progress: &mut dyn FnMut(usize, f64)) 
 
     let mut model_id = None;
     let mut save = |step: usize, opt: &crate::optim::AdamW, stats: &FitStats| -> Result<()> {
-        let id = e.save(&job.out, job.base_config, job.tokenizer)?;
-        write_log(&job.out.join(LOG_FILE), &stats.losses)?;
+        let params: std::collections::HashMap<_, _> =
+            e.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         let state = ExpandState {
             step,
-            model_id: id.clone(),
+            model_id: checkpoint::model_id(&params)?,
             base_model_id: job.base_config.edgelm.model_id.clone(),
             batch_rng: batcher.borrow().rng.clone(),
             elapsed_s: elapsed0 + stats.wall_s,
             fit: fc.clone(),
+            losses: stats.losses.clone(),
         };
-        checkpoint::write_tensors(&job.out.join(STATE_TENSORS_FILE), &opt.state_tensors(), candle_core::DType::F32)?;
-        let json = serde_json::to_string_pretty(&state).expect("state serialises");
-        crate::fsio::write_atomic(&job.out.join(STATE_FILE), json.as_bytes())?;
-        model_id = Some(id);
+        let json = serde_json::to_vec_pretty(&state)
+            .map_err(|source| Error::Json { path: job.out.join(STATE_TENSORS_FILE), source })?;
+        checkpoint::commit_resume(&job.out, &json, &params, &opt.state_tensors())?;
+        model_id = Some(e.save(&job.out, job.base_config, job.tokenizer)?);
+        write_log(&job.out.join(LOG_FILE), &stats.losses)?;
         Ok(())
     };
     let from = FitFrom {
@@ -122,12 +127,9 @@ pub fn run(e: &Expanded, job: &ExpandJob, progress: &mut dyn FnMut(usize, f64)) 
 /// belongs to this base, these settings and the weights beside it.
 fn load_state(e: &Expanded, job: &ExpandJob) -> Result<(ExpandState, FitResume)> {
     let dir = &job.out;
-    let p = dir.join(STATE_FILE);
-    if !p.exists() {
-        return Err(Error::ckpt(dir, "no train_state.json: nothing to resume (start without resuming)"));
-    }
-    let bytes = crate::fsio::read(&p)?;
-    let state: ExpandState = serde_json::from_slice(&bytes).map_err(|source| Error::Json { path: p, source })?;
+    let rec = checkpoint::read_resume(dir, e.device())?;
+    let state: ExpandState = serde_json::from_slice(&rec.state_json)
+        .map_err(|source| Error::Json { path: dir.join(STATE_TENSORS_FILE), source })?;
     if state.base_model_id != job.base_config.edgelm.model_id {
         return Err(Error::ckpt(
             dir,
@@ -145,17 +147,16 @@ fn load_state(e: &Expanded, job: &ExpandJob) -> Result<(ExpandState, FitResume)>
             state.fit
         )));
     }
-    let tensors = checkpoint::load_tensors(&dir.join(MODEL_FILE), e.device())?;
-    if checkpoint::model_id(&tensors)? != state.model_id {
+    if checkpoint::model_id(&rec.params)? != state.model_id {
         return Err(Error::ckpt(
             dir,
-            "train_state.json does not belong to model.safetensors (the checkpoint was interrupted while being \
-             written); start again without resuming",
+            "train_state.safetensors is damaged (its weights are not the ones its state names); start again \
+             without resuming",
         ));
     }
-    e.set_vars(tensors, dir)?;
-    let moments = checkpoint::load_tensors(&dir.join(STATE_TENSORS_FILE), e.device())?;
-    let resume = FitResume { step: state.step, moments, losses: read_log(&dir.join(LOG_FILE)) };
+    e.set_vars(rec.params, dir)?;
+    let losses = state.losses.iter().copied().filter(|&(s, _)| s <= state.step).collect();
+    let resume = FitResume { step: state.step, moments: rec.moments, losses };
     Ok((state, resume))
 }
 

@@ -423,11 +423,7 @@ fn cmd_base(a: BaseArgs) -> Result<()> {
     set!(t.eval_every, a.eval_every);
     if a.resume {
         // The architecture and schedule come from the checkpoint unless overridden.
-        let st = a.out.join(checkpoint::STATE_FILE);
-        let s: checkpoint::TrainState = serde_json::from_slice(
-            &std::fs::read(&st).with_context(|| format!("--resume: cannot read {}", st.display()))?,
-        )
-        .with_context(|| format!("--resume: {} is not a training state", st.display()))?;
+        let (s, _) = checkpoint::load_state(&a.out, &Device::Cpu).context("--resume")?;
         if a.dim.is_none() && a.layers.is_none() && a.config.is_none() {
             m = s.model;
         }

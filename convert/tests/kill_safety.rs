@@ -1,0 +1,75 @@
+//! Kill safety of `edgelm-convert`: SIGKILLed at random moments while replacing an
+//! existing output, the output path always holds the old file or the complete new
+//! one, never a torn file (the writer goes through a temporary name, fsync, rename).
+#![cfg(unix)]
+
+use edgelm_runtime::format::DType;
+use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIN_KILLS: usize = 20;
+const MAX_ATTEMPTS: usize = 300;
+
+fn convert(d: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edgelm-convert"));
+    c.args(["import-gguf", "m.gguf", "--output", "out.edgelm", "--dtype", "q8"]).current_dir(d);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+#[test]
+fn sigkill_mid_write_leaves_the_old_or_the_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // big enough (≈ 17 MB of f32) that writing takes a while
+    let spec = SyntheticSpec::stories15m(DType::F32);
+    std::fs::write(d.join("m.edgelm"), synthetic_model(&spec).unwrap()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_edgelm-convert"))
+        .args(["export-gguf", "m.edgelm", "--output", "m.gguf"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t0 = Instant::now();
+    assert!(convert(d).status().unwrap().success());
+    let span = t0.elapsed();
+    let new = std::fs::read(d.join("out.edgelm")).unwrap();
+    let old = b"an older file at the output path".to_vec();
+
+    let (mut kills, mut attempts, mut saw_new, mut saw_tmp) = (0, 0, 0, 0);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    while kills < MIN_KILLS {
+        attempts += 1;
+        assert!(attempts <= MAX_ATTEMPTS, "only {kills} kills in {MAX_ATTEMPTS} attempts");
+        std::fs::write(d.join("out.edgelm"), &old).unwrap();
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let deadline = span.mul_f64((state % 1000) as f64 / 1000.0);
+        let mut child = convert(d).spawn().unwrap();
+        let start = Instant::now();
+        let finished = loop {
+            if child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if start.elapsed() >= deadline {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                break false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        let now = std::fs::read(d.join("out.edgelm")).unwrap();
+        assert!(now == old || now == new, "a torn output after a kill ({} bytes)", now.len());
+        if !finished {
+            kills += 1;
+            saw_new += usize::from(now == new);
+            let tmp =
+                std::fs::read_dir(d).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp"));
+            saw_tmp += usize::from(tmp);
+        }
+    }
+    eprintln!("{kills} kills: {saw_tmp} inside the write, {saw_new} just after the rename, {attempts} attempts");
+}
