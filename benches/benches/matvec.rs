@@ -63,15 +63,7 @@ struct Q4 {
     scales: Vec<u16>,
 }
 
-fn edgelm_q4_call(
-    k: &Kernels,
-    pool: Option<&Pool>,
-    w: &Q4,
-    x: &[f32],
-    xq: &mut [i8],
-    xs: &mut [f32],
-    out: &mut [f32],
-) {
+fn edgelm_q4_call(k: &Kernels, pool: Option<&Pool>, w: &Q4, x: &[f32], xq: &mut [i8], xs: &mut [f32], out: &mut [f32]) {
     (k.quantize_q8)(x, xq, xs);
     match pool {
         Some(p) => matvec_q4_split(k, p, out, &w.qs, &w.scales, xq, xs),
