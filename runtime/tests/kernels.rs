@@ -146,6 +146,29 @@ fn q8_group_sums_equal_reference_exactly_at_edges() {
     }
 }
 
+#[test]
+fn q4_extremes_are_exact() {
+    // every weight -8 (byte 0x00) or 7 (0xff), activations ±127: the largest
+    // group sums (|−8·127·32| = 32512), each group alone and all together
+    let one = half::f16::from_f32(1.0).to_bits();
+    for k in kernels::available() {
+        for &(rows, groups) in &[(1usize, 1usize), (5, 3), (8, 9), (13, 17)] {
+            let cols = groups * 32;
+            let wq: Vec<u8> =
+                (0..rows * cols / 2).map(|i| if (i / 16 + i / 7) % 2 == 0 { 0x00 } else { 0xff }).collect();
+            let xq: Vec<i8> = (0..cols).map(|i| if i % 3 == 0 { -127 } else { 127 }).collect();
+            let (ws, xs) = (vec![one; rows * groups], vec![1f32; groups]);
+            let want = exact_isums(&unpack_q4(&wq), &xq, rows, cols);
+            let mut out = vec![0f32; rows];
+            (k.matvec_q4)(&mut out, &wq, &ws, &xq, &xs);
+            for r in 0..rows {
+                let total: i64 = want[r].iter().map(|&v| v as i64).sum();
+                assert_eq!(out[r] as f64, total as f64, "{} rows {rows} groups {groups} row {r}", k.name);
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(cases())]
 
