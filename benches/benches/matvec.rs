@@ -1,7 +1,7 @@
-//! q8 matrix-vector products at the shapes of a 15M-parameter Llama
+//! q8 and q4 matrix-vector products at the shapes of a 15M-parameter Llama
 //! (dim 288, ffn 768, vocab 32000): edgelm's reference and SIMD kernels
 //! (one thread, and rows split over a 2-thread pool) side by side with
-//! candle-core's Q8_0 `QMatMul`, same f32 weights, same run.
+//! candle-core's Q8_0 / Q4_0 `QMatMul`, same f32 weights, same run.
 //!
 //! `CANDLE_NUM_THREADS=1 RAYON_NUM_THREADS=1 cargo bench -p edgelm-benches --bench matvec`
 //! (candle reads its thread count at first use: run again with
@@ -11,7 +11,7 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use edgelm_runtime::kernels::{self, matvec_q8_split, Kernels, REFERENCE};
+use edgelm_runtime::kernels::{self, matvec_q4_split, matvec_q8_split, Kernels, REFERENCE};
 use edgelm_runtime::threads::Pool;
 use std::hint::black_box;
 use std::time::Duration;
@@ -57,6 +57,20 @@ fn edgelm_call(k: &Kernels, pool: Option<&Pool>, w: &Q8, x: &[f32], xq: &mut [i8
     }
 }
 
+/// q4 weights (packed nibbles, f16 scales) as the .edgelm writer makes them.
+struct Q4 {
+    qs: Vec<u8>,
+    scales: Vec<u16>,
+}
+
+fn edgelm_q4_call(k: &Kernels, pool: Option<&Pool>, w: &Q4, x: &[f32], xq: &mut [i8], xs: &mut [f32], out: &mut [f32]) {
+    (k.quantize_q8)(x, xq, xs);
+    match pool {
+        Some(p) => matvec_q4_split(k, p, out, &w.qs, &w.scales, xq, xs),
+        None => (k.matvec_q4)(out, &w.qs, &w.scales, xq, xs),
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let simd = kernels::detected();
     let pool = Pool::new(2);
@@ -97,6 +111,29 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::new("edgelm", format!("{}-2t", simd.name)), |b| {
             b.iter(|| edgelm_call(simd, Some(&pool), &q8, black_box(&x), &mut xq, &mut xs, &mut out))
+        });
+        g.finish();
+
+        // q4 (Q4_0 semantics) against candle's Q4_0, same f32 weights
+        let (qs, scales) = edgelm_runtime::format::quantize_q4(&wf);
+        let q4 = Q4 { qs, scales };
+        let qm4 = QMatMul::from_qtensor(QTensor::quantize(&wt, GgmlDType::Q4_0).unwrap()).unwrap();
+        edgelm_q4_call(simd, None, &q4, &x, &mut xq, &mut xs, &mut out);
+        let cy: Vec<f32> = qm4.forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let mag = out.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = out.iter().zip(&cy).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 5e-2 * mag, "{rows}x{cols}: edgelm q4 and candle Q4_0 differ by {worst} (max {mag})");
+        let mut g = c.benchmark_group(format!("matvec_q4/{rows}x{cols}"));
+        g.throughput(Throughput::Bytes((rows * cols / 2 + rows * cols / 32 * 2) as u64));
+        g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(30);
+        g.bench_function(BenchmarkId::new("edgelm", format!("{}-1t", simd.name)), |b| {
+            b.iter(|| edgelm_q4_call(simd, None, &q4, black_box(&x), &mut xq, &mut xs, &mut out))
+        });
+        g.bench_function(BenchmarkId::new("candle-Q4_0", format!("{candle_threads}t")), |b| {
+            b.iter(|| qm4.forward(black_box(&xt)).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("edgelm", format!("{}-2t", simd.name)), |b| {
+            b.iter(|| edgelm_q4_call(simd, Some(&pool), &q4, black_box(&x), &mut xq, &mut xs, &mut out))
         });
         g.finish();
     }

@@ -44,9 +44,11 @@ fn main() -> Res {
     let dir = std::env::args().nth(1).ok_or("usage: fuzz_seeds OUT_DIR")?;
     let dir = Path::new(&dir);
 
-    // base files, three storages
+    // base files, four storages (q4: a format-version-2 file)
     let mut q8_base = Vec::new();
-    for (dtype, name) in [(DType::Q8, "micro-q8"), (DType::F16, "micro-f16"), (DType::F32, "micro-f32")] {
+    for (dtype, name) in
+        [(DType::Q8, "micro-q8"), (DType::Q4, "micro-q4"), (DType::F16, "micro-f16"), (DType::F32, "micro-f32")]
+    {
         let bytes = synthetic_model(&SyntheticSpec::micro(dtype))?;
         Model::from_bytes(&edgelm_testkit::aligned(bytes.clone()))?;
         put(dir, "model_load", name, &bytes)?;

@@ -7,8 +7,10 @@
 //! dimensions innermost first (`ne[0]` = columns); candle reverses them, so
 //! shapes here are row-major `[rows, cols]` like the runtime's. Q/K rows of
 //! a GGUF `llama` model are already in the interleaved RoPE layout.
-//! Q8_0 blocks (f16 scale + 32 int8) are the runtime's q8 groups, so q8
-//! tensors pass through both ways bit for bit.
+//! Q8_0 blocks (f16 scale + 32 int8) are the runtime's q8 groups and Q4_0
+//! blocks (f16 scale + 16 bytes of nibbles, in the same order) its q4 groups,
+//! so q8 and q4 tensors pass through both ways bit for bit (only the scales
+//! move: GGUF interleaves them with the blocks, `.edgelm` keeps them apart).
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read, Seek};
@@ -17,7 +19,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::Device;
-use edgelm_runtime::format::{Config, FileKind, ModelFile, VerifyChecksum, Q8_GROUP};
+use edgelm_runtime::format::{Config, FileKind, ModelFile, VerifyChecksum, Q4_GROUP, Q8_GROUP};
 use edgelm_runtime::model::{Block, Matrix, Weights};
 use edgelm_runtime::{AlignedBytes, Model};
 
@@ -27,6 +29,7 @@ use crate::vocab::{from_gguf, tables_from_file, to_gguf};
 use crate::{Converted, Error, ImportOptions, Result};
 
 const Q8_BLOCK_BYTES: usize = 2 + Q8_GROUP;
+const Q4_BLOCK_BYTES: usize = 2 + Q4_GROUP / 2;
 
 /// candle's message without the backtrace it appends when RUST_BACKTRACE is set.
 pub(crate) fn candle_msg(e: &candle_core::Error) -> String {
@@ -155,7 +158,7 @@ fn read_tensor<R: Read + Seek>(
     let info = content.tensor_infos.get(name).ok_or_else(|| Error::MissingTensor(name.into()))?;
     check_shape(name, info.shape.dims(), shape)?;
     match info.ggml_dtype {
-        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::Q8_0 => {}
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::Q8_0 | GgmlDType::Q4_0 => {}
         other => return Err(Error::UnsupportedTensorType { name: name.into(), dtype: format!("{other:?}") }),
     }
     let dt = info.ggml_dtype;
@@ -179,6 +182,16 @@ fn read_tensor<R: Read + Seek>(
         GgmlDType::BF16 => Source::F32(
             data.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
         ),
+        GgmlDType::Q4_0 => {
+            let n_blocks = data.len() / Q4_BLOCK_BYTES;
+            let mut qs = Vec::with_capacity(n_blocks * Q4_GROUP / 2);
+            let mut scales = Vec::with_capacity(n_blocks);
+            for b in data.chunks_exact(Q4_BLOCK_BYTES) {
+                scales.push(u16::from_le_bytes([b[0], b[1]]));
+                qs.extend_from_slice(&b[2..]);
+            }
+            Source::Q4 { qs, scales }
+        }
         _ => {
             let n_blocks = data.len() / Q8_BLOCK_BYTES;
             let mut qs = Vec::with_capacity(n_blocks * Q8_GROUP);
@@ -195,6 +208,7 @@ fn read_tensor<R: Read + Seek>(
 fn to_norm(name: &str, s: Source) -> Result<Vec<f32>> {
     match s {
         Source::Q8 { .. } => Err(Error::UnsupportedTensorType { name: name.into(), dtype: "Q8_0 (for a norm)".into() }),
+        Source::Q4 { .. } => Err(Error::UnsupportedTensorType { name: name.into(), dtype: "Q4_0 (for a norm)".into() }),
         other => Ok(other.to_f32()),
     }
 }
@@ -299,6 +313,14 @@ fn matrix_tensor(m: &Matrix<'_>) -> Result<QTensor> {
             }
             qtensor(GgmlDType::Q8_0, &bytes, dims)
         }
+        Weights::Q4 { qs, scales } => {
+            let mut bytes = Vec::with_capacity(scales.len() * Q4_BLOCK_BYTES);
+            for (g, s) in qs.chunks_exact(Q4_GROUP / 2).zip(scales) {
+                bytes.extend_from_slice(&s.to_le_bytes());
+                bytes.extend_from_slice(g);
+            }
+            qtensor(GgmlDType::Q4_0, &bytes, dims)
+        }
     }
 }
 
@@ -311,6 +333,7 @@ fn same_matrix(a: &Matrix<'_>, b: &Matrix<'_>) -> bool {
         Weights::F32(w) => w.as_ptr() as usize,
         Weights::F16(w) => w.as_ptr() as usize,
         Weights::Q8 { qs, .. } => qs.as_ptr() as usize,
+        Weights::Q4 { qs, .. } => qs.as_ptr() as usize,
     };
     ptr(a) == ptr(b) && a.rows == b.rows && a.cols == b.cols
 }
@@ -410,12 +433,13 @@ pub fn export_gguf(base: &[u8], pack: Option<&[u8]>, opts: &ExportOptions) -> Re
     }
 
     // general.file_type: the type most matrix weights have.
-    let mut counts = [0usize; 3];
+    let mut counts = [0usize; 4];
     for (_, t) in &tensors {
         if t.shape().dims().len() == 2 {
             let k = match t.dtype() {
                 GgmlDType::F16 => 1,
                 GgmlDType::Q8_0 => 2,
+                GgmlDType::Q4_0 => 3,
                 _ => 0,
             };
             counts[k] += t.shape().elem_count();
@@ -424,6 +448,7 @@ pub fn export_gguf(base: &[u8], pack: Option<&[u8]>, opts: &ExportOptions) -> Re
     let file_type = match counts.iter().enumerate().max_by_key(|(_, n)| **n).map(|(i, _)| i) {
         Some(1) => 1u32, // MOSTLY_F16
         Some(2) => 7u32, // MOSTLY_Q8_0
+        Some(3) => 2u32, // MOSTLY_Q4_0
         _ => 0u32,       // ALL_F32
     };
     let vocab = domain.vocab_size as u32;

@@ -42,7 +42,7 @@ pub fn describe(bytes: &[u8]) -> Result<String> {
             d.expansion_positions.as_slice()
         );
     }
-    let mut params = [0usize; 3];
+    let mut params = [0usize; 4];
     let _ = writeln!(s, "tensors     {} ({} bytes of data, file {} bytes)", f.n_tensors(), f.data_len(), f.file_len);
     for t in f.tensors() {
         let _ = writeln!(s, "  {:<40} {:<4} {:?} {} bytes", t.name, t.dtype.name(), t.shape(), t.bytes.len());
@@ -50,13 +50,14 @@ pub fn describe(bytes: &[u8]) -> Result<String> {
             DType::F32 => 0,
             DType::F16 => 1,
             DType::Q8 => 2,
+            DType::Q4 => 3,
             _ => continue,
         };
         if !t.name.contains("tokenizer.") {
             params[k] += t.numel();
         }
     }
-    let _ = writeln!(s, "parameters  f32 {} f16 {} q8 {}", params[0], params[1], params[2]);
+    let _ = writeln!(s, "parameters  f32 {} f16 {} q8 {} q4 {}", params[0], params[1], params[2], params[3]);
     let _ = writeln!(s, "checksum    {:#018x} (not verified; run `verify`)", f.checksum);
     Ok(s)
 }
@@ -115,7 +116,7 @@ pub fn verify(bytes: &[u8], pack: Option<&[u8]>) -> Result<Verified> {
 }
 
 /// Names the first tensor holding a NaN or infinite value (f32, f16, or a
-/// q8 scale): the runtime loads such a file, but it computes garbage.
+/// q8 / q4 scale): the runtime loads such a file, but it computes garbage.
 fn check_weights_finite(f: &ModelFile<'_>) -> Result<()> {
     // f16 bits with an all-ones exponent are NaN or infinite
     let f16_bad = |bits: &[u16]| bits.iter().position(|&b| b & 0x7c00 == 0x7c00);
@@ -124,6 +125,7 @@ fn check_weights_finite(f: &ModelFile<'_>) -> Result<()> {
             DType::F32 => t.f32s()?.iter().position(|v| !v.is_finite()),
             DType::F16 => f16_bad(t.f16_bits()?),
             DType::Q8 => f16_bad(t.q8()?.1).map(|g| g * edgelm_runtime::format::Q8_GROUP),
+            DType::Q4 => f16_bad(t.q4()?.1).map(|g| g * edgelm_runtime::format::Q4_GROUP),
             DType::U8 | DType::U32 => None,
         };
         if let Some(i) = bad {

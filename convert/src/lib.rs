@@ -1,5 +1,5 @@
 //! edgelm-convert: imports trainer checkpoints, llama2.c checkpoints and
-//! GGUF `llama` models into `.edgelm` files (f32, f16 or q8), exports
+//! GGUF `llama` models into `.edgelm` files (f32, f16, q8 or q4), exports
 //! `.edgelm` models to GGUF for llama.cpp, and inspects / verifies files.
 //!
 //! The `.edgelm` format itself belongs to `edgelm-runtime`

@@ -16,7 +16,7 @@ use edgelm_convert::{output, Converted, ImportOptions, Policy, StoreDType};
     about = "Convert models to and from the .edgelm on-device format",
     long_about = "Convert models to and from the .edgelm on-device format.\n\n\
         Imports trainer (Hugging Face Llama) checkpoints, llama2.c checkpoints and GGUF `llama` \
-        models, quantizes to q8 (int8, one f16 scale per 32 values), exports GGUF for llama.cpp, \
+        models, quantizes to q8 (int8, one f16 scale per 32 values) or q4 (4-bit, GGUF Q4_0), exports GGUF for llama.cpp, \
         and inspects / verifies files. Outputs are written to a temporary file and renamed; \
         inputs are never overwritten."
 )]
@@ -31,12 +31,21 @@ struct Store {
     #[arg(long, short)]
     output: PathBuf,
     /// Storage of the weight matrices: f32, f16, q8 (int8 + f16 scale per 32),
-    /// or keep (as the input stores them; GGUF).
+    /// q4 (4-bit + f16 scale per 32, GGUF Q4_0), or keep (as the input stores
+    /// them; GGUF).
     #[arg(long, default_value = "q8")]
     dtype: StoreDType,
     /// Storage of the token embedding / output head (default: as --dtype).
     #[arg(long)]
     embedding_dtype: Option<StoreDType>,
+    /// Storage of the attention projections wq/wk/wv/wo (default: as --dtype),
+    /// e.g. `--dtype q4 --attention-dtype q8`.
+    #[arg(long)]
+    attention_dtype: Option<StoreDType>,
+    /// Experiment (docs/CONVERT.md): quantize q4 matrices with this layout
+    /// (symmetric = Q4_0, offset = Q4_1), dequantize and store them as f32.
+    #[arg(long, hide = true)]
+    q4_simulate: Option<edgelm_convert::store::Q4Layout>,
     /// Also write the per-tensor quantization report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -70,7 +79,7 @@ enum Cmd {
         #[command(flatten)]
         store: Store,
     },
-    /// Import a GGUF `llama` model (F32 / F16 / BF16 / Q8_0 tensors).
+    /// Import a GGUF `llama` model (F32 / F16 / BF16 / Q8_0 / Q4_0 tensors).
     ImportGguf {
         model: PathBuf,
         #[command(flatten)]
@@ -102,7 +111,12 @@ enum Cmd {
 
 fn options(s: &Store) -> ImportOptions {
     let mut o = ImportOptions::new(s.dtype);
-    o.policy = Policy { matrices: s.dtype, embedding: s.embedding_dtype.unwrap_or(s.dtype) };
+    o.policy = Policy {
+        matrices: s.dtype,
+        embedding: s.embedding_dtype.unwrap_or(s.dtype),
+        attention: s.attention_dtype,
+        q4_simulate: s.q4_simulate,
+    };
     o.progress = true;
     o.domain = s.domain.clone();
     o

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use edgelm_runtime::format::{Config, DType, FileKind, FileWriter, Q8_GROUP};
+use edgelm_runtime::format::{Config, DType, FileKind, FileWriter, Q4_GROUP, Q8_GROUP};
 use edgelm_runtime::kernels::f16_to_f32;
 use sha2::{Digest, Sha256};
 
@@ -17,8 +17,10 @@ pub enum StoreDType {
     F32,
     F16,
     Q8,
-    /// As the input stores it (GGUF F32 / F16 / Q8_0; other inputs: f32, or
-    /// f16 for f16 inputs): a lossless import.
+    /// 4-bit, GGUF Q4_0 semantics (one f16 scale per 32 values).
+    Q4,
+    /// As the input stores it (GGUF F32 / F16 / Q8_0 / Q4_0; other inputs:
+    /// f32, or f16 for f16 inputs): a lossless import.
     Keep,
 }
 
@@ -28,6 +30,7 @@ impl StoreDType {
             StoreDType::F32 | StoreDType::Keep => DType::F32,
             StoreDType::F16 => DType::F16,
             StoreDType::Q8 => DType::Q8,
+            StoreDType::Q4 => DType::Q4,
         }
     }
     pub fn name(self) -> &'static str {
@@ -45,8 +48,9 @@ impl FromStr for StoreDType {
             "f32" => Ok(StoreDType::F32),
             "f16" => Ok(StoreDType::F16),
             "q8" | "q8_0" | "int8" => Ok(StoreDType::Q8),
+            "q4" | "q4_0" | "int4" => Ok(StoreDType::Q4),
             "keep" => Ok(StoreDType::Keep),
-            other => Err(format!("unknown dtype {other:?}: use f32, f16, q8 or keep")),
+            other => Err(format!("unknown dtype {other:?}: use f32, f16, q8, q4 or keep")),
         }
     }
 }
@@ -61,10 +65,16 @@ impl fmt::Display for StoreDType {
 /// reads them as f32 only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// Attention and feed-forward matrices, and an untied output head.
+    /// Feed-forward matrices (and attention ones unless `attention` is set).
     pub matrices: StoreDType,
-    /// The token embedding (also the head when tied).
+    /// The token embedding and the output head (tied or not).
     pub embedding: StoreDType,
+    /// Attention projections (wq, wk, wv, wo); `None`: as `matrices`.
+    pub attention: Option<StoreDType>,
+    /// Experiment only (hidden `--q4-simulate`): q4 matrices are quantized
+    /// with this layout, dequantized and stored as f32, so that q4 layouts
+    /// the runtime does not run can be compared by BPB (docs/CONVERT.md).
+    pub q4_simulate: Option<Q4Layout>,
 }
 
 impl Policy {
@@ -72,7 +82,59 @@ impl Policy {
     /// `d`. (Measured on the story model: a q8 embedding costs no measurable
     /// BPB against an f16 one; see docs/CONVERT.md.)
     pub fn uniform(d: StoreDType) -> Self {
-        Policy { matrices: d, embedding: d }
+        Policy { matrices: d, embedding: d, attention: None, q4_simulate: None }
+    }
+
+    /// What a matrix of `role` called `name` is stored as.
+    fn target(&self, name: &str, role: Role) -> StoreDType {
+        match role {
+            Role::Embedding => self.embedding,
+            Role::Matrix if name.contains("attention.") => self.attention.unwrap_or(self.matrices),
+            Role::Matrix => self.matrices,
+        }
+    }
+}
+
+/// A 4-bit group layout (groups of 32), for the `--q4-simulate` experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Q4Layout {
+    /// GGUF Q4_0: f16 scale, `q` in [-8, 7] (what `q4` files store).
+    Symmetric,
+    /// GGUF Q4_1: f16 scale and f16 minimum, `q` in [0, 15] (value = q·d + m).
+    Offset,
+}
+
+impl FromStr for Q4Layout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "symmetric" | "q4_0" => Ok(Q4Layout::Symmetric),
+            "offset" | "q4_1" => Ok(Q4Layout::Offset),
+            other => Err(format!("unknown q4 layout {other:?}: use symmetric (q4_0) or offset (q4_1)")),
+        }
+    }
+}
+
+/// `x` quantized with `layout` and dequantized again (groups of 32).
+pub fn fake_quantize_q4(x: &[f32], layout: Q4Layout) -> Vec<f32> {
+    match layout {
+        Q4Layout::Symmetric => {
+            let (qs, scales) = edgelm_runtime::format::quantize_q4(x);
+            dequantize_q4(&qs, &scales)
+        }
+        Q4Layout::Offset => {
+            let mut out = Vec::with_capacity(x.len());
+            for g in x.chunks_exact(Q4_GROUP) {
+                let (lo, hi) = g.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                let d = half::f16::from_f32((hi - lo) / 15.0).to_f32();
+                let m = half::f16::from_f32(lo).to_f32();
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(
+                    g.iter().map(|&v| edgelm_runtime::kernels::round_half_away((v - m) * id).clamp(0.0, 15.0) * d + m),
+                );
+            }
+            out
+        }
     }
 }
 
@@ -94,6 +156,12 @@ pub enum Source {
         qs: Vec<i8>,
         scales: Vec<u16>,
     },
+    /// Already 4-bit (GGUF Q4_0), repacked into the runtime's q4 layout:
+    /// stored as is when the target is q4.
+    Q4 {
+        qs: Vec<u8>,
+        scales: Vec<u16>,
+    },
 }
 
 impl Source {
@@ -102,6 +170,7 @@ impl Source {
             Source::F32(v) => v.len(),
             Source::F16(v) => v.len(),
             Source::Q8 { qs, .. } => qs.len(),
+            Source::Q4 { qs, .. } => qs.len() * 2,
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -113,8 +182,20 @@ impl Source {
             Source::F32(v) => v.clone(),
             Source::F16(v) => v.iter().map(|&b| f16_to_f32(b)).collect(),
             Source::Q8 { qs, scales } => dequantize_q8(qs, scales),
+            Source::Q4 { qs, scales } => dequantize_q4(qs, scales),
         }
     }
+}
+
+/// `(nibble − 8) * scale` for each group of 32 (layout in `DType::Q4`).
+pub fn dequantize_q4(qs: &[u8], scales: &[u16]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(qs.len() * 2);
+    for (g, &s) in qs.chunks(Q4_GROUP / 2).zip(scales) {
+        let d = f16_to_f32(s);
+        out.extend(g.iter().map(|&b| ((b & 0x0f) as i32 - 8) as f32 * d));
+        out.extend(g.iter().map(|&b| ((b >> 4) as i32 - 8) as f32 * d));
+    }
+    out
 }
 
 /// `q * scale` for each group of 32.
@@ -276,20 +357,21 @@ impl ModelBuilder {
         if src.len() != rows * cols {
             return Err(Error::ShapeMismatch { name: name.into(), got: vec![src.len()], expected: vec![rows, cols] });
         }
-        let want = match role {
-            Role::Embedding => self.policy.embedding,
-            Role::Matrix => self.policy.matrices,
-        };
+        let want = self.policy.target(name, role);
         let shape = [rows as u32, cols as u32];
         let mut note = None;
         let want = match (want, &src) {
             (StoreDType::Keep, Source::F32(_)) => StoreDType::F32,
             (StoreDType::Keep, Source::F16(_)) => StoreDType::F16,
             (StoreDType::Keep, Source::Q8 { .. }) => StoreDType::Q8,
+            (StoreDType::Keep, Source::Q4 { .. }) => StoreDType::Q4,
             (w, _) => w,
         };
         let target = if want == StoreDType::Q8 && !cols.is_multiple_of(Q8_GROUP) {
             note = Some("row length is not a multiple of 32: stored as f16 instead of q8");
+            StoreDType::F16
+        } else if want == StoreDType::Q4 && !cols.is_multiple_of(Q4_GROUP) {
+            note = Some("row length is not a multiple of 32: stored as f16 instead of q4");
             StoreDType::F16
         } else {
             want
@@ -303,10 +385,30 @@ impl ModelBuilder {
                 self.writer.add_q8_parts(name, &shape, &qs, &scales)?;
                 orig.clone()
             }
-            (StoreDType::Q8, Source::F32(_) | Source::F16(_)) => {
+            (StoreDType::Q8, _) => {
                 let (qs, scales) = edgelm_runtime::format::quantize_q8(&orig);
                 self.writer.add_q8_parts(name, &shape, &qs, &scales)?;
                 dequantize_q8(&qs, &scales)
+            }
+            (StoreDType::Q4, src) if self.policy.q4_simulate.is_some() => {
+                let layout = self.policy.q4_simulate.unwrap_or(Q4Layout::Symmetric);
+                let fake = match src {
+                    Source::Q4 { .. } => orig.clone(),
+                    _ => fake_quantize_q4(&orig, layout),
+                };
+                note = Some("q4 simulated: quantized, dequantized and stored as f32 (experiment)");
+                self.writer.add_f32(name, &shape, &fake)?;
+                fake
+            }
+            (StoreDType::Q4, Source::Q4 { qs, scales }) => {
+                // Lossless: the blocks are stored exactly as read.
+                self.writer.add_q4_parts(name, &shape, &qs, &scales)?;
+                orig.clone()
+            }
+            (StoreDType::Q4, _) => {
+                let (qs, scales) = edgelm_runtime::format::quantize_q4(&orig);
+                self.writer.add_q4_parts(name, &shape, &qs, &scales)?;
+                dequantize_q4(&qs, &scales)
             }
             (StoreDType::F16, Source::F16(bits)) => {
                 let bytes = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
@@ -323,9 +425,10 @@ impl ModelBuilder {
             }
         };
         let (max_err, rms_err, rms) = error_stats(&orig, &stored);
+        let simulated = target == StoreDType::Q4 && self.policy.q4_simulate.is_some();
         self.report.tensors.push(TensorReport {
             name: name.into(),
-            dtype: target.dtype(),
+            dtype: if simulated { DType::F32 } else { target.dtype() },
             shape: shape.to_vec(),
             max_err,
             rms_err,

@@ -43,7 +43,7 @@ pub enum Error {
     TooShort { needed: u64, got: u64 },
     #[error("not an .edgelm file (bad magic bytes)")]
     BadMagic,
-    #[error("unsupported .edgelm format version {found} (this runtime reads version {supported})")]
+    #[error("unsupported .edgelm format version {found} (this runtime reads versions 1 to {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("the file's endianness mark is wrong: it was written for a big-endian machine or is corrupt")]
     WrongEndianness,

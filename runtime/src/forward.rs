@@ -4,7 +4,7 @@
 
 use crate::arena::RunState;
 use crate::format::Config;
-use crate::kernels::{matvec_f16_par, matvec_f32_par, matvec_q8_par, Kernels, Parallel};
+use crate::kernels::{matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par, Kernels, Parallel};
 use crate::model::{Block, Domain, Matrix, Model, Weights};
 
 /// In-place softmax (scalar; the forward pass uses `Kernels::softmax`).
@@ -22,8 +22,8 @@ fn rope_table(rope: &mut [f32], pos: usize, head_dim: usize, theta: f32) {
     }
 }
 
-/// Activation input to a projection, quantized on first q8 use and reused
-/// by every q8 matrix that reads the same vector.
+/// Activation input to a projection, quantized on first q8/q4 use and
+/// reused by every quantized matrix that reads the same vector.
 struct Input<'x> {
     x: &'x [f32],
     quantized: bool,
@@ -50,6 +50,16 @@ fn matvec(e: Exec<'_>, m: &Matrix<'_>, input: &mut Input<'_>, xq: &mut [i8], xs:
                 input.quantized = true;
             }
             matvec_q8_par(k, par, out, qs, scales, xq, xs)
+        }
+        // q4 weights read the same q8 activations (groups of 32 both)
+        Weights::Q4 { qs, scales } => {
+            let n = input.x.len();
+            let (xq, xs) = (&mut xq[..n], &mut xs[..n / crate::format::Q8_GROUP]);
+            if !input.quantized {
+                (k.quantize_q8)(input.x, xq, xs);
+                input.quantized = true;
+            }
+            matvec_q4_par(k, par, out, qs, scales, xq, xs)
         }
     }
 }

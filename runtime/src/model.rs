@@ -6,7 +6,7 @@ use core::fmt::Write;
 use crate::error::{Error, Name, Result};
 use crate::format::{
     Config, DType, DomainInfo, FileKind, ModelFile, TensorView, VerifyChecksum, MAX_DOMAINS, MAX_EXPANSION_BLOCKS,
-    MAX_LAYERS, Q8_GROUP,
+    MAX_LAYERS, Q4_GROUP, Q8_GROUP,
 };
 use crate::kernels::f16_to_f32;
 use crate::tokenizer::Tokenizer;
@@ -20,6 +20,12 @@ pub enum Weights<'a> {
     /// int8 values and one f16 scale (bits) per group of 32 along a row.
     Q8 {
         qs: &'a [i8],
+        scales: &'a [u16],
+    },
+    /// 4-bit weights: 16 bytes of nibbles and one f16 scale (bits) per group
+    /// of 32 along a row (layout in [`DType::Q4`]).
+    Q4 {
+        qs: &'a [u8],
         scales: &'a [u16],
     },
 }
@@ -45,11 +51,15 @@ impl<'a> Matrix<'a> {
                 let (qs, scales) = t.q8()?;
                 Weights::Q8 { qs, scales }
             }
+            DType::Q4 => {
+                let (qs, scales) = t.q4()?;
+                Weights::Q4 { qs, scales }
+            }
             other => {
                 return Err(Error::WrongDType {
                     name: Name::new(t.name),
                     got: other.name(),
-                    expected: "f32, f16 or q8",
+                    expected: "f32, f16, q8 or q4",
                 })
             }
         };
@@ -61,6 +71,7 @@ impl<'a> Matrix<'a> {
             Weights::F32(_) => DType::F32,
             Weights::F16(_) => DType::F16,
             Weights::Q8 { .. } => DType::Q8,
+            Weights::Q4 { .. } => DType::Q4,
         }
     }
 
@@ -81,6 +92,20 @@ impl<'a> Matrix<'a> {
                     let d = f16_to_f32(*g);
                     for (oi, &qi) in o.iter_mut().zip(q) {
                         *oi = qi as f32 * d;
+                    }
+                }
+            }
+            Weights::Q4 { qs, scales } => {
+                let g = c / Q4_GROUP;
+                let row = &qs[r * c / 2..(r + 1) * c / 2];
+                for ((o, q), s) in
+                    out.chunks_exact_mut(Q4_GROUP).zip(row.chunks_exact(Q4_GROUP / 2)).zip(&scales[r * g..(r + 1) * g])
+                {
+                    let d = f16_to_f32(*s);
+                    let (lo, hi) = o.split_at_mut(Q4_GROUP / 2);
+                    for ((l, h), &b) in lo.iter_mut().zip(hi).zip(q) {
+                        *l = ((b & 0x0f) as i32 - 8) as f32 * d;
+                        *h = ((b >> 4) as i32 - 8) as f32 * d;
                     }
                 }
             }

@@ -124,8 +124,8 @@ fn specific_errors_for_specific_damage() {
     b[0] = b'X';
     assert_eq!(load(&b, VerifyChecksum::Yes), Err(Error::BadMagic));
     let mut b = bytes.clone();
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert_eq!(load(&b, VerifyChecksum::Yes), Err(Error::UnsupportedVersion { found: 2, supported: 1 }));
+    b[8..12].copy_from_slice(&3u32.to_le_bytes());
+    assert_eq!(load(&b, VerifyChecksum::Yes), Err(Error::UnsupportedVersion { found: 3, supported: 2 }));
     let mut b = bytes.clone();
     b[12..16].copy_from_slice(&0x0403_0201u32.to_le_bytes());
     assert_eq!(load(&b, VerifyChecksum::Yes), Err(Error::WrongEndianness));
@@ -227,4 +227,59 @@ fn a_pack_is_not_a_base() {
     w.base_model_id = "other".into();
     let b = aligned(w.to_bytes().unwrap());
     assert_eq!(Model::from_bytes(&b).unwrap_err(), Error::NotABase);
+}
+
+#[test]
+fn q4_round_trip_and_version() {
+    let mut w = FileWriter::new(FileKind::Base, "q4", cfg());
+    // a spread of magnitudes, both signs, a zero group and a group whose
+    // largest value is positive (it maps to -8 with a negative scale)
+    let mut vals: Vec<f32> = (0..128).map(|i| ((i * 37 % 61) as f32 - 30.0) * 0.011 * (1 + i / 32) as f32).collect();
+    vals[64..96].fill(0.0);
+    vals[100] = 3.5;
+    w.add_q4("q", &[4, 32], &vals).unwrap();
+    let bytes = aligned(w.to_bytes().unwrap());
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2, "files with q4 are version 2");
+    let f = ModelFile::parse(&bytes, VerifyChecksum::Yes).unwrap();
+    let t = f.tensor("q").unwrap();
+    assert_eq!(t.bytes.len(), 64 + 8);
+    let (qs, sc) = t.q4().unwrap();
+    assert_eq!((qs.len(), sc.len()), (64, 4));
+    assert!(matches!(t.q8(), Err(Error::WrongDType { .. })));
+    for (g, group) in vals.chunks(32).enumerate() {
+        let d = half::f16::from_bits(sc[g]).to_f32();
+        let m = group.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        for (i, &v) in group.iter().enumerate() {
+            let b = qs[g * 16 + i % 16];
+            let q = if i < 16 { b & 0x0f } else { b >> 4 } as i32 - 8;
+            let got = q as f32 * d;
+            // nearest level; values beyond +7·|d| on the side opposite to the
+            // largest magnitude are clamped (at most one step off)
+            let bound = if d != 0.0 && v / d > 7.0 { d.abs() } else { d.abs() / 2.0 };
+            assert!((got - v).abs() <= bound * 1.01 + 1e-6, "group {g} element {i}: {got} vs {v} (d {d})");
+        }
+        // the largest magnitude maps to -8 exactly (up to the f16 scale)
+        assert!((m - (-8.0 * d)).abs() <= 1e-3 * m.abs() + 1e-9, "group {g}");
+    }
+    // files without q4 stay version 1 (shipped models unchanged, older readers load them)
+    let q8 = aligned(synthetic_model(&SyntheticSpec::tiny(DType::Q8)).unwrap());
+    assert_eq!(u32::from_le_bytes(q8[8..12].try_into().unwrap()), 1);
+    let q4 = aligned(synthetic_model(&SyntheticSpec::tiny(DType::Q4)).unwrap());
+    assert_eq!(u32::from_le_bytes(q4[8..12].try_into().unwrap()), 2);
+    Model::from_bytes(&q4).unwrap();
+    // the q4 file is about 0.53× the q8 one in its matrices
+    assert!(q4.len() < q8.len(), "{} vs {}", q4.len(), q8.len());
+}
+
+#[test]
+fn committed_v1_models_still_load() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
+    for name in ["base.edgelm", "recipe.edgelm", "tiny-story.edgelm"] {
+        let bytes = aligned(std::fs::read(format!("{dir}/{name}")).unwrap());
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1, "{name}");
+        let f = ModelFile::parse(&bytes, VerifyChecksum::Yes).unwrap();
+        if f.meta.kind == FileKind::Base {
+            Model::from_file(&f).unwrap();
+        }
+    }
 }

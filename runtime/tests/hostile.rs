@@ -21,6 +21,11 @@ fn cfg() -> Config {
 /// A file with this config and tensor table, `data_len` zero bytes of data
 /// and a correct checksum: what a hostile writer could make.
 fn raw_file(config: Config, entries: &[TensorInfo<'_>], data_len: u64) -> Vec<u8> {
+    raw_file_version(FORMAT_VERSION, config, entries, data_len)
+}
+
+/// [`raw_file`] declaring format `version`.
+fn raw_file_version(version: u32, config: Config, entries: &[TensorInfo<'_>], data_len: u64) -> Vec<u8> {
     let meta = HeaderMeta {
         kind: FileKind::Base,
         model_id: "hostile",
@@ -34,7 +39,7 @@ fn raw_file(config: Config, entries: &[TensorInfo<'_>], data_len: u64) -> Vec<u8
         header.extend(postcard::to_allocvec(e).unwrap());
     }
     let mut out = MAGIC.to_vec();
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&ENDIAN_MARK.to_le_bytes());
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(&data_len.to_le_bytes());
@@ -118,6 +123,41 @@ fn shapes_whose_products_overflow_or_exceed_the_file_are_refused() {
     assert_eq!(tensor_error(&f), "shape has a zero dimension");
     let f = raw_file(cfg(), &[entry("a", DType::U8, &[], 0, 0)], 64);
     assert_eq!(tensor_error(&f), "shape has no dimensions");
+}
+
+#[test]
+fn hostile_q4_tensors_are_refused() {
+    // a well-formed q4 tensor: 64 values = 32 bytes of nibbles + 2 f16 scales
+    let f = raw_file(cfg(), &[entry("a", DType::Q4, &[2, 32], 0, 36)], 64);
+    parse(&f).unwrap();
+    // the same in a version-1 file: q4 needs version 2
+    let f = raw_file_version(1, cfg(), &[entry("a", DType::Q4, &[2, 32], 0, 36)], 64);
+    assert_eq!(tensor_error(&f), "dtype needs a newer format version than the file declares");
+    // rows not a whole number of groups (even though the element count is)
+    let f = raw_file(cfg(), &[entry("a", DType::Q4, &[2, 48], 0, 54)], 64);
+    assert_eq!(tensor_error(&f), "q4 tensor's last dimension is not a multiple of 32");
+    // the q8 length for a q4 shape, and one byte short
+    let f = raw_file(cfg(), &[entry("a", DType::Q4, &[2, 32], 0, 68)], 128);
+    assert_eq!(tensor_error(&f), "byte length does not match dtype and shape");
+    let f = raw_file(cfg(), &[entry("a", DType::Q4, &[2, 32], 0, 35)], 64);
+    assert_eq!(tensor_error(&f), "byte length does not match dtype and shape");
+    // the largest element counts: q4 bytes (n/2 + n/16) never overflow, so the
+    // length check and the file size refuse them
+    let m = u32::MAX;
+    let f = raw_file(cfg(), &[entry("a", DType::Q4, &[m, m, 1 << 31, 32], 0, 64)], 64);
+    assert_eq!(tensor_error(&f), "element count overflows");
+    let n = (m as u64) * (1 << 20) * 32;
+    let len = n / 2 + n / 16;
+    let f = raw_file(cfg(), &[entry("a", DType::Q4, &[m, 1 << 20, 32], 0, len)], 64);
+    assert_eq!(tensor_error(&f), "data lies past the end of the file");
+    // versions outside 1..=2
+    for v in [0, FORMAT_VERSION + 1] {
+        let f = raw_file_version(v, cfg(), &[entry("a", DType::U8, &[3], 0, 3)], 64);
+        assert_eq!(parse(&f), Err(Error::UnsupportedVersion { found: v, supported: FORMAT_VERSION }));
+    }
+    // v1 files without q4 still parse
+    let f = raw_file_version(1, cfg(), &[entry("a", DType::Q8, &[32], 0, 34)], 64);
+    parse(&f).unwrap();
 }
 
 #[test]

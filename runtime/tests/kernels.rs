@@ -6,6 +6,9 @@
 //!   the i32 sum); with real scales `|got − ref| ≤ 1e-5 · Σ_g |d_g|·Σ_i |w_i·x_i|`
 //!   (the standard dot-product bound: x86 paths convert integer partial sums
 //!   of a group, not the group total, to f32; `d_g = ws·xs`).
+//! - q4 matvec: the same two checks with 4-bit weights (every nibble value,
+//!   activations in [-127, 127]): exact integer group sums, and the same
+//!   f32 bound with `w_i = nibble − 8`.
 //! - quantize_q8 and rope: bit-exact.
 //! - dot-product style f32 kernels (matvec_f32/f16, attention, rmsnorm):
 //!   `|got − ref| ≤ 1e-5 · Σ|terms|` (summation order differs).
@@ -45,6 +48,33 @@ fn q8_inputs(max_groups: usize) -> impl Strategy<Value = (usize, usize, Vec<i8>,
             )
         },
     )
+}
+
+fn q4_inputs(max_groups: usize) -> impl Strategy<Value = (usize, usize, Vec<u8>, Vec<u16>, Vec<i8>, Vec<f32>)> {
+    (prop::sample::select(vec![1usize, 2, 3, 4, 5, 7, 8, 9, 33, 37, 289]), 1..=max_groups).prop_flat_map(
+        |(rows, groups)| {
+            let cols = groups * 32;
+            (
+                Just(rows),
+                Just(cols),
+                prop::collection::vec(any::<u8>(), rows * cols / 2),
+                prop::collection::vec(f16_scale(), rows * groups),
+                prop::collection::vec(-127i8..=127, cols),
+                prop::collection::vec(1e-4f32..0.1, groups),
+            )
+        },
+    )
+}
+
+/// q4 weights unpacked to i8 `nibble − 8` in element order (`[rows·cols]`).
+fn unpack_q4(wq: &[u8]) -> Vec<i8> {
+    wq.chunks_exact(16)
+        .flat_map(|g| {
+            let lo = g.iter().map(|&b| (b & 0x0f) as i8 - 8);
+            let hi = g.iter().map(|&b| (b >> 4) as i8 - 8);
+            lo.chain(hi).collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 fn exact_isums(wq: &[i8], xq: &[i8], rows: usize, cols: usize) -> Vec<Vec<i32>> {
@@ -116,6 +146,29 @@ fn q8_group_sums_equal_reference_exactly_at_edges() {
     }
 }
 
+#[test]
+fn q4_extremes_are_exact() {
+    // every weight -8 (byte 0x00) or 7 (0xff), activations ±127: the largest
+    // group sums (|−8·127·32| = 32512), each group alone and all together
+    let one = half::f16::from_f32(1.0).to_bits();
+    for k in kernels::available() {
+        for &(rows, groups) in &[(1usize, 1usize), (5, 3), (8, 9), (13, 17)] {
+            let cols = groups * 32;
+            let wq: Vec<u8> =
+                (0..rows * cols / 2).map(|i| if (i / 16 + i / 7) % 2 == 0 { 0x00 } else { 0xff }).collect();
+            let xq: Vec<i8> = (0..cols).map(|i| if i % 3 == 0 { -127 } else { 127 }).collect();
+            let (ws, xs) = (vec![one; rows * groups], vec![1f32; groups]);
+            let want = exact_isums(&unpack_q4(&wq), &xq, rows, cols);
+            let mut out = vec![0f32; rows];
+            (k.matvec_q4)(&mut out, &wq, &ws, &xq, &xs);
+            for r in 0..rows {
+                let total: i64 = want[r].iter().map(|&v| v as i64).sum();
+                assert_eq!(out[r] as f64, total as f64, "{} rows {rows} groups {groups} row {r}", k.name);
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(cases())]
 
@@ -170,6 +223,60 @@ proptest! {
             for r in 0..rows {
                 let mag: f64 = (0..groups)
                     .map(|g| abs_sums[r][g] * (kernels::f16_to_f32(ws[r * groups + g]) as f64 * xs[g] as f64).abs())
+                    .sum();
+                prop_assert!((out[r] as f64 - want[r] as f64).abs() <= 1e-5 * mag + 1e-30,
+                    "{} row {}: {} vs {} (mag {})", k.name, r, out[r], want[r], mag);
+            }
+        }
+    }
+
+    /// q4, unit scales, one live group at a time: exactly the group's i32 sum.
+    #[test]
+    fn q4_group_sums_equal_reference_exactly((rows, cols, wq, _ws, xq, _xs) in q4_inputs(12)) {
+        let groups = cols / 32;
+        let one = half::f16::from_f32(1.0).to_bits();
+        let ws = vec![one; rows * groups];
+        let xs = vec![1f32; groups];
+        let want = exact_isums(&unpack_q4(&wq), &xq, rows, cols);
+        for k in kernels::available() {
+            for g in 0..groups {
+                let mut x1 = vec![0i8; cols];
+                x1[g * 32..(g + 1) * 32].copy_from_slice(&xq[g * 32..(g + 1) * 32]);
+                let mut out = vec![f32::NAN; rows];
+                (k.matvec_q4)(&mut out, &wq, &ws, &x1, &xs);
+                for r in 0..rows {
+                    prop_assert_eq!(out[r], want[r][g] as f32, "{} row {} group {}", k.name, r, g);
+                }
+            }
+            let mut out = vec![0f32; rows];
+            (k.matvec_q4)(&mut out, &wq, &ws, &xq, &xs);
+            for r in 0..rows {
+                let total: i64 = want[r].iter().map(|&v| v as i64).sum();
+                prop_assert_eq!(out[r] as f64, total as f64, "{} row {}", k.name, r);
+            }
+        }
+    }
+
+    /// q4, real scales: within 1e-5 · Σ_g |d_g|·Σ_i |w_i·x_i| of the reference,
+    /// which in turn equals the q8 reference on the unpacked weights bit for bit.
+    #[test]
+    fn q4_matvec_close_to_reference((rows, cols, wq, ws, xq, xs) in q4_inputs(30)) {
+        let groups = cols / 32;
+        let w8 = unpack_q4(&wq);
+        let mut want = vec![0f32; rows];
+        reference::matvec_q4(&mut want, &wq, &ws, &xq, &xs);
+        let mut via_q8 = vec![0f32; rows];
+        reference::matvec_q8(&mut via_q8, &w8, &ws, &xq, &xs);
+        prop_assert_eq!(&want, &via_q8);
+        for k in simd_tables() {
+            let mut out = vec![0f32; rows];
+            (k.matvec_q4)(&mut out, &wq, &ws, &xq, &xs);
+            for r in 0..rows {
+                let mag: f64 = (0..groups)
+                    .map(|g| {
+                        let s: f64 = (0..32).map(|i| (w8[r * cols + g * 32 + i] as f64 * xq[g * 32 + i] as f64).abs()).sum();
+                        s * (kernels::f16_to_f32(ws[r * groups + g]) as f64 * xs[g] as f64).abs()
+                    })
                     .sum();
                 prop_assert!((out[r] as f64 - want[r] as f64).abs() <= 1e-5 * mag + 1e-30,
                     "{} row {}: {} vs {} (mag {})", k.name, r, out[r], want[r], mag);
@@ -316,7 +423,7 @@ fn forward_pass_matches_reference_tables() {
 
     let pool = Pool::new(2);
     let mut failures = Vec::new();
-    for dtype in [DType::Q8, DType::F16, DType::F32] {
+    for dtype in [DType::Q8, DType::Q4, DType::F16, DType::F32] {
         let bytes = AlignedBytes::from(synthetic_model(&SyntheticSpec::tiny(dtype)).unwrap());
         let model = Model::from_bytes(&bytes).unwrap();
         let tokens: Vec<u32> = (0..20u32).map(|i| (i * 37 + 11) % model.config().vocab_size).collect();
@@ -344,7 +451,7 @@ fn forward_pass_matches_reference_tables() {
                 // q8: a 1-ulp difference upstream can flip one activation's
                 // rounding (±1/127 of its group), which moves logits ~1 %;
                 // f32/f16 have no such step.
-                let bound = if dtype == DType::Q8 { 3e-2 } else { 2e-3 };
+                let bound = if matches!(dtype, DType::Q8 | DType::Q4) { 3e-2 } else { 2e-3 };
                 if worst >= bound {
                     failures.push(format!("{dtype:?} {} threads={threads}: worst relative error {worst}", k.name));
                 }
@@ -357,7 +464,9 @@ fn forward_pass_matches_reference_tables() {
 /// Rows split across a pool give bit-identical rows (same kernel per row).
 #[test]
 fn threaded_matvec_is_identical_to_single_thread() {
-    use edgelm_runtime::kernels::{matvec_f16_par, matvec_f32_par, matvec_q8_par, PARALLEL_MIN_BYTES};
+    use edgelm_runtime::kernels::{
+        matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q4_split, matvec_q8_par, PARALLEL_MIN_BYTES,
+    };
     use edgelm_runtime::threads::Pool;
     for threads in [2usize, 3, 4] {
         let pool = Pool::new(threads);
@@ -377,6 +486,18 @@ fn threaded_matvec_is_identical_to_single_thread() {
                 matvec_q8_par(k, None, &mut a, &wq, &ws, &xq, &xs);
                 matvec_q8_par(k, Some(&pool), &mut b, &wq, &ws, &xq, &xs);
                 assert_eq!(a, b, "{} q8 {rows}x{cols} threads {threads}", k.name);
+                // q4: the same bytes read as nibbles (half the rows' bytes);
+                // sized so that the pool really splits (≥ PARALLEL_MIN_BYTES)
+                let w4: Vec<u8> = wq.iter().map(|&v| v as u8).collect();
+                let w4 = &w4[..rows * cols / 2];
+                if rows * cols / 2 >= PARALLEL_MIN_BYTES {
+                    matvec_q4_par(k, None, &mut a, w4, &ws, &xq, &xs);
+                    matvec_q4_par(k, Some(&pool), &mut b, w4, &ws, &xq, &xs);
+                    assert_eq!(a, b, "{} q4 {rows}x{cols} threads {threads}", k.name);
+                }
+                matvec_q4_split(k, &pool, &mut b, w4, &ws, &xq, &xs);
+                matvec_q4_par(k, None, &mut a, w4, &ws, &xq, &xs);
+                assert_eq!(a, b, "{} q4 split {rows}x{cols} threads {threads}", k.name);
                 matvec_f32_par(k, None, &mut a, &wf, &x);
                 matvec_f32_par(k, Some(&pool), &mut b, &wf, &x);
                 assert_eq!(a, b, "{} f32", k.name);

@@ -12,7 +12,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn generation_loop_does_not_allocate() {
-    for dtype in [DType::F32, DType::F16, DType::Q8] {
+    for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
         let bytes = AlignedBytes::from(synthetic_model(&SyntheticSpec::tiny(dtype)).unwrap());
         let model = Model::from_bytes(&bytes).unwrap();
         let mut arena = vec![0u8; model.arena_bytes(64)];

@@ -291,7 +291,7 @@ fn round_trip(edgelm: &[u8]) -> Vec<u8> {
 
 #[test]
 fn edgelm_to_gguf_to_edgelm_is_identical() {
-    for dtype in [DType::F32, DType::F16, DType::Q8] {
+    for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
         for tied in [false, true] {
             let mut spec = SyntheticSpec::tiny(dtype);
             spec.config.tied_head = tied;
@@ -387,7 +387,7 @@ fn bad_gguf_inputs_are_clear_errors() {
     md.extend(gpt2_vocab(300));
     let e = import_bytes(&write_gguf(&md, &[]), StoreDType::F32).unwrap_err();
     assert!(matches!(e, Error::UnsupportedArchitecture(ref a) if a == "gpt2"), "{e}");
-    // unsupported tensor type (Q4_0 = 2)
+    // unsupported tensor type
     // every weight as an F32 GGUF tensor, by sorted name, except `skip`
     let f32_tensors = |skip: &str| -> Vec<T> {
         let mut names: Vec<&String> = w.keys().filter(|n| *n != skip).collect();
@@ -402,8 +402,9 @@ fn bad_gguf_inputs_are_clear_errors() {
     };
     let mut tensors = f32_tensors("");
     let q = tensors.iter_mut().find(|t| t.0 == "blk.0.attn_q.weight").unwrap();
-    q.1 = 2;
-    q.3 = vec![0u8; 64 * 64 / 32 * 18];
+    // Q4_1 (type 3: f16 scale, f16 min, 16 bytes per 32): not imported (Q4_0 is)
+    q.1 = 3;
+    q.3 = vec![0u8; 64 * 64 / 32 * 20];
     let mut md = llama_md(&c);
     md.extend(gpt2_vocab(300));
     let e = import_bytes(&write_gguf(&md, &tensors), StoreDType::F32).unwrap_err();

@@ -24,12 +24,17 @@ pub use reader::{ModelFile, TensorView, VerifyChecksum};
 #[cfg(feature = "alloc")]
 pub use tokenizer_tables::TokenizerTables;
 #[cfg(feature = "alloc")]
-pub use writer::{quantize_q8, DomainSpec, FileWriter};
+pub use writer::{quantize_q4, quantize_q8, DomainSpec, FileWriter};
 
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 8] = *b"EDGELM\x00\x01";
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version: files holding q4 tensors are written as 2,
+/// every other file as [`FORMAT_VERSION_MIN`] (so files without q4 stay
+/// byte-identical and load in older readers). The reader accepts both.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version the reader accepts (and what files without q4 are written as).
+pub const FORMAT_VERSION_MIN: u32 = 1;
 pub const ENDIAN_MARK: u32 = 0x0102_0304;
 pub const PREAMBLE_LEN: usize = 32;
 pub const CHECKSUM_LEN: usize = 8;
@@ -38,6 +43,8 @@ pub const CHECKSUM_LEN: usize = 8;
 pub const ALIGN: usize = 64;
 /// Elements per q8 group: one f16 scale per 32 int8 weights.
 pub const Q8_GROUP: usize = 32;
+/// Elements per q4 group: one f16 scale per 32 4-bit weights (16 bytes).
+pub const Q4_GROUP: usize = 32;
 
 /// Hard limits, checked before anything is sized from the file.
 pub const MAX_HEADER_LEN: u64 = 64 << 20;
@@ -65,6 +72,14 @@ pub enum DType {
     Q8,
     U8,
     U32,
+    /// 4-bit weights in groups of [`Q4_GROUP`] along the last axis (GGUF
+    /// Q4_0 semantics; format version 2): first `n / 2` bytes of nibbles —
+    /// group `g` is bytes `16g..16g+16`, byte `j` holding element `j` in its
+    /// low nibble and element `j + 16` in its high nibble, each as `q + 8`
+    /// with `q` in [-8, 7] — then `n / 32` f16 scales (value = q * scale).
+    /// (Declared last: postcard encodes the variant index, so the earlier
+    /// variants keep their v1 encoding.)
+    Q4,
 }
 
 impl DType {
@@ -75,11 +90,12 @@ impl DType {
             DType::Q8 => "q8",
             DType::U8 => "u8",
             DType::U32 => "u32",
+            DType::Q4 => "q4",
         }
     }
 
-    /// Bytes taken by `n` elements, or `None` on overflow or (for q8) when
-    /// `n` is not a whole number of groups.
+    /// Bytes taken by `n` elements, or `None` on overflow or (for q8, q4)
+    /// when `n` is not a whole number of groups.
     pub fn byte_len(self, n: u64) -> Option<u64> {
         match self {
             DType::F32 | DType::U32 => n.checked_mul(4),
@@ -91,6 +107,29 @@ impl DType {
                 }
                 n.checked_add((n / Q8_GROUP as u64).checked_mul(2)?)
             }
+            DType::Q4 => {
+                if !n.is_multiple_of(Q4_GROUP as u64) {
+                    return None;
+                }
+                (n / 2).checked_add((n / Q4_GROUP as u64).checked_mul(2)?)
+            }
+        }
+    }
+
+    /// Elements per group along the last axis (quantized types), else 1.
+    pub fn group(self) -> usize {
+        match self {
+            DType::Q8 => Q8_GROUP,
+            DType::Q4 => Q4_GROUP,
+            _ => 1,
+        }
+    }
+
+    /// The first format version that can hold this dtype.
+    pub fn min_version(self) -> u32 {
+        match self {
+            DType::Q4 => 2,
+            _ => FORMAT_VERSION_MIN,
         }
     }
 }

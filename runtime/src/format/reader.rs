@@ -69,7 +69,7 @@ impl<'a> ModelFile<'a> {
             return Err(Error::BadMagic);
         }
         let version = u32_at(bytes, 8).ok_or_else(|| short.clone())?;
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
         }
         if u32_at(bytes, 12) != Some(ENDIAN_MARK) {
@@ -126,7 +126,7 @@ impl<'a> ModelFile<'a> {
         for _ in 0..count {
             let (info, next): (TensorInfo<'a>, &'a [u8]) = postcard::take_from_bytes(cursor).map_err(|_| DECODE)?;
             cursor = next;
-            validate_entry(&info, data.len() as u64)?;
+            validate_entry(&info, data.len() as u64, version)?;
             if let Some(p) = prev {
                 if p >= info.name {
                     return Err(bad(info.name, "tensor table is not sorted by name (or has duplicates)"));
@@ -184,7 +184,7 @@ impl<'a> ModelFile<'a> {
     }
 }
 
-fn validate_entry(info: &TensorInfo<'_>, data_len: u64) -> Result<()> {
+fn validate_entry(info: &TensorInfo<'_>, data_len: u64, version: u32) -> Result<()> {
     let name = info.name;
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(bad(name, "name is empty or longer than 128 bytes"));
@@ -202,6 +202,12 @@ fn validate_entry(info: &TensorInfo<'_>, data_len: u64) -> Result<()> {
     let last = info.shape.last().copied().unwrap_or(0);
     if info.dtype == DType::Q8 && !(last as usize).is_multiple_of(Q8_GROUP) {
         return Err(bad(name, "q8 tensor's last dimension is not a multiple of 32"));
+    }
+    if info.dtype == DType::Q4 && !(last as usize).is_multiple_of(Q4_GROUP) {
+        return Err(bad(name, "q4 tensor's last dimension is not a multiple of 32"));
+    }
+    if version < info.dtype.min_version() {
+        return Err(bad(name, "dtype needs a newer format version than the file declares"));
     }
     let expected = info.dtype.byte_len(n).ok_or_else(|| bad(name, "byte length overflows"))?;
     if expected != info.len {
@@ -301,5 +307,21 @@ impl<'a> TensorView<'a> {
         let qs_view = TensorView { bytes: qs, ..*self };
         let sc_view = TensorView { bytes: scales, ..*self };
         Ok((cast(&qs_view)?, cast(&sc_view)?))
+    }
+
+    /// `(packed nibbles, f16 scale bits)`: `n / 2` bytes (16 per group of
+    /// 32, layout in [`DType::Q4`]) and one scale per 32 values.
+    pub fn q4(&self) -> Result<(&'a [u8], &'a [u16])> {
+        self.expect(DType::Q4)?;
+        let n = self.numel();
+        let (qs, scales) = self
+            .bytes
+            .split_at_checked(n / 2)
+            .ok_or_else(|| bad(self.name, "byte length does not match dtype and shape"))?;
+        if scales.len() != n / Q4_GROUP * 2 || !n.is_multiple_of(Q4_GROUP) {
+            return Err(bad(self.name, "byte length does not match dtype and shape"));
+        }
+        let sc_view = TensorView { bytes: scales, ..*self };
+        Ok((qs, cast(&sc_view)?))
     }
 }

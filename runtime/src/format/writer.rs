@@ -60,6 +60,31 @@ pub fn quantize_q8(x: &[f32]) -> (Vec<i8>, Vec<u16>) {
     (qs, scales)
 }
 
+/// Quantizes rows of `x` (length a multiple of 32) to 4 bits, GGUF Q4_0
+/// style: per group of 32 the value of largest magnitude `m` maps to -8, so
+/// the scale is `d = m / -8` (rounded to f16 first, as for q8) and
+/// `q = clamp(round(x / d), -8, 7)`. Returns the packed nibbles (layout in
+/// [`DType::Q4`]) and the f16 scales.
+pub fn quantize_q4(x: &[f32]) -> (Vec<u8>, Vec<u16>) {
+    let mut qs = vec![0u8; x.len() / 2];
+    let mut scales = vec![0u16; x.len() / Q4_GROUP];
+    for ((group, q), s) in x.chunks_exact(Q4_GROUP).zip(qs.chunks_exact_mut(Q4_GROUP / 2)).zip(scales.iter_mut()) {
+        let m = group.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        // clamp: a scale beyond f16's range would become inf (and dequantize to NaN)
+        let lim = half::f16::MAX.to_f32();
+        let d = half::f16::from_f32((m / -8.0).clamp(-lim, lim));
+        *s = d.to_bits();
+        let d = d.to_f32();
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let nib = |v: f32| (crate::kernels::round_half_away(v * id).clamp(-8.0, 7.0) as i8 + 8) as u8;
+        let (lo, hi) = group.split_at(Q4_GROUP / 2);
+        for ((b, &l), &h) in q.iter_mut().zip(lo).zip(hi) {
+            *b = nib(l) | (nib(h) << 4);
+        }
+    }
+    (qs, scales)
+}
+
 impl FileWriter {
     pub fn new(kind: FileKind, model_id: &str, config: Config) -> Self {
         FileWriter {
@@ -82,8 +107,8 @@ impl FileWriter {
         if shape.is_empty() || shape.len() > MAX_DIMS || shape.contains(&0) {
             return bad("shape needs 1 to 4 non-zero dimensions");
         }
-        if dtype == DType::Q8 && !(shape.last().copied().unwrap_or(0) as usize).is_multiple_of(Q8_GROUP) {
-            return bad("q8 tensor's last dimension is not a multiple of 32");
+        if !(shape.last().copied().unwrap_or(0) as usize).is_multiple_of(dtype.group()) {
+            return bad("quantized tensor's last dimension is not a multiple of 32");
         }
         let n: u64 = shape.iter().map(|&d| d as u64).product();
         if dtype.byte_len(n) != Some(bytes.len() as u64) {
@@ -123,6 +148,26 @@ impl FileWriter {
         bytes.extend(qs.iter().map(|&q| q as u8));
         bytes.extend(scales.iter().flat_map(|s| s.to_le_bytes()));
         self.add_raw(name, DType::Q8, shape, bytes)
+    }
+
+    /// Quantizes `data` (groups of 32 along the last axis) and adds it as q4.
+    pub fn add_q4(&mut self, name: &str, shape: &[u32], data: &[f32]) -> Result<()> {
+        if !data.len().is_multiple_of(Q4_GROUP) {
+            return Err(Error::BadTensor { name: Name::new(name), what: "q4 needs a multiple of 32 elements" });
+        }
+        let (qs, scales) = quantize_q4(data);
+        self.add_q4_parts(name, shape, &qs, &scales)
+    }
+
+    /// Adds already-quantized q4 data (packed nibbles, layout in [`DType::Q4`]).
+    pub fn add_q4_parts(&mut self, name: &str, shape: &[u32], qs: &[u8], scales: &[u16]) -> Result<()> {
+        if scales.len() * Q4_GROUP != qs.len() * 2 {
+            return Err(Error::BadTensor { name: Name::new(name), what: "q4 needs one scale per 16 bytes" });
+        }
+        let mut bytes = Vec::with_capacity(qs.len() + scales.len() * 2);
+        bytes.extend_from_slice(qs);
+        bytes.extend(scales.iter().flat_map(|s| s.to_le_bytes()));
+        self.add_raw(name, DType::Q4, shape, bytes)
     }
 
     pub fn add_u32(&mut self, name: &str, shape: &[u32], data: &[u32]) -> Result<()> {
@@ -188,7 +233,9 @@ impl FileWriter {
         let data_start = align_up(PREAMBLE_LEN + header.len());
         let mut out = Vec::with_capacity(data_start + data_len as usize + CHECKSUM_LEN);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        // the oldest version that holds every tensor: files without q4 stay v1
+        let version = order.iter().map(|t| t.dtype.min_version()).max().unwrap_or(FORMAT_VERSION_MIN);
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&ENDIAN_MARK.to_le_bytes());
         out.extend_from_slice(&(header.len() as u64).to_le_bytes());
         out.extend_from_slice(&data_len.to_le_bytes());

@@ -21,7 +21,7 @@
 //! `cfg(target_feature)` (e.g. `-C target-feature=+dotprod` for a Pi 5
 //! firmware). No path needs `-C target-cpu=native`.
 //!
-//! Integer results of every q8 path are exactly those of the reference
+//! Integer results of every q8 and q4 path are exactly those of the reference
 //! (the same per-group `i32` sums); f32 results may differ in summation
 //! order (bounds are stated in `runtime/tests/kernels.rs`).
 
@@ -119,7 +119,7 @@ pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
-use crate::format::Q8_GROUP;
+use crate::format::{Q4_GROUP, Q8_GROUP};
 
 /// Rounds half away from zero (C `roundf`), the rounding of every quantizer here.
 #[inline]
@@ -134,6 +134,7 @@ pub fn f16_to_f32(bits: u16) -> f32 {
 }
 
 pub type MatvecQ8 = fn(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]);
+pub type MatvecQ4 = fn(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]);
 pub type MatvecF32 = fn(out: &mut [f32], w: &[f32], x: &[f32]);
 pub type MatvecF16 = fn(out: &mut [f32], w: &[u16], x: &[f32]);
 pub type QuantizeQ8 = fn(x: &[f32], q: &mut [i8], s: &mut [f32]);
@@ -153,6 +154,11 @@ pub struct Kernels {
     /// `wq: [rows·cols]`, `ws: [rows·cols/32]` (f16 bits), `xq: [cols]`, `xs: [cols/32]`, `out: [rows]`.
     /// `xq` must lie in `[-127, 127]` (as [`Kernels::quantize_q8`] produces); `wq` may use all of `i8`.
     pub matvec_q8: MatvecQ8,
+    /// As `matvec_q8` with 4-bit weights: `wq: [rows·cols/2]` packed nibbles
+    /// (group `g` of row `r` is bytes `16(r·cols/32 + g)..+16`; byte `j` holds
+    /// element `j` low, `j + 16` high, each as `q + 8`, see
+    /// [`crate::format::DType::Q4`]), `ws: [rows·cols/32]`.
+    pub matvec_q4: MatvecQ4,
     /// `out[r] = Σ_c w[r,c]·x[c]`; `w: [rows·cols]`, `x: [cols]`.
     pub matvec_f32: MatvecF32,
     /// As `matvec_f32` with f16 weights (bits).
@@ -184,6 +190,7 @@ impl core::fmt::Debug for Kernels {
 pub static REFERENCE: Kernels = Kernels {
     name: "reference",
     matvec_q8: reference::matvec_q8,
+    matvec_q4: reference::matvec_q4,
     matvec_f32: reference::matvec_f32,
     matvec_f16: reference::matvec_f16,
     quantize_q8: reference::quantize_q8,
@@ -389,6 +396,36 @@ pub fn matvec_q8_split(k: &Kernels, par: &dyn Parallel, out: &mut [f32], wq: &[i
     })
 }
 
+/// `k.matvec_q4`, rows split across `par` when the matrix is large enough
+/// (the threshold counts weight bytes, as for q8).
+pub fn matvec_q4_par(
+    k: &Kernels,
+    par: Option<&dyn Parallel>,
+    out: &mut [f32],
+    wq: &[u8],
+    ws: &[u16],
+    xq: &[i8],
+    xs: &[f32],
+) {
+    let cols = xq.len();
+    match par {
+        Some(p) if p.threads() > 1 && out.len() * cols / 2 >= PARALLEL_MIN_BYTES && out.len() >= 8 => {
+            matvec_q4_split(k, p, out, wq, ws, xq, xs)
+        }
+        _ => (k.matvec_q4)(out, wq, ws, xq, xs),
+    }
+}
+
+/// `k.matvec_q4` with rows always split across `par` (no size threshold).
+pub fn matvec_q4_split(k: &Kernels, par: &dyn Parallel, out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    let cols = xq.len();
+    let g = cols / Q4_GROUP;
+    par_rows(par, out, &|r0, o| {
+        let r1 = r0 + o.len();
+        (k.matvec_q4)(o, &wq[r0 * cols / 2..r1 * cols / 2], &ws[r0 * g..r1 * g], xq, xs)
+    })
+}
+
 /// `k.matvec_f32`, rows split across `par` when the matrix is large enough.
 pub fn matvec_f32_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], w: &[f32], x: &[f32]) {
     let cols = x.len();
@@ -409,6 +446,21 @@ pub fn matvec_f16_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], 
         }
         _ => (k.matvec_f16)(out, w, x),
     }
+}
+
+/// Checks the slice lengths every SIMD `matvec_q4` relies on (panics like a
+/// failed index would in the reference).
+#[inline]
+#[allow(dead_code)]
+pub(crate) fn check_q4(out: &[f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    let cols = xq.len();
+    assert!(cols.is_multiple_of(Q4_GROUP), "q4 cols {cols} not a multiple of {Q4_GROUP}");
+    let g = cols / Q4_GROUP;
+    assert!(
+        wq.len() >= out.len() * cols / 2 && ws.len() >= out.len() * g && xs.len() >= g,
+        "matvec_q4: slices too short for {} rows × {cols} cols",
+        out.len()
+    );
 }
 
 /// Checks the slice lengths every SIMD `matvec_q8` relies on (panics like a

@@ -2,7 +2,7 @@
 //! of the results that SIMD kernels must reproduce.
 
 use super::{f16_to_f32, round_half_away};
-use crate::format::Q8_GROUP;
+use crate::format::{Q4_GROUP, Q8_GROUP};
 
 /// See [`super::Kernels::matvec_q8`].
 pub fn matvec_q8(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
@@ -16,6 +16,29 @@ pub fn matvec_q8(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) 
             let mut isum = 0i32;
             for i in g * Q8_GROUP..(g + 1) * Q8_GROUP {
                 isum += row[i] as i32 * xq[i] as i32;
+            }
+            acc += isum as f32 * (f16_to_f32(row_scales[g]) * xs[g]);
+        }
+        *o = acc;
+    }
+}
+
+/// See [`super::Kernels::matvec_q4`]: the q8 reference with each weight
+/// unpacked from its nibble (`(nibble) - 8`); same f32 operation order.
+pub fn matvec_q4(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    let cols = xq.len();
+    let groups = cols / Q4_GROUP;
+    const HALF: usize = Q4_GROUP / 2;
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &wq[r * cols / 2..(r + 1) * cols / 2];
+        let row_scales = &ws[r * groups..(r + 1) * groups];
+        let mut acc = 0f32;
+        for g in 0..groups {
+            let mut isum = 0i32;
+            for j in 0..HALF {
+                let b = row[g * HALF + j];
+                isum += ((b & 0x0f) as i32 - 8) * xq[g * Q4_GROUP + j] as i32;
+                isum += ((b >> 4) as i32 - 8) * xq[g * Q4_GROUP + HALF + j] as i32;
             }
             acc += isum as f32 * (f16_to_f32(row_scales[g]) * xs[g]);
         }

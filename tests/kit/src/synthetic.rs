@@ -250,6 +250,7 @@ pub fn synthetic_model(spec: &SyntheticSpec) -> Result<Vec<u8>> {
             match spec.dtype {
                 DType::F16 => w.add_f16(&name, &shape, &data)?,
                 DType::Q8 => w.add_q8(&name, &shape, &data)?,
+                DType::Q4 => w.add_q4(&name, &shape, &data)?,
                 _ => w.add_f32(&name, &shape, &data)?,
             }
         }
@@ -303,6 +304,7 @@ pub fn synthetic_pack(base: &SyntheticSpec, pack: &SyntheticPackSpec) -> Result<
             (1, _) => w.add_f32(name, shape, data),
             (_, DType::F16) => w.add_f16(name, shape, data),
             (_, DType::Q8) => w.add_q8(name, shape, data),
+            (_, DType::Q4) => w.add_q4(name, shape, data),
             _ => w.add_f32(name, shape, data),
         }
     };

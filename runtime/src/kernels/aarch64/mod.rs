@@ -19,7 +19,9 @@
 
 use core::arch::aarch64::*;
 
-use super::{check_q8, f16_to_f32, Kernels};
+use super::{check_q4, check_q8, f16_to_f32, Kernels};
+
+mod q4;
 
 #[cfg(feature = "std")]
 fn has_dotprod() -> bool {
@@ -51,6 +53,7 @@ pub fn dotprod() -> Option<&'static Kernels> {
 static NEON: Kernels = Kernels {
     name: "neon",
     matvec_q8: matvec_q8_neon,
+    matvec_q4: matvec_q4_neon,
     matvec_f32,
     matvec_f16,
     quantize_q8,
@@ -61,7 +64,8 @@ static NEON: Kernels = Kernels {
     attn_scores,
     attn_values,
 };
-static DOTPROD: Kernels = Kernels { name: "dotprod", matvec_q8: matvec_q8_dotprod, ..NEON };
+static DOTPROD: Kernels =
+    Kernels { name: "dotprod", matvec_q8: matvec_q8_dotprod, matvec_q4: matvec_q4_dotprod, ..NEON };
 
 fn matvec_q8_neon(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
     check_q8(out, wq, ws, xq, xs);
@@ -74,6 +78,19 @@ fn matvec_q8_dotprod(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f3
     // SAFETY: only reachable via `DOTPROD`, returned after detecting NEON and
     // dotprod; slice lengths were checked above.
     unsafe { q8_dotprod::matvec(out, wq, ws, xq, xs) }
+}
+
+fn matvec_q4_neon(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `NEON`/`DOTPROD`, returned after detecting
+    // NEON; slice lengths were checked above.
+    unsafe { q4::q4_neon::matvec(out, wq, ws, xq, xs) }
+}
+fn matvec_q4_dotprod(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `DOTPROD`, returned after detecting NEON and
+    // dotprod; slice lengths were checked above.
+    unsafe { q4::q4_dotprod::matvec(out, wq, ws, xq, xs) }
 }
 
 simd_f32_wrappers!(rope_step: 4);

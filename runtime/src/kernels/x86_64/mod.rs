@@ -21,8 +21,9 @@
 
 use core::arch::x86_64::*;
 
-use super::{check_q8, Kernels};
+use super::{check_q4, check_q8, Kernels};
 
+mod q4;
 mod q8_avx512;
 
 #[cfg(feature = "std")]
@@ -80,6 +81,7 @@ pub fn avx512vnni() -> Option<&'static Kernels> {
 static AVX2: Kernels = Kernels {
     name: "avx2",
     matvec_q8: matvec_q8_avx2,
+    matvec_q4: matvec_q4_avx2,
     matvec_f32,
     matvec_f16,
     quantize_q8,
@@ -90,8 +92,10 @@ static AVX2: Kernels = Kernels {
     attn_scores,
     attn_values,
 };
-static AVXVNNI: Kernels = Kernels { name: "avxvnni", matvec_q8: matvec_q8_avxvnni, ..AVX2 };
-static AVX512VNNI: Kernels = Kernels { name: "avx512vnni", matvec_q8: matvec_q8_avx512vnni, ..AVX2 };
+static AVXVNNI: Kernels =
+    Kernels { name: "avxvnni", matvec_q8: matvec_q8_avxvnni, matvec_q4: matvec_q4_avxvnni, ..AVX2 };
+static AVX512VNNI: Kernels =
+    Kernels { name: "avx512vnni", matvec_q8: matvec_q8_avx512vnni, matvec_q4: matvec_q4_avx512vnni, ..AVX2 };
 
 // ---- safe wrappers (reachable only through the tables above) ----
 
@@ -112,6 +116,25 @@ fn matvec_q8_avx512vnni(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &
     // SAFETY: only reachable via `AVX512VNNI`, returned after detecting
     // avx2+fma+f16c+avx512f/bw/vl/vnni; slice lengths were checked above.
     unsafe { q8_avx512::matvec(out, wq, ws, xq, xs) }
+}
+
+fn matvec_q4_avx2(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVX2`/`avx2()`, returned after detecting
+    // avx2+fma+f16c; slice lengths were checked above.
+    unsafe { q4::q4_avx2::matvec(out, wq, ws, xq, xs) }
+}
+fn matvec_q4_avxvnni(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVXVNNI`, returned after detecting
+    // avx2+fma+f16c+avxvnni; slice lengths were checked above.
+    unsafe { q4::q4_avxvnni::matvec(out, wq, ws, xq, xs) }
+}
+fn matvec_q4_avx512vnni(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVX512VNNI`, returned after detecting
+    // avx2+fma+f16c+avx512f/bw/vl/vnni; slice lengths were checked above.
+    unsafe { q4::q4_avx512vnni::matvec(out, wq, ws, xq, xs) }
 }
 
 simd_f32_wrappers!(rope_step: 8);

@@ -1,0 +1,161 @@
+//! q4 matvec (4-bit weights, q8 activations) at 256-bit width, one module per
+//! dot-product instruction.
+//!
+//! A group's 16 bytes are unpacked with one shift and one mask into 32
+//! unsigned nibbles `u = q + 8` in element order (low nibbles = elements
+//! 0–15 in the low 128-bit lane, high nibbles = 16–31 in the high lane, which
+//! is why the format packs them that way). The offset is taken out in
+//! integers with a per-group correction that depends only on the
+//! activations, computed once per group for a block of four rows:
+//! - AVX2: `vpmaddubsw(u, x)` (u8 × i8 pairs, ≤ 2·15·127: no saturation)
+//!   minus `vpmaddubsw(8, x)` in i16 (the difference `Σ (u − 8)·x` of a pair
+//!   lies in ±2·8·127), then `vpmaddwd` by 1 into i32;
+//! - VNNI: `vpdpbusd(−8·Σx, u, x)`, the accumulator starting at the
+//!   correction (VEX AVX-VNNI, or EVEX AVX-512 VNNI at 256 bits).
+//!
+//! Either way each group yields eight exact i32 partial sums of the
+//! reference's group sum; from there the scheme is the q8 one (four groups
+//! folded with unpack + add, one convert and one FMA by `ws·xs`), so the f32
+//! result differs from the reference only in the order of f32 operations.
+
+macro_rules! q4_matvec {
+    ($module:ident, $feat:literal, corr: |$cx:ident| $corr:expr, dot: |$u:ident, $x:ident, $c:ident| $dot:expr) => {
+        pub(super) mod $module {
+            use core::arch::x86_64::*;
+
+            use super::super::{f16_scalar, hsum, store4};
+
+            /// Row-independent part of a group's dot product (the `−8·Σx` correction).
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn corr($cx: __m256i) -> __m256i {
+                $corr
+            }
+
+            /// Eight i32 lanes summing to `Σ (u − 8)·x` over one group.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn dot($u: __m256i, $x: __m256i, $c: __m256i) -> __m256i {
+                $dot
+            }
+
+            /// 32 nibbles of one group (16 bytes at `p`) as u8 in element order.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn unpack(p: *const u8) -> __m256i {
+                let b = _mm_loadu_si128(p as *const __m128i);
+                _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0f))
+            }
+
+            /// Caller guarantees the CPU features and slice lengths (`check_q4`).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn matvec(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+                let cols = xq.len();
+                let groups = cols / 32;
+                let rows = out.len();
+                let (o, w, s) = (out.as_mut_ptr(), wq.as_ptr(), ws.as_ptr());
+                let mut r = 0;
+                while r + 4 <= rows {
+                    block::<4>(o.add(r), w.add(r * cols / 2), s.add(r * groups), xq.as_ptr(), xs.as_ptr(), groups);
+                    r += 4;
+                }
+                while r < rows {
+                    block::<1>(o.add(r), w.add(r * cols / 2), s.add(r * groups), xq.as_ptr(), xs.as_ptr(), groups);
+                    r += 1;
+                }
+            }
+
+            /// `R` consecutive rows (`w: [R·groups·16]`, `ws: [R·groups]`).
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn block<const R: usize>(
+                out: *mut f32,
+                w: *const u8,
+                ws: *const u16,
+                xq: *const i8,
+                xs: *const f32,
+                groups: usize,
+            ) {
+                let row_bytes = groups * 16;
+                // prefetch the block after next (one stream; wrapping_add: the
+                // address may lie past the weights, a prefetch never faults)
+                if R == 4 {
+                    let ahead = w.wrapping_add(2 * R * row_bytes);
+                    let mut off = 0;
+                    while off < R * row_bytes {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off) as *const i8);
+                        off += 64;
+                    }
+                }
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut sc = [[0f32; 8]; R];
+                let mut g0 = 0;
+                while g0 < groups {
+                    let n = if groups - g0 >= 8 { 8 } else { groups - g0 };
+                    // combined scales ws·xs for the next (up to) eight groups
+                    if n == 8 {
+                        let xv = _mm256_loadu_ps(xs.add(g0));
+                        for (r, sc) in sc.iter_mut().enumerate() {
+                            let h = _mm_loadu_si128(ws.add(r * groups + g0) as *const __m128i);
+                            _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_mul_ps(_mm256_cvtph_ps(h), xv));
+                        }
+                    } else {
+                        for (r, sc) in sc.iter_mut().enumerate() {
+                            for (j, sc) in sc.iter_mut().enumerate().take(n) {
+                                *sc = f16_scalar(*ws.add(r * groups + g0 + j)) * *xs.add(g0 + j);
+                            }
+                        }
+                    }
+                    let mut j = 0;
+                    while j + 4 <= n {
+                        let g = g0 + j;
+                        let x = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xq.add((g + k) * 32) as *const __m256i));
+                        let c = x.map(|x| corr(x));
+                        for r in 0..R {
+                            let p = w.add(r * row_bytes + g * 16);
+                            let p0 = dot(unpack(p), x[0], c[0]);
+                            let p1 = dot(unpack(p.add(16)), x[1], c[1]);
+                            let p2 = dot(unpack(p.add(32)), x[2], c[2]);
+                            let p3 = dot(unpack(p.add(48)), x[3], c[3]);
+                            let s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p0, p1), _mm256_unpackhi_epi32(p0, p1));
+                            let s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p2, p3), _mm256_unpackhi_epi32(p2, p3));
+                            let s = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
+                            // lanes k and k+4 hold halves of group j+k's exact i32 sum
+                            let d = _mm256_broadcast_ps(&*(sc[r].as_ptr().add(j) as *const __m128));
+                            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[r]);
+                        }
+                        j += 4;
+                    }
+                    while j < n {
+                        let g = g0 + j;
+                        let xv = _mm256_loadu_si256(xq.add(g * 32) as *const __m256i);
+                        let c = corr(xv);
+                        for r in 0..R {
+                            let p = _mm256_cvtepi32_ps(dot(unpack(w.add(r * row_bytes + g * 16)), xv, c));
+                            acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(sc[r][j]), acc[r]);
+                        }
+                        j += 1;
+                    }
+                    g0 += n;
+                }
+                if R == 4 {
+                    store4(out, acc[0], acc[1], acc[2], acc[3]);
+                } else {
+                    for (r, a) in acc.iter().enumerate() {
+                        *out.add(r) = hsum(*a);
+                    }
+                }
+            }
+        }
+    };
+}
+
+q4_matvec!(q4_avx2, "avx2,fma,f16c",
+    corr: |x| _mm256_maddubs_epi16(_mm256_set1_epi8(8), x),
+    dot: |u, x, c| _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u, x), c), _mm256_set1_epi16(1)));
+q4_matvec!(q4_avxvnni, "avx2,fma,f16c,avxvnni",
+    corr: |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), x)),
+    dot: |u, x, c| _mm256_dpbusd_avx_epi32(c, u, x));
+q4_matvec!(q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    corr: |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), x)),
+    dot: |u, x, c| _mm256_dpbusd_epi32(c, u, x));
