@@ -348,7 +348,7 @@ fn models_read_in_place_and_open_options_give_the_same_text() {
     // SAFETY: written on success
     let defaults = unsafe { defaults.assume_init() };
     assert_eq!((defaults.threads, defaults.verify_checksum != 0), (1, true));
-    let two_threads = edgelm_open_options { threads: 2, verify_checksum: 0 };
+    let two_threads = edgelm_open_options { threads: 2, verify_checksum: 0, kv_f16: 0 };
     for opts in [defaults, two_threads] {
         let mut m = null_mut();
         // SAFETY: aligned buffers that outlive the model, valid options and out
@@ -395,7 +395,7 @@ fn models_read_in_place_and_open_options_give_the_same_text() {
             }
         }
     }
-    let zero = edgelm_open_options { threads: 0, verify_checksum: 1 };
+    let zero = edgelm_open_options { threads: 0, verify_checksum: 1, kv_f16: 0 };
     // SAFETY: valid strings, options and out
     assert_eq!(unsafe { edgelm_model_open_with(cbase.as_ptr(), &zero, &mut m) }, EDGELM_ERR_INVALID_ARGUMENT);
     std::fs::remove_dir_all(dir).unwrap();
