@@ -12,11 +12,18 @@ use crate::model::{Domain, Model};
 use crate::sampler::{sample, Rng, SamplerConfig};
 use crate::tokenizer::Utf8Stream;
 
-/// Tokens per block of the batched prompt path by default: enough that each
-/// weight tile is fetched from memory once per 32 tokens (the cost then is the
-/// arithmetic), small enough that the block buffers stay a fraction of the
-/// arena (~14 KiB per token on the shipped models' shape, see `arena.rs`).
+/// Tokens per block of the batched prompt path by default. With `std`: 32,
+/// enough that each weight tile is fetched from memory once per 32 tokens
+/// (the cost then is the arithmetic), small enough that the block buffers
+/// stay a fraction of the arena (5.3 KiB per token on the shipped models,
+/// 12.7 KiB on the 15M shape; docs/FORMAT.md). Without `std` (firmware): 0,
+/// blocks off, so a microcontroller's arena stays as small as before unless
+/// it opts in; results are bit-identical either way.
+#[cfg(feature = "std")]
 pub const DEFAULT_BLOCK: usize = 32;
+/// See the `std` definition: blocks off by default without `std`.
+#[cfg(not(feature = "std"))]
+pub const DEFAULT_BLOCK: usize = 0;
 
 /// Session settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
