@@ -73,17 +73,17 @@ fn sizes(model: &Model<'_>, opts: &SessionOptions) -> [usize; N_BUFFERS] {
         4 * kv_dim,                                // k [kv_dim] this token's key before caching
         4 * kv_dim,                                // v [kv_dim]
         // block buffers of the batched path ([B, …] rows)
-        4 * b * dim,              // bx    [B, dim] residual streams
-        4 * b * dim,              // bxb   [B, dim]
-        4 * b * dim,              // bq    [B, dim] (also the attention output projection)
-        4 * b * kv_dim,           // bk    [B, kv_dim]
-        4 * b * kv_dim,           // bv    [B, kv_dim]
-        4 * b * ffn,              // bhb   [B, ffn]
-        4 * b * ffn,              // bhb2  [B, ffn]
-        4 * b * hd,               // brope [B, head_dim]
-        b * qmax,                 // bxq   [B, max(dim, ffn)] i8
+        4 * b * dim,               // bx    [B, dim] residual streams
+        4 * b * dim,               // bxb   [B, dim]
+        4 * b * dim,               // bq    [B, dim] (also the attention output projection)
+        4 * b * kv_dim,            // bk    [B, kv_dim]
+        4 * b * kv_dim,            // bv    [B, kv_dim]
+        4 * b * ffn,               // bhb   [B, ffn]
+        4 * b * ffn,               // bhb2  [B, ffn]
+        4 * b * hd,                // brope [B, head_dim]
+        b * qmax,                  // bxq   [B, max(dim, ffn)] i8
         4 * b * (qmax / Q8_GROUP), // bxs  [B, max(dim, ffn)/32]
-        4 * bl * vocab,           // blogits [B, vocab] (only with block_logits)
+        4 * bl * vocab,            // blogits [B, vocab] (only with block_logits)
     ]
 }
 
@@ -200,8 +200,10 @@ impl<'s> RunState<'s> {
         let mut at = 0usize;
         let r = &mut rest;
         let a = &mut at;
-        let (x, xb, xb2, q) = (take(r, a, o[0], s[0]), take(r, a, o[1], s[1]), take(r, a, o[2], s[2]), take(r, a, o[3], s[3]));
-        let (hb, hb2, att, logits) = (take(r, a, o[4], s[4]), take(r, a, o[5], s[5]), take(r, a, o[6], s[6]), take(r, a, o[7], s[7]));
+        let (x, xb, xb2, q) =
+            (take(r, a, o[0], s[0]), take(r, a, o[1], s[1]), take(r, a, o[2], s[2]), take(r, a, o[3], s[3]));
+        let (hb, hb2, att, logits) =
+            (take(r, a, o[4], s[4]), take(r, a, o[5], s[5]), take(r, a, o[6], s[6]), take(r, a, o[7], s[7]));
         let (rope, xq, xs) = (take(r, a, o[8], s[8]), take(r, a, o[9], s[9]), take(r, a, o[10], s[10]));
         let (k32, v32) = (take(r, a, o[11], s[11]), take(r, a, o[12], s[12]));
         let (tokens, scratch) = (take(r, a, o[13], s[13]), take(r, a, o[14], s[14]));
@@ -225,6 +227,25 @@ impl<'s> RunState<'s> {
             xs: take(r, a, o[28], s[28]),
             logits: take(r, a, o[29], s[29]),
         };
-        Ok(RunState { max_seq: layout.max_seq, x, xb, xb2, q, hb, hb2, att, logits, rope, xq, xs, cache, tokens, scratch, k, v, block })
+        Ok(RunState {
+            max_seq: layout.max_seq,
+            x,
+            xb,
+            xb2,
+            q,
+            hb,
+            hb2,
+            att,
+            logits,
+            rope,
+            xq,
+            xs,
+            cache,
+            tokens,
+            scratch,
+            k,
+            v,
+            block,
+        })
     }
 }

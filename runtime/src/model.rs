@@ -9,8 +9,8 @@ use crate::format::{
     MAX_LAYERS, Q8_GROUP,
 };
 use crate::kernels::f16_to_f32;
-use crate::tokenizer::Tokenizer;
 use crate::session::SessionOptions;
+use crate::tokenizer::Tokenizer;
 
 /// Stored weights of one matrix.
 #[derive(Clone, Copy, Debug)]

@@ -30,7 +30,14 @@ fn opts(max_seq: usize, kv: KvType, block: usize) -> SessionOptions {
 
 /// Logits after every token: `chunks` fed with `extend` (the prompt path,
 /// which keeps only the last token's logits) and then five decode steps.
-fn run_extend(model: &Model<'_>, domain: &str, k: &'static Kernels, o: SessionOptions, chunks: &[&[u32]], pool: Option<&Pool>) -> Vec<Vec<u32>> {
+fn run_extend(
+    model: &Model<'_>,
+    domain: &str,
+    k: &'static Kernels,
+    o: SessionOptions,
+    chunks: &[&[u32]],
+    pool: Option<&Pool>,
+) -> Vec<Vec<u32>> {
     let mut arena = vec![0u8; model.arena_bytes_for(&o)];
     let mut s = Session::new(model, domain, &mut arena, o).unwrap();
     s.set_kernels(k);
@@ -49,7 +56,13 @@ fn run_extend(model: &Model<'_>, domain: &str, k: &'static Kernels, o: SessionOp
 }
 
 /// Every token's logits via `extend_scored`.
-fn run_scored(model: &Model<'_>, domain: &str, k: &'static Kernels, o: SessionOptions, chunks: &[&[u32]]) -> Vec<Vec<u32>> {
+fn run_scored(
+    model: &Model<'_>,
+    domain: &str,
+    k: &'static Kernels,
+    o: SessionOptions,
+    chunks: &[&[u32]],
+) -> Vec<Vec<u32>> {
     let mut arena = vec![0u8; model.arena_bytes_for(&o)];
     let mut s = Session::new(model, domain, &mut arena, o).unwrap();
     s.set_kernels(k);
@@ -95,7 +108,11 @@ fn blocks_equal_token_by_token() {
                     for block in [2usize, 7, 8, 32, 64] {
                         let what = format!("{name} {domain} {} kv {kv:?} block {block}", k.name);
                         assert_eq!(run_extend(&model, domain, k, opts(80, kv, block), &chunks, None), want, "{what}");
-                        assert_eq!(run_scored(&model, domain, k, opts(80, kv, block), &chunks), want_scored, "{what} scored");
+                        assert_eq!(
+                            run_scored(&model, domain, k, opts(80, kv, block), &chunks),
+                            want_scored,
+                            "{what} scored"
+                        );
                     }
                     // block logits off: scoring falls back to token by token
                     let no_logits = SessionOptions { block_logits: false, ..opts(80, kv, 16) };
@@ -182,7 +199,9 @@ fn f16_cache_is_close_to_f32() {
 fn arena_states_block_buffers_and_cache() {
     let b = aligned(synthetic_model(&SyntheticSpec::tiny(DType::Q8)).unwrap());
     let model = Model::from_bytes(&b).unwrap();
-    let size = |kv, block, block_logits| model.arena_bytes_for(&SessionOptions { kv, block, block_logits, ..SessionOptions::new(64) });
+    let size = |kv, block, block_logits| {
+        model.arena_bytes_for(&SessionOptions { kv, block, block_logits, ..SessionOptions::new(64) })
+    };
     let one = size(KvType::F32, 1, false);
     assert_eq!(size(KvType::F32, 0, false), one);
     assert_eq!(size(KvType::F32, 1, true), one, "no block logits without blocks");

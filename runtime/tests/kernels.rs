@@ -451,12 +451,24 @@ fn tiled_matmul_is_identical_to_matvec_per_token() {
             let mut want = vec![0f32; n * rows];
             let mut want_f = vec![0f32; n * rows];
             for b in 0..n {
-                (k.matvec_q8)(&mut want[b * rows..][..rows], &wq, &ws, &xq[b * cols..][..cols], &xs[b * groups..][..groups]);
+                (k.matvec_q8)(
+                    &mut want[b * rows..][..rows],
+                    &wq,
+                    &ws,
+                    &xq[b * cols..][..cols],
+                    &xs[b * groups..][..groups],
+                );
                 (k.matvec_f32)(&mut want_f[b * rows..][..rows], &wf, &x[b * cols..][..cols]);
             }
             let q8 = |o: &mut [f32], r0: usize, b: usize| {
                 let r1 = r0 + o.len();
-                (k.matvec_q8)(o, &wq[r0 * cols..r1 * cols], &ws[r0 * groups..r1 * groups], &xq[b * cols..][..cols], &xs[b * groups..][..groups])
+                (k.matvec_q8)(
+                    o,
+                    &wq[r0 * cols..r1 * cols],
+                    &ws[r0 * groups..r1 * groups],
+                    &xq[b * cols..][..cols],
+                    &xs[b * groups..][..groups],
+                )
             };
             let f32k = |o: &mut [f32], r0: usize, b: usize| {
                 (k.matvec_f32)(o, &wf[r0 * cols..(r0 + o.len()) * cols], &x[b * cols..][..cols])
@@ -469,11 +481,21 @@ fn tiled_matmul_is_identical_to_matvec_per_token() {
                 matmul_rows(par, &mut got, ld, rows, n, cols + 2 * groups, &q8);
                 let threads = par.map_or(1, |p| p.threads());
                 for b in 0..n {
-                    assert_eq!(&got[b * ld..][..rows], &want[b * rows..][..rows], "{} q8 {rows}x{cols} token {b} threads {threads}", k.name);
+                    assert_eq!(
+                        &got[b * ld..][..rows],
+                        &want[b * rows..][..rows],
+                        "{} q8 {rows}x{cols} token {b} threads {threads}",
+                        k.name
+                    );
                 }
                 matmul_rows(par, &mut got, ld, rows, n, 4 * cols, &f32k);
                 for b in 0..n {
-                    assert_eq!(&got[b * ld..][..rows], &want_f[b * rows..][..rows], "{} f32 token {b} threads {threads}", k.name);
+                    assert_eq!(
+                        &got[b * ld..][..rows],
+                        &want_f[b * rows..][..rows],
+                        "{} f32 token {b} threads {threads}",
+                        k.name
+                    );
                 }
             }
         }

@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use edgelm_runtime::{
-    AlignedBytes, Engine, EngineOptions, Error, ErrorKind, KvType, Model, SamplerConfig, Session, SessionOptions, StopReason,
-    VerifyChecksum,
+    AlignedBytes, Engine, EngineOptions, Error, ErrorKind, KvType, Model, SamplerConfig, Session, SessionOptions,
+    StopReason, VerifyChecksum,
 };
 
 /// What a call did: EDGELM_OK, or why it failed (edgelm_last_error() has the details).
@@ -467,7 +467,8 @@ pub unsafe extern "C" fn edgelm_model_open(path: *const c_char, out: *mut *mut e
         out_ptr(out, "out")?;
         // SAFETY: NUL-terminated by the caller's contract.
         let path = unsafe { arg_path(path, "path") }?;
-        let model = edgelm_model::new(Engine::open(&path, EngineOptions::default())?, VerifyChecksum::Yes, KvType::F32)?;
+        let model =
+            edgelm_model::new(Engine::open(&path, EngineOptions::default())?, VerifyChecksum::Yes, KvType::F32)?;
         // SAFETY: `out` is non-null and writable by the caller's contract.
         unsafe { *out = Box::into_raw(model) };
         Ok(())
@@ -793,7 +794,8 @@ pub unsafe extern "C" fn edgelm_model_arena_size(
         let bytes = unsafe { arg_mut(bytes, "bytes") }?;
         let inner = model.read();
         let max_seq = max_seq_or_default(&inner.engine, max_seq)?;
-        *bytes = inner.engine.model()?.arena_bytes_for(&SessionOptions { kv: model.kv, ..SessionOptions::new(max_seq) });
+        *bytes =
+            inner.engine.model()?.arena_bytes_for(&SessionOptions { kv: model.kv, ..SessionOptions::new(max_seq) });
         Ok(())
     })
 }
