@@ -68,6 +68,9 @@ impl SessionOptions {
     }
 }
 
+/// Receives `(index in the run, logits after that token)` ([`Session::extend_scored`]).
+pub type OnLogits<'f> = dyn FnMut(usize, &[f32]) + 'f;
+
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -285,7 +288,7 @@ impl<'m, 'a> Session<'m, 'a> {
 
     /// Runs the checked tokens `state.tokens[len..end]`, leaving the logits
     /// after the last one; `on_logits` gets every token's.
-    fn run_stored(&mut self, end: usize, mut on_logits: Option<&mut dyn FnMut(usize, &[f32])>) -> Result<()> {
+    fn run_stored(&mut self, end: usize, mut on_logits: Option<&mut OnLogits<'_>>) -> Result<()> {
         let start = self.len;
         let block = self.state.block.len;
         let all = on_logits.is_some();

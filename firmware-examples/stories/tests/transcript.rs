@@ -77,7 +77,7 @@ fn generate_like_the_cli(model: &Model<'_>, run_line: &str) -> String {
             repeat_window: 64,
             seed: flag(run_line, "--seed"),
         },
-        truncate_prompt: false,
+        ..SessionOptions::new(max_seq)
     };
     let domain: String = flag(run_line, "--domain");
     let mut arena = vec![0u8; model.arena_bytes(max_seq)];
