@@ -224,7 +224,8 @@ impl Plan {
             )
         };
         let _ = writeln!(o, "// Written by the build script (edgelm_stories::plan) from the build settings.");
-        let _ = writeln!(o, "/// Bytes of the session arena: `Model::arena_bytes_for(&image_options({}))`.", self.max_seq);
+        let _ =
+            writeln!(o, "/// Bytes of the session arena: `Model::arena_bytes_for(&image_options({}))`.", self.max_seq);
         let _ = writeln!(o, "pub const ARENA_BYTES: usize = {};", self.arena_bytes);
         let _ = writeln!(o, "pub static IMAGE: edgelm_stories::Image = edgelm_stories::Image {{");
         let _ = writeln!(o, "    board: {:?},", self.board);
