@@ -10,6 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MIN_KILLS: usize = 20;
+/// Kills that must land inside the write (leaving its temporary file).
+const MIN_MID_WRITE: usize = 3;
 const MAX_ATTEMPTS: usize = 300;
 
 fn convert(d: &Path) -> Command {
@@ -40,9 +42,9 @@ fn sigkill_mid_write_leaves_the_old_or_the_new_file() {
 
     let (mut kills, mut attempts, mut saw_new, mut saw_tmp) = (0, 0, 0, 0);
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    while kills < MIN_KILLS {
+    while kills < MIN_KILLS || saw_tmp < MIN_MID_WRITE {
         attempts += 1;
-        assert!(attempts <= MAX_ATTEMPTS, "only {kills} kills in {MAX_ATTEMPTS} attempts");
+        assert!(attempts <= MAX_ATTEMPTS, "{kills} kills ({saw_tmp} mid-write) in {MAX_ATTEMPTS} attempts");
         std::fs::write(d.join("out.edgelm"), &old).unwrap();
         state ^= state << 13;
         state ^= state >> 7;
@@ -66,9 +68,17 @@ fn sigkill_mid_write_leaves_the_old_or_the_new_file() {
         if !finished {
             kills += 1;
             saw_new += usize::from(now == new);
-            let tmp =
-                std::fs::read_dir(d).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp"));
-            saw_tmp += usize::from(tmp);
+            // a kill inside the write leaves the (hidden, uniquely named) temporary
+            // file behind, never a torn output; clear it for the next round
+            let tmp: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".edgelm-convert-"))
+                .collect();
+            saw_tmp += usize::from(!tmp.is_empty());
+            for t in tmp {
+                std::fs::remove_file(t.path()).unwrap();
+            }
         }
     }
     eprintln!("{kills} kills: {saw_tmp} inside the write, {saw_new} just after the rename, {attempts} attempts");

@@ -5,7 +5,7 @@
 use arbitrary::Arbitrary;
 use edgelm_fuzz::{micro_base, micro_pack};
 use edgelm_runtime::kernels::REFERENCE;
-use edgelm_runtime::{Model, SamplerConfig, Session, SessionOptions};
+use edgelm_runtime::{KvType, Model, SamplerConfig, Session, SessionOptions};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -22,6 +22,8 @@ struct Input {
     max_seq: u8,
     arena_short: u8,
     truncate_prompt: bool,
+    kv_f16: bool,
+    block: u8,
     reference_kernels: bool,
     max_tokens: u8,
     steps: Vec<u32>,
@@ -45,8 +47,14 @@ fuzz_target!(|input: Input| {
         seed: input.seed,
     };
     let max_seq = input.max_seq as usize % 20; // 0..=19 (the model holds 16)
-    let opts = SessionOptions { max_seq, sampler, truncate_prompt: input.truncate_prompt };
-    let need = model.arena_bytes(max_seq.min(16));
+    let opts = SessionOptions {
+        sampler,
+        truncate_prompt: input.truncate_prompt,
+        kv: if input.kv_f16 { KvType::F16 } else { KvType::F32 },
+        block: input.block as usize % 10, // 0..=9: token by token, and blocks shorter and longer than prompts
+        ..SessionOptions::new(max_seq)
+    };
+    let need = model.arena_bytes_for(&SessionOptions { max_seq: max_seq.min(16), ..opts });
     let mut arena = vec![0u8; need.saturating_sub(input.arena_short as usize % 3 * 64)];
     let Ok(mut s) = Session::new(&model, domain, &mut arena, opts) else { return };
     if input.reference_kernels {

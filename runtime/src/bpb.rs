@@ -167,13 +167,15 @@ pub fn score_document(session: &mut Session<'_, '_>, doc: &str, buf: &mut [u32],
 
     for w in windows(seq.len(), session.max_seq(), prefix.len() - 1) {
         session.reset();
-        for pos in w.start..w.end - 1 {
-            let logits = session.step(seq[pos])?;
+        // in blocks when the session keeps block logits (`SessionOptions::block_logits`);
+        // the logits, and so the sums below in the same order, equal the token-by-token path's
+        session.extend_scored(&seq[w.start..w.end - 1], &mut |i, logits| {
+            let pos = w.start + i;
             if pos >= w.first_scored {
                 totals.nats += nll(logits, seq[pos + 1]);
                 totals.scored_tokens += 1;
             }
-        }
+        })?;
     }
     totals.bytes += doc.len() as u64;
     totals.documents += 1;

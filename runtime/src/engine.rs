@@ -225,7 +225,7 @@ impl Engine {
             return Err(Error::SeqTooLong { requested: opts.max_seq, limit }.into());
         }
         let model = self.model()?;
-        let mut arena = vec![0u8; model.arena_bytes(opts.max_seq)];
+        let mut arena = vec![0u8; model.arena_bytes_for(&opts)];
         let mut session = self.session(&model, domain, &mut arena, opts)?;
         f(&mut session)
     }

@@ -9,6 +9,7 @@ use crate::format::{
     MAX_LAYERS, Q4_GROUP, Q8_GROUP,
 };
 use crate::kernels::f16_to_f32;
+use crate::session::SessionOptions;
 use crate::tokenizer::Tokenizer;
 
 /// Stored weights of one matrix.
@@ -378,9 +379,16 @@ impl<'a> Model<'a> {
         &self.domains[0]
     }
 
-    /// Exact arena size for sessions of up to `max_seq` tokens over any loaded domain.
+    /// Exact arena size for sessions of up to `max_seq` tokens over any
+    /// loaded domain with the default options ([`SessionOptions::new`]).
     pub fn arena_bytes(&self, max_seq: usize) -> usize {
-        crate::arena::Layout::new(self, max_seq).total
+        self.arena_bytes_for(&SessionOptions::new(max_seq))
+    }
+
+    /// Exact arena size for sessions with `opts` (its `max_seq`, KV type and
+    /// block buffers; the sampler does not matter) over any loaded domain.
+    pub fn arena_bytes_for(&self, opts: &SessionOptions) -> usize {
+        crate::arena::Layout::new(self, opts).total
     }
 
     /// Largest number of blocks any domain runs (sizes the KV cache).

@@ -5,29 +5,71 @@ use core::ops::ControlFlow;
 
 use crate::arena::{Layout, RunState};
 use crate::error::{Error, Result};
-use crate::forward::forward;
-use crate::forward::Exec;
+use crate::forward::{forward, forward_block, BlockLogits, Exec};
 use crate::kernels::{Kernels, Parallel};
+use crate::kv::KvType;
 use crate::model::{Domain, Model};
 use crate::sampler::{sample, Rng, SamplerConfig};
 use crate::tokenizer::Utf8Stream;
+
+/// Tokens per block of the batched prompt path by default. With `std`: 32,
+/// enough that each weight tile is fetched from memory once per 32 tokens
+/// (the cost then is the arithmetic), small enough that the block buffers
+/// stay a fraction of the arena (5.3 KiB per token on the shipped models,
+/// 12.7 KiB on the 15M shape; docs/FORMAT.md). Without `std` (firmware): 0,
+/// blocks off, so a microcontroller's arena stays as small as before unless
+/// it opts in; results are bit-identical either way.
+#[cfg(feature = "std")]
+pub const DEFAULT_BLOCK: usize = 32;
+/// See the `std` definition: blocks off by default without `std`.
+#[cfg(not(feature = "std"))]
+pub const DEFAULT_BLOCK: usize = 0;
 
 /// Session settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SessionOptions {
     /// Context length of this session (≤ the model's `max_seq_len`); the
-    /// arena must hold `model.arena_bytes(max_seq)` bytes.
+    /// arena must hold `model.arena_bytes_for(&opts)` bytes.
     pub max_seq: usize,
     pub sampler: SamplerConfig,
     /// Keep the end of a prompt that does not fit, instead of failing.
     pub truncate_prompt: bool,
+    /// Element type of the KV cache (default f32; f16 halves it, see `kv.rs`).
+    pub kv: KvType,
+    /// Tokens per block when a prompt (or [`Session::extend`]) runs through
+    /// the model as a matrix × matrix product (default [`DEFAULT_BLOCK`],
+    /// clamped to `max_seq`). 0 or 1: one token at a time, no block buffers
+    /// in the arena (the smallest arena, for microcontrollers).
+    pub block: usize,
+    /// Also keep the logits of every token of a block (`4 · block · vocab`
+    /// arena bytes), so [`Session::extend_scored`] (bits-per-byte
+    /// evaluation) runs in blocks too; without it, it runs token by token.
+    pub block_logits: bool,
 }
 
 impl SessionOptions {
     pub fn new(max_seq: usize) -> Self {
-        SessionOptions { max_seq, sampler: SamplerConfig::default(), truncate_prompt: false }
+        SessionOptions {
+            max_seq,
+            sampler: SamplerConfig::default(),
+            truncate_prompt: false,
+            kv: KvType::F32,
+            block: DEFAULT_BLOCK,
+            block_logits: false,
+        }
+    }
+
+    /// Tokens per block actually used (0: the batched path is off).
+    pub fn block_len(&self) -> usize {
+        match self.block.min(self.max_seq) {
+            0 | 1 => 0,
+            b => b,
+        }
     }
 }
+
+/// Receives `(index in the run, logits after that token)` ([`Session::extend_scored`]).
+pub type OnLogits<'f> = dyn FnMut(usize, &[f32]) + 'f;
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +123,7 @@ impl<'m, 'a> Session<'m, 'a> {
             return Err(Error::SeqTooLong { requested: opts.max_seq, limit });
         }
         opts.sampler.validate()?;
-        let layout = Layout::new(model, opts.max_seq);
+        let layout = Layout::new(model, &opts);
         let state = RunState::carve(&layout, arena)?;
         Ok(Session {
             model,
@@ -202,11 +244,99 @@ impl<'m, 'a> Session<'m, 'a> {
         if total == 0 {
             return Err(Error::BadTokenizer("the tokenizer has no BOS token, so a prompt cannot be empty"));
         }
-        for i in 0..total {
-            let t = self.state.tokens[i];
-            self.push(t, i + 1 == total)?;
-        }
+        self.run_stored(total, None)?;
         Ok(total)
+    }
+
+    /// Runs `tokens` at the next positions (in blocks of
+    /// [`SessionOptions::block_len`] tokens when the session has block
+    /// buffers, else one by one); returns the logits after the last one.
+    /// Nothing runs when a token is out of range or the context cannot hold
+    /// them all.
+    pub fn extend(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        if tokens.is_empty() {
+            return Ok(self.logits());
+        }
+        self.stage(tokens)?;
+        self.run_stored(self.len + tokens.len(), None)?;
+        Ok(self.logits())
+    }
+
+    /// Like [`Session::extend`], and calls `on_logits(i, logits)` with the
+    /// logits after each `tokens[i]`, in order (scoring, see `bpb`). Runs in
+    /// blocks only when the session keeps block logits
+    /// ([`SessionOptions::block_logits`]).
+    pub fn extend_scored(&mut self, tokens: &[u32], on_logits: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        self.stage(tokens)?;
+        self.run_stored(self.len + tokens.len(), Some(on_logits))
+    }
+
+    /// Checks `tokens` and copies them after the context (not yet run).
+    fn stage(&mut self, tokens: &[u32]) -> Result<()> {
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.domain.vocab_size) {
+            return Err(Error::BadToken(bad));
+        }
+        if self.len + tokens.len() > self.opts.max_seq {
+            return Err(Error::ContextFull { limit: self.opts.max_seq });
+        }
+        self.state.tokens[self.len..self.len + tokens.len()].copy_from_slice(tokens);
+        Ok(())
+    }
+
+    /// Runs the checked tokens `state.tokens[len..end]`, leaving the logits
+    /// after the last one; `on_logits` gets every token's.
+    fn run_stored(&mut self, end: usize, mut on_logits: Option<&mut OnLogits<'_>>) -> Result<()> {
+        let start = self.len;
+        let block = self.state.block.len;
+        let all = on_logits.is_some();
+        let exec = Exec { kernels: self.kernels, par: self.par };
+        let vocab = self.domain.vocab_size;
+        let stride = self.domain.head.rows;
+        // per-token: no block buffers, or scoring without block logits
+        if block == 0 || (all && self.state.block.logits.is_empty()) {
+            for pos in start..end {
+                let t = self.state.tokens[pos];
+                self.push(t, all || pos + 1 == end)?;
+                if let Some(f) = on_logits.as_mut() {
+                    f(pos - start, &self.state.logits[..vocab]);
+                }
+            }
+            return Ok(());
+        }
+        let mut pos = start;
+        while pos < end {
+            let n = block.min(end - pos);
+            let last = pos + n == end;
+            if n == 1 && !all {
+                // a lone token: the one-token path is the same arithmetic
+                let t = self.state.tokens[pos];
+                forward(exec, self.model, self.domain, &mut self.state, t, pos, last);
+            } else {
+                let want = match (all, last) {
+                    (true, _) => BlockLogits::All,
+                    (false, true) => BlockLogits::Last,
+                    (false, false) => BlockLogits::None,
+                };
+                forward_block(exec, self.model, self.domain, &mut self.state, pos, n, want);
+                if let Some(f) = on_logits.as_mut() {
+                    for t in 0..n {
+                        f(pos - start + t, &self.state.block.logits[t * stride..t * stride + vocab]);
+                    }
+                    if last {
+                        // `logits()` after the last token, as the per-token path leaves it
+                        let row = (n - 1) * stride;
+                        self.state.logits[..vocab].copy_from_slice(&self.state.block.logits[row..row + vocab]);
+                    }
+                }
+            }
+            pos += n;
+            self.len = pos;
+        }
+        self.have_logits = true;
+        Ok(())
     }
 
     /// Encodes the longest suffix of `text` (cut at a char boundary) that fits in `room` tokens.

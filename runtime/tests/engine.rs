@@ -15,7 +15,7 @@ fn opts(max_seq: usize) -> SessionOptions {
     SessionOptions {
         max_seq,
         sampler: SamplerConfig { temperature: 0.8, top_p: 0.9, seed: 5, ..Default::default() },
-        truncate_prompt: false,
+        ..SessionOptions::new(max_seq)
     }
 }
 

@@ -87,7 +87,7 @@ fn sampled_text(bytes: &[u8], seed: u64) -> String {
             repeat_window: 16,
             seed,
         },
-        truncate_prompt: false,
+        ..SessionOptions::new(64)
     };
     let mut s = Session::new(&model, "story", &mut arena, opts).unwrap();
     s.feed_prompt("Once upon a time").unwrap();

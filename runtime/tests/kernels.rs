@@ -410,6 +410,45 @@ proptest! {
             }
         }
     }
+
+    /// The f16-cache attention kernels: the reference against the f32 kernels
+    /// on the widened values (exactly the same math), and every SIMD table
+    /// against the reference (same bounds as above).
+    #[test]
+    fn f16_attention_kernels_close(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
+        let stride = hd + extra;
+        let v = |i: usize, s: u32| (((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0;
+        let h = |x: f32| half::f16::from_f32(x).to_bits();
+        let q: Vec<f32> = (0..hd).map(|i| v(i, seed)).collect();
+        let keys: Vec<u16> = (0..(len - 1) * stride + hd).map(|i| h(v(i, seed ^ 7))).collect();
+        let vals: Vec<u16> = (0..(len - 1) * stride + hd).map(|i| h(v(i, seed ^ 99))).collect();
+        let wide = |x: &[u16]| x.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect::<Vec<f32>>();
+        let (kw, vw) = (wide(&keys), wide(&vals));
+        let (mut scores, mut oa) = (vec![0f32; len], vec![0f32; hd]);
+        reference::attn_scores_f16(&mut scores, &q, &keys, stride, 0.125);
+        let mut s32 = vec![0f32; len];
+        reference::attn_scores(&mut s32, &q, &kw, stride, 0.125);
+        prop_assert_eq!(&scores, &s32);
+        let mut a = scores.clone();
+        reference::softmax(&mut a);
+        reference::attn_values_f16(&mut oa, &a, &vals, stride);
+        let mut o32 = vec![0f32; hd];
+        reference::attn_values(&mut o32, &a, &vw, stride);
+        prop_assert_eq!(&oa, &o32);
+        for k in simd_tables() {
+            let (mut b, mut ob) = (vec![0f32; len], vec![1f32; hd]);
+            (k.attn_scores_f16)(&mut b, &q, &keys, stride, 0.125);
+            for t in 0..len {
+                let mag: f32 = (0..hd).map(|i| (q[i] * kw[t * stride + i]).abs()).sum::<f32>() * 0.125;
+                prop_assert!((scores[t] - b[t]).abs() <= 1e-5 * mag + 1e-30, "{} score {}", k.name, t);
+            }
+            (k.attn_values_f16)(&mut ob, &a, &vals, stride);
+            for i in 0..hd {
+                let mag: f32 = (0..len).map(|t| (a[t] * vw[t * stride + i]).abs()).sum();
+                prop_assert!((oa[i] - ob[i]).abs() <= 1e-5 * mag + 1e-30, "{} value {}: {} vs {}", k.name, i, ob[i], oa[i]);
+            }
+        }
+    }
 }
 
 /// The whole forward pass (q8, f16, f32 models): every SIMD table against
@@ -504,6 +543,81 @@ fn threaded_matvec_is_identical_to_single_thread() {
                 matvec_f16_par(k, None, &mut a, &wh, &x);
                 matvec_f16_par(k, Some(&pool), &mut b, &wh, &x);
                 assert_eq!(a, b, "{} f16", k.name);
+            }
+        }
+    }
+}
+
+/// The batched product (`matmul_rows` over a table's matvec, tiled, one and
+/// several threads) gives every token exactly the rows one matvec gives it.
+#[test]
+fn tiled_matmul_is_identical_to_matvec_per_token() {
+    use edgelm_runtime::kernels::{matmul_rows, PARALLEL_MIN_BYTES};
+    use edgelm_runtime::threads::Pool;
+    let pools = [Pool::new(2), Pool::new(3)];
+    // the first case is large enough for the threaded branch
+    const { assert!(1001 * (256 + 2 * 8) >= PARALLEL_MIN_BYTES) };
+    for &(rows, cols, n) in &[(1001usize, 256usize, 5usize), (37, 64, 3), (13, 32 * 600, 2), (4099, 64, 1)] {
+        let groups = cols / 32;
+        let wq: Vec<i8> = (0..rows * cols).map(|i| (i.wrapping_mul(2654435761) >> 7) as i8).collect();
+        let ws: Vec<u16> =
+            (0..rows * groups).map(|i| half::f16::from_f32(0.01 + (i % 7) as f32 * 1e-3).to_bits()).collect();
+        let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.1).sin()).collect();
+        let wf: Vec<f32> = wq.iter().map(|&v| v as f32 / 100.0).collect();
+        for k in kernels::available() {
+            let (mut xq, mut xs) = (vec![0i8; n * cols], vec![0f32; n * groups]);
+            for b in 0..n {
+                (k.quantize_q8)(&x[b * cols..][..cols], &mut xq[b * cols..][..cols], &mut xs[b * groups..][..groups]);
+            }
+            let mut want = vec![0f32; n * rows];
+            let mut want_f = vec![0f32; n * rows];
+            for b in 0..n {
+                (k.matvec_q8)(
+                    &mut want[b * rows..][..rows],
+                    &wq,
+                    &ws,
+                    &xq[b * cols..][..cols],
+                    &xs[b * groups..][..groups],
+                );
+                (k.matvec_f32)(&mut want_f[b * rows..][..rows], &wf, &x[b * cols..][..cols]);
+            }
+            let q8 = |o: &mut [f32], r0: usize, b: usize| {
+                let r1 = r0 + o.len();
+                (k.matvec_q8)(
+                    o,
+                    &wq[r0 * cols..r1 * cols],
+                    &ws[r0 * groups..r1 * groups],
+                    &xq[b * cols..][..cols],
+                    &xs[b * groups..][..groups],
+                )
+            };
+            let f32k = |o: &mut [f32], r0: usize, b: usize| {
+                (k.matvec_f32)(o, &wf[r0 * cols..(r0 + o.len()) * cols], &x[b * cols..][..cols])
+            };
+            let pars: [Option<&dyn kernels::Parallel>; 3] = [None, Some(&pools[0]), Some(&pools[1])];
+            for par in pars {
+                // ld > rows: rows of a token need not be contiguous with the next token's
+                let ld = rows + 3;
+                let mut got = vec![f32::NAN; (n - 1) * ld + rows];
+                matmul_rows(par, &mut got, ld, rows, n, cols + 2 * groups, &q8);
+                let threads = par.map_or(1, |p| p.threads());
+                for b in 0..n {
+                    assert_eq!(
+                        &got[b * ld..][..rows],
+                        &want[b * rows..][..rows],
+                        "{} q8 {rows}x{cols} token {b} threads {threads}",
+                        k.name
+                    );
+                }
+                matmul_rows(par, &mut got, ld, rows, n, 4 * cols, &f32k);
+                for b in 0..n {
+                    assert_eq!(
+                        &got[b * ld..][..rows],
+                        &want_f[b * rows..][..rows],
+                        "{} f32 token {b} threads {threads}",
+                        k.name
+                    );
+                }
             }
         }
     }

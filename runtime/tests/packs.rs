@@ -25,7 +25,7 @@ fn generate(model: &Model<'_>, domain: &str, prompt: &str) -> String {
     let opts = SessionOptions {
         max_seq: 64,
         sampler: SamplerConfig { temperature: 0.8, top_p: 0.9, seed: 3, ..Default::default() },
-        truncate_prompt: false,
+        ..SessionOptions::new(64)
     };
     let mut s = Session::new(model, domain, &mut arena, opts).unwrap();
     s.feed_prompt(prompt).unwrap();

@@ -60,7 +60,7 @@ fn greedy(model: &Model<'_>, domain: &str, prompt: &str) -> String {
     let opts = SessionOptions {
         max_seq: 32,
         sampler: SamplerConfig { temperature: 0.0, ..Default::default() },
-        truncate_prompt: false,
+        ..SessionOptions::new(32)
     };
     let mut s = Session::new(model, domain, &mut arena, opts).unwrap();
     s.feed_prompt(prompt).unwrap();

@@ -36,7 +36,7 @@ fn base(train: &Path, tok: &Path, out: &Path, resume: bool) -> Command {
 
 fn has_tmp(dir: &Path) -> bool {
     std::fs::read_dir(dir)
-        .map(|it| it.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".edgelm.tmp")))
+        .map(|it| it.flatten().any(|e| e.file_name().to_string_lossy().contains(".edgelm.tmp")))
         .unwrap_or(false)
 }
 

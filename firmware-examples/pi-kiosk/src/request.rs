@@ -68,7 +68,7 @@ pub fn parse(bytes: &[u8], s: &Settings, domains: &[String], context: usize, see
     } else {
         body.prompt
     };
-    let opts = SessionOptions { max_seq: context, sampler, truncate_prompt: false };
+    let opts = SessionOptions { sampler, ..SessionOptions::new(context) };
     Ok(Job { domain: body.domain, prompt, max_tokens, opts })
 }
 

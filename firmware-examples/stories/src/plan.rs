@@ -195,7 +195,7 @@ impl Plan {
         let max_seq = match s.max_seq {
             Some(m) => m,
             None => {
-                let mut probe = vec![0u8; model.arena_bytes(limit)];
+                let mut probe = vec![0u8; model.arena_bytes_for(&image_options(limit))];
                 let mut need = 1;
                 for run in &runs {
                     let n = prompt_tokens(&model, run, limit, &mut probe)?;
@@ -204,7 +204,7 @@ impl Plan {
                 need.min(limit)
             }
         };
-        let arena_bytes = model.arena_bytes(max_seq);
+        let arena_bytes = model.arena_bytes_for(&image_options(max_seq));
         // The image's exact sessions, once here, so that whatever the
         // runtime refuses (domain, sampler, context, prompt) fails the build.
         let mut arena = vec![0u8; arena_bytes];
@@ -224,7 +224,8 @@ impl Plan {
             )
         };
         let _ = writeln!(o, "// Written by the build script (edgelm_stories::plan) from the build settings.");
-        let _ = writeln!(o, "/// Bytes of the session arena: `Model::arena_bytes({})`.", self.max_seq);
+        let _ =
+            writeln!(o, "/// Bytes of the session arena: `Model::arena_bytes_for(&image_options({}))`.", self.max_seq);
         let _ = writeln!(o, "pub const ARENA_BYTES: usize = {};", self.arena_bytes);
         let _ = writeln!(o, "pub static IMAGE: edgelm_stories::Image = edgelm_stories::Image {{");
         let _ = writeln!(o, "    board: {:?},", self.board);
@@ -252,6 +253,13 @@ impl Plan {
 
 /// Opens `run`'s session with context `max_seq` in `arena` and feeds its
 /// prompt; returns the prompt's token count.
+/// The session options of an image (and of this plan, which sizes its arena):
+/// one token at a time, the smallest arena (`block: 0`; the batched prompt
+/// path gives the same text and would add its block buffers to the image's RAM).
+pub fn image_options(max_seq: usize) -> SessionOptions {
+    SessionOptions { block: 0, ..SessionOptions::new(max_seq) }
+}
+
 fn prompt_tokens(model: &Model<'_>, run: &Run, max_seq: usize, arena: &mut [u8]) -> Result<usize, String> {
     let why = |e: edgelm_runtime::Error| {
         format!(
@@ -262,7 +270,7 @@ fn prompt_tokens(model: &Model<'_>, run: &Run, max_seq: usize, arena: &mut [u8])
             prompt_var(run.domain)
         )
     };
-    let opts = SessionOptions { max_seq, sampler: run.sampler(), truncate_prompt: false };
+    let opts = SessionOptions { sampler: run.sampler(), ..image_options(max_seq) };
     let mut session = Session::new(model, run.domain, arena, opts).map_err(why)?;
     session.feed_prompt(run.prompt).map_err(why)
 }

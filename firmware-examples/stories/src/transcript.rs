@@ -155,7 +155,7 @@ pub fn tell(
     let hz = clock.ticks_per_second();
     let mut total = Speed { tokens: 0, ticks: 0 };
     for run in image.runs {
-        let opts = SessionOptions { max_seq: image.max_seq, sampler: run.sampler(), truncate_prompt: false };
+        let opts = SessionOptions { sampler: run.sampler(), block: 0, ..SessionOptions::new(image.max_seq) };
         let mut session = Session::new(&model, run.domain, &mut *arena, opts)?;
         if let Some(p) = par {
             session.set_parallel(p);

@@ -75,7 +75,7 @@ fn arena_fits_the_longest_prompt_plus_its_tokens_exactly() {
         .feed_prompt("Once upon a time")
         .unwrap();
     assert_eq!(plan.max_seq, prompt_tokens + 20);
-    assert_eq!(plan.arena_bytes, model.arena_bytes(plan.max_seq));
+    assert_eq!(plan.arena_bytes, model.arena_bytes_for(&edgelm_stories::plan::image_options(plan.max_seq)));
     let rs = plan.render();
     assert!(rs.contains(&format!("pub const ARENA_BYTES: usize = {};", plan.arena_bytes)), "{rs}");
     assert!(rs.contains("edgelm_runtime::include_model!("), "{rs}");

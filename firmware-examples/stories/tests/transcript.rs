@@ -77,7 +77,7 @@ fn generate_like_the_cli(model: &Model<'_>, run_line: &str) -> String {
             repeat_window: 64,
             seed: flag(run_line, "--seed"),
         },
-        truncate_prompt: false,
+        ..SessionOptions::new(max_seq)
     };
     let domain: String = flag(run_line, "--domain");
     let mut arena = vec![0u8; model.arena_bytes(max_seq)];
@@ -129,12 +129,12 @@ fn refusals_are_errors_not_panics() {
     const UNKNOWN: &[Run] = &[Run { domain: "poems", ..RUNS[0] }];
     let img = image(UNKNOWN, 64);
     let model = Model::from_bytes(img.base.bytes).unwrap();
-    let mut arena = vec![0u8; model.arena_bytes(64)];
+    let mut arena = vec![0u8; model.arena_bytes_for(&SessionOptions { block: 0, ..SessionOptions::new(64) })];
     let e = tell(&mut String::new(), &StepClock(Cell::new(0)), &img, &mut arena, None).unwrap_err();
     assert!(matches!(e, Failure::Runtime(Error::UnknownDomain(_))), "{e}");
 
     let img = image(RUNS, 64);
-    let mut small = vec![0u8; model.arena_bytes(64) - 1];
+    let mut small = vec![0u8; model.arena_bytes_for(&SessionOptions { block: 0, ..SessionOptions::new(64) }) - 1];
     let e = tell(&mut String::new(), &StepClock(Cell::new(0)), &img, &mut small, None).unwrap_err();
     assert!(matches!(e, Failure::Runtime(Error::ArenaTooSmall { .. })), "{e}");
 

@@ -115,6 +115,10 @@ typedef struct {
   // later (reads each file once). 0: skip it; the structure is still
   // validated. Default 1.
   int verify_checksum;
+  // Non-zero: sessions keep their KV cache in f16 (half the cache's arena
+  // bytes; the bits-per-byte cost on the shipped models is in
+  // docs/BENCHMARKS.md). 0: f32. Default 0.
+  int kv_f16;
 } edgelm_open_options;
 
 // Receives each piece of generated text: `len` bytes of complete UTF-8 at
@@ -166,7 +170,7 @@ edgelm_status edgelm_model_open(const char *path, edgelm_model **out);
 // `data` is NULL or points to `len` readable bytes; `out` is NULL or writable.
 edgelm_status edgelm_model_open_buffer(const uint8_t *data, size_t len, edgelm_model **out);
 
-// Writes the default open options to `*out`: 1 thread, checksums verified
+// Writes the default open options to `*out`: 1 thread, checksums verified, f32 KV cache
 // (what edgelm_model_open() and edgelm_model_open_buffer() use).
 //
 // # Safety

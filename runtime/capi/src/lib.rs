@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use edgelm_runtime::{
-    AlignedBytes, Engine, EngineOptions, Error, ErrorKind, Model, SamplerConfig, Session, SessionOptions, StopReason,
-    VerifyChecksum,
+    AlignedBytes, Engine, EngineOptions, Error, ErrorKind, KvType, Model, SamplerConfig, Session, SessionOptions,
+    StopReason, VerifyChecksum,
 };
 
 /// What a call did: EDGELM_OK, or why it failed (edgelm_last_error() has the details).
@@ -136,13 +136,17 @@ pub struct edgelm_open_options {
     /// later (reads each file once). 0: skip it; the structure is still
     /// validated. Default 1.
     pub verify_checksum: c_int,
+    /// Non-zero: sessions keep their KV cache in f16 (half the cache's arena
+    /// bytes; the bits-per-byte cost on the shipped models is in
+    /// docs/BENCHMARKS.md). 0: f32. Default 0.
+    pub kv_f16: c_int,
 }
 
 /// Most threads a model may ask for (a bad value must not start millions).
 const MAX_THREADS: u32 = 256;
 
 impl edgelm_open_options {
-    fn engine_options(&self) -> Res<(EngineOptions, VerifyChecksum)> {
+    fn engine_options(&self) -> Res<(EngineOptions, VerifyChecksum, KvType)> {
         if self.threads == 0 || self.threads > MAX_THREADS {
             return Err(fail(
                 EDGELM_ERR_INVALID_ARGUMENT,
@@ -150,13 +154,14 @@ impl edgelm_open_options {
             ));
         }
         let verify = if self.verify_checksum != 0 { VerifyChecksum::Yes } else { VerifyChecksum::Skip };
-        Ok((EngineOptions { verify, threads: self.threads as usize, kernels: None }, verify))
+        let kv = if self.kv_f16 != 0 { KvType::F16 } else { KvType::F32 };
+        Ok((EngineOptions { verify, threads: self.threads as usize, kernels: None }, verify, kv))
     }
 }
 
 impl Default for edgelm_open_options {
     fn default() -> Self {
-        edgelm_open_options { threads: 1, verify_checksum: 1 }
+        edgelm_open_options { threads: 1, verify_checksum: 1, kv_f16: 0 }
     }
 }
 
@@ -174,6 +179,8 @@ pub struct edgelm_model {
     sessions: AtomicUsize,
     /// Whether packs added later have their checksum verified (as the base had).
     verify: VerifyChecksum,
+    /// KV cache type of its sessions.
+    kv: KvType,
 }
 
 struct ModelInner {
@@ -346,10 +353,10 @@ impl edgelm_model {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn new(engine: Engine, verify: VerifyChecksum) -> Res<Box<edgelm_model>> {
+    fn new(engine: Engine, verify: VerifyChecksum, kv: KvType) -> Res<Box<edgelm_model>> {
         let mut inner = ModelInner { engine, names: Vec::new() };
         inner.refresh_names()?;
-        Ok(Box::new(edgelm_model { inner: RwLock::new(inner), sessions: AtomicUsize::new(0), verify }))
+        Ok(Box::new(edgelm_model { inner: RwLock::new(inner), sessions: AtomicUsize::new(0), verify, kv }))
     }
 }
 
@@ -460,7 +467,8 @@ pub unsafe extern "C" fn edgelm_model_open(path: *const c_char, out: *mut *mut e
         out_ptr(out, "out")?;
         // SAFETY: NUL-terminated by the caller's contract.
         let path = unsafe { arg_path(path, "path") }?;
-        let model = edgelm_model::new(Engine::open(&path, EngineOptions::default())?, VerifyChecksum::Yes)?;
+        let model =
+            edgelm_model::new(Engine::open(&path, EngineOptions::default())?, VerifyChecksum::Yes, KvType::F32)?;
         // SAFETY: `out` is non-null and writable by the caller's contract.
         unsafe { *out = Box::into_raw(model) };
         Ok(())
@@ -487,14 +495,14 @@ pub unsafe extern "C" fn edgelm_model_open_buffer(
         // SAFETY: `len` readable bytes at `data` by the caller's contract.
         let bytes = unsafe { arg_bytes(data, len, "data") }?;
         let engine = Engine::from_bytes(AlignedBytes::from_slice(bytes), EngineOptions::default())?;
-        let model = edgelm_model::new(engine, VerifyChecksum::Yes)?;
+        let model = edgelm_model::new(engine, VerifyChecksum::Yes, KvType::F32)?;
         // SAFETY: `out` is non-null and writable by the caller's contract.
         unsafe { *out = Box::into_raw(model) };
         Ok(())
     })
 }
 
-/// Writes the default open options to `*out`: 1 thread, checksums verified
+/// Writes the default open options to `*out`: 1 thread, checksums verified, f32 KV cache
 /// (what edgelm_model_open() and edgelm_model_open_buffer() use).
 ///
 /// # Safety
@@ -525,8 +533,8 @@ pub unsafe extern "C" fn edgelm_model_open_with(
         // SAFETY: NUL-terminated by the caller's contract.
         let path = unsafe { arg_path(path, "path") }?;
         // SAFETY: checked for NULL; valid by the caller's contract.
-        let (opts, verify) = unsafe { arg_ref(options, "options") }?.engine_options()?;
-        let model = edgelm_model::new(Engine::open(&path, opts)?, verify)?;
+        let (opts, verify, kv) = unsafe { arg_ref(options, "options") }?.engine_options()?;
+        let model = edgelm_model::new(Engine::open(&path, opts)?, verify, kv)?;
         // SAFETY: `out` is non-null and writable by the caller's contract.
         unsafe { *out = Box::into_raw(model) };
         Ok(())
@@ -569,8 +577,8 @@ pub unsafe extern "C" fn edgelm_model_open_buffer_in_place(
         // SAFETY: kept until the model is freed, by the caller's contract.
         let bytes = unsafe { arg_kept_bytes(data, len) }?;
         // SAFETY: checked for NULL; valid by the caller's contract.
-        let (opts, verify) = unsafe { arg_ref(options, "options") }?.engine_options()?;
-        let model = edgelm_model::new(Engine::from_static(bytes, opts)?, verify)?;
+        let (opts, verify, kv) = unsafe { arg_ref(options, "options") }?.engine_options()?;
+        let model = edgelm_model::new(Engine::from_static(bytes, opts)?, verify, kv)?;
         // SAFETY: `out` is non-null and writable by the caller's contract.
         unsafe { *out = Box::into_raw(model) };
         Ok(())
@@ -786,7 +794,8 @@ pub unsafe extern "C" fn edgelm_model_arena_size(
         let bytes = unsafe { arg_mut(bytes, "bytes") }?;
         let inner = model.read();
         let max_seq = max_seq_or_default(&inner.engine, max_seq)?;
-        *bytes = inner.engine.model()?.arena_bytes(max_seq);
+        *bytes =
+            inner.engine.model()?.arena_bytes_for(&SessionOptions { kv: model.kv, ..SessionOptions::new(max_seq) });
         Ok(())
     })
 }
@@ -850,7 +859,7 @@ unsafe fn open_session(
     let inner = owner.read();
     let engine: &Engine = &inner.engine;
     let max_seq = max_seq_or_default(engine, max_seq)?;
-    let opts = SessionOptions { max_seq, sampler, truncate_prompt: false };
+    let opts = SessionOptions { sampler, kv: owner.kv, ..SessionOptions::new(max_seq) };
     let view = engine.model()?;
     // SAFETY: `view` borrows the engine's file bytes (mapped or heap), which do
     // not move and are not freed or changed while a session is open: the
@@ -861,7 +870,7 @@ unsafe fn open_session(
     let model_ptr = Box::into_raw(Box::new(view));
     let arena_ptr: *mut [u8] = match caller_arena {
         // SAFETY: `model_ptr` is a live box (just made).
-        None => Box::into_raw(vec![0u8; unsafe { &*model_ptr }.arena_bytes(max_seq)].into_boxed_slice()),
+        None => Box::into_raw(vec![0u8; unsafe { &*model_ptr }.arena_bytes_for(&opts)].into_boxed_slice()),
         Some(_) => std::ptr::slice_from_raw_parts_mut(std::ptr::null_mut(), 0),
     };
     // The handle owns both boxes from here on, so an early return frees them.

@@ -94,7 +94,7 @@ fn by_runtime(base: &[u8], pack: &[u8], domain: &str, seed: u64, prompt: &str, n
     let mut engine = Engine::from_bytes(AlignedBytes::from_slice(base), EngineOptions::default()).unwrap();
     engine.add_pack_bytes(AlignedBytes::from_slice(pack)).unwrap();
     let sampler = SamplerConfig { temperature: 0.8, top_p: 0.9, seed, ..Default::default() };
-    let opts = SessionOptions { max_seq: engine.max_seq(), sampler, truncate_prompt: false };
+    let opts = SessionOptions { sampler, ..SessionOptions::new(engine.max_seq()) };
     engine
         .with_session(Some(domain), opts, |s| -> Result<String, Error> {
             s.feed_prompt(prompt)?;
@@ -348,7 +348,7 @@ fn models_read_in_place_and_open_options_give_the_same_text() {
     // SAFETY: written on success
     let defaults = unsafe { defaults.assume_init() };
     assert_eq!((defaults.threads, defaults.verify_checksum != 0), (1, true));
-    let two_threads = edgelm_open_options { threads: 2, verify_checksum: 0 };
+    let two_threads = edgelm_open_options { threads: 2, verify_checksum: 0, kv_f16: 0 };
     for opts in [defaults, two_threads] {
         let mut m = null_mut();
         // SAFETY: aligned buffers that outlive the model, valid options and out
@@ -362,6 +362,23 @@ fn models_read_in_place_and_open_options_give_the_same_text() {
         // SAFETY: no session open
         ok(unsafe { edgelm_model_free(m) });
     }
+
+    // kv_f16: a smaller arena, and sessions still generate
+    let arena_of = |opts: &edgelm_open_options| {
+        let (mut m, mut bytes) = (null_mut(), 0usize);
+        // SAFETY: aligned buffer that outlives the model, valid options and outs
+        unsafe {
+            ok(edgelm_model_open_buffer_in_place(b.as_ptr(), b.len(), opts, &mut m));
+            ok(edgelm_model_arena_size(m, 0, &mut bytes));
+        }
+        assert!(!story_of(m, "story").is_empty());
+        // SAFETY: no session open
+        ok(unsafe { edgelm_model_free(m) });
+        bytes
+    };
+    let half = edgelm_open_options { kv_f16: 1, ..defaults };
+    assert_eq!(defaults.kv_f16, 0);
+    assert!(arena_of(&half) < arena_of(&defaults));
 
     // in place means no copy: bytes off the 64-byte grid are refused
     let shifted = AlignedBytes::from_slice(&[&[0u8][..], &base[..]].concat());
@@ -395,7 +412,7 @@ fn models_read_in_place_and_open_options_give_the_same_text() {
             }
         }
     }
-    let zero = edgelm_open_options { threads: 0, verify_checksum: 1 };
+    let zero = edgelm_open_options { threads: 0, verify_checksum: 1, kv_f16: 0 };
     // SAFETY: valid strings, options and out
     assert_eq!(unsafe { edgelm_model_open_with(cbase.as_ptr(), &zero, &mut m) }, EDGELM_ERR_INVALID_ARGUMENT);
     std::fs::remove_dir_all(dir).unwrap();

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use edgelm_runtime::bpb::{documents, eval_document, Totals};
 use edgelm_runtime::format::{FileKind, ModelFile, VerifyChecksum};
-use edgelm_runtime::{Engine, EngineOptions, ErrorKind, Model, SamplerConfig, SessionOptions};
+use edgelm_runtime::{Engine, EngineOptions, ErrorKind, KvType, Model, SamplerConfig, SessionOptions};
 
 #[derive(Parser)]
 #[command(
@@ -80,6 +80,22 @@ struct ModelArgs {
     /// Worker threads for matrix-vector products.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// KV cache element type: f32, or f16 (half the cache's memory).
+    #[arg(long, default_value = "f32", value_parser = parse_kv)]
+    kv: KvType,
+    /// Tokens per block when a prompt (or `eval`) runs through the model
+    /// batched; 1 runs them one at a time (the smallest arena).
+    #[arg(long, default_value_t = edgelm_runtime::session::DEFAULT_BLOCK)]
+    block: usize,
+}
+
+fn parse_kv(s: &str) -> std::result::Result<KvType, String> {
+    KvType::from_name(s).ok_or_else(|| format!("unknown KV type {s:?}: use f32 or f16"))
+}
+
+/// The session options `a` asks for (context, KV type, block size).
+fn session_options(engine: &Engine, a: &ModelArgs) -> SessionOptions {
+    SessionOptions { kv: a.kv, block: a.block, ..SessionOptions::new(max_seq(engine, a)) }
 }
 
 #[derive(Args)]
@@ -201,7 +217,6 @@ fn generate(g: GenerateArgs) -> Result<()> {
     let engine = open(&g.model)?;
     let domain = domain_name(&engine.model()?, &g.model)?;
     let opts = SessionOptions {
-        max_seq: max_seq(&engine, &g.model),
         sampler: SamplerConfig {
             temperature: g.temperature,
             top_k: g.top_k,
@@ -211,6 +226,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
             seed: g.seed,
         },
         truncate_prompt: g.truncate_prompt,
+        ..session_options(&engine, &g.model)
     };
     let mut out = std::io::stdout().lock();
     let reason = engine.with_session(Some(&domain), opts, |session| -> Result<_> {
@@ -316,21 +332,20 @@ fn bench(b: BenchArgs) -> Result<()> {
     if b.runs == 0 || b.prompt_tokens == 0 {
         bail!("--runs and --prompt-tokens must be at least 1");
     }
-    let arena_bytes = model.arena_bytes(seq);
+    let opts = session_options(&engine, &b.model);
+    let arena_bytes = model.arena_bytes_for(&opts);
     let mut arena = vec![0u8; arena_bytes];
-    let mut session = engine.session(&model, Some(&domain), &mut arena, SessionOptions::new(seq))?;
+    let mut session = engine.session(&model, Some(&domain), &mut arena, opts)?;
     let vocab = session.domain().vocab_size as u32;
     let kernels = session.kernels().name;
+    // a fixed, valid token sequence; content does not change the cost
+    let prompt: Vec<u32> = (0..b.prompt_tokens).map(|i| (1 + i as u32 * 7919) % vocab).collect();
     let (mut prompt_tps, mut decode_tps) = (Vec::new(), Vec::new());
     for _ in 0..b.runs {
         session.reset();
         let t0 = Instant::now();
-        let mut last = 0;
-        for i in 0..b.prompt_tokens {
-            // a fixed, valid token sequence; content does not change the cost
-            let t = (1 + i as u32 * 7919) % vocab;
-            last = edgelm_runtime::sampler::argmax(session.step(t)?);
-        }
+        // the prompt path: blocks of `--block` tokens, logits of the last only
+        let mut last = edgelm_runtime::sampler::argmax(session.extend(&prompt)?);
         let prompt_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         for _ in 0..b.gen_tokens {
@@ -348,13 +363,14 @@ fn bench(b: BenchArgs) -> Result<()> {
     if b.json {
         writeln!(
             out,
-            "{{\"model\":{:?},\"domain\":{:?},\"kernels\":{:?},\"threads\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"runs\":{},\"prompt_tokens_per_s\":{:.2},\"decode_tokens_per_s\":{:.2},\"ms_per_token\":{:.4},\"peak_rss_bytes\":{},\"arena_bytes\":{}}}",
-            b.model.model.display().to_string(), domain, kernels, threads, b.prompt_tokens, b.gen_tokens, b.runs, p, d, 1000.0 / d, rss, arena_bytes
+            "{{\"model\":{:?},\"domain\":{:?},\"kernels\":{:?},\"threads\":{},\"kv\":{:?},\"block\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"runs\":{},\"prompt_tokens_per_s\":{:.2},\"decode_tokens_per_s\":{:.2},\"ms_per_token\":{:.4},\"peak_rss_bytes\":{},\"arena_bytes\":{}}}",
+            b.model.model.display().to_string(), domain, kernels, threads, opts.kv.name(), opts.block_len().max(1), b.prompt_tokens, b.gen_tokens, b.runs, p, d, 1000.0 / d, rss, arena_bytes
         )?;
     } else {
         writeln!(out, "model         {}", b.model.model.display())?;
         writeln!(out, "domain        {domain}")?;
         writeln!(out, "kernels       {kernels}, {threads} thread(s)")?;
+        writeln!(out, "kv cache      {}, prompt blocks of {} token(s)", opts.kv.name(), opts.block_len().max(1))?;
         writeln!(out, "prompt        {:.1} tok/s ({} tokens, median of {})", p, b.prompt_tokens, b.runs)?;
         writeln!(
             out,
@@ -378,7 +394,8 @@ fn eval(e: EvalArgs) -> Result<()> {
     }
     let engine = open(&e.model)?;
     let domain = domain_name(&engine.model()?, &e.model)?;
-    let opts = SessionOptions::new(max_seq(&engine, &e.model));
+    // every token's logits are scored: keep a block's worth (`block_logits`)
+    let opts = SessionOptions { block_logits: true, ..session_options(&engine, &e.model) };
     let t0 = Instant::now();
     let totals = engine.with_session(Some(&domain), opts, |session| -> Result<_> {
         let mut totals = Totals::default();
@@ -388,19 +405,21 @@ fn eval(e: EvalArgs) -> Result<()> {
         Ok(totals)
     })?;
     let secs = t0.elapsed().as_secs_f64();
+    let tps = totals.scored_tokens as f64 / secs.max(1e-9);
     let mut out = std::io::stdout().lock();
     if e.json {
         // the field names of `edgelm-train eval --json`
         writeln!(
             out,
-            "{{\"file\":{:?},\"domain\":{:?},\"documents\":{},\"bytes\":{},\"scored_tokens\":{},\"total_nats\":{},\"loss\":{},\"ppl\":{},\"bpb\":{},\"seconds\":{:.2}}}",
-            e.textfile.display().to_string(), domain, totals.documents, totals.bytes, totals.scored_tokens, totals.nats, totals.loss(), totals.perplexity(), totals.bpb(), secs
+            "{{\"file\":{:?},\"domain\":{:?},\"documents\":{},\"bytes\":{},\"scored_tokens\":{},\"total_nats\":{},\"loss\":{},\"ppl\":{},\"bpb\":{},\"seconds\":{:.2},\"tokens_per_s\":{:.1},\"kv\":{:?}}}",
+            e.textfile.display().to_string(), domain, totals.documents, totals.bytes, totals.scored_tokens, totals.nats, totals.loss(), totals.perplexity(), totals.bpb(), secs, tps, opts.kv.name()
         )?;
     } else {
         writeln!(out, "domain      {domain}")?;
         writeln!(out, "documents   {} ({} bytes, {} tokens)", totals.documents, totals.bytes, totals.scored_tokens)?;
         writeln!(out, "loss        {:.4} nats/token (ppl {:.2})", totals.loss(), totals.perplexity())?;
         writeln!(out, "bpb         {:.4} bits/byte", totals.bpb())?;
+        writeln!(out, "speed       {tps:.1} scored tokens/s ({secs:.2} s, kv {})", opts.kv.name())?;
     }
     Ok(())
 }
@@ -432,7 +451,7 @@ fn demo(d: DemoArgs) -> Result<()> {
                 seed: d.seed,
                 ..Default::default()
             },
-            truncate_prompt: false,
+            ..SessionOptions::new(engine.max_seq())
         };
         writeln!(out, "=== {domain} ===")?;
         write!(out, "{prompt}")?;

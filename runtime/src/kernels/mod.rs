@@ -29,7 +29,7 @@
 /// aarch64 modules: slice checks, then the invoking module's `unsafe`
 /// primitives `dot`, `dot_f16`, `scale_mul`, `quantize_q8_simd`,
 /// `softmax_simd`, `rope_simd` (one head of a multiple of `$rope_step` floats;
-/// other head sizes use the reference), `swiglu_simd` and `attn_values_simd`.
+/// other head sizes use the reference), `swiglu_simd`, `attn_values_simd` and `attn_values_f16_simd`.
 /// Sound only where the module hands its tables out after detecting the
 /// features those primitives enable.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -100,6 +100,26 @@ macro_rules! simd_f32_wrappers {
             }
         }
 
+        fn attn_scores_f16(att: &mut [f32], q: &[f32], keys: &[u16], stride: usize, scale: f32) {
+            let hd = q.len();
+            if let Some(last) = att.len().checked_sub(1) {
+                assert!(keys.len() >= last * stride + hd, "attn_scores_f16: keys too short");
+            }
+            for (t, a) in att.iter_mut().enumerate() {
+                // SAFETY: detected tables only; key `t` lies inside `keys` (checked above).
+                *a = unsafe { dot_f16(keys.as_ptr().add(t * stride), q.as_ptr(), hd) } * scale;
+            }
+        }
+
+        fn attn_values_f16(out: &mut [f32], att: &[f32], values: &[u16], stride: usize) {
+            let hd = out.len();
+            if let Some(last) = att.len().checked_sub(1) {
+                assert!(values.len() >= last * stride + hd, "attn_values_f16: values too short");
+            }
+            // SAFETY: detected tables only; every value row read lies inside `values` (checked above).
+            unsafe { attn_values_f16_simd(out.as_mut_ptr(), hd, att, values.as_ptr(), stride) }
+        }
+
         fn attn_values(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) {
             let hd = out.len();
             if let Some(last) = att.len().checked_sub(1) {
@@ -144,6 +164,8 @@ pub type Rope = fn(x: &mut [f32], rope: &[f32], head_dim: usize);
 pub type Swiglu = fn(g: &mut [f32], u: &[f32]);
 pub type AttnScores = fn(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32);
 pub type AttnValues = fn(out: &mut [f32], att: &[f32], values: &[f32], stride: usize);
+pub type AttnScoresF16 = fn(att: &mut [f32], q: &[f32], keys: &[u16], stride: usize, scale: f32);
+pub type AttnValuesF16 = fn(out: &mut [f32], att: &[f32], values: &[u16], stride: usize);
 
 /// The kernels the forward pass calls. Every entry has a scalar twin in
 /// [`reference`]; shapes are implied by slice lengths (documented per field).
@@ -178,6 +200,10 @@ pub struct Kernels {
     pub attn_scores: AttnScores,
     /// `out = Σ_t att[t] · values[t·stride ..][..out.len()]`.
     pub attn_values: AttnValues,
+    /// As `attn_scores` with an f16 KV cache (keys as IEEE half bits).
+    pub attn_scores_f16: AttnScoresF16,
+    /// As `attn_values` with an f16 KV cache (values as IEEE half bits).
+    pub attn_values_f16: AttnValuesF16,
 }
 
 impl core::fmt::Debug for Kernels {
@@ -200,6 +226,8 @@ pub static REFERENCE: Kernels = Kernels {
     swiglu: reference::swiglu,
     attn_scores: reference::attn_scores,
     attn_values: reference::attn_values,
+    attn_scores_f16: reference::attn_scores_f16,
+    attn_values_f16: reference::attn_values_f16,
 };
 
 /// Every path name this build knows (supported by this CPU or not).
@@ -476,4 +504,82 @@ pub(crate) fn check_q8(out: &[f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]
         "matvec_q8: slices too short for {} rows × {cols} cols",
         out.len()
     );
+}
+
+/// Bytes of weights one tile of a batched product holds: a tile is read from
+/// memory once per block of tokens and then from L1 (32–48 KiB on every
+/// target core) once per token.
+pub const TILE_BYTES: usize = 16 * 1024;
+
+/// A matrix × block-of-vectors product built on a table's matvec kernel:
+/// `row_kernel(out, r0, b)` writes rows `r0..r0 + out.len()` of the product
+/// with token `b`'s input. [`matmul_rows`] calls it tile by tile (each
+/// tile's weights stay in cache while every token of the block passes), rows
+/// split across threads like [`matvec_q8_par`].
+///
+/// Tiles and thread chunks start at multiples of 8 rows, the widest row block
+/// of every matvec kernel, so each row's sum is computed in exactly the same
+/// order as by one matvec over the whole matrix: the batched path is
+/// bit-identical to the per-token one.
+pub type RowKernel<'f> = dyn Fn(&mut [f32], usize, usize) + Sync + 'f;
+
+/// Rows per tile for rows of `row_bytes` weight bytes (a multiple of 8, ≥ 8).
+fn tile_rows(row_bytes: usize) -> usize {
+    (TILE_BYTES / row_bytes.max(1)).max(8) / 8 * 8
+}
+
+/// `out[b·ld + r]` = row `r` of a `rows`-row matrix (of `row_bytes` bytes per
+/// row) applied to token `b`'s input, for `b < n`; see [`RowKernel`].
+/// Panics unless `ld ≥ rows` and `out` holds `(n − 1)·ld + rows` floats.
+pub fn matmul_rows(
+    par: Option<&dyn Parallel>,
+    out: &mut [f32],
+    ld: usize,
+    rows: usize,
+    n: usize,
+    row_bytes: usize,
+    row_kernel: &RowKernel<'_>,
+) {
+    if n == 0 || rows == 0 {
+        return;
+    }
+    assert!(ld >= rows && out.len() >= (n - 1) * ld + rows, "matmul_rows: output too short");
+    let tile = tile_rows(row_bytes);
+    match par {
+        Some(p) if p.threads() > 1 && rows * row_bytes >= PARALLEL_MIN_BYTES && rows >= 16 => {
+            let threads = p.threads();
+            let per = rows.div_ceil(threads).div_ceil(8) * 8;
+            let shared = SharedOut { ptr: out.as_mut_ptr(), len: out.len() };
+            p.run(&|i| {
+                let start = (i * per).min(rows);
+                let end = ((i + 1) * per).min(rows);
+                let mut t0 = start;
+                while t0 < end {
+                    let t1 = (t0 + tile).min(end);
+                    for b in 0..n {
+                        // SAFETY: thread `i` only forms ranges `[b·ld + t0, b·ld + t1)`
+                        // with `start ≤ t0 < t1 ≤ end ≤ rows ≤ ld`: in bounds
+                        // (asserted above), disjoint from every other thread's
+                        // (row ranges are disjoint and `ld ≥ rows`), and used one
+                        // at a time; `out` stays mutably borrowed until `run`
+                        // returns, after every call has finished.
+                        let chunk = unsafe { shared.chunk(b * ld + t0, b * ld + t1) };
+                        row_kernel(chunk, t0, b);
+                    }
+                    t0 = t1;
+                }
+            });
+        }
+        _ => {
+            // one thread: consecutive tiles borrow `out` one at a time
+            let mut t0 = 0;
+            while t0 < rows {
+                let t1 = (t0 + tile).min(rows);
+                for b in 0..n {
+                    row_kernel(&mut out[b * ld + t0..b * ld + t1], t0, b);
+                }
+                t0 = t1;
+            }
+        }
+    }
 }

@@ -136,3 +136,22 @@ pub fn attn_values(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) 
         }
     }
 }
+
+/// See [`super::Kernels::attn_scores_f16`].
+pub fn attn_scores_f16(att: &mut [f32], q: &[f32], keys: &[u16], stride: usize, scale: f32) {
+    for (t, a) in att.iter_mut().enumerate() {
+        let key = &keys[t * stride..][..q.len()];
+        *a = q.iter().zip(key).map(|(x, &y)| x * f16_to_f32(y)).sum::<f32>() * scale;
+    }
+}
+
+/// See [`super::Kernels::attn_values_f16`].
+pub fn attn_values_f16(out: &mut [f32], att: &[f32], values: &[u16], stride: usize) {
+    out.fill(0.0);
+    for (t, &a) in att.iter().enumerate() {
+        let v = &values[t * stride..][..out.len()];
+        for (o, &vi) in out.iter_mut().zip(v) {
+            *o += a * f16_to_f32(vi);
+        }
+    }
+}

@@ -63,6 +63,8 @@ static NEON: Kernels = Kernels {
     swiglu,
     attn_scores,
     attn_values,
+    attn_scores_f16,
+    attn_values_f16,
 };
 static DOTPROD: Kernels =
     Kernels { name: "dotprod", matvec_q8: matvec_q8_dotprod, matvec_q4: matvec_q4_dotprod, ..NEON };
@@ -289,6 +291,41 @@ unsafe fn attn_values_simd(out: *mut f32, hd: usize, att: &[f32], values: *const
         let mut acc = 0f32;
         for (t, &a) in att.iter().enumerate() {
             acc += a * *values.add(t * stride + c);
+        }
+        *out.add(c) = acc;
+        c += 1;
+    }
+}
+
+/// `attn_values_simd` over an f16 cache (integer widening, see the module header).
+#[target_feature(enable = "neon")]
+unsafe fn attn_values_f16_simd(out: *mut f32, hd: usize, att: &[f32], values: *const u16, stride: usize) {
+    let mut c = 0;
+    while c + 16 <= hd {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for (t, &a) in att.iter().enumerate() {
+            let v = values.add(t * stride + c);
+            for (k, acc) in acc.iter_mut().enumerate() {
+                *acc = vfmaq_n_f32(*acc, f16x4_to_f32(vld1_u16(v.add(4 * k))), a);
+            }
+        }
+        for (k, acc) in acc.iter().enumerate() {
+            vst1q_f32(out.add(c + 4 * k), *acc);
+        }
+        c += 16;
+    }
+    while c + 4 <= hd {
+        let mut acc = vdupq_n_f32(0.0);
+        for (t, &a) in att.iter().enumerate() {
+            acc = vfmaq_n_f32(acc, f16x4_to_f32(vld1_u16(values.add(t * stride + c))), a);
+        }
+        vst1q_f32(out.add(c), acc);
+        c += 4;
+    }
+    while c < hd {
+        let mut acc = 0f32;
+        for (t, &a) in att.iter().enumerate() {
+            acc += a * f16_to_f32(*values.add(t * stride + c));
         }
         *out.add(c) = acc;
         c += 1;

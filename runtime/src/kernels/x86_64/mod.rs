@@ -91,6 +91,8 @@ static AVX2: Kernels = Kernels {
     swiglu,
     attn_scores,
     attn_values,
+    attn_scores_f16,
+    attn_values_f16,
 };
 static AVXVNNI: Kernels =
     Kernels { name: "avxvnni", matvec_q8: matvec_q8_avxvnni, matvec_q4: matvec_q4_avxvnni, ..AVX2 };
@@ -356,6 +358,49 @@ unsafe fn attn_values_simd(out: *mut f32, hd: usize, att: &[f32], values: *const
         let mut acc = 0f32;
         for (t, &a) in att.iter().enumerate() {
             acc += a * *values.add(t * stride + c);
+        }
+        *out.add(c) = acc;
+        c += 1;
+    }
+}
+
+/// Eight f16 (bits) at `p` to f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn f16x8(p: *const u16) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// `attn_values_simd` over an f16 cache (F16C widening, same FMA order).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attn_values_f16_simd(out: *mut f32, hd: usize, att: &[f32], values: *const u16, stride: usize) {
+    let mut c = 0;
+    while c + 32 <= hd {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (t, &a) in att.iter().enumerate() {
+            let av = _mm256_set1_ps(a);
+            let v = values.add(t * stride + c);
+            for (k, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(av, f16x8(v.add(8 * k)), *acc);
+            }
+        }
+        for (k, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(c + 8 * k), *acc);
+        }
+        c += 32;
+    }
+    while c + 8 <= hd {
+        let mut acc = _mm256_setzero_ps();
+        for (t, &a) in att.iter().enumerate() {
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(a), f16x8(values.add(t * stride + c)), acc);
+        }
+        _mm256_storeu_ps(out.add(c), acc);
+        c += 8;
+    }
+    while c < hd {
+        let mut acc = 0f32;
+        for (t, &a) in att.iter().enumerate() {
+            acc += a * f16_scalar(*values.add(t * stride + c));
         }
         *out.add(c) = acc;
         c += 1;

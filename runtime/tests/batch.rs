@@ -1,0 +1,238 @@
+//! The batched path (blocks of tokens, matrix × matrix) against the
+//! token-by-token path (matrix × vector): the same kernels on the same row
+//! blocks in the same order, so logits, the KV cache and bits per byte must be
+//! bit-identical. Tolerance: none (exact f32/f64 equality), on every kernel
+//! table this CPU runs, for f32, f16 and q8 weights, both KV cache types,
+//! prompts shorter and longer than a block, odd lengths, blocks that start
+//! after existing cache positions, an expansion pack, and threads.
+
+mod common;
+
+use common::aligned;
+use edgelm_runtime::bpb::{score_document, Totals};
+use edgelm_runtime::format::DType;
+use edgelm_runtime::kernels::{self, Kernels};
+use edgelm_runtime::threads::Pool;
+use edgelm_runtime::{KvType, Model, Session, SessionOptions};
+use edgelm_testkit::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
+
+fn tokens(n: usize, vocab: u32, salt: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 37 + 11 + salt * 101) % vocab).collect()
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+fn opts(max_seq: usize, kv: KvType, block: usize) -> SessionOptions {
+    SessionOptions { kv, block, block_logits: true, ..SessionOptions::new(max_seq) }
+}
+
+/// Logits after every token: `chunks` fed with `extend` (the prompt path,
+/// which keeps only the last token's logits) and then five decode steps.
+fn run_extend(
+    model: &Model<'_>,
+    domain: &str,
+    k: &'static Kernels,
+    o: SessionOptions,
+    chunks: &[&[u32]],
+    pool: Option<&Pool>,
+) -> Vec<Vec<u32>> {
+    let mut arena = vec![0u8; model.arena_bytes_for(&o)];
+    let mut s = Session::new(model, domain, &mut arena, o).unwrap();
+    s.set_kernels(k);
+    if let Some(p) = pool {
+        s.set_pool(p);
+    }
+    let mut out = Vec::new();
+    for c in chunks {
+        out.push(bits(s.extend(c).unwrap()));
+    }
+    for t in [3u32, 5, 7, 11, 13] {
+        // decode reads the cache the blocks wrote
+        out.push(bits(s.step(t).unwrap()));
+    }
+    out
+}
+
+/// Every token's logits via `extend_scored`.
+fn run_scored(
+    model: &Model<'_>,
+    domain: &str,
+    k: &'static Kernels,
+    o: SessionOptions,
+    chunks: &[&[u32]],
+) -> Vec<Vec<u32>> {
+    let mut arena = vec![0u8; model.arena_bytes_for(&o)];
+    let mut s = Session::new(model, domain, &mut arena, o).unwrap();
+    s.set_kernels(k);
+    let mut out = Vec::new();
+    for c in chunks {
+        s.extend_scored(c, &mut |_, l| out.push(bits(l))).unwrap();
+        // `logits()` after a scored run is the last token's
+        assert_eq!(bits(s.logits()), *out.last().unwrap());
+    }
+    out
+}
+
+fn models() -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
+    let mut v = Vec::new();
+    for dtype in [DType::F32, DType::F16, DType::Q8] {
+        let spec = SyntheticSpec::tiny(dtype);
+        let base = synthetic_model(&spec).unwrap();
+        let pack = (dtype == DType::Q8).then(|| synthetic_pack(&spec, &SyntheticPackSpec::recipe(dtype)).unwrap());
+        v.push((format!("{dtype:?}"), base, pack));
+    }
+    v
+}
+
+#[test]
+fn blocks_equal_token_by_token() {
+    for (name, base, pack) in models() {
+        let b = aligned(base);
+        let p = pack.map(aligned);
+        let mut model = Model::from_bytes(&b).unwrap();
+        if let Some(p) = &p {
+            model.add_pack_bytes(p).unwrap();
+        }
+        let domains: Vec<&str> = model.domains().iter().map(|d| d.name).collect();
+        for domain in domains {
+            let vocab = model.domain(domain).unwrap().vocab_size as u32;
+            let seq = tokens(61, vocab, 1);
+            // odd lengths, one token alone, blocks continuing an existing cache
+            let chunks: Vec<&[u32]> = vec![&seq[..5], &seq[5..6], &seq[6..29], &seq[29..61]];
+            for k in kernels::available() {
+                for kv in [KvType::F32, KvType::F16] {
+                    let want = run_extend(&model, domain, k, opts(80, kv, 1), &chunks, None);
+                    let want_scored = run_scored(&model, domain, k, opts(80, kv, 0), &chunks);
+                    for block in [2usize, 7, 8, 32, 64] {
+                        let what = format!("{name} {domain} {} kv {kv:?} block {block}", k.name);
+                        assert_eq!(run_extend(&model, domain, k, opts(80, kv, block), &chunks, None), want, "{what}");
+                        assert_eq!(
+                            run_scored(&model, domain, k, opts(80, kv, block), &chunks),
+                            want_scored,
+                            "{what} scored"
+                        );
+                    }
+                    // block logits off: scoring falls back to token by token
+                    let no_logits = SessionOptions { block_logits: false, ..opts(80, kv, 16) };
+                    assert_eq!(run_scored(&model, domain, k, no_logits, &chunks), want_scored);
+                }
+            }
+        }
+    }
+}
+
+/// With a pool: the same logits as one thread (rows split at multiples of 8).
+#[test]
+fn blocks_with_threads_equal_one_thread() {
+    let pool = Pool::new(3);
+    for (name, base, _) in models() {
+        let b = aligned(base);
+        let model = Model::from_bytes(&b).unwrap();
+        let seq = tokens(40, 320, 2);
+        let chunks: Vec<&[u32]> = vec![&seq[..17], &seq[17..]];
+        let k = kernels::best();
+        let want = run_extend(&model, "story", k, opts(64, KvType::F32, 1), &chunks, None);
+        assert_eq!(run_extend(&model, "story", k, opts(64, KvType::F32, 16), &chunks, Some(&pool)), want, "{name}");
+    }
+}
+
+/// Bits per byte: exactly the token-by-token totals (windows crossing blocks too).
+#[test]
+fn bpb_equals_token_by_token() {
+    for (name, base, _) in models() {
+        let b = aligned(base);
+        let model = Model::from_bytes(&b).unwrap();
+        let docs = ["Once upon a time there was a cat.", "a", "The end of a long story, longer than the context window of this session by far, so it is scored in windows."];
+        let score = |o: SessionOptions| {
+            let mut arena = vec![0u8; model.arena_bytes_for(&o)];
+            let mut s = Session::new(&model, "story", &mut arena, o).unwrap();
+            let mut totals = Totals::default();
+            for d in docs {
+                let mut buf = vec![0u32; d.len() + 8];
+                score_document(&mut s, d, &mut buf, &mut totals).unwrap();
+            }
+            totals
+        };
+        for kv in [KvType::F32, KvType::F16] {
+            let want = score(opts(48, kv, 1));
+            assert!(want.scored_tokens > 48, "a document spans several windows");
+            for block in [5usize, 16, 48] {
+                assert_eq!(score(opts(48, kv, block)), want, "{name} kv {kv:?} block {block}");
+            }
+        }
+    }
+}
+
+/// The f16 cache stays close to the f32 one (rounding of K/V to 11 bits).
+/// Bound: relative 1e-2 for float weights; 0.1 for q8, whose activations are
+/// re-quantized after each layer, so a tiny change can move a value across a
+/// rounding step (1/127 of its group's maximum) and that step propagates.
+#[test]
+fn f16_cache_is_close_to_f32() {
+    for (name, base, _) in models() {
+        let b = aligned(base);
+        let model = Model::from_bytes(&b).unwrap();
+        let seq = tokens(40, 320, 3);
+        let run = |kv| {
+            let o = opts(64, kv, 16);
+            let mut arena = vec![0u8; model.arena_bytes_for(&o)];
+            let mut s = Session::new(&model, "story", &mut arena, o).unwrap();
+            let mut out = Vec::new();
+            s.extend_scored(&seq, &mut |_, l| out.push(l.to_vec())).unwrap();
+            out
+        };
+        let (a, h) = (run(KvType::F32), run(KvType::F16));
+        let mut worst = 0f32;
+        for (x, y) in a.iter().flatten().zip(h.iter().flatten()) {
+            worst = worst.max((x - y).abs() / x.abs().max(1.0));
+        }
+        let bound = if name == "Q8" { 0.1 } else { 1e-2 };
+        assert!(worst > 0.0 && worst < bound, "{name}: worst relative logit change {worst}");
+    }
+}
+
+/// The arena: block buffers only with blocks on, block logits only when asked,
+/// and the f16 cache half the f32 one.
+#[test]
+fn arena_states_block_buffers_and_cache() {
+    let b = aligned(synthetic_model(&SyntheticSpec::tiny(DType::Q8)).unwrap());
+    let model = Model::from_bytes(&b).unwrap();
+    let size = |kv, block, block_logits| {
+        model.arena_bytes_for(&SessionOptions { kv, block, block_logits, ..SessionOptions::new(64) })
+    };
+    let one = size(KvType::F32, 1, false);
+    assert_eq!(size(KvType::F32, 0, false), one);
+    assert_eq!(size(KvType::F32, 1, true), one, "no block logits without blocks");
+    let blocks = size(KvType::F32, 16, false);
+    assert!(blocks > one);
+    // block logits: 16 × vocab 320 × 4 bytes (plus alignment)
+    let with_logits = size(KvType::F32, 16, true);
+    assert!(with_logits >= blocks + 16 * 320 * 4 && with_logits <= blocks + 16 * 320 * 4 + 64);
+    // cache: 2 × layers 2 × 64 positions × kv_dim 32 × 4 bytes; f16 saves half
+    let saved = one - size(KvType::F16, 1, false);
+    let cache32 = 2 * 2 * 64 * 32 * 4;
+    assert!(saved >= cache32 / 2 - 128 && saved <= cache32 / 2 + 128, "saved {saved}");
+    // a block longer than the context is clamped to it
+    assert_eq!(size(KvType::F32, 1000, false), size(KvType::F32, 64, false));
+    assert_eq!(model.arena_bytes(64), size(KvType::F32, edgelm_runtime::session::DEFAULT_BLOCK, false));
+}
+
+/// Bad input to the block path fails before anything runs.
+#[test]
+fn extend_checks_before_running() {
+    let b = aligned(synthetic_model(&SyntheticSpec::tiny(DType::Q8)).unwrap());
+    let model = Model::from_bytes(&b).unwrap();
+    let o = opts(16, KvType::F32, 8);
+    let mut arena = vec![0u8; model.arena_bytes_for(&o)];
+    let mut s = Session::new(&model, "story", &mut arena, o).unwrap();
+    assert!(s.extend(&[1, 2, 320]).is_err());
+    assert!(s.tokens().is_empty());
+    assert!(s.extend(&[1; 17]).is_err());
+    assert!(s.tokens().is_empty());
+    s.extend(&[1; 10]).unwrap();
+    assert!(s.extend(&[1; 7]).is_err());
+    assert_eq!(s.extend(&[1; 6]).unwrap().len(), 320);
+    assert_eq!(s.tokens().len(), 16);
+}
