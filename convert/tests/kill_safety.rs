@@ -21,6 +21,16 @@ fn convert(d: &Path) -> Command {
     c
 }
 
+/// The converter's temporary files (`.edgelm-convert-*.tmp`) in `d`.
+fn temporaries(d: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".edgelm-convert-"))
+        .map(|e| e.path())
+        .collect()
+}
+
 #[test]
 fn sigkill_mid_write_leaves_the_old_or_the_new_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,19 +59,30 @@ fn sigkill_mid_write_leaves_the_old_or_the_new_file() {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
+        // odd attempts: a random moment; even ones: just after the temporary file
+        // appears (the write has begun: it is a small part of a conversion), plus 0-2 ms
         let deadline = span.mul_f64((state % 1000) as f64 / 1000.0);
+        let jitter = Duration::from_micros(state % 2000);
+        let aim_at_write = attempts % 2 == 0;
         let mut child = convert(d).spawn().unwrap();
-        let start = Instant::now();
+        let (start, mut seen) = (Instant::now(), None::<Instant>);
         let finished = loop {
             if child.try_wait().unwrap().is_some() {
                 break true;
             }
-            if start.elapsed() >= deadline {
+            if aim_at_write && seen.is_none() && !temporaries(d).is_empty() {
+                seen = Some(Instant::now());
+            }
+            let due = match seen {
+                Some(t) => t.elapsed() >= jitter,
+                None => !aim_at_write && start.elapsed() >= deadline,
+            };
+            if due {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 break false;
             }
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(100));
         };
         let now = std::fs::read(d.join("out.edgelm")).unwrap();
         assert!(now == old || now == new, "a torn output after a kill ({} bytes)", now.len());
@@ -70,14 +91,10 @@ fn sigkill_mid_write_leaves_the_old_or_the_new_file() {
             saw_new += usize::from(now == new);
             // a kill inside the write leaves the (hidden, uniquely named) temporary
             // file behind, never a torn output; clear it for the next round
-            let tmp: Vec<_> = std::fs::read_dir(d)
-                .unwrap()
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(".edgelm-convert-"))
-                .collect();
+            let tmp = temporaries(d);
             saw_tmp += usize::from(!tmp.is_empty());
             for t in tmp {
-                std::fs::remove_file(t.path()).unwrap();
+                std::fs::remove_file(t).unwrap();
             }
         }
     }

@@ -135,7 +135,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     std::fs::create_dir_all(&job.out).map_err(|e| Error::io("cannot create directory", &job.out, e))?;
     let hp = AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.eps, weight_decay: tc.weight_decay };
 
-    let (model, mut opt, mut batcher, mut step, mut tokens_seen, elapsed0) = if job.resume {
+    let (model, mut opt, mut batcher, mut step, mut tokens_seen, elapsed0, resumed_id) = if job.resume {
         let (state, rec) = checkpoint::load_state(&job.out, &job.device)?;
         if state.model != job.model {
             return Err(Error::Config(format!(
@@ -148,13 +148,17 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
             .map_err(|e| Error::ckpt(&job.out, format!("resume record: {e}")))?;
         let mut opt = AdamW::new(model.vars(), hp)?;
         opt.load_state(rec.moments, state.step)?;
+        // a kill between the record and the model files left those a checkpoint
+        // behind (or unwritten, when it came after the last step): rewrite them
+        // from the record, so that they always match it once a resume has begun
+        let id = checkpoint::save_model(&job.out, &model, job.tokenizer, &job.domains, DType::F32)?;
         let mut b = Batcher::new(tc.seed, tc.batch, seq);
         b.rng = state.batch_rng.clone();
-        (model, opt, b, state.step, state.tokens_seen, state.elapsed_s)
+        (model, opt, b, state.step, state.tokens_seen, state.elapsed_s, Some(id))
     } else {
         let model = Llama::new(&job.model, tc.seed, &job.device)?;
         let opt = AdamW::new(model.vars(), hp)?;
-        (model, opt, Batcher::new(tc.seed, tc.batch, seq), 0usize, 0u64, 0.0)
+        (model, opt, Batcher::new(tc.seed, tc.batch, seq), 0usize, 0u64, 0.0, None)
     };
 
     // The CSV keeps the rows up to the resumed step (a killed run may have logged more).
@@ -187,7 +191,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     let start = Instant::now();
     let tokens_per_step = (tc.batch * tc.accum * seq) as u64;
     let mut rows = Vec::new();
-    let mut model_id = None;
+    let mut model_id = resumed_id;
     let mut done_here = 0usize;
     while step < tc.steps {
         let lr = crate::schedule::lr_at(step, tc.steps, tc.warmup, tc.lr, tc.min_lr);

@@ -1,5 +1,6 @@
 //! Kill safety of `edgelm-train base`: the process is SIGKILLed at random moments
-//! (a checkpoint is written every step, so many kills land inside a write). After
+//! and, every other time, just after a checkpoint write has begun (a checkpoint is
+//! written every step; a temporary file in the run directory shows a write). After
 //! every kill the resume record loads, and the run finished with `--resume` ends
 //! with exactly the weights of an uninterrupted run.
 #![cfg(unix)]
@@ -34,10 +35,17 @@ fn base(train: &Path, tok: &Path, out: &Path, resume: bool) -> Command {
     c
 }
 
-fn has_tmp(dir: &Path) -> bool {
+/// The trainer's temporary files (`NAME.edgelm.tmp[.EXT]`) in `dir`.
+fn temporaries(dir: &Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir)
-        .map(|it| it.flatten().any(|e| e.file_name().to_string_lossy().contains(".edgelm.tmp")))
-        .unwrap_or(false)
+        .map(|it| {
+            it.flatten().filter(|e| e.file_name().to_string_lossy().contains(".edgelm.tmp")).map(|e| e.path()).collect()
+        })
+        .unwrap_or_default()
+}
+
+fn has_tmp(dir: &Path) -> bool {
+    !temporaries(dir).is_empty()
 }
 
 #[test]
@@ -64,18 +72,29 @@ fn sigkill_at_random_moments_never_breaks_resume() {
         assert!(attempts <= MAX_ATTEMPTS, "{kills} kills ({mid_write} mid-write) after {MAX_ATTEMPTS} attempts");
         let resume = run.join(checkpoint::STATE_TENSORS_FILE).exists();
         let mut child = base(&train, &tok, &run, resume).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        // odd attempts: a random moment of the run; even ones: just after a
+        // temporary file appears (inside a checkpoint write), plus 0-3 ms
         let deadline = Duration::from_millis(rng.below(span_ms));
-        let start = Instant::now();
+        let aim_at_write = attempts % 2 == 0;
+        let (start, mut seen) = (Instant::now(), None::<Instant>);
+        let jitter = Duration::from_micros(rng.below(3000));
         let status = loop {
             if let Some(s) = child.try_wait().unwrap() {
                 break Some(s);
             }
-            if start.elapsed() >= deadline {
+            if aim_at_write && seen.is_none() && has_tmp(&run) {
+                seen = Some(Instant::now());
+            }
+            let due = match seen {
+                Some(t) => t.elapsed() >= jitter,
+                None => !aim_at_write && start.elapsed() >= deadline,
+            };
+            if due {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 break None;
             }
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(100));
         };
         match status {
             Some(s) => {
@@ -90,7 +109,14 @@ fn sigkill_at_random_moments_never_breaks_resume() {
             }
             None => {
                 kills += 1;
-                mid_write += usize::from(has_tmp(&run));
+                // a kill inside a write leaves its temporary file (the next write of
+                // that file would replace it); cleared so that the next round sees
+                // only its own
+                let tmp = temporaries(&run);
+                mid_write += usize::from(!tmp.is_empty());
+                for t in tmp {
+                    std::fs::remove_file(t).unwrap();
+                }
                 // whatever the moment, the record (if one was committed) loads and is whole
                 if run.join(checkpoint::STATE_TENSORS_FILE).exists() {
                     let (state, rec) = checkpoint::load_state(&run, &Device::Cpu)

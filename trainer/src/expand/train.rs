@@ -155,6 +155,9 @@ fn load_state(e: &Expanded, job: &ExpandJob) -> Result<(ExpandState, FitResume)>
         ));
     }
     e.set_vars(rec.params, dir)?;
+    // a kill between the record and the domain checkpoint left the latter a
+    // checkpoint behind (or unwritten after the last step): rewrite it from the record
+    e.save(dir, job.base_config, job.tokenizer)?;
     let losses = state.losses.iter().copied().filter(|&(s, _)| s <= state.step).collect();
     let resume = FitResume { step: state.step, moments: rec.moments, losses };
     Ok((state, resume))
