@@ -437,7 +437,11 @@ pub fn matvec_q4_par(
 ) {
     let cols = xq.len();
     match par {
-        Some(p) if p.threads() > 1 && out.len() * cols / 2 >= PARALLEL_MIN_BYTES && out.len() >= 8 => {
+        // by elements, as for q8: a q4 weight byte costs about twice the
+        // unpacking work of a q8 one, so halving the bytes must not halve the
+        // threshold (measured: with `cols / 2` only the head of the 15M shape was
+        // split and 2 threads decoded no faster than 1)
+        Some(p) if p.threads() > 1 && out.len() * cols >= PARALLEL_MIN_BYTES && out.len() >= 8 => {
             matvec_q4_split(k, p, out, wq, ws, xq, xs)
         }
         _ => (k.matvec_q4)(out, wq, ws, xq, xs),
