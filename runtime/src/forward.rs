@@ -52,24 +52,28 @@ fn matvec(e: Exec<'_>, m: &Matrix<'_>, input: &mut Input<'_>, xq: &mut [i8], xs:
         Weights::F32(w) => matvec_f32_par(k, par, out, w, input.x),
         Weights::F16(w) => matvec_f16_par(k, par, out, w, input.x),
         Weights::Q8 { qs, scales } => {
-            let n = input.x.len();
-            let (xq, xs) = (&mut xq[..n], &mut xs[..n / crate::format::Q8_GROUP]);
-            if !input.quantized {
-                (k.quantize_q8)(input.x, xq, xs);
-                input.quantized = true;
-            }
+            let (xq, xs) = input.quantized(k, xq, xs);
             matvec_q8_par(k, par, out, qs, scales, xq, xs)
         }
         // q4 weights read the same q8 activations (groups of 32 both)
         Weights::Q4 { qs, scales } => {
-            let n = input.x.len();
-            let (xq, xs) = (&mut xq[..n], &mut xs[..n / crate::format::Q8_GROUP]);
-            if !input.quantized {
-                (k.quantize_q8)(input.x, xq, xs);
-                input.quantized = true;
-            }
+            let (xq, xs) = input.quantized(k, xq, xs);
             matvec_q4_par(k, par, out, qs, scales, xq, xs)
         }
+    }
+}
+
+impl Input<'_> {
+    /// The vector quantized to q8 (on first use; shared by every q8 and q4
+    /// matrix that reads it): `xq: [n]`, `xs: [n/32]`.
+    fn quantized<'q>(&mut self, k: &Kernels, xq: &'q mut [i8], xs: &'q mut [f32]) -> (&'q [i8], &'q [f32]) {
+        let n = self.x.len();
+        let (xq, xs) = (&mut xq[..n], &mut xs[..n / crate::format::Q8_GROUP]);
+        if !self.quantized {
+            (k.quantize_q8)(self.x, xq, xs);
+            self.quantized = true;
+        }
+        (xq, xs)
     }
 }
 

@@ -355,6 +355,12 @@ pub trait Parallel: Sync {
 /// 2-vCPU bench machine, see docs/BENCHMARKS.md).
 pub const PARALLEL_MIN_BYTES: usize = 200_000;
 
+/// `par`, when a matrix of `rows` rows and `work` units (bytes, or elements
+/// for the quantized types) is worth splitting over its threads.
+fn worth_splitting<'p>(par: Option<&'p dyn Parallel>, rows: usize, work: usize) -> Option<&'p dyn Parallel> {
+    par.filter(|p| p.threads() > 1 && work >= PARALLEL_MIN_BYTES && rows >= 8)
+}
+
 /// A raw `&mut [f32]` that may be split across threads by disjoint ranges.
 struct SharedOut {
     ptr: *mut f32,
@@ -405,12 +411,9 @@ pub fn matvec_q8_par(
     xq: &[i8],
     xs: &[f32],
 ) {
-    let cols = xq.len();
-    match par {
-        Some(p) if p.threads() > 1 && out.len() * cols >= PARALLEL_MIN_BYTES && out.len() >= 8 => {
-            matvec_q8_split(k, p, out, wq, ws, xq, xs)
-        }
-        _ => (k.matvec_q8)(out, wq, ws, xq, xs),
+    match worth_splitting(par, out.len(), out.len() * xq.len()) {
+        Some(p) => matvec_q8_split(k, p, out, wq, ws, xq, xs),
+        None => (k.matvec_q8)(out, wq, ws, xq, xs),
     }
 }
 
@@ -425,7 +428,9 @@ pub fn matvec_q8_split(k: &Kernels, par: &dyn Parallel, out: &mut [f32], wq: &[i
 }
 
 /// `k.matvec_q4`, rows split across `par` when the matrix is large enough
-/// (the threshold counts weight bytes, as for q8).
+/// (the threshold counts elements, as for q8: a q4 byte holds two weights and
+/// costs about twice the unpacking work, so counting bytes split only the head
+/// of the 15M shape and 2 threads decoded no faster than 1).
 pub fn matvec_q4_par(
     k: &Kernels,
     par: Option<&dyn Parallel>,
@@ -435,16 +440,9 @@ pub fn matvec_q4_par(
     xq: &[i8],
     xs: &[f32],
 ) {
-    let cols = xq.len();
-    match par {
-        // by elements, as for q8: a q4 weight byte costs about twice the
-        // unpacking work of a q8 one, so halving the bytes must not halve the
-        // threshold (measured: with `cols / 2` only the head of the 15M shape was
-        // split and 2 threads decoded no faster than 1)
-        Some(p) if p.threads() > 1 && out.len() * cols >= PARALLEL_MIN_BYTES && out.len() >= 8 => {
-            matvec_q4_split(k, p, out, wq, ws, xq, xs)
-        }
-        _ => (k.matvec_q4)(out, wq, ws, xq, xs),
+    match worth_splitting(par, out.len(), out.len() * xq.len()) {
+        Some(p) => matvec_q4_split(k, p, out, wq, ws, xq, xs),
+        None => (k.matvec_q4)(out, wq, ws, xq, xs),
     }
 }
 
@@ -461,22 +459,18 @@ pub fn matvec_q4_split(k: &Kernels, par: &dyn Parallel, out: &mut [f32], wq: &[u
 /// `k.matvec_f32`, rows split across `par` when the matrix is large enough.
 pub fn matvec_f32_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], w: &[f32], x: &[f32]) {
     let cols = x.len();
-    match par {
-        Some(p) if p.threads() > 1 && out.len() * cols * 4 >= PARALLEL_MIN_BYTES && out.len() >= 8 => {
-            par_rows(p, out, &|r0, o| (k.matvec_f32)(o, &w[r0 * cols..(r0 + o.len()) * cols], x))
-        }
-        _ => (k.matvec_f32)(out, w, x),
+    match worth_splitting(par, out.len(), out.len() * cols * 4) {
+        Some(p) => par_rows(p, out, &|r0, o| (k.matvec_f32)(o, &w[r0 * cols..(r0 + o.len()) * cols], x)),
+        None => (k.matvec_f32)(out, w, x),
     }
 }
 
 /// `k.matvec_f16`, rows split across `par` when the matrix is large enough.
 pub fn matvec_f16_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], w: &[u16], x: &[f32]) {
     let cols = x.len();
-    match par {
-        Some(p) if p.threads() > 1 && out.len() * cols * 2 >= PARALLEL_MIN_BYTES && out.len() >= 8 => {
-            par_rows(p, out, &|r0, o| (k.matvec_f16)(o, &w[r0 * cols..(r0 + o.len()) * cols], x))
-        }
-        _ => (k.matvec_f16)(out, w, x),
+    match worth_splitting(par, out.len(), out.len() * cols * 2) {
+        Some(p) => par_rows(p, out, &|r0, o| (k.matvec_f16)(o, &w[r0 * cols..(r0 + o.len()) * cols], x)),
+        None => (k.matvec_f16)(out, w, x),
     }
 }
 
