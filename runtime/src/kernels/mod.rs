@@ -357,7 +357,7 @@ pub const PARALLEL_MIN_BYTES: usize = 200_000;
 
 /// `par`, when a matrix of `rows` rows and `work` units (bytes, or elements
 /// for the quantized types) is worth splitting over its threads.
-fn worth_splitting<'p>(par: Option<&'p dyn Parallel>, rows: usize, work: usize) -> Option<&'p dyn Parallel> {
+fn worth_splitting(par: Option<&dyn Parallel>, rows: usize, work: usize) -> Option<&dyn Parallel> {
     par.filter(|p| p.threads() > 1 && work >= PARALLEL_MIN_BYTES && rows >= 8)
 }
 
