@@ -11,6 +11,8 @@ use edgelm_runtime::bpb::{documents, eval_document, Totals};
 use edgelm_runtime::format::{FileKind, ModelFile, VerifyChecksum};
 use edgelm_runtime::{Engine, EngineOptions, ErrorKind, KvType, Model, SamplerConfig, SessionOptions};
 
+mod soak;
+
 #[derive(Parser)]
 #[command(
     name = "edgelm",
@@ -24,7 +26,8 @@ use edgelm_runtime::{Engine, EngineOptions, ErrorKind, KvType, Model, SamplerCon
         edgelm generate --model models/base.edgelm --pack models/recipe.edgelm --domain recipe --prompt \"Title:\"\n  \
         edgelm inspect models/base.edgelm\n  \
         edgelm bench --model models/base.edgelm --json\n  \
-        edgelm eval --model models/base.edgelm valid.txt"
+        edgelm eval --model models/base.edgelm valid.txt\n  \
+        edgelm soak --model models/base.edgelm --pack models/recipe.edgelm --tokens 1000000"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -46,6 +49,9 @@ enum Command {
     Eval(EvalArgs),
     /// Generate a story and a recipe from the models shipped in the repo.
     Demo(DemoArgs),
+    /// A kiosk's life in minutes: many sessions over every domain, files
+    /// reloaded, memory and speed sampled, fixed seeds checked at both ends.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Args)]
@@ -497,6 +503,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(b) => bench(b),
         Command::Eval(e) => eval(e),
         Command::Demo(d) => demo(d),
+        Command::Soak(s) => soak::soak(s),
     }
 }
 

@@ -80,3 +80,37 @@ fn bad_inputs_give_clear_errors() {
     assert!(!ok && err.contains("prompt is"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn soak_reloads_packs_and_checks_its_probes() {
+    let dir = workdir("soak");
+    let spec = SyntheticSpec::tiny(DType::Q8);
+    let model = dir.join("base.edgelm");
+    std::fs::write(&model, synthetic_model(&spec).unwrap()).unwrap();
+    let pack = dir.join("recipe.edgelm");
+    std::fs::write(&pack, synthetic_pack(&spec, &SyntheticPackSpec::recipe(DType::Q8)).unwrap()).unwrap();
+    let (m, p) = (model.to_str().unwrap(), pack.to_str().unwrap());
+
+    let args = ["soak", "--model", m, "--pack", p, "--tokens", "3000", "--session-tokens", "40", "--reload-every", "3"];
+    let (ok, out, err) = edgelm(&[&args[..], &["--json", "--window", "500"]].concat());
+    assert!(ok, "{err}");
+    let field = |k: &str| -> u64 {
+        let i = out.find(&format!("\"{k}\":")).unwrap_or_else(|| panic!("no {k} in {out}")) + k.len() + 3;
+        out[i..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    assert_eq!(field("tokens"), 3000, "{out}");
+    assert!(field("sessions") >= 3000 / 40, "{out}");
+    // one reload per three sessions after the first load
+    assert_eq!(field("reloads"), (field("sessions") - 1) / 3, "{out}");
+    assert!(out.contains("\"domains\":[\"story\", \"recipe\"]"), "{out}");
+    assert!(out.contains("\"probes\":4,\"probes_identical\":true"), "{out}");
+    assert!(out.contains("\"rss_flat\":true") && field("rss_max_bytes") > 0, "{out}");
+    assert!(out.matches("\"tokens_per_cpu_s\":").count() >= 6, "one sample per 500 tokens: {out}");
+
+    // the table form, and a clear error for nonsense
+    let (ok, out, err) = edgelm(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("identical at start and end") && out.contains("reloads"), "{out}");
+    let (ok, _, err) = edgelm(&["soak", "--model", m, "--tokens", "0"]);
+    assert!(!ok && err.contains("--tokens"), "{err}");
+}
