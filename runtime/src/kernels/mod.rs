@@ -588,6 +588,16 @@ impl<'a> TileOut<'a> {
         self.tokens
     }
 
+    /// The rows of tokens `b..b + T`, at once (a batched kernel writes one
+    /// row of several tokens together). Panics unless `b + T ≤ tokens()`.
+    pub fn tokens_at<const T: usize>(&mut self, b: usize) -> [&mut [f32]; T] {
+        assert!(b + T <= self.tokens, "TileOut: tokens {b}..{} of {}", b + T, self.tokens);
+        // SAFETY: every `b + j < tokens`, so each range is one of those the
+        // constructor vouched for; they are disjoint (`ld ≥ rows`), and
+        // `&mut self` keeps them the only live references into the tile.
+        core::array::from_fn(|j| unsafe { core::slice::from_raw_parts_mut(self.ptr.add((b + j) * self.ld), self.rows) })
+    }
+
     /// Token `b`'s rows. Panics unless `b < tokens()`.
     pub fn token(&mut self, b: usize) -> &mut [f32] {
         assert!(b < self.tokens, "TileOut: token {b} of {}", self.tokens);

@@ -526,15 +526,18 @@ macro_rules! q8_matvec {
                 while b < n {
                     let t = if n - b >= 4 { 4 } else { 1 };
                     let (x, xsb) = (xq.as_ptr().add(b * cols), xs.as_ptr().add(b * groups));
-                    for r in 0..rows {
-                        let (wr, sr) = (w.add(r * cols), s.add(r * groups));
-                        let sums = if t == 4 {
-                            row::<4>(wr, sr, x, xsb, groups, r < rows4)
-                        } else {
-                            row::<1>(wr, sr, x, xsb, groups, r < rows4)
-                        };
-                        for (j, &v) in sums.iter().enumerate().take(t) {
-                            out.token(b + j)[r] = v;
+                    if t == 4 {
+                        let mut o = out.tokens_at::<4>(b);
+                        for r in 0..rows {
+                            let sums = row::<4>(w.add(r * cols), s.add(r * groups), x, xsb, groups, r < rows4);
+                            for (o, v) in o.iter_mut().zip(sums) {
+                                o[r] = v;
+                            }
+                        }
+                    } else {
+                        let o = out.token(b);
+                        for (r, o) in o.iter_mut().enumerate() {
+                            *o = row::<1>(w.add(r * cols), s.add(r * groups), x, xsb, groups, r < rows4)[0];
                         }
                     }
                     b += t;
