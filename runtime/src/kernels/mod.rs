@@ -156,6 +156,7 @@ pub fn f16_to_f32(bits: u16) -> f32 {
 pub type MatvecQ8 = fn(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]);
 pub type MatvecQ4 = fn(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]);
 pub type MatmulQ8 = fn(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]);
+pub type MatmulQ4 = fn(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]);
 pub type MatvecF32 = fn(out: &mut [f32], w: &[f32], x: &[f32]);
 pub type MatvecF16 = fn(out: &mut [f32], w: &[u16], x: &[f32]);
 pub type QuantizeQ8 = fn(x: &[f32], q: &mut [i8], s: &mut [f32]);
@@ -189,6 +190,9 @@ pub struct Kernels {
     /// element `j` low, `j + 16` high, each as `q + 8`, see
     /// [`crate::format::DType::Q4`]), `ws: [rows·cols/32]`.
     pub matvec_q4: MatvecQ4,
+    /// `matvec_q4` for a block of tokens, as `matmul_q8` is for `matvec_q8`
+    /// (`wq: [rows·cols/2]`); bit-identical to `matvec_q4` per token.
+    pub matmul_q4: MatmulQ4,
     /// `out[r] = Σ_c w[r,c]·x[c]`; `w: [rows·cols]`, `x: [cols]`.
     pub matvec_f32: MatvecF32,
     /// As `matvec_f32` with f16 weights (bits).
@@ -226,6 +230,7 @@ pub static REFERENCE: Kernels = Kernels {
     matvec_q8: reference::matvec_q8,
     matmul_q8: reference::matmul_q8,
     matvec_q4: reference::matvec_q4,
+    matmul_q4: reference::matmul_q4,
     matvec_f32: reference::matvec_f32,
     matvec_f16: reference::matvec_f16,
     quantize_q8: reference::quantize_q8,
@@ -535,15 +540,39 @@ pub(crate) fn check_q8_tile(out: &TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8],
     cols
 }
 
-/// A batched q8 product as a matvec per token (for a path whose batched
-/// kernel is its matvec: bit-identical by construction).
+/// A batched product as the table's matvec per token (for a path whose
+/// batched kernel is its matvec: bit-identical by construction).
 #[allow(dead_code)]
-pub(crate) fn per_token_q8(matvec: MatvecQ8, out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
-    let cols = check_q8_tile(out, wq, ws, xq, xs);
+pub(crate) fn per_token<W>(
+    matvec: fn(&mut [f32], &[W], &[u16], &[i8], &[f32]),
+    out: &mut TileOut<'_>,
+    wq: &[W],
+    ws: &[u16],
+    xq: &[i8],
+    xs: &[f32],
+) {
+    let n = out.tokens();
+    let cols = xq.len().checked_div(n).unwrap_or(0);
     let g = cols / Q8_GROUP;
-    for b in 0..out.tokens() {
+    for b in 0..n {
         matvec(out.token(b), wq, ws, &xq[b * cols..(b + 1) * cols], &xs[b * g..(b + 1) * g]);
     }
+}
+
+/// Checks the slice lengths every SIMD `matmul_q4` relies on (panics like a
+/// failed index would in the reference); returns `cols`.
+#[inline]
+#[allow(dead_code)]
+pub(crate) fn check_q4_tile(out: &TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) -> usize {
+    let (rows, n) = (out.rows(), out.tokens());
+    let cols = xq.len().checked_div(n).unwrap_or(0);
+    assert!(cols.is_multiple_of(Q4_GROUP), "q4 cols {cols} not a multiple of {Q4_GROUP}");
+    let g = cols / Q4_GROUP;
+    assert!(
+        wq.len() >= rows * cols / 2 && ws.len() >= rows * g && xs.len() >= n * g,
+        "matmul_q4: slices too short for {rows} rows × {cols} cols × {n} tokens"
+    );
+    cols
 }
 
 /// The output of a batched product over one tile of rows: `rows` floats per
@@ -727,5 +756,27 @@ pub fn matmul_q8(
     matmul_tiles(par, out, ld, rows, n, cols + 2 * g, &|tile, r0| {
         let r1 = r0 + tile.rows();
         (k.matmul_q8)(tile, &wq[r0 * cols..r1 * cols], &ws[r0 * g..r1 * g], xq, xs)
+    })
+}
+
+/// As [`matmul_q8`] for q4 weights (`wq: [rows·cols/2]`), through `k.matmul_q4`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_q4(
+    k: &Kernels,
+    par: Option<&dyn Parallel>,
+    out: &mut [f32],
+    ld: usize,
+    rows: usize,
+    n: usize,
+    wq: &[u8],
+    ws: &[u16],
+    xq: &[i8],
+    xs: &[f32],
+) {
+    let cols = xq.len().checked_div(n).unwrap_or(0);
+    let g = cols / Q4_GROUP;
+    matmul_tiles(par, out, ld, rows, n, cols / 2 + 2 * g, &|tile, r0| {
+        let r1 = r0 + tile.rows();
+        (k.matmul_q4)(tile, &wq[r0 * cols / 2..r1 * cols / 2], &ws[r0 * g..r1 * g], xq, xs)
     })
 }

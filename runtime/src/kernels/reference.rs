@@ -56,6 +56,16 @@ pub fn matvec_q4(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) 
     }
 }
 
+/// See [`super::Kernels::matmul_q4`]: [`matvec_q4`] for each token.
+pub fn matmul_q4(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    let n = out.tokens();
+    let cols = xq.len() / n.max(1);
+    let groups = cols / Q4_GROUP;
+    for b in 0..n {
+        matvec_q4(out.token(b), wq, ws, &xq[b * cols..(b + 1) * cols], &xs[b * groups..(b + 1) * groups]);
+    }
+}
+
 /// See [`super::Kernels::matvec_f32`].
 pub fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
     let cols = x.len();

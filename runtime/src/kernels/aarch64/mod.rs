@@ -19,7 +19,7 @@
 
 use core::arch::aarch64::*;
 
-use super::{check_q4, check_q8, check_q8_tile, f16_to_f32, Kernels, TileOut};
+use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, f16_to_f32, Kernels, TileOut};
 
 mod q4;
 
@@ -55,6 +55,7 @@ static NEON: Kernels = Kernels {
     matvec_q8: matvec_q8_neon,
     matmul_q8: matmul_q8_neon,
     matvec_q4: matvec_q4_neon,
+    matmul_q4: matmul_q4_neon,
     matvec_f32,
     matvec_f16,
     quantize_q8,
@@ -72,6 +73,7 @@ static DOTPROD: Kernels = Kernels {
     matvec_q8: matvec_q8_dotprod,
     matmul_q8: matmul_q8_dotprod,
     matvec_q4: matvec_q4_dotprod,
+    matmul_q4: matmul_q4_dotprod,
     ..NEON
 };
 
@@ -112,6 +114,19 @@ fn matvec_q4_dotprod(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f3
     // SAFETY: only reachable via `DOTPROD`, returned after detecting NEON and
     // dotprod; slice lengths were checked above.
     unsafe { q4::q4_dotprod::matvec(out, wq, ws, xq, xs) }
+}
+
+fn matmul_q4_neon(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `NEON`/`DOTPROD`, returned after detecting
+    // NEON; slice lengths were checked above.
+    unsafe { q4::q4_neon::matmul(out, wq, ws, xq, xs) }
+}
+fn matmul_q4_dotprod(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `DOTPROD`, returned after detecting NEON and
+    // dotprod; slice lengths were checked above.
+    unsafe { q4::q4_dotprod::matmul(out, wq, ws, xq, xs) }
 }
 
 simd_f32_wrappers!(rope_step: 4);

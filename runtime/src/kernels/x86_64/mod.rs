@@ -21,7 +21,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{check_q4, check_q8, check_q8_tile, per_token_q8, Kernels, TileOut};
+use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, per_token, Kernels, TileOut};
 
 mod q4;
 mod q8_avx512;
@@ -83,6 +83,7 @@ static AVX2: Kernels = Kernels {
     matvec_q8: matvec_q8_avx2,
     matmul_q8: matmul_q8_avx2,
     matvec_q4: matvec_q4_avx2,
+    matmul_q4: matmul_q4_avx2,
     matvec_f32,
     matvec_f16,
     quantize_q8,
@@ -100,6 +101,7 @@ static AVXVNNI: Kernels = Kernels {
     matvec_q8: matvec_q8_avxvnni,
     matmul_q8: matmul_q8_avxvnni,
     matvec_q4: matvec_q4_avxvnni,
+    matmul_q4: matmul_q4_avxvnni,
     ..AVX2
 };
 static AVX512VNNI: Kernels = Kernels {
@@ -107,6 +109,7 @@ static AVX512VNNI: Kernels = Kernels {
     matvec_q8: matvec_q8_avx512vnni,
     matmul_q8: matmul_q8_avx512vnni,
     matvec_q4: matvec_q4_avx512vnni,
+    matmul_q4: matmul_q4_avx512vnni,
     ..AVX2
 };
 
@@ -143,11 +146,29 @@ fn matmul_q8_avxvnni(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs
     // avx2+fma+f16c+avxvnni; slice lengths were checked above.
     unsafe { q8_avxvnni::matmul(out, wq, ws, xq, xs) }
 }
-/// The 512-bit path's batched product is its matvec per token (bit-identical
-/// by construction): a register-blocked 512-bit form is not written yet (no
-/// AVX-512 machine to test it on this round).
+/// The 512-bit q8 path's batched product is its matvec per token
+/// (bit-identical by construction): a batched 512-bit form is not written yet
+/// (no AVX-512 machine to test it on this round).
 fn matmul_q8_avx512vnni(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
-    per_token_q8(matvec_q8_avx512vnni, out, wq, ws, xq, xs)
+    per_token(matvec_q8_avx512vnni, out, wq, ws, xq, xs)
+}
+fn matmul_q4_avx512vnni(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVX512VNNI`, returned after detecting
+    // avx2+fma+f16c+avx512f/bw/vl/vnni; slice lengths were checked above.
+    unsafe { q4::q4_avx512vnni::matmul(out, wq, ws, xq, xs) }
+}
+fn matmul_q4_avx2(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVX2`/`avx2()`, returned after detecting
+    // avx2+fma+f16c; slice lengths were checked above.
+    unsafe { q4::q4_avx2::matmul(out, wq, ws, xq, xs) }
+}
+fn matmul_q4_avxvnni(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVXVNNI`, returned after detecting
+    // avx2+fma+f16c+avxvnni; slice lengths were checked above.
+    unsafe { q4::q4_avxvnni::matmul(out, wq, ws, xq, xs) }
 }
 
 fn matvec_q4_avx2(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
@@ -191,6 +212,47 @@ unsafe fn store4(out: *mut f32, a: __m256, b: __m256, c: __m256, d: __m256) {
     let s = _mm256_hadd_ps(ab, cd);
     let r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
     _mm_storeu_ps(out, r);
+}
+
+/// `v` in both 128-bit halves.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dup128(v: __m128) -> __m256 {
+    _mm256_insertf128_ps(_mm256_castps128_ps256(v), v, 1)
+}
+
+/// Lanes `k`, `k + 4` of the result: the two 16-byte halves of group `k`'s
+/// sum, from four groups' eight-lane products `p` (integer, exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn fold4(p: [__m256i; 4]) -> __m256i {
+    let s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
+    let s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
+    _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23))
+}
+
+/// The sums of one row's accumulators for `T` (1 or 4) tokens, in the order
+/// the 256-bit matvecs reduce that row: as `store4` for a row of a four-row
+/// block (`in_block`), else as `hsum`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn reduce_rows<const T: usize>(acc: &[__m256; T], in_block: bool) -> [f32; 4] {
+    let mut sums = [0f32; 4];
+    if in_block && T == 4 {
+        let a = |t: usize| acc[t.min(T - 1)];
+        store4(sums.as_mut_ptr(), a(0), a(1), a(2), a(3));
+    } else if in_block {
+        for (t, a) in acc.iter().enumerate() {
+            let mut four = [0f32; 4];
+            store4(four.as_mut_ptr(), *a, *a, *a, *a);
+            sums[t] = four[0];
+        }
+    } else {
+        for (t, a) in acc.iter().enumerate() {
+            sums[t] = hsum(*a);
+        }
+    }
+    sums
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -493,7 +555,7 @@ macro_rules! q8_matvec {
         mod $module {
             use core::arch::x86_64::*;
 
-            use super::{f16_scalar, hsum, store4};
+            use super::{dup128, f16_scalar, fold4, hsum, reduce_rows, store4};
             use crate::kernels::TileOut;
 
             /// The weight vector's operand for [`dot_prepped`].
@@ -515,16 +577,6 @@ macro_rules! q8_matvec {
             #[inline]
             unsafe fn dot(w: __m256i, x: __m256i) -> __m256i {
                 dot_prepped(prep(w), w, x)
-            }
-
-            /// Lanes `k`, `k + 4` of the result: the two 16-byte halves of
-            /// group `k`'s sum (from four groups' products `p`, integer, exact).
-            #[target_feature(enable = $feat)]
-            #[inline]
-            unsafe fn fold4(p: [__m256i; 4]) -> __m256i {
-                let s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
-                let s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
-                _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23))
             }
 
             /// Caller guarantees the CPU features and slice lengths (`check_q8`).
@@ -698,16 +750,14 @@ macro_rules! q8_matvec {
                         let wv = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(w.add(at + 32 * k) as *const __m256i));
                         let aw = wv.map(|v| prep(v));
                         // f32 weight scales of the four groups, in both 128-bit halves
-                        let h = _mm_cvtph_ps(_mm_loadl_epi64(ws.add(g0 + j) as *const __m128i));
-                        let wsc = _mm256_insertf128_ps(_mm256_castps128_ps256(h), h, 1);
+                        let wsc = dup128(_mm_cvtph_ps(_mm_loadl_epi64(ws.add(g0 + j) as *const __m128i)));
                         for (t, acc) in acc.iter_mut().enumerate() {
                             let x = xq.add(t * cols + at);
                             let p = [0, 1, 2, 3].map(|k| {
                                 dot_prepped(aw[k], wv[k], _mm256_loadu_si256(x.add(32 * k) as *const __m256i))
                             });
                             // ws·xs per group, as `block`'s `sc` (the same f32 products)
-                            let xsv = _mm_loadu_ps(xs.add(t * groups + g0 + j));
-                            let d = _mm256_mul_ps(wsc, _mm256_insertf128_ps(_mm256_castps128_ps256(xsv), xsv, 1));
+                            let d = _mm256_mul_ps(wsc, dup128(_mm_loadu_ps(xs.add(t * groups + g0 + j))));
                             *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(p)), d, *acc);
                         }
                         j += 4;
@@ -726,22 +776,7 @@ macro_rules! q8_matvec {
                     }
                     g0 += n;
                 }
-                let mut sums = [0f32; 4];
-                if in_block && T == 4 {
-                    let a = |t: usize| acc[t.min(T - 1)];
-                    store4(sums.as_mut_ptr(), a(0), a(1), a(2), a(3));
-                } else if in_block {
-                    for (t, a) in acc.iter().enumerate() {
-                        let mut four = [0f32; 4];
-                        store4(four.as_mut_ptr(), *a, *a, *a, *a);
-                        sums[t] = four[0];
-                    }
-                } else {
-                    for (t, a) in acc.iter().enumerate() {
-                        sums[t] = hsum(*a);
-                    }
-                }
-                sums
+                reduce_rows(&acc, in_block)
             }
         }
     };
