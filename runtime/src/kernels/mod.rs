@@ -540,17 +540,14 @@ pub(crate) fn check_q8_tile(out: &TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8],
     cols
 }
 
+/// A quantized matvec with weights of element type `W` (`MatvecQ8`, `MatvecQ4`).
+#[allow(dead_code)]
+type MatvecQuant<W> = fn(&mut [f32], &[W], &[u16], &[i8], &[f32]);
+
 /// A batched product as the table's matvec per token (for a path whose
 /// batched kernel is its matvec: bit-identical by construction).
 #[allow(dead_code)]
-pub(crate) fn per_token<W>(
-    matvec: fn(&mut [f32], &[W], &[u16], &[i8], &[f32]),
-    out: &mut TileOut<'_>,
-    wq: &[W],
-    ws: &[u16],
-    xq: &[i8],
-    xs: &[f32],
-) {
+pub(crate) fn per_token<W>(matvec: MatvecQuant<W>, out: &mut TileOut<'_>, wq: &[W], ws: &[u16], xq: &[i8], xs: &[f32]) {
     let n = out.tokens();
     let cols = xq.len().checked_div(n).unwrap_or(0);
     let g = cols / Q8_GROUP;
