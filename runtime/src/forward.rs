@@ -5,7 +5,9 @@
 //! Two paths: [`forward`] runs one token (matrix × vector; decode), and
 //! [`forward_block`] runs a block of consecutive tokens (matrix × matrix;
 //! prompts and evaluation): each weight tile is read from memory once per
-//! block instead of once per token (`kernels::matmul_rows`). Attention in a
+//! block instead of once per token (`kernels::matmul_tiles`), and q8 tiles go
+//! through the table's batched kernels (`Kernels::matmul_q8`, `matmul_q4`),
+//! which load (and unpack) each weight vector once per four tokens. Attention in a
 //! block is causal: token `i` attends to cache positions `≤ pos + i`, its
 //! own block's earlier keys included. Both paths call the same kernels on
 //! the same row blocks in the same order, so their results are bit-identical
@@ -13,7 +15,9 @@
 
 use crate::arena::RunState;
 use crate::format::Config;
-use crate::kernels::{matmul_rows, matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par, Kernels, Parallel};
+use crate::kernels::{
+    matmul_q4, matmul_q8, matmul_rows, matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par, Kernels, Parallel,
+};
 use crate::model::{Block, Domain, Matrix, Model, Weights};
 
 /// In-place softmax (scalar; the forward pass uses `Kernels::softmax`).
@@ -197,32 +201,16 @@ fn matmul(e: Exec<'_>, m: &Matrix<'_>, input: &mut BlockInput<'_>, xq: &mut [i8]
             (k.matvec_f16)(o, &w[r0 * cols..(r0 + o.len()) * cols], &x[b * cols..(b + 1) * cols])
         }),
         Weights::Q8 { qs, scales } => {
+            // the table's batched kernel: each weight vector loaded once per
+            // four tokens, bit-identical to `matvec_q8` per token (q4 alike)
             let g = cols / crate::format::Q8_GROUP;
             let (xq, xs) = input.quantized_rows(k, xq, xs);
-            matmul_rows(par, out, rows, rows, n, cols + 2 * g, &|o, r0, b| {
-                let r1 = r0 + o.len();
-                (k.matvec_q8)(
-                    o,
-                    &qs[r0 * cols..r1 * cols],
-                    &scales[r0 * g..r1 * g],
-                    &xq[b * cols..(b + 1) * cols],
-                    &xs[b * g..(b + 1) * g],
-                )
-            })
+            matmul_q8(k, par, out, rows, rows, n, qs, scales, &xq[..n * cols], &xs[..n * g])
         }
         Weights::Q4 { qs, scales } => {
             let g = cols / crate::format::Q8_GROUP;
             let (xq, xs) = input.quantized_rows(k, xq, xs);
-            matmul_rows(par, out, rows, rows, n, cols / 2 + 2 * g, &|o, r0, b| {
-                let r1 = r0 + o.len();
-                (k.matvec_q4)(
-                    o,
-                    &qs[r0 * cols / 2..r1 * cols / 2],
-                    &scales[r0 * g..r1 * g],
-                    &xq[b * cols..(b + 1) * cols],
-                    &xs[b * g..(b + 1) * g],
-                )
-            })
+            matmul_q4(k, par, out, rows, rows, n, qs, scales, &xq[..n * cols], &xs[..n * g])
         }
     }
 }

@@ -77,6 +77,10 @@ fn unpack_q4(wq: &[u8]) -> Vec<i8> {
         .collect()
 }
 
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
 fn exact_isums(wq: &[i8], xq: &[i8], rows: usize, cols: usize) -> Vec<Vec<i32>> {
     (0..rows)
         .map(|r| {
@@ -226,6 +230,100 @@ proptest! {
                     .sum();
                 prop_assert!((out[r] as f64 - want[r] as f64).abs() <= 1e-5 * mag + 1e-30,
                     "{} row {}: {} vs {} (mag {})", k.name, r, out[r], want[r], mag);
+            }
+        }
+    }
+
+    /// The batched q8 kernel (`matmul_q8`, tokens strided by `ld`) gives every
+    /// token exactly its table's `matvec_q8` (bit for bit: odd row counts, so
+    /// four-row blocks and single rows; 1..=9 tokens, so four-token groups and
+    /// single tokens; 1..=30 groups, so eight-group chunks, quads and single
+    /// groups), leaves the gaps between tokens alone, and is within the
+    /// matvec bound of the scalar twin `reference::matmul_q8`.
+    #[test]
+    fn q8_matmul_equals_matvec_per_token(
+        (rows, cols, wq, ws, _xq, _xs) in q8_inputs(30),
+        n in 1usize..=9,
+        gap in 0usize..3,
+        seed in any::<u32>(),
+    ) {
+        let groups = cols / 32;
+        let ld = rows + gap;
+        let x: Vec<f32> = (0..n * cols)
+            .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
+            .collect();
+        let (mut xq, mut xs) = (vec![0i8; n * cols], vec![0f32; n * groups]);
+        reference::quantize_q8(&x, &mut xq, &mut xs);
+        let mut want_ref = vec![f32::NAN; (n - 1) * ld + rows];
+        reference::matmul_q8(&mut kernels::TileOut::new(&mut want_ref, ld, rows, n), &wq, &ws, &xq, &xs);
+        for k in kernels::available() {
+            let mut got = vec![f32::NAN; (n - 1) * ld + rows];
+            (k.matmul_q8)(&mut kernels::TileOut::new(&mut got, ld, rows, n), &wq, &ws, &xq, &xs);
+            for b in 0..n {
+                let mut want = vec![0f32; rows];
+                (k.matvec_q8)(&mut want, &wq, &ws, &xq[b * cols..][..cols], &xs[b * groups..][..groups]);
+                prop_assert_eq!(bits(&got[b * ld..][..rows]), bits(&want), "{} token {} of {}", k.name, b, n);
+                if b + 1 < n {
+                    prop_assert!(got[b * ld + rows..(b + 1) * ld].iter().all(|v| v.is_nan()), "{} wrote a gap", k.name);
+                }
+                for r in 0..rows {
+                    let mag: f64 = (0..groups)
+                        .map(|g| {
+                            let s: f64 = (0..32)
+                                .map(|i| (wq[r * cols + g * 32 + i] as f64 * xq[b * cols + g * 32 + i] as f64).abs())
+                                .sum();
+                            s * (kernels::f16_to_f32(ws[r * groups + g]) as f64 * xs[b * groups + g] as f64).abs()
+                        })
+                        .sum();
+                    let (g, w) = (got[b * ld + r] as f64, want_ref[b * ld + r] as f64);
+                    prop_assert!((g - w).abs() <= 1e-5 * mag + 1e-30, "{} token {} row {}: {} vs {}", k.name, b, r, g, w);
+                }
+            }
+        }
+    }
+
+    /// The batched q4 kernel against its table's `matvec_q4` per token, bit
+    /// for bit, as `q8_matmul_equals_matvec_per_token` (every nibble value),
+    /// and within the q4 matvec bound of the scalar twin `reference::matmul_q4`.
+    #[test]
+    fn q4_matmul_equals_matvec_per_token(
+        (rows, cols, wq, ws, _xq, _xs) in q4_inputs(30),
+        n in 1usize..=9,
+        gap in 0usize..3,
+        seed in any::<u32>(),
+    ) {
+        let groups = cols / 32;
+        let ld = rows + gap;
+        let x: Vec<f32> = (0..n * cols)
+            .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
+            .collect();
+        let (mut xq, mut xs) = (vec![0i8; n * cols], vec![0f32; n * groups]);
+        reference::quantize_q8(&x, &mut xq, &mut xs);
+        let w8 = unpack_q4(&wq);
+        let mut want_ref = vec![f32::NAN; (n - 1) * ld + rows];
+        reference::matmul_q4(&mut kernels::TileOut::new(&mut want_ref, ld, rows, n), &wq, &ws, &xq, &xs);
+        for k in kernels::available() {
+            let mut got = vec![f32::NAN; (n - 1) * ld + rows];
+            (k.matmul_q4)(&mut kernels::TileOut::new(&mut got, ld, rows, n), &wq, &ws, &xq, &xs);
+            for b in 0..n {
+                let mut want = vec![0f32; rows];
+                (k.matvec_q4)(&mut want, &wq, &ws, &xq[b * cols..][..cols], &xs[b * groups..][..groups]);
+                prop_assert_eq!(bits(&got[b * ld..][..rows]), bits(&want), "{} token {} of {}", k.name, b, n);
+                if b + 1 < n {
+                    prop_assert!(got[b * ld + rows..(b + 1) * ld].iter().all(|v| v.is_nan()), "{} wrote a gap", k.name);
+                }
+                for r in 0..rows {
+                    let mag: f64 = (0..groups)
+                        .map(|g| {
+                            let s: f64 = (0..32)
+                                .map(|i| (w8[r * cols + g * 32 + i] as f64 * xq[b * cols + g * 32 + i] as f64).abs())
+                                .sum();
+                            s * (kernels::f16_to_f32(ws[r * groups + g]) as f64 * xs[b * groups + g] as f64).abs()
+                        })
+                        .sum();
+                    let (g, w) = (got[b * ld + r] as f64, want_ref[b * ld + r] as f64);
+                    prop_assert!((g - w).abs() <= 1e-5 * mag + 1e-30, "{} token {} row {}: {} vs {}", k.name, b, r, g, w);
+                }
             }
         }
     }
@@ -548,16 +646,19 @@ fn threaded_matvec_is_identical_to_single_thread() {
     }
 }
 
-/// The batched product (`matmul_rows` over a table's matvec, tiled, one and
-/// several threads) gives every token exactly the rows one matvec gives it.
+/// The batched products (`matmul_rows` over a table's matvec, and
+/// `matmul_q8` / `matmul_q4` over its batched kernels; tiled, one and several
+/// threads) give every token exactly the rows one matvec gives it.
 #[test]
 fn tiled_matmul_is_identical_to_matvec_per_token() {
-    use edgelm_runtime::kernels::{matmul_rows, PARALLEL_MIN_BYTES};
+    use edgelm_runtime::kernels::{matmul_q4, matmul_q8, matmul_rows, PARALLEL_MIN_BYTES};
     use edgelm_runtime::threads::Pool;
     let pools = [Pool::new(2), Pool::new(3)];
     // the first case is large enough for the threaded branch
     const { assert!(1001 * (256 + 2 * 8) >= PARALLEL_MIN_BYTES) };
-    for &(rows, cols, n) in &[(1001usize, 256usize, 5usize), (37, 64, 3), (13, 32 * 600, 2), (4099, 64, 1)] {
+    for &(rows, cols, n) in
+        &[(1001usize, 256usize, 5usize), (37, 64, 3), (301, 288, 9), (13, 32 * 600, 2), (4099, 64, 1)]
+    {
         let groups = cols / 32;
         let wq: Vec<i8> = (0..rows * cols).map(|i| (i.wrapping_mul(2654435761) >> 7) as i8).collect();
         let ws: Vec<u16> =
@@ -608,6 +709,26 @@ fn tiled_matmul_is_identical_to_matvec_per_token() {
                         "{} q8 {rows}x{cols} token {b} threads {threads}",
                         k.name
                     );
+                }
+                // the table's batched kernel, tile by tile (`kernels::matmul_q8`)
+                got.fill(f32::NAN);
+                matmul_q8(k, par, &mut got, ld, rows, n, &wq, &ws, &xq, &xs);
+                for b in 0..n {
+                    assert_eq!(
+                        &got[b * ld..][..rows],
+                        &want[b * rows..][..rows],
+                        "{} matmul_q8 {rows}x{cols} token {b} threads {threads}",
+                        k.name
+                    );
+                }
+                // q4: the same bytes read as nibbles
+                let w4: Vec<u8> = wq[..rows * cols / 2].iter().map(|&v| v as u8).collect();
+                let mut want4 = vec![0f32; rows];
+                got.fill(f32::NAN);
+                matmul_q4(k, par, &mut got, ld, rows, n, &w4, &ws, &xq, &xs);
+                for b in 0..n {
+                    (k.matvec_q4)(&mut want4, &w4, &ws, &xq[b * cols..][..cols], &xs[b * groups..][..groups]);
+                    assert_eq!(&got[b * ld..][..rows], &want4[..], "{} matmul_q4 token {b} threads {threads}", k.name);
                 }
                 matmul_rows(par, &mut got, ld, rows, n, 4 * cols, &f32k);
                 for b in 0..n {

@@ -155,6 +155,8 @@ pub fn f16_to_f32(bits: u16) -> f32 {
 
 pub type MatvecQ8 = fn(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]);
 pub type MatvecQ4 = fn(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]);
+pub type MatmulQ8 = fn(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]);
+pub type MatmulQ4 = fn(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]);
 pub type MatvecF32 = fn(out: &mut [f32], w: &[f32], x: &[f32]);
 pub type MatvecF16 = fn(out: &mut [f32], w: &[u16], x: &[f32]);
 pub type QuantizeQ8 = fn(x: &[f32], q: &mut [i8], s: &mut [f32]);
@@ -176,11 +178,21 @@ pub struct Kernels {
     /// `wq: [rows·cols]`, `ws: [rows·cols/32]` (f16 bits), `xq: [cols]`, `xs: [cols/32]`, `out: [rows]`.
     /// `xq` must lie in `[-127, 127]` (as [`Kernels::quantize_q8`] produces); `wq` may use all of `i8`.
     pub matvec_q8: MatvecQ8,
+    /// `matvec_q8` for a block of tokens: `out.token(b)[r]` = row `r` of the
+    /// weights applied to token `b`, for `r < out.rows()`, `b < out.tokens()`;
+    /// `wq: [rows·cols]`, `ws: [rows·cols/32]`, `xq: [tokens·cols]` (token `b`
+    /// at `b·cols`), `xs: [tokens·cols/32]`. Bit-identical to `matvec_q8` of
+    /// the same table per token (the same f32 operations per row and token,
+    /// in the same order), so a batched prompt gives a decode's exact logits.
+    pub matmul_q8: MatmulQ8,
     /// As `matvec_q8` with 4-bit weights: `wq: [rows·cols/2]` packed nibbles
     /// (group `g` of row `r` is bytes `16(r·cols/32 + g)..+16`; byte `j` holds
     /// element `j` low, `j + 16` high, each as `q + 8`, see
     /// [`crate::format::DType::Q4`]), `ws: [rows·cols/32]`.
     pub matvec_q4: MatvecQ4,
+    /// `matvec_q4` for a block of tokens, as `matmul_q8` is for `matvec_q8`
+    /// (`wq: [rows·cols/2]`); bit-identical to `matvec_q4` per token.
+    pub matmul_q4: MatmulQ4,
     /// `out[r] = Σ_c w[r,c]·x[c]`; `w: [rows·cols]`, `x: [cols]`.
     pub matvec_f32: MatvecF32,
     /// As `matvec_f32` with f16 weights (bits).
@@ -216,7 +228,9 @@ impl core::fmt::Debug for Kernels {
 pub static REFERENCE: Kernels = Kernels {
     name: "reference",
     matvec_q8: reference::matvec_q8,
+    matmul_q8: reference::matmul_q8,
     matvec_q4: reference::matvec_q4,
+    matmul_q4: reference::matmul_q4,
     matvec_f32: reference::matvec_f32,
     matvec_f16: reference::matvec_f16,
     quantize_q8: reference::quantize_q8,
@@ -371,6 +385,12 @@ struct SharedOut {
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
+    /// The element pointer at `i` (`i ≤ len`).
+    fn at(&self, i: usize) -> *mut f32 {
+        debug_assert!(i <= self.len);
+        self.ptr.wrapping_add(i)
+    }
+
     /// # Safety
     /// `start <= end <= len`, and no other live reference overlaps `[start, end)`.
     #[allow(clippy::mut_from_ref)] // the point of this type; callers keep ranges disjoint
@@ -504,14 +524,123 @@ pub(crate) fn check_q8(out: &[f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]
     );
 }
 
+/// Checks the slice lengths every SIMD `matmul_q8` relies on (panics like a
+/// failed index would in the reference); returns `cols`.
+#[inline]
+#[allow(dead_code)]
+pub(crate) fn check_q8_tile(out: &TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) -> usize {
+    let (rows, n) = (out.rows(), out.tokens());
+    let cols = xq.len().checked_div(n).unwrap_or(0);
+    assert!(cols.is_multiple_of(Q8_GROUP), "q8 cols {cols} not a multiple of {Q8_GROUP}");
+    let g = cols / Q8_GROUP;
+    assert!(
+        wq.len() >= rows * cols && ws.len() >= rows * g && xs.len() >= n * g,
+        "matmul_q8: slices too short for {rows} rows × {cols} cols × {n} tokens"
+    );
+    cols
+}
+
+/// A quantized matvec with weights of element type `W` (`MatvecQ8`, `MatvecQ4`).
+#[allow(dead_code)]
+type MatvecQuant<W> = fn(&mut [f32], &[W], &[u16], &[i8], &[f32]);
+
+/// A batched product as the table's matvec per token (for a path whose
+/// batched kernel is its matvec: bit-identical by construction).
+#[allow(dead_code)]
+pub(crate) fn per_token<W>(matvec: MatvecQuant<W>, out: &mut TileOut<'_>, wq: &[W], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    let n = out.tokens();
+    let cols = xq.len().checked_div(n).unwrap_or(0);
+    let g = cols / Q8_GROUP;
+    for b in 0..n {
+        matvec(out.token(b), wq, ws, &xq[b * cols..(b + 1) * cols], &xs[b * g..(b + 1) * g]);
+    }
+}
+
+/// Checks the slice lengths every SIMD `matmul_q4` relies on (panics like a
+/// failed index would in the reference); returns `cols`.
+#[inline]
+#[allow(dead_code)]
+pub(crate) fn check_q4_tile(out: &TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) -> usize {
+    let (rows, n) = (out.rows(), out.tokens());
+    let cols = xq.len().checked_div(n).unwrap_or(0);
+    assert!(cols.is_multiple_of(Q4_GROUP), "q4 cols {cols} not a multiple of {Q4_GROUP}");
+    let g = cols / Q4_GROUP;
+    assert!(
+        wq.len() >= rows * cols / 2 && ws.len() >= rows * g && xs.len() >= n * g,
+        "matmul_q4: slices too short for {rows} rows × {cols} cols × {n} tokens"
+    );
+    cols
+}
+
+/// The output of a batched product over one tile of rows: `rows` floats per
+/// token for `tokens` tokens, token `b`'s at `b·ld` of the whole output. The
+/// tokens' rows are strided, so tiles of other rows (other threads' ones)
+/// interleave with this one's; [`TileOut::token`] hands out one token's rows
+/// at a time.
+#[derive(Debug)]
+pub struct TileOut<'a> {
+    ptr: *mut f32,
+    ld: usize,
+    rows: usize,
+    tokens: usize,
+    _out: core::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> TileOut<'a> {
+    /// The tile of `out` (`[(tokens − 1)·ld + rows]`) whose token `b` is
+    /// `out[b·ld..][..rows]`. Panics unless `ld ≥ rows` and `out` is long enough.
+    pub fn new(out: &'a mut [f32], ld: usize, rows: usize, tokens: usize) -> Self {
+        assert!(
+            ld >= rows && (tokens == 0 || out.len() >= (tokens - 1) * ld + rows),
+            "TileOut: output too short for {tokens} tokens of {rows} rows at stride {ld}"
+        );
+        TileOut { ptr: out.as_mut_ptr(), ld, rows, tokens, _out: core::marker::PhantomData }
+    }
+
+    /// # Safety
+    /// For the life `'a`, `ptr.add(b·ld)..+rows` must be valid for writes for
+    /// every `b < tokens`, and no other live reference may overlap those ranges.
+    unsafe fn from_raw(ptr: *mut f32, ld: usize, rows: usize, tokens: usize) -> Self {
+        TileOut { ptr, ld, rows, tokens, _out: core::marker::PhantomData }
+    }
+
+    /// Rows per token.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Tokens in the tile.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// The rows of tokens `b..b + T`, at once (a batched kernel writes one
+    /// row of several tokens together). Panics unless `b + T ≤ tokens()`.
+    pub fn tokens_at<const T: usize>(&mut self, b: usize) -> [&mut [f32]; T] {
+        assert!(b + T <= self.tokens, "TileOut: tokens {b}..{} of {}", b + T, self.tokens);
+        // SAFETY: every `b + j < tokens`, so each range is one of those the
+        // constructor vouched for; they are disjoint (`ld ≥ rows`), and
+        // `&mut self` keeps them the only live references into the tile.
+        core::array::from_fn(|j| unsafe { core::slice::from_raw_parts_mut(self.ptr.add((b + j) * self.ld), self.rows) })
+    }
+
+    /// Token `b`'s rows. Panics unless `b < tokens()`.
+    pub fn token(&mut self, b: usize) -> &mut [f32] {
+        assert!(b < self.tokens, "TileOut: token {b} of {}", self.tokens);
+        // SAFETY: `b < tokens`, so the range is one of those the constructor
+        // vouched for; `&mut self` keeps it the only live reference into the tile.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(b * self.ld), self.rows) }
+    }
+}
+
 /// Bytes of weights one tile of a batched product holds: a tile is read from
 /// memory once per block of tokens and then from L1 (32–48 KiB on every
 /// target core) once per token.
 pub const TILE_BYTES: usize = 16 * 1024;
 
-/// A matrix × block-of-vectors product built on a table's matvec kernel:
-/// `row_kernel(out, r0, b)` writes rows `r0..r0 + out.len()` of the product
-/// with token `b`'s input. [`matmul_rows`] calls it tile by tile (each
+/// A matrix × block-of-vectors product over a tile of rows:
+/// `tile_kernel(out, r0)` writes rows `r0..r0 + out.rows()` of the product for
+/// every token of the block. [`matmul_tiles`] calls it tile by tile (each
 /// tile's weights stay in cache while every token of the block passes), rows
 /// split across threads like [`matvec_q8_par`].
 ///
@@ -519,6 +648,11 @@ pub const TILE_BYTES: usize = 16 * 1024;
 /// of every matvec kernel, so each row's sum is computed in exactly the same
 /// order as by one matvec over the whole matrix: the batched path is
 /// bit-identical to the per-token one.
+pub type TileKernel<'f> = dyn Fn(&mut TileOut<'_>, usize) + Sync + 'f;
+
+/// One token's rows of a tile: `row_kernel(out, r0, b)` writes rows
+/// `r0..r0 + out.len()` of the product with token `b`'s input (a table's
+/// matvec, for the types without a batched kernel); see [`matmul_rows`].
 pub type RowKernel<'f> = dyn Fn(&mut [f32], usize, usize) + Sync + 'f;
 
 /// Rows per tile for rows of `row_bytes` weight bytes (a multiple of 8, ≥ 8).
@@ -527,21 +661,21 @@ fn tile_rows(row_bytes: usize) -> usize {
 }
 
 /// `out[b·ld + r]` = row `r` of a `rows`-row matrix (of `row_bytes` bytes per
-/// row) applied to token `b`'s input, for `b < n`; see [`RowKernel`].
+/// row) applied to token `b`'s input, for `b < n`; see [`TileKernel`].
 /// Panics unless `ld ≥ rows` and `out` holds `(n − 1)·ld + rows` floats.
-pub fn matmul_rows(
+pub fn matmul_tiles(
     par: Option<&dyn Parallel>,
     out: &mut [f32],
     ld: usize,
     rows: usize,
     n: usize,
     row_bytes: usize,
-    row_kernel: &RowKernel<'_>,
+    tile_kernel: &TileKernel<'_>,
 ) {
     if n == 0 || rows == 0 {
         return;
     }
-    assert!(ld >= rows && out.len() >= (n - 1) * ld + rows, "matmul_rows: output too short");
+    assert!(ld >= rows && out.len() >= (n - 1) * ld + rows, "matmul_tiles: output too short");
     let tile = tile_rows(row_bytes);
     match par {
         Some(p) if p.threads() > 1 && rows * row_bytes >= PARALLEL_MIN_BYTES && rows >= 16 => {
@@ -554,16 +688,14 @@ pub fn matmul_rows(
                 let mut t0 = start;
                 while t0 < end {
                     let t1 = (t0 + tile).min(end);
-                    for b in 0..n {
-                        // SAFETY: thread `i` only forms ranges `[b·ld + t0, b·ld + t1)`
-                        // with `start ≤ t0 < t1 ≤ end ≤ rows ≤ ld`: in bounds
-                        // (asserted above), disjoint from every other thread's
-                        // (row ranges are disjoint and `ld ≥ rows`), and used one
-                        // at a time; `out` stays mutably borrowed until `run`
-                        // returns, after every call has finished.
-                        let chunk = unsafe { shared.chunk(b * ld + t0, b * ld + t1) };
-                        row_kernel(chunk, t0, b);
-                    }
+                    // SAFETY: thread `i` only reaches ranges `[b·ld + t0, b·ld + t1)`,
+                    // `b < n`, with `start ≤ t0 < t1 ≤ end ≤ rows ≤ ld`: in bounds
+                    // (asserted above), disjoint from every other thread's (row
+                    // ranges are disjoint and `ld ≥ rows`), and one tile at a
+                    // time; `out` stays mutably borrowed until `run` returns,
+                    // after every call has finished.
+                    let mut tile_out = unsafe { TileOut::from_raw(shared.at(t0), ld, t1 - t0, n) };
+                    tile_kernel(&mut tile_out, t0);
                     t0 = t1;
                 }
             });
@@ -573,11 +705,75 @@ pub fn matmul_rows(
             let mut t0 = 0;
             while t0 < rows {
                 let t1 = (t0 + tile).min(rows);
-                for b in 0..n {
-                    row_kernel(&mut out[b * ld + t0..b * ld + t1], t0, b);
-                }
+                let len = (n - 1) * ld + (t1 - t0);
+                tile_kernel(&mut TileOut::new(&mut out[t0..t0 + len], ld, t1 - t0, n), t0);
                 t0 = t1;
             }
         }
     }
+}
+
+/// [`matmul_tiles`] with a per-token kernel: within a tile, every token of
+/// the block passes in turn; see [`RowKernel`].
+pub fn matmul_rows(
+    par: Option<&dyn Parallel>,
+    out: &mut [f32],
+    ld: usize,
+    rows: usize,
+    n: usize,
+    row_bytes: usize,
+    row_kernel: &RowKernel<'_>,
+) {
+    matmul_tiles(par, out, ld, rows, n, row_bytes, &|tile, r0| {
+        for b in 0..tile.tokens() {
+            row_kernel(tile.token(b), r0, b);
+        }
+    })
+}
+
+/// `out[b·ld + r]` = row `r` of the q8 matrix (`wq: [rows·cols]`, `ws:
+/// [rows·cols/32]`) applied to token `b` (`xq: [n·cols]` exactly, `xs:
+/// [n·cols/32]`),
+/// through `k.matmul_q8` tile by tile ([`matmul_tiles`]).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_q8(
+    k: &Kernels,
+    par: Option<&dyn Parallel>,
+    out: &mut [f32],
+    ld: usize,
+    rows: usize,
+    n: usize,
+    wq: &[i8],
+    ws: &[u16],
+    xq: &[i8],
+    xs: &[f32],
+) {
+    let cols = xq.len().checked_div(n).unwrap_or(0);
+    let g = cols / Q8_GROUP;
+    matmul_tiles(par, out, ld, rows, n, cols + 2 * g, &|tile, r0| {
+        let r1 = r0 + tile.rows();
+        (k.matmul_q8)(tile, &wq[r0 * cols..r1 * cols], &ws[r0 * g..r1 * g], xq, xs)
+    })
+}
+
+/// As [`matmul_q8`] for q4 weights (`wq: [rows·cols/2]`), through `k.matmul_q4`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_q4(
+    k: &Kernels,
+    par: Option<&dyn Parallel>,
+    out: &mut [f32],
+    ld: usize,
+    rows: usize,
+    n: usize,
+    wq: &[u8],
+    ws: &[u16],
+    xq: &[i8],
+    xs: &[f32],
+) {
+    let cols = xq.len().checked_div(n).unwrap_or(0);
+    let g = cols / Q4_GROUP;
+    matmul_tiles(par, out, ld, rows, n, cols / 2 + 2 * g, &|tile, r0| {
+        let r1 = r0 + tile.rows();
+        (k.matmul_q4)(tile, &wq[r0 * cols / 2..r1 * cols / 2], &ws[r0 * g..r1 * g], xq, xs)
+    })
 }

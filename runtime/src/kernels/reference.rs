@@ -1,7 +1,7 @@
 //! Scalar reference kernels: simple, obviously correct, and the definition
 //! of the results that SIMD kernels must reproduce.
 
-use super::{f16_to_f32, round_half_away};
+use super::{f16_to_f32, round_half_away, TileOut};
 use crate::format::{Q4_GROUP, Q8_GROUP};
 
 /// See [`super::Kernels::matvec_q8`].
@@ -20,6 +20,16 @@ pub fn matvec_q8(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) 
             acc += isum as f32 * (f16_to_f32(row_scales[g]) * xs[g]);
         }
         *o = acc;
+    }
+}
+
+/// See [`super::Kernels::matmul_q8`]: [`matvec_q8`] for each token.
+pub fn matmul_q8(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    let n = out.tokens();
+    let cols = xq.len() / n.max(1);
+    let groups = cols / Q8_GROUP;
+    for b in 0..n {
+        matvec_q8(out.token(b), wq, ws, &xq[b * cols..(b + 1) * cols], &xs[b * groups..(b + 1) * groups]);
     }
 }
 
@@ -43,6 +53,16 @@ pub fn matvec_q4(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) 
             acc += isum as f32 * (f16_to_f32(row_scales[g]) * xs[g]);
         }
         *o = acc;
+    }
+}
+
+/// See [`super::Kernels::matmul_q4`]: [`matvec_q4`] for each token.
+pub fn matmul_q4(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    let n = out.tokens();
+    let cols = xq.len() / n.max(1);
+    let groups = cols / Q4_GROUP;
+    for b in 0..n {
+        matvec_q4(out.token(b), wq, ws, &xq[b * cols..(b + 1) * cols], &xs[b * groups..(b + 1) * groups]);
     }
 }
 

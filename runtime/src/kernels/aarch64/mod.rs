@@ -19,7 +19,7 @@
 
 use core::arch::aarch64::*;
 
-use super::{check_q4, check_q8, f16_to_f32, Kernels};
+use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, f16_to_f32, Kernels, TileOut};
 
 mod q4;
 
@@ -53,7 +53,9 @@ pub fn dotprod() -> Option<&'static Kernels> {
 static NEON: Kernels = Kernels {
     name: "neon",
     matvec_q8: matvec_q8_neon,
+    matmul_q8: matmul_q8_neon,
     matvec_q4: matvec_q4_neon,
+    matmul_q4: matmul_q4_neon,
     matvec_f32,
     matvec_f16,
     quantize_q8,
@@ -66,8 +68,14 @@ static NEON: Kernels = Kernels {
     attn_scores_f16,
     attn_values_f16,
 };
-static DOTPROD: Kernels =
-    Kernels { name: "dotprod", matvec_q8: matvec_q8_dotprod, matvec_q4: matvec_q4_dotprod, ..NEON };
+static DOTPROD: Kernels = Kernels {
+    name: "dotprod",
+    matvec_q8: matvec_q8_dotprod,
+    matmul_q8: matmul_q8_dotprod,
+    matvec_q4: matvec_q4_dotprod,
+    matmul_q4: matmul_q4_dotprod,
+    ..NEON
+};
 
 fn matvec_q8_neon(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
     check_q8(out, wq, ws, xq, xs);
@@ -82,6 +90,19 @@ fn matvec_q8_dotprod(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f3
     unsafe { q8_dotprod::matvec(out, wq, ws, xq, xs) }
 }
 
+fn matmul_q8_neon(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q8_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `NEON`/`DOTPROD`, returned after detecting
+    // NEON; slice lengths were checked above.
+    unsafe { q8_neon::matmul(out, wq, ws, xq, xs) }
+}
+fn matmul_q8_dotprod(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q8_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `DOTPROD`, returned after detecting NEON and
+    // dotprod; slice lengths were checked above.
+    unsafe { q8_dotprod::matmul(out, wq, ws, xq, xs) }
+}
+
 fn matvec_q4_neon(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
     check_q4(out, wq, ws, xq, xs);
     // SAFETY: only reachable via `NEON`/`DOTPROD`, returned after detecting
@@ -93,6 +114,19 @@ fn matvec_q4_dotprod(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f3
     // SAFETY: only reachable via `DOTPROD`, returned after detecting NEON and
     // dotprod; slice lengths were checked above.
     unsafe { q4::q4_dotprod::matvec(out, wq, ws, xq, xs) }
+}
+
+fn matmul_q4_neon(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `NEON`/`DOTPROD`, returned after detecting
+    // NEON; slice lengths were checked above.
+    unsafe { q4::q4_neon::matmul(out, wq, ws, xq, xs) }
+}
+fn matmul_q4_dotprod(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `DOTPROD`, returned after detecting NEON and
+    // dotprod; slice lengths were checked above.
+    unsafe { q4::q4_dotprod::matmul(out, wq, ws, xq, xs) }
 }
 
 simd_f32_wrappers!(rope_step: 4);
@@ -384,7 +418,7 @@ macro_rules! q8_matvec {
 
             #[allow(unused_imports)]
             use super::{f16x4_to_f32, sdot};
-            use crate::kernels::f16_to_f32;
+            use crate::kernels::{f16_to_f32, TileOut};
 
             /// Four i32 lanes summing to the group's exact dot product.
             #[target_feature(enable = $feat)]
@@ -483,6 +517,116 @@ macro_rules! q8_matvec {
                         *out.add(r) = vaddvq_f32(*a);
                     }
                 }
+            }
+
+            /// The batched form of [`matvec`] (`Kernels::matmul_q8`): one
+            /// weight row at a time against four tokens (then single ones),
+            /// each weight vector loaded once for the four. Per row and token
+            /// the f32 operations are [`block`]'s, in its order, on the same
+            /// integer sums and scale products, and each sum is reduced as
+            /// `matvec` reduces that row (rows of a four-row block: pairwise
+            /// `vpaddq`; the rest: `vaddvq`): bit-identical.
+            /// Caller guarantees the CPU features and slice lengths (`check_q8_tile`).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn matmul(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+                let (rows, n) = (out.rows(), out.tokens());
+                if n == 0 {
+                    return;
+                }
+                let cols = xq.len() / n;
+                let groups = cols / 32;
+                let rows4 = rows / 4 * 4;
+                let (w, s) = (wq.as_ptr(), ws.as_ptr());
+                let mut b = 0;
+                while b < n {
+                    let t = if n - b >= 4 { 4 } else { 1 };
+                    let (x, xsb) = (xq.as_ptr().add(b * cols), xs.as_ptr().add(b * groups));
+                    if t == 4 {
+                        let mut o = out.tokens_at::<4>(b);
+                        for r in 0..rows {
+                            let sums = row::<4>(w.add(r * cols), s.add(r * groups), x, xsb, groups, r < rows4);
+                            for (o, v) in o.iter_mut().zip(sums) {
+                                o[r] = v;
+                            }
+                        }
+                    } else {
+                        let o = out.token(b);
+                        for (r, o) in o.iter_mut().enumerate() {
+                            *o = row::<1>(w.add(r * cols), s.add(r * groups), x, xsb, groups, r < rows4)[0];
+                        }
+                    }
+                    b += t;
+                }
+            }
+
+            /// One weight row (`w: [cols]`, `ws: [groups]`) against `T` tokens
+            /// (`xq: [T·cols]`, `xs: [T·groups]`); `in_block`: the row's sum is
+            /// reduced as `block::<4>` does, else as `block::<1>`.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn row<const T: usize>(
+                w: *const i8,
+                ws: *const u16,
+                xq: *const i8,
+                xs: *const f32,
+                groups: usize,
+                in_block: bool,
+            ) -> [f32; 4] {
+                let cols = groups * 32;
+                let mut acc = [vdupq_n_f32(0.0); T];
+                let mut g0 = 0;
+                while g0 < groups {
+                    let n = if groups - g0 >= 4 { 4 } else { groups - g0 };
+                    if n == 4 {
+                        let at = g0 * 32;
+                        let mut wv = [vdupq_n_s8(0); 8];
+                        for (k, wv) in wv.iter_mut().enumerate() {
+                            *wv = vld1q_s8(w.add(at + 16 * k));
+                        }
+                        let wsc = f16x4_to_f32(vld1_u16(ws.add(g0)));
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let x = xq.add(t * cols + at);
+                            let mut d = [vdupq_n_s32(0); 4];
+                            for (k, d) in d.iter_mut().enumerate() {
+                                *d = dot(
+                                    wv[2 * k],
+                                    wv[2 * k + 1],
+                                    vld1q_s8(x.add(32 * k)),
+                                    vld1q_s8(x.add(32 * k + 16)),
+                                );
+                            }
+                            let s = vpaddq_s32(vpaddq_s32(d[0], d[1]), vpaddq_s32(d[2], d[3]));
+                            // ws·xs per group, as `block`'s `sc` (the same f32 products)
+                            let sc = vmulq_f32(wsc, vld1q_f32(xs.add(t * groups + g0)));
+                            *acc = vfmaq_f32(*acc, vcvtq_f32_s32(s), sc);
+                        }
+                        g0 += 4;
+                        continue;
+                    }
+                    for j in 0..n {
+                        let at = (g0 + j) * 32;
+                        let (w0, w1) = (vld1q_s8(w.add(at)), vld1q_s8(w.add(at + 16)));
+                        let wsc = f16_to_f32(*ws.add(g0 + j));
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let x = xq.add(t * cols + at);
+                            let d = dot(w0, w1, vld1q_s8(x), vld1q_s8(x.add(16)));
+                            let isum = vsetq_lane_s32::<0>(vaddvq_s32(d), vdupq_n_s32(0));
+                            *acc = vfmaq_n_f32(*acc, vcvtq_f32_s32(isum), wsc * *xs.add(t * groups + g0 + j));
+                        }
+                    }
+                    g0 += n;
+                }
+                let mut sums = [0f32; 4];
+                if in_block {
+                    let a = |t: usize| acc[t.min(T - 1)];
+                    let all = vpaddq_f32(vpaddq_f32(a(0), a(1)), vpaddq_f32(a(2), a(3)));
+                    vst1q_f32(sums.as_mut_ptr(), all);
+                } else {
+                    for (t, a) in acc.iter().enumerate() {
+                        sums[t] = vaddvq_f32(*a);
+                    }
+                }
+                sums
             }
         }
     };

@@ -14,7 +14,7 @@ macro_rules! q4_matvec {
 
             #[allow(unused_imports)]
             use super::super::{f16x4_to_f32, sdot};
-            use crate::kernels::f16_to_f32;
+            use crate::kernels::{f16_to_f32, TileOut};
 
             /// Four i32 lanes summing to the group's exact dot product.
             #[target_feature(enable = $feat)]
@@ -122,6 +122,103 @@ macro_rules! q4_matvec {
                         *out.add(r) = vaddvq_f32(*a);
                     }
                 }
+            }
+
+            /// The batched form of [`matvec`] (`Kernels::matmul_q4`), as the q8
+            /// one: a weight row unpacked once per four tokens, per row and
+            /// token [`block`]'s f32 operations in its order, each sum reduced
+            /// as `matvec` reduces that row: bit-identical.
+            /// Caller guarantees the CPU features and slice lengths (`check_q4_tile`).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn matmul(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+                let (rows, n) = (out.rows(), out.tokens());
+                if n == 0 {
+                    return;
+                }
+                let cols = xq.len() / n;
+                let groups = cols / 32;
+                let rows4 = rows / 4 * 4;
+                let (w, s) = (wq.as_ptr(), ws.as_ptr());
+                let mut b = 0;
+                while b < n {
+                    let t = if n - b >= 4 { 4 } else { 1 };
+                    let (x, xsb) = (xq.as_ptr().add(b * cols), xs.as_ptr().add(b * groups));
+                    if t == 4 {
+                        let mut o = out.tokens_at::<4>(b);
+                        for r in 0..rows {
+                            let sums = row::<4>(w.add(r * cols / 2), s.add(r * groups), x, xsb, groups, r < rows4);
+                            for (o, v) in o.iter_mut().zip(sums) {
+                                o[r] = v;
+                            }
+                        }
+                    } else {
+                        let o = out.token(b);
+                        for (r, o) in o.iter_mut().enumerate() {
+                            *o = row::<1>(w.add(r * cols / 2), s.add(r * groups), x, xsb, groups, r < rows4)[0];
+                        }
+                    }
+                    b += t;
+                }
+            }
+
+            /// One weight row (`w: [groups·16]`, `ws: [groups]`) against `T`
+            /// tokens (`xq: [T·cols]`, `xs: [T·groups]`); `in_block`: reduced
+            /// as `block::<4>` does, else as `block::<1>`.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn row<const T: usize>(
+                w: *const u8,
+                ws: *const u16,
+                xq: *const i8,
+                xs: *const f32,
+                groups: usize,
+                in_block: bool,
+            ) -> [f32; 4] {
+                let cols = groups * 32;
+                let mut acc = [vdupq_n_f32(0.0); T];
+                let mut g0 = 0;
+                while g0 < groups {
+                    let n = if groups - g0 >= 4 { 4 } else { groups - g0 };
+                    if n == 4 {
+                        let u = [0, 1, 2, 3].map(|k| unpack(w.add((g0 + k) * 16)));
+                        let wsc = f16x4_to_f32(vld1_u16(ws.add(g0)));
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let x = xq.add(t * cols + g0 * 32);
+                            let mut d = [vdupq_n_s32(0); 4];
+                            for (k, d) in d.iter_mut().enumerate() {
+                                *d = dot(u[k].0, u[k].1, vld1q_s8(x.add(32 * k)), vld1q_s8(x.add(32 * k + 16)));
+                            }
+                            let s = vpaddq_s32(vpaddq_s32(d[0], d[1]), vpaddq_s32(d[2], d[3]));
+                            // ws·xs per group, as `block`'s `sc` (the same f32 products)
+                            let sc = vmulq_f32(wsc, vld1q_f32(xs.add(t * groups + g0)));
+                            *acc = vfmaq_f32(*acc, vcvtq_f32_s32(s), sc);
+                        }
+                        g0 += 4;
+                        continue;
+                    }
+                    for j in 0..n {
+                        let g = g0 + j;
+                        let (lo, hi) = unpack(w.add(g * 16));
+                        let wsc = f16_to_f32(*ws.add(g));
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let x = xq.add(t * cols + g * 32);
+                            let d = dot(lo, hi, vld1q_s8(x), vld1q_s8(x.add(16)));
+                            let isum = vsetq_lane_s32::<0>(vaddvq_s32(d), vdupq_n_s32(0));
+                            *acc = vfmaq_n_f32(*acc, vcvtq_f32_s32(isum), wsc * *xs.add(t * groups + g));
+                        }
+                    }
+                    g0 += n;
+                }
+                let mut sums = [0f32; 4];
+                if in_block {
+                    let a = |t: usize| acc[t.min(T - 1)];
+                    vst1q_f32(sums.as_mut_ptr(), vpaddq_f32(vpaddq_f32(a(0), a(1)), vpaddq_f32(a(2), a(3))));
+                } else {
+                    for (t, a) in acc.iter().enumerate() {
+                        sums[t] = vaddvq_f32(*a);
+                    }
+                }
+                sums
             }
         }
     };

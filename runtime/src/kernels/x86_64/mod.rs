@@ -21,7 +21,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{check_q4, check_q8, Kernels};
+use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, per_token, Kernels, TileOut};
 
 mod q4;
 mod q8_avx512;
@@ -81,7 +81,9 @@ pub fn avx512vnni() -> Option<&'static Kernels> {
 static AVX2: Kernels = Kernels {
     name: "avx2",
     matvec_q8: matvec_q8_avx2,
+    matmul_q8: matmul_q8_avx2,
     matvec_q4: matvec_q4_avx2,
+    matmul_q4: matmul_q4_avx2,
     matvec_f32,
     matvec_f16,
     quantize_q8,
@@ -94,10 +96,22 @@ static AVX2: Kernels = Kernels {
     attn_scores_f16,
     attn_values_f16,
 };
-static AVXVNNI: Kernels =
-    Kernels { name: "avxvnni", matvec_q8: matvec_q8_avxvnni, matvec_q4: matvec_q4_avxvnni, ..AVX2 };
-static AVX512VNNI: Kernels =
-    Kernels { name: "avx512vnni", matvec_q8: matvec_q8_avx512vnni, matvec_q4: matvec_q4_avx512vnni, ..AVX2 };
+static AVXVNNI: Kernels = Kernels {
+    name: "avxvnni",
+    matvec_q8: matvec_q8_avxvnni,
+    matmul_q8: matmul_q8_avxvnni,
+    matvec_q4: matvec_q4_avxvnni,
+    matmul_q4: matmul_q4_avxvnni,
+    ..AVX2
+};
+static AVX512VNNI: Kernels = Kernels {
+    name: "avx512vnni",
+    matvec_q8: matvec_q8_avx512vnni,
+    matmul_q8: matmul_q8_avx512vnni,
+    matvec_q4: matvec_q4_avx512vnni,
+    matmul_q4: matmul_q4_avx512vnni,
+    ..AVX2
+};
 
 // ---- safe wrappers (reachable only through the tables above) ----
 
@@ -118,6 +132,43 @@ fn matvec_q8_avx512vnni(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &
     // SAFETY: only reachable via `AVX512VNNI`, returned after detecting
     // avx2+fma+f16c+avx512f/bw/vl/vnni; slice lengths were checked above.
     unsafe { q8_avx512::matvec(out, wq, ws, xq, xs) }
+}
+
+fn matmul_q8_avx2(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q8_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVX2`/`avx2()`, returned after detecting
+    // avx2+fma+f16c; slice lengths were checked above.
+    unsafe { q8_avx2::matmul(out, wq, ws, xq, xs) }
+}
+fn matmul_q8_avxvnni(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q8_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVXVNNI`, returned after detecting
+    // avx2+fma+f16c+avxvnni; slice lengths were checked above.
+    unsafe { q8_avxvnni::matmul(out, wq, ws, xq, xs) }
+}
+/// The 512-bit q8 path's batched product is its matvec per token
+/// (bit-identical by construction): a batched 512-bit form is not written yet
+/// (no AVX-512 machine to test it on this round).
+fn matmul_q8_avx512vnni(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    per_token(matvec_q8_avx512vnni, out, wq, ws, xq, xs)
+}
+fn matmul_q4_avx512vnni(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVX512VNNI`, returned after detecting
+    // avx2+fma+f16c+avx512f/bw/vl/vnni; slice lengths were checked above.
+    unsafe { q4::q4_avx512vnni::matmul(out, wq, ws, xq, xs) }
+}
+fn matmul_q4_avx2(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVX2`/`avx2()`, returned after detecting
+    // avx2+fma+f16c; slice lengths were checked above.
+    unsafe { q4::q4_avx2::matmul(out, wq, ws, xq, xs) }
+}
+fn matmul_q4_avxvnni(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVXVNNI`, returned after detecting
+    // avx2+fma+f16c+avxvnni; slice lengths were checked above.
+    unsafe { q4::q4_avxvnni::matmul(out, wq, ws, xq, xs) }
 }
 
 fn matvec_q4_avx2(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
@@ -161,6 +212,47 @@ unsafe fn store4(out: *mut f32, a: __m256, b: __m256, c: __m256, d: __m256) {
     let s = _mm256_hadd_ps(ab, cd);
     let r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
     _mm_storeu_ps(out, r);
+}
+
+/// `v` in both 128-bit halves.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dup128(v: __m128) -> __m256 {
+    _mm256_insertf128_ps(_mm256_castps128_ps256(v), v, 1)
+}
+
+/// Lanes `k`, `k + 4` of the result: the two 16-byte halves of group `k`'s
+/// sum, from four groups' eight-lane products `p` (integer, exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn fold4(p: [__m256i; 4]) -> __m256i {
+    let s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
+    let s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
+    _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23))
+}
+
+/// The sums of one row's accumulators for `T` (1 or 4) tokens, in the order
+/// the 256-bit matvecs reduce that row: as `store4` for a row of a four-row
+/// block (`in_block`), else as `hsum`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn reduce_rows<const T: usize>(acc: &[__m256; T], in_block: bool) -> [f32; 4] {
+    let mut sums = [0f32; 4];
+    if in_block && T == 4 {
+        let a = |t: usize| acc[t.min(T - 1)];
+        store4(sums.as_mut_ptr(), a(0), a(1), a(2), a(3));
+    } else if in_block {
+        for (t, a) in acc.iter().enumerate() {
+            let mut four = [0f32; 4];
+            store4(four.as_mut_ptr(), *a, *a, *a, *a);
+            sums[t] = four[0];
+        }
+    } else {
+        for (t, a) in acc.iter().enumerate() {
+            sums[t] = hsum(*a);
+        }
+    }
+    sums
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -453,20 +545,38 @@ unsafe fn quantize_q8_simd(x: *const f32, q: *mut i8, s: *mut f32, groups: usize
     }
 }
 
-// ---- q8 matvec, one module per dot-product instruction ----
+// ---- q8 matvec and matmul, one module per dot-product instruction ----
 
+// `$prep` turns a weight vector into the unsigned operand of the dot product
+// (once per weight load, shared by every token of a batched product); `$dot`
+// multiplies it with one activation vector.
 macro_rules! q8_matvec {
-    ($module:ident, $feat:literal, |$w:ident, $x:ident| $dot:expr) => {
+    ($module:ident, $feat:literal, |$pw:ident| $prep:expr, |$aw:ident, $w:ident, $x:ident| $dot:expr) => {
         mod $module {
             use core::arch::x86_64::*;
 
-            use super::{f16_scalar, hsum, store4};
+            use super::{dup128, f16_scalar, fold4, hsum, reduce_rows, store4};
+            use crate::kernels::TileOut;
 
-            /// Per-group i32 products of 32 weights and 32 activations (eight lanes summing to the group's sum).
+            /// The weight vector's operand for [`dot_prepped`].
             #[target_feature(enable = $feat)]
             #[inline]
-            unsafe fn dot($w: __m256i, $x: __m256i) -> __m256i {
+            unsafe fn prep($pw: __m256i) -> __m256i {
+                $prep
+            }
+
+            /// Per-group i32 products of 32 weights (`$w`, prepared as `$aw`) and
+            /// 32 activations (eight lanes of four products each, summing to the group's sum).
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn dot_prepped($aw: __m256i, $w: __m256i, $x: __m256i) -> __m256i {
                 $dot
+            }
+
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn dot(w: __m256i, x: __m256i) -> __m256i {
+                dot_prepped(prep(w), w, x)
             }
 
             /// Caller guarantees the CPU features and slice lengths (`check_q8`).
@@ -546,9 +656,7 @@ macro_rules! q8_matvec {
                             let p1 = dot(_mm256_loadu_si256(p.add(32) as *const __m256i), x1);
                             let p2 = dot(_mm256_loadu_si256(p.add(64) as *const __m256i), x2);
                             let p3 = dot(_mm256_loadu_si256(p.add(96) as *const __m256i), x3);
-                            let s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p0, p1), _mm256_unpackhi_epi32(p0, p1));
-                            let s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p2, p3), _mm256_unpackhi_epi32(p2, p3));
-                            let s = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
+                            let s = fold4([p0, p1, p2, p3]);
                             // lanes k and k+4 hold halves of group j+k's exact i32 sum
                             let d = _mm256_broadcast_ps(&*(sc[r].as_ptr().add(j) as *const __m128));
                             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[r]);
@@ -575,17 +683,110 @@ macro_rules! q8_matvec {
                     }
                 }
             }
+
+            /// The batched form of [`matvec`] (`Kernels::matmul_q8`): one
+            /// weight row at a time against four tokens (then single ones), each
+            /// weight vector loaded and prepared once for the four. Per row and
+            /// token the f32 operations are [`block`]'s, in its order, on the
+            /// same integer lanes and the same scale products, and each sum is
+            /// reduced in the order `matvec` uses for that row (rows of a
+            /// four-row block: `store4`; the rest: `hsum`): bit-identical.
+            /// Caller guarantees the CPU features and slice lengths (`check_q8_tile`).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn matmul(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+                let (rows, n) = (out.rows(), out.tokens());
+                if n == 0 {
+                    return;
+                }
+                let cols = xq.len() / n;
+                let groups = cols / 32;
+                let rows4 = rows / 4 * 4;
+                let (w, s) = (wq.as_ptr(), ws.as_ptr());
+                let mut b = 0;
+                while b < n {
+                    let t = if n - b >= 4 { 4 } else { 1 };
+                    let (x, xsb) = (xq.as_ptr().add(b * cols), xs.as_ptr().add(b * groups));
+                    if t == 4 {
+                        let mut o = out.tokens_at::<4>(b);
+                        for r in 0..rows {
+                            let sums = row::<4>(w.add(r * cols), s.add(r * groups), x, xsb, groups, r < rows4);
+                            for (o, v) in o.iter_mut().zip(sums) {
+                                o[r] = v;
+                            }
+                        }
+                    } else {
+                        let o = out.token(b);
+                        for (r, o) in o.iter_mut().enumerate() {
+                            *o = row::<1>(w.add(r * cols), s.add(r * groups), x, xsb, groups, r < rows4)[0];
+                        }
+                    }
+                    b += t;
+                }
+            }
+
+            /// One weight row (`w: [cols]`, `ws: [groups]`) against `T` tokens
+            /// (`xq: [T·cols]`, `xs: [T·groups]`); `in_block`: the row's sum
+            /// is reduced as `store4` does, else as `hsum`.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn row<const T: usize>(
+                w: *const i8,
+                ws: *const u16,
+                xq: *const i8,
+                xs: *const f32,
+                groups: usize,
+                in_block: bool,
+            ) -> [f32; 4] {
+                let cols = groups * 32;
+                let mut acc = [_mm256_setzero_ps(); T];
+                let mut g0 = 0;
+                // the same chunks of (up to) eight groups as `block`, each as
+                // quads then single groups
+                while g0 < groups {
+                    let n = if groups - g0 >= 8 { 8 } else { groups - g0 };
+                    let mut j = 0;
+                    while j + 4 <= n {
+                        let at = (g0 + j) * 32;
+                        let wv = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(w.add(at + 32 * k) as *const __m256i));
+                        let aw = wv.map(|v| prep(v));
+                        // f32 weight scales of the four groups, in both 128-bit halves
+                        let wsc = dup128(_mm_cvtph_ps(_mm_loadl_epi64(ws.add(g0 + j) as *const __m128i)));
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let x = xq.add(t * cols + at);
+                            let p = [0, 1, 2, 3].map(|k| {
+                                dot_prepped(aw[k], wv[k], _mm256_loadu_si256(x.add(32 * k) as *const __m256i))
+                            });
+                            // ws·xs per group, as `block`'s `sc` (the same f32 products)
+                            let d = _mm256_mul_ps(wsc, dup128(_mm_loadu_ps(xs.add(t * groups + g0 + j))));
+                            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(p)), d, *acc);
+                        }
+                        j += 4;
+                    }
+                    while j < n {
+                        let at = (g0 + j) * 32;
+                        let wv = _mm256_loadu_si256(w.add(at) as *const __m256i);
+                        let aw = prep(wv);
+                        let wsc = f16_scalar(*ws.add(g0 + j));
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let xv = _mm256_loadu_si256(xq.add(t * cols + at) as *const __m256i);
+                            let p = _mm256_cvtepi32_ps(dot_prepped(aw, wv, xv));
+                            *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(wsc * *xs.add(t * groups + g0 + j)), *acc);
+                        }
+                        j += 1;
+                    }
+                    g0 += n;
+                }
+                reduce_rows(&acc, in_block)
+            }
         }
     };
 }
 
-q8_matvec!(q8_avx2, "avx2,fma,f16c", |w, x| {
-    let aw = _mm256_sign_epi8(w, w);
-    let sx = _mm256_sign_epi8(x, w);
-    _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
+q8_matvec!(q8_avx2, "avx2,fma,f16c", |w| _mm256_sign_epi8(w, w), |aw, w, x| {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1))
 });
 // AVX-VNNI (VEX `vpdpbusd`): the scheme measured and tested on the Intel host;
 // the AMD bench machine lacks AVX-VNNI, so it is compiled but not run there.
-q8_matvec!(q8_avxvnni, "avx2,fma,f16c,avxvnni", |w, x| {
-    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+q8_matvec!(q8_avxvnni, "avx2,fma,f16c,avxvnni", |w| _mm256_sign_epi8(w, w), |aw, w, x| {
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(x, w))
 });

@@ -17,13 +17,17 @@
 //! reference's group sum; from there the scheme is the q8 one (four groups
 //! folded with unpack + add, one convert and one FMA by `ws·xs`), so the f32
 //! result differs from the reference only in the order of f32 operations.
+//! `matmul` (the batched form) is the q8 one's scheme with unpacked nibbles:
+//! one row against four tokens, bit-identical to `matvec` per token.
 
 macro_rules! q4_matvec {
     ($module:ident, $feat:literal, corr: |$cx:ident| $corr:expr, dot: |$u:ident, $x:ident, $c:ident| $dot:expr) => {
         pub(super) mod $module {
             use core::arch::x86_64::*;
 
-            use super::super::{f16_scalar, hsum, store4};
+            #[allow(unused_imports)]
+            use super::super::{dup128, f16_scalar, fold4, hsum, reduce_rows, store4};
+            use crate::kernels::TileOut;
 
             /// Row-independent part of a group's dot product (the `−8·Σx` correction).
             #[target_feature(enable = $feat)]
@@ -145,6 +149,93 @@ macro_rules! q4_matvec {
                         *out.add(r) = hsum(*a);
                     }
                 }
+            }
+
+            /// The batched form of [`matvec`] (`Kernels::matmul_q4`), as the q8
+            /// one: a weight row's nibbles unpacked once per four tokens, per row
+            /// and token [`block`]'s f32 operations in its order, each sum
+            /// reduced as `matvec` reduces that row: bit-identical.
+            /// Caller guarantees the CPU features and slice lengths (`check_q4_tile`).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn matmul(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+                let (rows, n) = (out.rows(), out.tokens());
+                if n == 0 {
+                    return;
+                }
+                let cols = xq.len() / n;
+                let groups = cols / 32;
+                let rows4 = rows / 4 * 4;
+                let (w, s) = (wq.as_ptr(), ws.as_ptr());
+                let mut b = 0;
+                while b < n {
+                    let t = if n - b >= 4 { 4 } else { 1 };
+                    let (x, xsb) = (xq.as_ptr().add(b * cols), xs.as_ptr().add(b * groups));
+                    if t == 4 {
+                        let mut o = out.tokens_at::<4>(b);
+                        for r in 0..rows {
+                            let sums = row::<4>(w.add(r * cols / 2), s.add(r * groups), x, xsb, groups, r < rows4);
+                            for (o, v) in o.iter_mut().zip(sums) {
+                                o[r] = v;
+                            }
+                        }
+                    } else {
+                        let o = out.token(b);
+                        for (r, o) in o.iter_mut().enumerate() {
+                            *o = row::<1>(w.add(r * cols / 2), s.add(r * groups), x, xsb, groups, r < rows4)[0];
+                        }
+                    }
+                    b += t;
+                }
+            }
+
+            /// One weight row (`w: [groups·16]`, `ws: [groups]`) against `T`
+            /// tokens (`xq: [T·cols]`, `xs: [T·groups]`).
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn row<const T: usize>(
+                w: *const u8,
+                ws: *const u16,
+                xq: *const i8,
+                xs: *const f32,
+                groups: usize,
+                in_block: bool,
+            ) -> [f32; 4] {
+                let cols = groups * 32;
+                let mut acc = [_mm256_setzero_ps(); T];
+                let mut g0 = 0;
+                while g0 < groups {
+                    let n = if groups - g0 >= 8 { 8 } else { groups - g0 };
+                    let mut j = 0;
+                    while j + 4 <= n {
+                        let g = g0 + j;
+                        let u = [0, 1, 2, 3].map(|k| unpack(w.add((g + k) * 16)));
+                        let wsc = dup128(_mm_cvtph_ps(_mm_loadl_epi64(ws.add(g) as *const __m128i)));
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let x = xq.add(t * cols + g * 32);
+                            let p = [0, 1, 2, 3].map(|k| {
+                                let xv = _mm256_loadu_si256(x.add(32 * k) as *const __m256i);
+                                dot(u[k], xv, corr(xv))
+                            });
+                            // ws·xs per group, as `block`'s `sc` (the same f32 products)
+                            let d = _mm256_mul_ps(wsc, dup128(_mm_loadu_ps(xs.add(t * groups + g))));
+                            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(p)), d, *acc);
+                        }
+                        j += 4;
+                    }
+                    while j < n {
+                        let g = g0 + j;
+                        let u = unpack(w.add(g * 16));
+                        let wsc = f16_scalar(*ws.add(g));
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let xv = _mm256_loadu_si256(xq.add(t * cols + g * 32) as *const __m256i);
+                            let p = _mm256_cvtepi32_ps(dot(u, xv, corr(xv)));
+                            *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(wsc * *xs.add(t * groups + g)), *acc);
+                        }
+                        j += 1;
+                    }
+                    g0 += n;
+                }
+                reduce_rows(&acc, in_block)
             }
         }
     };
