@@ -5,6 +5,7 @@
 extern crate alloc;
 extern crate std;
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -115,6 +116,34 @@ fn write_tampered(t: &Tables, tamper: Tamper) -> Vec<u8> {
 fn load<'a>(a: &'a Aligned, t: &Tables) -> Result<Tokenizer<'a>> {
     let file = ModelFile::parse(a.bytes(), VerifyChecksum::Yes)?;
     Tokenizer::from_file(&file, "", t.info, t.vocab.len())
+}
+
+type Fixture = (&'static Tables, Tokenizer<'static>);
+
+/// Tables and their loaded tokenizer, built once per process for the
+/// property tests: building and loading is most of a case's cost (under
+/// Miri, minutes over a run). Leaked into a static, so Miri sees no leak.
+fn fixture(cell: &'static std::sync::OnceLock<Fixture>, make: fn() -> Tables) -> Fixture {
+    *cell.get_or_init(|| {
+        let t: &'static Tables = Box::leak(Box::new(make()));
+        let a: &'static Aligned = Box::leak(Box::new(Aligned::new(&t.file())));
+        (t, load(a, t).unwrap())
+    })
+}
+
+fn bpe_fixture() -> Fixture {
+    static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+    fixture(&F, small_bpe)
+}
+
+fn sp_fixture() -> Fixture {
+    static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+    fixture(&F, small_sp)
+}
+
+fn inverted_fixture() -> Fixture {
+    static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+    fixture(&F, inverted_bpe)
 }
 
 fn byte_identity() -> [u32; 256] {
@@ -551,19 +580,15 @@ proptest! {
     #![proptest_config(cases())]
     #[test]
     fn bpe_round_trip(s in any::<String>()) {
-        let t = small_bpe();
-        let a = Aligned::new(&t.file());
-        let tok = load(&a, &t).unwrap();
+        let (_, tok) = bpe_fixture();
         let ids = encode_vec(&tok, &s, s.len() + 1).unwrap();
         prop_assert_eq!(decode_vec(&tok, &ids), s.as_bytes());
     }
 
     #[test]
     fn bpe_matches_reference(s in small_text(), extra in 0usize..4) {
-        let t = small_bpe();
-        let a = Aligned::new(&t.file());
-        let tok = load(&a, &t).unwrap();
-        let want = ref_bpe(&t, &s);
+        let (t, tok) = bpe_fixture();
+        let want = ref_bpe(t, &s);
         prop_assert_eq!(&encode_vec(&tok, &s, s.len() + 1).unwrap(), &want);
         prop_assert_eq!(decode_vec(&tok, &want), s.as_bytes());
         // Smaller outputs: exact result, or a too-long error that says so.
@@ -585,9 +610,7 @@ proptest! {
 
     #[test]
     fn encode_never_panics(s in any::<String>(), cap in 0usize..24, sp in any::<bool>()) {
-        let t = if sp { small_sp() } else { small_bpe() };
-        let a = Aligned::new(&t.file());
-        let tok = load(&a, &t).unwrap();
+        let (t, tok) = if sp { sp_fixture() } else { bpe_fixture() };
         match encode_vec(&tok, &s, cap) {
             Ok(ids) => prop_assert!(ids.iter().all(|&i| (i as usize) < t.vocab.len())),
             Err(Error::PromptTooLong { tokens, limit }) => prop_assert!(tokens > limit && limit == cap),
@@ -597,9 +620,7 @@ proptest! {
 
     #[test]
     fn decode_piece_never_panics(id in any::<u32>(), prev in any::<Option<u32>>()) {
-        for t in [small_sp(), small_bpe()] {
-            let a = Aligned::new(&t.file());
-            let tok = load(&a, &t).unwrap();
+        for (_, tok) in [sp_fixture(), bpe_fixture()] {
             let b = tok.decode_piece(prev, id);
             prop_assert!(b.len() <= tok.token_bytes(id).len());
             let _ = tok.is_special(id);
@@ -631,10 +652,8 @@ proptest! {
     #![proptest_config(cases())]
     #[test]
     fn bpe_inverted_matches_reference(s in "[yz]{0,24}") {
-        let t = inverted_bpe();
-        let a = Aligned::new(&t.file());
-        let tok = load(&a, &t).unwrap();
-        prop_assert_eq!(encode_vec(&tok, &s, s.len()).unwrap(), ref_bpe(&t, &s));
+        let (t, tok) = inverted_fixture();
+        prop_assert_eq!(encode_vec(&tok, &s, s.len()).unwrap(), ref_bpe(t, &s));
     }
 }
 
@@ -679,10 +698,8 @@ proptest! {
     #![proptest_config(cases())]
     #[test]
     fn sp_matches_run_c(s in sp_text()) {
-        let t = small_sp();
-        let a = Aligned::new(&t.file());
-        let tok = load(&a, &t).unwrap();
-        let want = ref_sp(&t, &s);
+        let (t, tok) = sp_fixture();
+        let want = ref_sp(t, &s);
         let initial = s.len() + 1;
         prop_assert_eq!(&encode_vec(&tok, &s, initial).unwrap(), &want);
         let mut bytes = vec![];
