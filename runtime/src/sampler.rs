@@ -1,6 +1,9 @@
 //! Choosing the next token from logits: repetition penalty, temperature,
 //! top-k, top-p, with a seeded RNG. Works in arena scratch; never allocates.
 
+// Logits, history and scratch come from callers: no index that could panic.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
 use crate::error::{Error, Result};
 use crate::forward::softmax;
 
@@ -101,7 +104,7 @@ pub fn argmax(x: &[f32]) -> u32 {
 /// Applies the repetition penalty once per distinct token of `recent`.
 fn penalize(logits: &mut [f32], recent: &[u32], penalty: f32) {
     for (i, &t) in recent.iter().enumerate() {
-        if recent[..i].contains(&t) {
+        if recent.iter().take(i).any(|&seen| seen == t) {
             continue;
         }
         if let Some(l) = logits.get_mut(t as usize) {
@@ -111,20 +114,23 @@ fn penalize(logits: &mut [f32], recent: &[u32], penalty: f32) {
 }
 
 /// Picks the next token. `logits` are modified in place; `history` is the
-/// token sequence so far; `scratch` holds at least `logits.len()` entries.
+/// token sequence so far; `scratch` holds at least `logits.len()` entries
+/// (top-k and top-p sort candidates there; else [`Error::BadSetting`]).
 pub fn sample(
     cfg: &SamplerConfig,
     rng: &mut Rng,
     logits: &mut [f32],
     history: &[u32],
     scratch: &mut [ProbIndex],
-) -> u32 {
+) -> Result<u32> {
+    const SHORT: Error = Error::BadSetting("sampler scratch must hold at least one entry per logit");
     if cfg.repeat_penalty != 1.0 {
         let from = history.len().saturating_sub(cfg.repeat_window);
-        penalize(logits, &history[from..], cfg.repeat_penalty);
+        // `from <= len`: always `Some`.
+        penalize(logits, history.get(from..).unwrap_or(history), cfg.repeat_penalty);
     }
     if cfg.temperature == 0.0 {
-        return argmax(logits);
+        return Ok(argmax(logits));
     }
     for l in logits.iter_mut() {
         *l /= cfg.temperature;
@@ -137,27 +143,30 @@ pub fn sample(
         for (i, &p) in logits.iter().enumerate() {
             cdf += p;
             if coin < cdf {
-                return i as u32;
+                return Ok(i as u32);
             }
         }
-        return (n - 1) as u32;
+        return Ok((n - 1) as u32);
+    }
+    if scratch.len() < n {
+        return Err(SHORT);
     }
 
     // Candidates: with top-p alone, tokens below (1-p)/(n-1) cannot be in
     // the nucleus (llama2.c's trick), which keeps the sort short.
     let cutoff = if cfg.top_k == 0 && n > 1 { (1.0 - cfg.top_p) / (n - 1) as f32 } else { 0.0 };
     let mut m = 0;
-    for (i, &p) in logits.iter().enumerate() {
-        if p >= cutoff {
-            scratch[m] = ProbIndex { prob: p, index: i as u32 };
-            m += 1;
-        }
+    let above = logits.iter().enumerate().filter(|&(_, &p)| p >= cutoff);
+    for (slot, (i, &p)) in scratch.iter_mut().zip(above) {
+        *slot = ProbIndex { prob: p, index: i as u32 };
+        m += 1;
     }
     let desc = |a: &ProbIndex, b: &ProbIndex| b.prob.total_cmp(&a.prob).then(a.index.cmp(&b.index));
-    let cand = &mut scratch[..m];
+    // `m` counts entries written to `scratch`: the `get`s cannot fail.
+    let cand = scratch.get_mut(..m).ok_or(SHORT)?;
     let cand = if cfg.top_k > 0 && cfg.top_k < m {
         cand.select_nth_unstable_by(cfg.top_k - 1, desc);
-        &mut cand[..cfg.top_k]
+        cand.get_mut(..cfg.top_k).ok_or(SHORT)?
     } else {
         cand
     };
@@ -171,17 +180,16 @@ pub fn sample(
             break;
         }
     }
-    let cand = &cand[..keep];
-    let total: f32 = cand.iter().map(|c| c.prob).sum();
+    let total: f32 = cand.iter().take(keep).map(|c| c.prob).sum();
     let r = coin * total;
     let mut cdf = 0.0;
-    for c in cand {
+    for c in cand.iter().take(keep) {
         cdf += c.prob;
         if r < cdf {
-            return c.index;
+            return Ok(c.index);
         }
     }
-    cand.last().map_or(0, |c| c.index)
+    Ok(cand.iter().take(keep).next_back().map_or(0, |c| c.index))
 }
 
 #[cfg(test)]
@@ -202,8 +210,12 @@ mod tests {
     #[test]
     fn argmax_matches_the_one_pass_definition() {
         let mut rng = Rng::new(7);
-        for n in (0..70).chain([1000, 32000]) {
-            for case in 0..20 {
+        // Under Miri (scripts/miri.sh): every remainder length and the
+        // special cases 1..=4 once, without the large vocabularies.
+        let (sizes, cases) = if cfg!(miri) { (0..35, 0..5) } else { (0..70, 0..20) };
+        let large: &[usize] = if cfg!(miri) { &[] } else { &[1000, 32000] };
+        for n in sizes.chain(large.iter().copied()) {
+            for case in cases.clone() {
                 let mut x: std::vec::Vec<f32> = (0..n).map(|_| (rng.next_f32() * 8.0).floor() - 4.0).collect();
                 match case {
                     1 if n > 0 => x[rng.next_u32() as usize % n] = f32::NAN,
@@ -223,11 +235,11 @@ mod tests {
         let mut rng = Rng::new(1);
         let mut scratch = [ProbIndex::default(); 4];
         let mut logits = [0.1, 2.0, 1.9, -1.0];
-        assert_eq!(sample(&cfg, &mut rng, &mut logits, &[], &mut scratch), 1);
+        assert_eq!(sample(&cfg, &mut rng, &mut logits, &[], &mut scratch).unwrap(), 1);
         let cfg = SamplerConfig { repeat_penalty: 1.1, ..cfg };
         let mut logits = [0.1, 2.0, 1.9, -1.0];
         // token 1 seen twice: penalised once (2.0/1.1 = 1.818 < 1.9)
-        assert_eq!(sample(&cfg, &mut rng, &mut logits, &[1, 1], &mut scratch), 2);
+        assert_eq!(sample(&cfg, &mut rng, &mut logits, &[1, 1], &mut scratch).unwrap(), 2);
         assert!((logits[1] - 2.0 / 1.1).abs() < 1e-6);
     }
 
@@ -238,7 +250,7 @@ mod tests {
         let cfg = SamplerConfig { temperature: 1.0, top_k: 1, ..Default::default() };
         for seed in 0..20 {
             let mut l = base;
-            assert_eq!(sample(&cfg, &mut Rng::new(seed), &mut l, &[], &mut scratch), 1);
+            assert_eq!(sample(&cfg, &mut Rng::new(seed), &mut l, &[], &mut scratch).unwrap(), 1);
         }
         let cfg = SamplerConfig { temperature: 0.8, top_p: 0.9, ..Default::default() };
         let run = |seed| {
@@ -246,7 +258,7 @@ mod tests {
             let mut out = [0u32; 16];
             for o in out.iter_mut() {
                 let mut l = base;
-                *o = sample(&cfg, &mut rng, &mut l, &[], &mut scratch.clone());
+                *o = sample(&cfg, &mut rng, &mut l, &[], &mut scratch.clone()).unwrap();
             }
             out
         };
@@ -264,9 +276,28 @@ mod tests {
         let mut seen = [0usize; 4];
         for _ in 0..2000 {
             let mut l = base;
-            seen[sample(&cfg, &mut rng, &mut l, &[], &mut scratch) as usize] += 1;
+            seen[sample(&cfg, &mut rng, &mut l, &[], &mut scratch).unwrap() as usize] += 1;
         }
         assert_eq!(seen[2] + seen[3], 0, "{seen:?}");
         assert!(seen[0] > seen[1] && seen[1] > 300, "{seen:?}");
+    }
+
+    #[test]
+    fn a_scratch_shorter_than_the_logits_is_an_error() {
+        let base = [0.5f32, 1.5, 0.2, 1.4, -0.3];
+        let mut scratch = [ProbIndex::default(); 4];
+        for cfg in [
+            SamplerConfig { temperature: 1.0, top_k: 2, ..Default::default() },
+            SamplerConfig { temperature: 1.0, top_p: 0.5, ..Default::default() },
+        ] {
+            let mut l = base;
+            let e = sample(&cfg, &mut Rng::new(1), &mut l, &[], &mut scratch).unwrap_err();
+            assert!(matches!(e, Error::BadSetting(_)), "{e:?}");
+        }
+        // greedy and plain sampling need no scratch
+        for cfg in [SamplerConfig::default(), SamplerConfig { temperature: 1.0, ..Default::default() }] {
+            let mut l = base;
+            assert!(sample(&cfg, &mut Rng::new(1), &mut l, &[], &mut []).is_ok());
+        }
     }
 }

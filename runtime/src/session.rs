@@ -1,6 +1,9 @@
 //! A generation session: one domain, one arena, a prompt, then tokens
 //! streamed one at a time. Nothing here allocates.
 
+// Positions and vocabulary sizes index arena buffers: no index that could panic.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
 use core::ops::ControlFlow;
 
 use crate::arena::{Layout, RunState};
@@ -175,7 +178,8 @@ impl<'m, 'a> Session<'m, 'a> {
 
     /// Tokens in the context.
     pub fn tokens(&self) -> &[u32] {
-        &self.state.tokens[..self.len]
+        // `len <= max_seq`, the buffer's length: always `Some`.
+        self.state.tokens.get(..self.len).unwrap_or_default()
     }
 
     /// Forgets the context (the RNG continues).
@@ -193,7 +197,8 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Logits after the last token (empty before the first step).
     pub fn logits(&self) -> &[f32] {
         if self.have_logits {
-            &self.state.logits[..self.domain.vocab_size]
+            // The buffer holds the largest vocabulary of the model: always `Some`.
+            self.state.logits.get(..self.domain.vocab_size).unwrap_or_default()
         } else {
             &[]
         }
@@ -203,13 +208,15 @@ impl<'m, 'a> Session<'m, 'a> {
         if token as usize >= self.domain.vocab_size {
             return Err(Error::BadToken(token));
         }
-        if self.len >= self.opts.max_seq {
-            return Err(Error::ContextFull { limit: self.opts.max_seq });
-        }
         let pos = self.len;
+        let full = Error::ContextFull { limit: self.opts.max_seq };
+        if pos >= self.opts.max_seq {
+            return Err(full);
+        }
+        // (`forward` does not read `tokens`: storing first is the same.)
+        *self.state.tokens.get_mut(pos).ok_or(full)? = token;
         let exec = Exec { kernels: self.kernels, par: self.par };
         forward(exec, self.model, self.domain, &mut self.state, token, pos, logits);
-        self.state.tokens[pos] = token;
         self.len += 1;
         self.have_logits = logits;
         Ok(())
@@ -224,15 +231,14 @@ impl<'m, 'a> Session<'m, 'a> {
         let prefix = [tok.info().bos, self.domain.tag_token];
         let cap = self.opts.max_seq;
         for t in prefix.into_iter().flatten() {
-            if n >= cap {
-                return Err(Error::PromptTooLong { tokens: n + 1, limit: cap });
-            }
-            self.state.tokens[n] = t;
+            let slot = self.state.tokens.get_mut(n).filter(|_| n < cap);
+            *slot.ok_or(Error::PromptTooLong { tokens: n + 1, limit: cap })? = t;
             n += 1;
         }
         // Leave room for at least one generated token.
         let room = cap.saturating_sub(n + 1);
-        let text_tokens = match tok.encode(text, &mut self.state.tokens[n..n + room]) {
+        let out = self.state.tokens.get_mut(n..n + room).ok_or(Error::PromptTooLong { tokens: n + 1, limit: cap })?;
+        let text_tokens = match tok.encode(text, out) {
             Ok(k) => k,
             Err(Error::PromptTooLong { tokens, .. }) if !self.opts.truncate_prompt => {
                 return Err(Error::PromptTooLong { tokens: tokens + n, limit: room + n })
@@ -279,10 +285,11 @@ impl<'m, 'a> Session<'m, 'a> {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.domain.vocab_size) {
             return Err(Error::BadToken(bad));
         }
+        let full = Error::ContextFull { limit: self.opts.max_seq };
         if self.len + tokens.len() > self.opts.max_seq {
-            return Err(Error::ContextFull { limit: self.opts.max_seq });
+            return Err(full);
         }
-        self.state.tokens[self.len..self.len + tokens.len()].copy_from_slice(tokens);
+        self.state.tokens.get_mut(self.len..self.len + tokens.len()).ok_or(full)?.copy_from_slice(tokens);
         Ok(())
     }
 
@@ -295,13 +302,15 @@ impl<'m, 'a> Session<'m, 'a> {
         let exec = Exec { kernels: self.kernels, par: self.par };
         let vocab = self.domain.vocab_size;
         let stride = self.domain.head.rows;
+        // Positions below `end` were checked and stored (`stage`, `feed_prompt`).
+        let full = Error::ContextFull { limit: self.opts.max_seq };
         // per-token: no block buffers, or scoring without block logits
         if block == 0 || (all && self.state.block.logits.is_empty()) {
             for pos in start..end {
-                let t = self.state.tokens[pos];
+                let t = *self.state.tokens.get(pos).ok_or(full.clone())?;
                 self.push(t, all || pos + 1 == end)?;
                 if let Some(f) = on_logits.as_mut() {
-                    f(pos - start, &self.state.logits[..vocab]);
+                    f(pos - start, self.logits());
                 }
             }
             return Ok(());
@@ -312,7 +321,7 @@ impl<'m, 'a> Session<'m, 'a> {
             let last = pos + n == end;
             if n == 1 && !all {
                 // a lone token: the one-token path is the same arithmetic
-                let t = self.state.tokens[pos];
+                let t = *self.state.tokens.get(pos).ok_or(full.clone())?;
                 forward(exec, self.model, self.domain, &mut self.state, t, pos, last);
             } else {
                 let want = match (all, last) {
@@ -322,13 +331,18 @@ impl<'m, 'a> Session<'m, 'a> {
                 };
                 forward_block(exec, self.model, self.domain, &mut self.state, pos, n, want);
                 if let Some(f) = on_logits.as_mut() {
-                    for t in 0..n {
-                        f(pos - start + t, &self.state.block.logits[t * stride..t * stride + vocab]);
+                    // rows of `[block, stride]`, the first `vocab` of each
+                    let rows = self.state.block.logits.chunks(stride.max(1)).take(n);
+                    let mut row = &[][..];
+                    for (t, r) in rows.enumerate() {
+                        row = r.get(..vocab).ok_or(Error::BadConfig("head rows are fewer than the vocabulary"))?;
+                        f(pos - start + t, row);
                     }
                     if last {
                         // `logits()` after the last token, as the per-token path leaves it
-                        let row = (n - 1) * stride;
-                        self.state.logits[..vocab].copy_from_slice(&self.state.block.logits[row..row + vocab]);
+                        for (o, &l) in self.state.logits.iter_mut().zip(row) {
+                            *o = l;
+                        }
                     }
                 }
             }
@@ -342,7 +356,7 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Encodes the longest suffix of `text` (cut at a char boundary) that fits in `room` tokens.
     fn encode_tail(&mut self, text: &str, at: usize, room: usize) -> Result<usize> {
         let tok = self.domain.tokenizer;
-        let out = &mut self.state.tokens[at..at + room];
+        let out = self.state.tokens.get_mut(at..at + room).ok_or(Error::PromptTooLong { tokens: at + 1, limit: at })?;
         // binary search on the start offset: later starts give fewer tokens
         let (mut lo, mut hi) = (0usize, text.len());
         while lo < hi {
@@ -351,7 +365,7 @@ impl<'m, 'a> Session<'m, 'a> {
             while !text.is_char_boundary(start) {
                 start += 1;
             }
-            if tok.encode(&text[start..], out).is_ok() {
+            if text.get(start..).is_some_and(|t| tok.encode(t, out).is_ok()) {
                 hi = mid;
             } else {
                 lo = mid + 1;
@@ -361,7 +375,7 @@ impl<'m, 'a> Session<'m, 'a> {
         while !text.is_char_boundary(start) {
             start += 1;
         }
-        tok.encode(&text[start..], out)
+        tok.encode(text.get(start..).unwrap_or(""), out)
     }
 
     /// Chooses the next token from the current logits and runs it.
@@ -376,9 +390,14 @@ impl<'m, 'a> Session<'m, 'a> {
             self.feed_prompt("")?;
         }
         let vocab = self.domain.vocab_size;
-        let history = &self.state.tokens[..self.len];
-        let next =
-            sample(&self.opts.sampler, &mut self.rng, &mut self.state.logits[..vocab], history, self.state.scratch);
+        // Both always `Some`: `len <= max_seq` and the buffers are sized for the model.
+        let history = self.state.tokens.get(..self.len).ok_or(Error::ContextFull { limit: self.opts.max_seq })?;
+        let logits = self
+            .state
+            .logits
+            .get_mut(..vocab)
+            .ok_or(Error::BadConfig("logits buffer is shorter than the vocabulary"))?;
+        let next = sample(&self.opts.sampler, &mut self.rng, logits, history, self.state.scratch)?;
         self.have_logits = false;
         if Some(next) == self.domain.tokenizer.info().eos {
             return Ok(None);

@@ -1,22 +1,26 @@
 //! Byte-level BPE: GPT-2 pre-tokens, then rank-ordered merges per piece.
 
+use core::cell::Cell;
+
 use super::pretokenize::Pieces;
-use super::Tokenizer;
+use super::{merge_sweep, Tokenizer};
 use crate::error::Result;
 
 impl<'a> Tokenizer<'a> {
-    /// Rank of the merge `(left, right)`, if any (binary search in `merge_index`).
-    pub(super) fn merge_rank(&self, left: u32, right: u32) -> Option<u32> {
+    /// Rank and result of the merge `(left, right)`, if any (binary search in
+    /// `merge_index`).
+    pub(super) fn merge_rank(&self, left: u32, right: u32) -> Option<(u32, u32)> {
         let merges = self.merges;
-        let key = (left, right);
+        let key = Some((left, right));
+        // Every rank is below `merges.len()` (checked at load); a `None` here
+        // could only sort first, never match.
         let pos = self
             .merge_index
-            .binary_search_by(|&rank| {
-                let k = rank as usize * 3;
-                (merges[k], merges[k + 1]).cmp(&key)
-            })
+            .binary_search_by(|&rank| merges.get(rank as usize).map(|&[l, r, _]| (l, r)).cmp(&key))
             .ok()?;
-        Some(self.merge_index[pos])
+        let rank = *self.merge_index.get(pos)?;
+        let &[_, _, result] = merges.get(rank as usize)?;
+        Some((rank, result))
     }
 
     /// Encodes text without special tokens, appending to `out[written..]`.
@@ -24,16 +28,14 @@ impl<'a> Tokenizer<'a> {
         let mut remaining = text.len();
         for piece in Pieces::new(text) {
             let n = piece.len();
-            let free = out.len() - written;
-            if n > free {
+            let Some(buf) = out.get_mut(written..).and_then(|free| free.get_mut(..n)) else {
                 // The piece's initial byte tokens do not fit in the scratch
                 // space left; its tokens are at least n / max_token_len.
                 let lower = written + remaining.div_ceil(self.max_token_len);
                 return Err(self.too_long(out.len(), lower));
-            }
-            let buf = &mut out[written..written + n];
+            };
             for (slot, &b) in buf.iter_mut().zip(piece.as_bytes()) {
-                *slot = self.byte_tokens[b as usize];
+                *slot = self.byte_token(b);
             }
             written += self.bpe_merge(buf);
             remaining -= n;
@@ -50,47 +52,28 @@ impl<'a> Tokenizer<'a> {
     /// stops (and the lowest rank is searched again) as soon as a merge creates
     /// a pair of lower or equal rank, which HF would pop next.
     pub(super) fn bpe_merge(&self, buf: &mut [u32]) -> usize {
-        let mut n = buf.len();
         if self.merge_index.is_empty() {
-            return n;
+            return buf.len();
         }
+        let mut live = Cell::from_mut(buf).as_slice_of_cells();
         loop {
-            let mut best = u32::MAX;
-            let mut first = 0;
-            for i in 0..n.saturating_sub(1) {
-                if let Some(r) = self.merge_rank(buf[i], buf[i + 1]) {
-                    if r < best {
-                        best = r;
-                        first = i;
+            // (rank, result, left, right, position) of the leftmost lowest-ranked pair.
+            let mut best: Option<(u32, u32, u32, u32, usize)> = None;
+            for (i, (x, y)) in live.iter().zip(live.iter().skip(1)).enumerate() {
+                let (x, y) = (x.get(), y.get());
+                if let Some((rank, result)) = self.merge_rank(x, y) {
+                    if best.is_none_or(|b| rank < b.0) {
+                        best = Some((rank, result, x, y, i));
                     }
                 }
             }
-            if best == u32::MAX {
-                return n;
-            }
-            let k = best as usize * 3;
-            let (l, r, res) = (self.merges[k], self.merges[k + 1], self.merges[k + 2]);
-            let mut w = first;
-            let mut i = first;
-            let mut stop = false;
-            while i < n {
-                if !stop && i + 1 < n && buf[i] == l && buf[i + 1] == r {
-                    buf[w] = res;
-                    if w > 0 && self.merge_rank(buf[w - 1], res).is_some_and(|x| x <= best) {
-                        stop = true;
-                    }
-                    if i + 2 < n && self.merge_rank(res, buf[i + 2]).is_some_and(|x| x <= best) {
-                        stop = true;
-                    }
-                    w += 1;
-                    i += 2;
-                } else {
-                    buf[w] = buf[i];
-                    w += 1;
-                    i += 1;
-                }
-            }
-            n = w;
+            let Some((rank, result, l, r, first)) = best else { return live.len() };
+            live = merge_sweep(
+                live,
+                first,
+                |x, y| (x == l && y == r).then_some(result),
+                |x, y| self.merge_rank(x, y).is_some_and(|(k, _)| k <= rank),
+            );
         }
     }
 }

@@ -7,6 +7,9 @@
 //! differ from Hugging Face `tokenizers` and llama2.c) are specified in
 //! `docs/TOKENIZER.md`.
 
+// Text and table bytes come from callers and files: no index that could panic.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
 mod bpe;
 pub mod pretokenize;
 mod sentencepiece;
@@ -17,6 +20,7 @@ mod unicode;
 
 pub use stream::Utf8Stream;
 
+use core::cell::Cell;
 use core::cmp::Ordering;
 
 use crate::error::{Error, Result};
@@ -31,12 +35,12 @@ pub struct Tokenizer<'a> {
     bytes: &'a [u8],
     /// `vocab_size + 1` offsets into `bytes`.
     offsets: &'a [u32],
-    /// Token of each single byte (256 entries).
-    byte_tokens: &'a [u32],
+    /// Token of each single byte.
+    byte_tokens: &'a [u32; 256],
     /// Tokens matched literally in input text.
     special: &'a [u32],
-    /// BPE: `(left, right, result)` triples in rank order.
-    merges: &'a [u32],
+    /// BPE: `(left, right, result)` in rank order, `[n_merges, 3]`.
+    merges: &'a [[u32; 3]],
     /// BPE: ranks sorted by `(left, right)`.
     merge_index: &'a [u32],
     /// SentencePiece: one score per token.
@@ -65,15 +69,16 @@ impl TensorName {
         if len > buf.len() {
             return Err(Error::BadTokenizer("tensor name prefix is too long"));
         }
-        buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
-        buf[prefix.len()..prefix.len() + MID.len()].copy_from_slice(MID);
-        buf[prefix.len() + MID.len()..len].copy_from_slice(suffix.as_bytes());
+        let parts = prefix.as_bytes().iter().chain(MID).chain(suffix.as_bytes());
+        for (slot, &b) in buf.iter_mut().zip(parts) {
+            *slot = b;
+        }
         Ok(TensorName { buf, len })
     }
 
     fn as_str(&self) -> &str {
-        // Built from two `&str`s and ASCII, so always valid.
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+        // Built from two `&str`s and ASCII, so always valid; `len` fits (checked in `new`).
+        self.buf.get(..self.len).and_then(|b| core::str::from_utf8(b).ok()).unwrap_or("")
     }
 }
 
@@ -96,16 +101,52 @@ fn one_dim(t: &TensorView<'_>, what: &'static str) -> Result<()> {
 
 /// Lexicographic comparison of `token` with the concatenation `a ++ b`.
 fn cmp_concat(token: &[u8], a: &[u8], b: &[u8]) -> Ordering {
-    let n = core::cmp::min(token.len(), a.len());
-    match token[..n].cmp(&a[..n]) {
-        Ordering::Equal => {}
-        o => return o,
+    match token.split_at_checked(a.len()) {
+        Some((head, tail)) => head.cmp(a).then_with(|| tail.cmp(b)),
+        // Shorter than `a`: `a ++ b` differs within `token`, or `token` is a
+        // proper prefix of it; either way `token.cmp(a)` says which (never Equal).
+        None => token.cmp(a),
     }
-    if token.len() <= a.len() {
-        // token is a prefix of a (or equal to it).
-        return if token.len() == a.len() && b.is_empty() { Ordering::Equal } else { Ordering::Less };
+}
+
+/// One left-to-right sweep of a merge loop over `live`, starting at `first`
+/// (the leftmost best pair): every adjacent pair `(x, y)` for which
+/// `merge(x, y)` gives a token becomes that token, until a merge creates a
+/// pair for which `rival` holds (one the caller must rank again before going
+/// on); from there the tokens are only compacted. Returns the shortened prefix.
+///
+/// Works through cells so that reads run ahead of writes in one buffer
+/// without indexing: the write position never passes the read position.
+fn merge_sweep(
+    live: &[Cell<u32>],
+    first: usize,
+    merge: impl Fn(u32, u32) -> Option<u32>,
+    rival: impl Fn(u32, u32) -> bool,
+) -> &[Cell<u32>] {
+    // Before `first` nothing merges, so sweeping from 0 would give the same.
+    let (head, tail) = live.split_at_checked(first).unwrap_or((&[], live));
+    let mut input = tail.iter().map(Cell::get).peekable();
+    let mut output = tail.iter();
+    let mut prev = head.last().map(Cell::get);
+    let mut len = head.len();
+    let mut stop = false;
+    while let Some(x) = input.next() {
+        let mut token = x;
+        if !stop {
+            if let Some(m) = input.peek().and_then(|&y| merge(x, y)) {
+                input.next();
+                token = m;
+                stop = prev.is_some_and(|p| rival(p, m)) || input.peek().is_some_and(|&z| rival(m, z));
+            }
+        }
+        if let Some(slot) = output.next() {
+            slot.set(token);
+            len += 1;
+        }
+        prev = Some(token);
     }
-    token[a.len()..].cmp(b)
+    // `len` counts writes into `live`, so it is at most `live.len()`.
+    live.get(..len).unwrap_or(live)
 }
 
 impl<'a> Tokenizer<'a> {
@@ -127,13 +168,13 @@ impl<'a> Tokenizer<'a> {
         if offsets.len() != vocab_size + 1 {
             return Err(Error::BadTokenizer("vocab_offsets must have vocab_size + 1 entries"));
         }
-        if offsets[0] != 0 {
+        if offsets.first() != Some(&0) {
             return Err(Error::BadTokenizer("vocab_offsets must start at 0"));
         }
-        if offsets.windows(2).any(|w| w[1] < w[0]) {
+        if !offsets.is_sorted() {
             return Err(Error::BadTokenizer("vocab_offsets must be non-decreasing"));
         }
-        if offsets[vocab_size] as usize != bytes.len() {
+        if offsets.last().map(|&end| end as usize) != Some(bytes.len()) {
             return Err(Error::BadTokenizer("vocab_offsets must end at the length of vocab_bytes"));
         }
         let in_vocab = |id: u32| (id as usize) < vocab_size;
@@ -143,10 +184,8 @@ impl<'a> Tokenizer<'a> {
 
         let byte_t = require(file, prefix, "byte_tokens")?;
         one_dim(&byte_t, "byte_tokens must be one-dimensional")?;
-        let byte_tokens = byte_t.u32s()?;
-        if byte_tokens.len() != 256 {
-            return Err(Error::BadTokenizer("byte_tokens must have 256 entries"));
-        }
+        let byte_tokens: &[u32; 256] =
+            byte_t.u32s()?.try_into().map_err(|_| Error::BadTokenizer("byte_tokens must have 256 entries"))?;
 
         let special = match get(file, prefix, "special")? {
             Some(t) => {
@@ -205,12 +244,15 @@ impl<'a> Tokenizer<'a> {
             }
             _ => return Err(Error::BadTokenizer("merges and merge_index must be both present or both absent")),
         };
-        let n = merges.len() / 3;
+        let (merges, odd) = merges.as_chunks::<3>();
+        if !odd.is_empty() {
+            return Err(Error::BadTokenizer("merges must have shape [n_merges, 3]"));
+        }
+        let n = merges.len();
         if index.len() != n {
             return Err(Error::BadTokenizer("merge_index must have one entry per merge"));
         }
-        for m in merges.chunks_exact(3) {
-            let (l, r, res) = (m[0], m[1], m[2]);
+        for &[l, r, res] in merges {
             if [l, r, res].iter().any(|&id| id as usize >= self.vocab_size) {
                 return Err(Error::BadTokenizer("merge refers to a token outside the vocabulary"));
             }
@@ -222,13 +264,7 @@ impl<'a> Tokenizer<'a> {
                 return Err(Error::BadTokenizer("merge result's bytes are not the concatenation of its operands"));
             }
         }
-        let pair = |rank: u32| -> Option<(u32, u32)> {
-            let k = rank as usize;
-            if k >= n {
-                return None;
-            }
-            Some((merges[3 * k], merges[3 * k + 1]))
-        };
+        let pair = |rank: u32| merges.get(rank as usize).map(|&[l, r, _]| (l, r));
         let mut prev: Option<(u32, u32)> = None;
         for &rank in index {
             let p = pair(rank).ok_or(Error::BadTokenizer("merge_index entry out of range"))?;
@@ -281,7 +317,7 @@ impl<'a> Tokenizer<'a> {
         self.scores = scores;
         self.sorted_vocab = sorted;
         self.max_token_len = max_len;
-        self.space_token = self.sp_lookup(b" ", b"").unwrap_or(self.byte_tokens[b' ' as usize]);
+        self.space_token = self.sp_lookup(b" ", b"").unwrap_or(self.byte_token(b' '));
         Ok(())
     }
 
@@ -299,8 +335,16 @@ impl<'a> Tokenizer<'a> {
         if i >= self.vocab_size {
             return &[];
         }
-        let (start, end) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
-        self.bytes.get(start..end).unwrap_or(&[])
+        match (self.offsets.get(i), self.offsets.get(i + 1)) {
+            (Some(&start), Some(&end)) => self.bytes.get(start as usize..end as usize).unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+
+    /// The token of the single byte `b`.
+    fn byte_token(&self, b: u8) -> u32 {
+        // 256 entries: the index is always in range and the fallback dead code.
+        self.byte_tokens.get(usize::from(b)).copied().unwrap_or(0)
     }
 
     /// Whether `id` is a special token (listed in the special table, or the
@@ -313,7 +357,7 @@ impl<'a> Tokenizer<'a> {
     /// (SentencePiece: a byte-fallback token `<0xXX>`).
     pub fn is_byte_token(&self, id: u32) -> bool {
         match self.token_bytes(id) {
-            [b] => self.byte_tokens[*b as usize] == id,
+            &[b] => self.byte_token(b) == id,
             _ => false,
         }
     }
@@ -326,35 +370,31 @@ impl<'a> Tokenizer<'a> {
         let b = self.token_bytes(id);
         let after_bos = prev.is_some() && prev == self.info.bos;
         let exempt = self.info.kind == TokenizerKind::SentencePieceBpe && self.is_byte_token(id);
-        if self.info.strip_space_after_bos && after_bos && !exempt && b.first() == Some(&b' ') {
-            &b[1..]
-        } else {
-            b
+        match b.strip_prefix(b" ") {
+            Some(rest) if self.info.strip_space_after_bos && after_bos && !exempt => rest,
+            _ => b,
         }
     }
 
-    /// Leftmost-longest special token in `text`: `(start, end, id)`.
-    fn find_special(&self, text: &str) -> Option<(usize, usize, u32)> {
+    /// Leftmost-longest special token in `text`: `(text before, id, text after)`.
+    fn find_special<'t>(&self, text: &'t str) -> Option<(&'t str, u32, &'t str)> {
         if self.special.is_empty() {
             return None;
         }
-        let t = text.as_bytes();
-        for start in 0..t.len() {
-            if !text.is_char_boundary(start) {
-                continue;
-            }
-            let mut best: Option<(usize, u32)> = None;
+        for (start, _) in text.char_indices() {
+            let (before, from) = text.split_at_checked(start)?;
+            let mut best: Option<(usize, u32, &'t str)> = None;
             for &id in self.special {
                 let s = self.token_bytes(id);
-                if t[start..].starts_with(s) && best.is_none_or(|(len, _)| s.len() > len) {
-                    let end = start + s.len();
-                    if text.is_char_boundary(end) {
-                        best = Some((s.len(), id));
+                if from.as_bytes().starts_with(s) && best.is_none_or(|(len, ..)| s.len() > len) {
+                    // `get` is `None` unless the special token ends on a character boundary.
+                    if let Some(after) = from.get(s.len()..) {
+                        best = Some((s.len(), id, after));
                     }
                 }
             }
-            if let Some((len, id)) = best {
-                return Some((start, start + len, id));
+            if let Some((_, id, after)) = best {
+                return Some((before, id, after));
             }
         }
         None
@@ -373,7 +413,7 @@ impl<'a> Tokenizer<'a> {
         loop {
             let found = self.find_special(rest);
             let plain = match found {
-                Some((s, _, _)) => &rest[..s],
+                Some((before, _, _)) => before,
                 None => rest,
             };
             written = match self.info.kind {
@@ -382,15 +422,13 @@ impl<'a> Tokenizer<'a> {
             };
             lead = false;
             match found {
-                Some((_, e, id)) => {
-                    if written >= out.len() {
-                        return Err(
-                            self.too_long(out.len(), written + 1 + rest.len().saturating_sub(e) / self.max_token_len)
-                        );
-                    }
-                    out[written] = id;
+                Some((_, id, after)) => {
+                    let Some(slot) = out.get_mut(written) else {
+                        return Err(self.too_long(out.len(), written + 1 + after.len() / self.max_token_len));
+                    };
+                    *slot = id;
                     written += 1;
-                    rest = &rest[e..];
+                    rest = after;
                 }
                 None => return Ok(written),
             }

@@ -16,10 +16,10 @@ pub fn is_other(c: char) -> bool {
 
 const CONTRACTIONS: [&str; 7] = ["s", "t", "re", "ve", "m", "ll", "d"];
 
-/// End (byte index) of the run of characters of `s` from `from` satisfying `f`.
-fn run_end(s: &str, from: usize, f: fn(char) -> bool) -> usize {
-    match s[from..].char_indices().find(|&(_, c)| !f(c)) {
-        Some((i, _)) => from + i,
+/// Byte length of the run of characters at the start of `s` satisfying `f`.
+fn run_len(s: &str, f: fn(char) -> bool) -> usize {
+    match s.char_indices().find(|&(_, c)| !f(c)) {
+        Some((i, _)) => i,
         None => s.len(),
     }
 }
@@ -32,10 +32,10 @@ pub fn next_piece_len(s: &str) -> usize {
         Some(c) => c,
         None => return 0,
     };
+    let after_c = chars.as_str();
     if c == '\'' {
-        let rest = &s[1..];
         for suf in CONTRACTIONS {
-            if rest.starts_with(suf) {
+            if after_c.starts_with(suf) {
                 return 1 + suf.len();
             }
         }
@@ -43,23 +43,23 @@ pub fn next_piece_len(s: &str) -> usize {
     let next = chars.next();
     for class in [is_letter as fn(char) -> bool, is_number, is_other] {
         if class(c) {
-            return run_end(s, c.len_utf8(), class);
+            return c.len_utf8() + run_len(after_c, class);
         }
         if c == ' ' && next.is_some_and(class) {
-            return run_end(s, 1, class);
+            return 1 + run_len(after_c, class);
         }
     }
     // `c` is whitespace (every character is in exactly one of the classes).
-    let end = run_end(s, 0, is_space);
-    if end == s.len() {
-        return end; // \s+(?!\S) at the end of the text
-    }
     // Followed by a non-space: \s+(?!\S) backtracks one character if that
     // leaves at least one, otherwise \s+ takes the single character.
-    match s[..end].char_indices().next_back() {
-        Some((last, _)) if last > 0 => last,
-        _ => end,
+    let mut last = 0;
+    for (i, ch) in s.char_indices() {
+        if !is_space(ch) {
+            return if last > 0 { last } else { i };
+        }
+        last = i;
     }
+    s.len() // \s+(?!\S) at the end of the text
 }
 
 /// Iterator over the GPT-2 pre-tokens of a string.
@@ -81,7 +81,8 @@ impl<'s> Iterator for Pieces<'s> {
         if n == 0 {
             return None;
         }
-        let (piece, rest) = self.rest.split_at(n);
+        // `n` is a character boundary; were it not, the rest would be one piece.
+        let (piece, rest) = self.rest.split_at_checked(n).unwrap_or((self.rest, ""));
         self.rest = rest;
         Some(piece)
     }

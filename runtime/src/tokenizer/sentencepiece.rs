@@ -3,9 +3,10 @@
 //! byte), then repeatedly merge the adjacent pair whose concatenation is in
 //! the vocabulary with the highest score (leftmost on ties).
 
+use core::cell::Cell;
 use core::cmp::Ordering;
 
-use super::{cmp_concat, Tokenizer};
+use super::{cmp_concat, merge_sweep, Tokenizer};
 use crate::error::Result;
 
 /// run.c starts its search at this score with a strict `>`: pairs scoring
@@ -16,7 +17,7 @@ impl<'a> Tokenizer<'a> {
     /// The token whose bytes are `a ++ b` in `sorted_vocab` (run.c's `str_lookup`).
     pub(super) fn sp_lookup(&self, a: &[u8], b: &[u8]) -> Option<u32> {
         let pos = self.sorted_vocab.binary_search_by(|&id| cmp_concat(self.token_bytes(id), a, b)).ok()?;
-        Some(self.sorted_vocab[pos])
+        self.sorted_vocab.get(pos).copied()
     }
 
     /// `(exact match, some token starts with s)` for `s` in `sorted_vocab`.
@@ -48,8 +49,10 @@ impl<'a> Tokenizer<'a> {
     }
 
     /// Initial tokens of one character: `1` vocabulary token, or one
-    /// byte-fallback token per byte. Writes them to `out` if it is long enough.
-    fn sp_char(&self, c: &[u8], out: &mut [u32]) -> usize {
+    /// byte-fallback token per byte. Writes them to `out` as far as it is long enough.
+    fn sp_char(&self, c: char, out: &mut [u32]) -> usize {
+        let mut utf8 = [0u8; 4];
+        let c = c.encode_utf8(&mut utf8).as_bytes();
         match self.sp_lookup(c, b"") {
             Some(id) => {
                 if let Some(slot) = out.first_mut() {
@@ -59,23 +62,24 @@ impl<'a> Tokenizer<'a> {
             }
             None => {
                 for (slot, &b) in out.iter_mut().zip(c) {
-                    *slot = self.byte_tokens[b as usize];
+                    *slot = self.byte_token(b);
                 }
                 c.len()
             }
         }
     }
 
-    /// Whether no vocabulary token spans byte position `q` of `t` (starting
-    /// at or after `lo`): then no merge can cross `q`, and the text on either
-    /// side encodes independently.
-    fn sp_hard_cut(&self, t: &[u8], lo: usize, q: usize) -> bool {
+    /// Whether no vocabulary token spans byte position `q` of `t`: then no
+    /// merge can cross `q`, and the text on either side encodes independently.
+    fn sp_hard_cut(&self, t: &[u8], q: usize) -> bool {
         let max = self.max_token_len;
-        let a_min = core::cmp::max(lo, q.saturating_sub(max.saturating_sub(1)));
+        let a_min = q.saturating_sub(max.saturating_sub(1));
         for a in a_min..q {
             let b_max = core::cmp::min(t.len(), a + max);
             for b in q + 1..=b_max {
-                let (exact, prefix) = self.sp_probe(&t[a..b]);
+                // `a < q < b <= t.len()`: always `Some`; "not a cut" is the safe answer.
+                let Some(s) = t.get(a..b) else { return false };
+                let (exact, prefix) = self.sp_probe(s);
                 if exact {
                     return false;
                 }
@@ -95,59 +99,63 @@ impl<'a> Tokenizer<'a> {
     /// of the vocabulary spans the cut, so that merges on either side are
     /// independent and the result is identical.
     pub(super) fn encode_sp(&self, mut lead: bool, text: &str, out: &mut [u32], mut written: usize) -> Result<usize> {
-        let t = text.as_bytes();
-        let mut pos = 0;
-        while pos < t.len() || lead {
-            let free = out.len() - written;
-            let estimate = written + (t.len() - pos + lead as usize).div_ceil(self.max_token_len);
-            let buf = &mut out[written..];
+        let mut rest = text;
+        while !rest.is_empty() || lead {
+            let estimate = written + (rest.len() + lead as usize).div_ceil(self.max_token_len);
+            let limit = out.len();
+            let too_long = || self.too_long(limit, estimate);
+            let Some(buf) = out.get_mut(written..) else { return Err(too_long()) };
+            let free = buf.len();
             let mut s = 0;
             if lead {
-                if free == 0 {
-                    return Err(self.too_long(out.len(), estimate));
-                }
-                buf[0] = self.space_token;
+                let Some(slot) = buf.first_mut() else { return Err(too_long()) };
+                *slot = self.space_token;
                 s = 1;
             }
-            let mut p = pos;
+            // The initial tokens of `rest[..p]` fit in `buf`.
+            let mut p = rest.len();
             let mut full = false;
-            for c in text[pos..].chars() {
-                let cb = &t[p..p + c.len_utf8()];
+            for (i, c) in rest.char_indices() {
                 // Writes what fits; a partial write past `free` is ignored.
-                let need = self.sp_char(cb, &mut buf[s..]);
+                let need = self.sp_char(c, buf.get_mut(s..).unwrap_or_default());
                 if s + need > free {
+                    p = i;
                     full = true;
                     break;
                 }
                 s += need;
-                p += cb.len();
             }
-            let end = if full {
+            let (chunk, next) = if full {
                 let min_cut = if lead { self.max_token_len } else { 0 };
                 let mut q = p;
                 loop {
-                    if q <= pos {
+                    if q == 0 {
                         // No independent prefix fits in the space left.
-                        return Err(self.too_long(out.len(), estimate));
+                        return Err(too_long());
                     }
-                    if text.is_char_boundary(q) && q >= min_cut && self.sp_hard_cut(t, pos, q) {
-                        break q;
+                    if q >= min_cut {
+                        // `None` unless `q` is a character boundary.
+                        if let Some(split) = rest.split_at_checked(q) {
+                            if self.sp_hard_cut(rest.as_bytes(), q) {
+                                break split;
+                            }
+                        }
                     }
                     q -= 1;
                 }
             } else {
-                p
+                (rest, "")
             };
-            // Drop the initial tokens past the cut.
-            let mut q = end;
-            while q < p {
-                let Some(c) = text[q..].chars().next() else { break };
-                let cb = &t[q..q + c.len_utf8()];
-                s -= self.sp_char(cb, &mut []);
-                q += cb.len();
+            // Drop the initial tokens of the characters between the cut and `p`.
+            for (i, c) in next.char_indices() {
+                if chunk.len() + i >= p {
+                    break;
+                }
+                s -= self.sp_char(c, &mut []);
             }
-            written += self.sp_merge(&mut buf[..s]);
-            pos = end;
+            let Some(tokens) = buf.get_mut(..s) else { return Err(too_long()) };
+            written += self.sp_merge(tokens);
+            rest = next;
             lead = false;
         }
         Ok(written)
@@ -159,42 +167,23 @@ impl<'a> Tokenizer<'a> {
     /// (the order run.c picks them in); the sweep stops, and the best score is
     /// searched again, when a merge creates a pair scoring at least as high.
     pub(super) fn sp_merge(&self, buf: &mut [u32]) -> usize {
-        let mut n = buf.len();
+        let mut live = Cell::from_mut(buf).as_slice_of_cells();
         loop {
             let mut best: Option<(f32, usize)> = None;
-            for i in 0..n.saturating_sub(1) {
-                if let Some((_, sc)) = self.sp_pair(buf[i], buf[i + 1]) {
+            for (i, (x, y)) in live.iter().zip(live.iter().skip(1)).enumerate() {
+                if let Some((_, sc)) = self.sp_pair(x.get(), y.get()) {
                     if best.is_none_or(|(b, _)| sc.partial_cmp(&b) == Some(Ordering::Greater)) {
                         best = Some((sc, i));
                     }
                 }
             }
-            let Some((top, first)) = best else { return n };
-            let mut w = first;
-            let mut i = first;
-            let mut stop = false;
-            while i < n {
-                if !stop && i + 1 < n {
-                    if let Some((id, sc)) = self.sp_pair(buf[i], buf[i + 1]) {
-                        if sc >= top {
-                            buf[w] = id;
-                            if w > 0 && self.sp_pair(buf[w - 1], id).is_some_and(|(_, x)| x >= top) {
-                                stop = true;
-                            }
-                            if i + 2 < n && self.sp_pair(id, buf[i + 2]).is_some_and(|(_, x)| x >= top) {
-                                stop = true;
-                            }
-                            w += 1;
-                            i += 2;
-                            continue;
-                        }
-                    }
-                }
-                buf[w] = buf[i];
-                w += 1;
-                i += 1;
-            }
-            n = w;
+            let Some((top, first)) = best else { return live.len() };
+            live = merge_sweep(
+                live,
+                first,
+                |x, y| self.sp_pair(x, y).and_then(|(id, sc)| (sc >= top).then_some(id)),
+                |x, y| self.sp_pair(x, y).is_some_and(|(_, sc)| sc >= top),
+            );
         }
     }
 }

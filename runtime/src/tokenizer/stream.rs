@@ -11,104 +11,69 @@
 /// [`String::from_utf8_lossy`]: https://doc.rust-lang.org/std/string/struct.String.html#method.from_utf8_lossy
 #[derive(Clone, Debug, Default)]
 pub struct Utf8Stream {
-    pending: [u8; 4],
-    len: u8,
+    /// An incomplete character held back: at most 3 bytes, room for a 4th
+    /// while deciding it.
+    pending: heapless::Vec<u8, 4>,
 }
 
 const REPLACEMENT: &str = "\u{FFFD}";
 
 impl Utf8Stream {
     pub fn new() -> Self {
-        Utf8Stream { pending: [0; 4], len: 0 }
+        Utf8Stream { pending: heapless::Vec::new() }
     }
 
     /// Bytes held back (an incomplete character), 0..=3.
     pub fn pending_len(&self) -> usize {
-        self.len as usize
+        self.pending.len()
     }
 
     /// Feeds `bytes`; `emit` receives every complete piece of text.
     pub fn push(&mut self, bytes: &[u8], emit: &mut dyn FnMut(&str)) {
         let mut input = bytes;
-        // Complete (or reject) the held-back character first. The window
-        // holds at most 4 bytes, enough to decide the first character.
-        while self.len > 0 && !input.is_empty() {
-            let plen = self.len as usize;
-            let take = core::cmp::min(4 - plen, input.len());
-            let mut tmp = [0u8; 4];
-            tmp[..plen].copy_from_slice(&self.pending[..plen]);
-            tmp[plen..plen + take].copy_from_slice(&input[..take]);
-            let window = &tmp[..plen + take];
-            match core::str::from_utf8(window) {
+        // Complete (or reject) the held-back character first, a byte at a
+        // time: at most 3 more bytes decide it.
+        while !self.pending.is_empty() {
+            let Some((&b, rest)) = input.split_first() else { return };
+            // A held-back prefix is at most 3 bytes, so the push fits.
+            let fits = self.pending.push(b).is_ok();
+            match core::str::from_utf8(&self.pending) {
                 Ok(s) => {
                     emit(s);
-                    self.len = 0;
-                    input = &input[take..];
+                    self.pending.clear();
+                    input = rest;
                 }
-                Err(e) => {
-                    let valid = e.valid_up_to();
-                    if valid > 0 {
-                        // The held-back character is complete (valid > plen
-                        // because the pending bytes alone were incomplete).
-                        if let Ok(s) = core::str::from_utf8(&window[..valid]) {
-                            emit(s);
-                        }
-                        self.len = 0;
-                        input = &input[valid.saturating_sub(plen)..];
-                    } else {
-                        match e.error_len() {
-                            Some(n) => {
-                                emit(REPLACEMENT);
-                                self.len = 0;
-                                input = &input[n.saturating_sub(plen)..];
-                            }
-                            None => {
-                                // Still incomplete: all of `input` fit in the window.
-                                let n = window.len();
-                                self.pending[..n].copy_from_slice(window);
-                                self.len = n as u8;
-                                input = &[];
-                            }
-                        }
-                    }
+                Err(e) if fits && e.error_len().is_none() => input = rest, // still incomplete
+                Err(_) => {
+                    // The held-back bytes are one invalid sequence (one
+                    // U+FFFD, as from_utf8_lossy); `b` starts afresh.
+                    self.pending.clear();
+                    emit(REPLACEMENT);
                 }
             }
         }
-        while !input.is_empty() {
-            match core::str::from_utf8(input) {
-                Ok(s) => {
-                    emit(s);
-                    return;
-                }
-                Err(e) => {
-                    let valid = e.valid_up_to();
-                    if valid > 0 {
-                        if let Ok(s) = core::str::from_utf8(&input[..valid]) {
-                            emit(s);
-                        }
-                    }
-                    match e.error_len() {
-                        Some(n) => {
-                            emit(REPLACEMENT);
-                            input = &input[valid + n..];
-                        }
-                        None => {
-                            let rest = &input[valid..];
-                            let n = core::cmp::min(rest.len(), 3);
-                            self.pending[..n].copy_from_slice(&rest[..n]);
-                            self.len = n as u8;
-                            return;
-                        }
-                    }
-                }
+        let mut chunks = input.utf8_chunks().peekable();
+        while let Some(chunk) = chunks.next() {
+            if !chunk.valid().is_empty() {
+                emit(chunk.valid());
+            }
+            let invalid = chunk.invalid();
+            if invalid.is_empty() {
+                continue;
+            }
+            // An incomplete character at the very end waits for the next push.
+            let incomplete =
+                chunks.peek().is_none() && core::str::from_utf8(invalid).is_err_and(|e| e.error_len().is_none());
+            if !(incomplete && self.pending.extend_from_slice(invalid).is_ok()) {
+                emit(REPLACEMENT);
             }
         }
     }
 
     /// Ends the stream: a held-back incomplete character becomes one U+FFFD.
     pub fn finish(&mut self, emit: &mut dyn FnMut(&str)) {
-        if self.len > 0 {
-            self.len = 0;
+        if !self.pending.is_empty() {
+            self.pending.clear();
             emit(REPLACEMENT);
         }
     }
