@@ -23,7 +23,7 @@ usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 case $1 in -h|--help) usage 0 ;; esac
 DATA=$1; shift
 OUT=runs/default
-BASE_STEPS=4500 EXPAND_STEPS=1500
+BASE_STEPS=4500 EXPAND_STEPS=6000
 DIM=128 LAYERS=4 HEADS=4 KV=2 FFN=352 VOCAB=4096 BLOCKS=2
 THREADS=${RAYON_NUM_THREADS:-$(nproc)} DEVICE=cpu
 while [ $# -gt 0 ]; do
