@@ -317,11 +317,17 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn peak_rss_bytes() -> Option<u64> {
+/// A memory figure of this process from Linux `/proc/self/status` (`field`
+/// is e.g. `"VmHWM:"`, peak resident, or `"VmRSS:"`, resident now), in bytes.
+fn proc_status_bytes(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+fn peak_rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
 }
 
 fn bench(b: BenchArgs) -> Result<()> {

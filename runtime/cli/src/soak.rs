@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use edgelm_runtime::{Engine, Model, SamplerConfig, SessionOptions};
 
-use crate::{open, session_options, ModelArgs};
+use crate::{open, proc_status_bytes, session_options, ModelArgs};
 
 #[derive(Args)]
 pub struct SoakArgs {
@@ -72,11 +72,7 @@ struct Sample {
 
 /// Resident memory of this process now (Linux `/proc`; 0 elsewhere).
 fn rss_bytes() -> u64 {
-    let kib = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
-        line.split_whitespace().nth(1)?.parse::<u64>().ok()
-    });
-    kib.unwrap_or(0) * 1024
+    proc_status_bytes("VmRSS:").unwrap_or(0)
 }
 
 /// What one session runs: a domain, a prompt and a sampler seed.
@@ -98,8 +94,9 @@ fn cpu_seconds() -> f64 {
     ticks.unwrap_or(0) as f64 / 100.0
 }
 
-/// Runs `job` in `arena` for at most `max_tokens`; the generated text and
-/// the number of tokens generated.
+/// Runs `job` in `arena` for at most `max_tokens`, appending the generated
+/// text to `text` when given (the probes; the loop keeps none, so it
+/// allocates nothing per session); the number of tokens generated.
 fn run_session(
     engine: &Engine,
     model: &Model<'_>,
@@ -107,15 +104,18 @@ fn run_session(
     base: SessionOptions,
     job: &Job<'_>,
     max_tokens: usize,
-) -> Result<(String, u64)> {
+    mut text: Option<&mut String>,
+) -> Result<u64> {
     let opts = SessionOptions { sampler: sampler(job.seed), ..base };
     let mut session = engine.session(model, Some(job.domain), arena, opts)?;
     let prompt_len = session.feed_prompt(job.prompt)?;
     let room = opts.max_seq.saturating_sub(prompt_len);
-    let mut text = String::new();
-    session.generate(max_tokens.min(room), &mut |t| text.push_str(t))?;
-    let generated = session.tokens().len().saturating_sub(prompt_len);
-    Ok((text, generated as u64))
+    session.generate(max_tokens.min(room), &mut |t| {
+        if let Some(text) = text.as_deref_mut() {
+            text.push_str(t)
+        }
+    })?;
+    Ok(session.tokens().len().saturating_sub(prompt_len) as u64)
 }
 
 /// The probes: two fixed seeds per domain, run at the start and at the end.
@@ -125,7 +125,9 @@ fn probes(engine: &Engine, arena: &mut [u8], base: SessionOptions, n: usize) -> 
     for d in model.domains() {
         for seed in [1, 2] {
             let job = Job { domain: d.name, prompt: prompts(d.name)[0], seed };
-            out.push(run_session(engine, &model, arena, base, &job, n)?.0);
+            let mut text = String::new();
+            run_session(engine, &model, arena, base, &job, n, Some(&mut text))?;
+            out.push(text);
         }
     }
     Ok(out)
@@ -167,7 +169,7 @@ pub fn soak(a: SoakArgs) -> Result<()> {
             let prompt = ps[(sessions / domains.len() as u64 % ps.len() as u64) as usize];
             let job = Job { domain, prompt, seed: 1000 + sessions };
             let left = (a.tokens - generated).min(a.session_tokens as u64) as usize;
-            let n = run_session(&engine, &model, &mut arena, opts, &job, left)?.1;
+            let n = run_session(&engine, &model, &mut arena, opts, &job, left, None)?;
             idle = if n == 0 { idle + 1 } else { 0 };
             if idle >= 100 {
                 bail!("100 sessions in a row generated no token (the model ends every text at once)");
