@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use edgelm_runtime::bpb::{documents, eval_document, Totals};
 use edgelm_runtime::format::{FileKind, ModelFile, VerifyChecksum};
 use edgelm_runtime::{Engine, EngineOptions, ErrorKind, KvType, Model, SamplerConfig, SessionOptions};
 
+mod eval;
 mod soak;
 
 #[derive(Parser)]
@@ -46,7 +46,7 @@ enum Command {
     /// Measure prompt and decode speed, memory and arena size.
     Bench(BenchArgs),
     /// Bits per byte of a text file (documents split on <|endoftext|> lines).
-    Eval(EvalArgs),
+    Eval(eval::EvalArgs),
     /// Generate a story and a recipe from the models shipped in the repo.
     Demo(DemoArgs),
     /// A kiosk's life in minutes: many sessions over every domain, files
@@ -83,7 +83,8 @@ struct ModelArgs {
     /// Context length of the session (default: the model's).
     #[arg(long)]
     max_seq: Option<usize>,
-    /// Worker threads for matrix-vector products.
+    /// Threads: generate and bench split each token's products among them;
+    /// eval gives each its own documents.
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// KV cache element type: f32, or f16 (half the cache's memory).
@@ -152,22 +153,13 @@ struct BenchArgs {
     json: bool,
 }
 
-#[derive(Args)]
-struct EvalArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Text file to score.
-    textfile: PathBuf,
-    /// Stop after this many documents.
-    #[arg(long)]
-    limit: Option<usize>,
-    #[arg(long)]
-    json: bool,
-}
-
 /// Opens the base and packs of `a` with the kernels and threads it asks for.
 fn open(a: &ModelArgs) -> Result<Engine> {
-    let threads = check_threads(a.threads)?;
+    open_with_threads(a, check_threads(a.threads)?)
+}
+
+/// [`open`] with `threads` for the products instead of `--threads`.
+fn open_with_threads(a: &ModelArgs, threads: usize) -> Result<Engine> {
     let verify = if a.no_verify { VerifyChecksum::Skip } else { VerifyChecksum::Yes };
     let opts = EngineOptions { verify, threads, kernels: None };
     let mut engine = Engine::open(&a.model, opts).with_context(|| format!("loading {}", a.model.display()))?;
@@ -398,44 +390,6 @@ fn bench(b: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn eval(e: EvalArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&e.textfile)
-        .with_context(|| format!("cannot read {} (is it UTF-8 text?)", e.textfile.display()))?;
-    if documents(&text).next().is_none() {
-        bail!("{}: no documents (the file is empty or holds only <|endoftext|> lines)", e.textfile.display());
-    }
-    let engine = open(&e.model)?;
-    let domain = domain_name(&engine.model()?, &e.model)?;
-    // every token's logits are scored: keep a block's worth (`block_logits`)
-    let opts = SessionOptions { block_logits: true, ..session_options(&engine, &e.model) };
-    let t0 = Instant::now();
-    let totals = engine.with_session(Some(&domain), opts, |session| -> Result<_> {
-        let mut totals = Totals::default();
-        for doc in documents(&text).take(e.limit.unwrap_or(usize::MAX)) {
-            eval_document(session, doc, &mut totals)?;
-        }
-        Ok(totals)
-    })?;
-    let secs = t0.elapsed().as_secs_f64();
-    let tps = totals.scored_tokens as f64 / secs.max(1e-9);
-    let mut out = std::io::stdout().lock();
-    if e.json {
-        // the field names of `edgelm-train eval --json`
-        writeln!(
-            out,
-            "{{\"file\":{:?},\"domain\":{:?},\"documents\":{},\"bytes\":{},\"scored_tokens\":{},\"total_nats\":{},\"loss\":{},\"ppl\":{},\"bpb\":{},\"seconds\":{:.2},\"tokens_per_s\":{:.1},\"kv\":{:?}}}",
-            e.textfile.display().to_string(), domain, totals.documents, totals.bytes, totals.scored_tokens, totals.nats, totals.loss(), totals.perplexity(), totals.bpb(), secs, tps, opts.kv.name()
-        )?;
-    } else {
-        writeln!(out, "domain      {domain}")?;
-        writeln!(out, "documents   {} ({} bytes, {} tokens)", totals.documents, totals.bytes, totals.scored_tokens)?;
-        writeln!(out, "loss        {:.4} nats/token (ppl {:.2})", totals.loss(), totals.perplexity())?;
-        writeln!(out, "bpb         {:.4} bits/byte", totals.bpb())?;
-        writeln!(out, "speed       {tps:.1} scored tokens/s ({secs:.2} s, kv {})", opts.kv.name())?;
-    }
-    Ok(())
-}
-
 fn demo(d: DemoArgs) -> Result<()> {
     let base_path = d.models.join("base.edgelm");
     if !base_path.exists() {
@@ -507,7 +461,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(g) => generate(g),
         Command::Inspect { file } => inspect(&file),
         Command::Bench(b) => bench(b),
-        Command::Eval(e) => eval(e),
+        Command::Eval(e) => eval::eval(e),
         Command::Demo(d) => demo(d),
         Command::Soak(s) => soak::soak(s),
     }

@@ -114,3 +114,39 @@ fn soak_reloads_packs_and_checks_its_probes() {
     let (ok, _, err) = edgelm(&["soak", "--model", m, "--tokens", "0"]);
     assert!(!ok && err.contains("--tokens"), "{err}");
 }
+
+/// `eval --threads N` shares the documents among N sessions; the sums are
+/// added in file order, so every N gives the same figures to the last digit.
+#[test]
+fn eval_gives_the_same_sums_for_every_thread_count() {
+    let dir = workdir("eval-threads");
+    let model = dir.join("base.edgelm");
+    std::fs::write(&model, synthetic_model(&SyntheticSpec::tiny(DType::Q8)).unwrap()).unwrap();
+    let text = dir.join("valid.txt");
+    let docs: Vec<String> =
+        (0..9).map(|i| format!("Document {i}: {}", "the cat sat on a mat. ".repeat(1 + i * 3))).collect();
+    std::fs::write(&text, docs.join("\n<|endoftext|>\n")).unwrap();
+    let sums = |threads: &str| {
+        let (ok, out, err) = edgelm(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--json",
+            "--threads",
+            threads,
+            text.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        assert!(out.contains(&format!("\"threads\":{threads}")), "{out}");
+        // everything but the timing and the thread count
+        let start = out.find("\"documents\"").unwrap();
+        let end = out.find(",\"seconds\"").unwrap();
+        out[start..end].to_string()
+    };
+    let one = sums("1");
+    assert!(one.contains("\"documents\":9"), "{one}");
+    assert_eq!(one, sums("2"));
+    assert_eq!(one, sums("4"));
+    // more threads than documents: one session, its products split
+    assert_eq!(one, sums("12"));
+}
