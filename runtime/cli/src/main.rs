@@ -142,7 +142,7 @@ struct BenchArgs {
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 8)]
     prompt_tokens: usize,
-    /// Tokens to decode (greedy, end-of-text ignored).
+    /// Tokens to decode (greedy, end-of-text ignored); 0 times the prompt alone.
     #[arg(long, default_value_t = 128)]
     gen_tokens: usize,
     /// Repetitions; medians are reported.
@@ -367,8 +367,8 @@ fn bench(b: BenchArgs) -> Result<()> {
     if b.json {
         writeln!(
             out,
-            "{{\"model\":{:?},\"domain\":{:?},\"kernels\":{:?},\"threads\":{},\"kv\":{:?},\"block\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"runs\":{},\"prompt_tokens_per_s\":{:.2},\"decode_tokens_per_s\":{:.2},\"ms_per_token\":{:.4},\"peak_rss_bytes\":{},\"arena_bytes\":{}}}",
-            b.model.model.display().to_string(), domain, kernels, threads, opts.kv.name(), opts.block_len().max(1), b.prompt_tokens, b.gen_tokens, b.runs, p, d, 1000.0 / d, rss, arena_bytes
+            "{{\"model\":{:?},\"domain\":{:?},\"kernels\":{:?},\"threads\":{},\"kv\":{:?},\"block\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"runs\":{},\"prompt_tokens_per_s\":{:.2},\"decode_tokens_per_s\":{},\"ms_per_token\":{},\"peak_rss_bytes\":{},\"arena_bytes\":{}}}",
+            b.model.model.display().to_string(), domain, kernels, threads, opts.kv.name(), opts.block_len().max(1), b.prompt_tokens, b.gen_tokens, b.runs, p, json_or_null(d, 2), json_or_null(1000.0 / d, 4), rss, arena_bytes
         )?;
     } else {
         writeln!(out, "model         {}", b.model.model.display())?;
@@ -376,18 +376,30 @@ fn bench(b: BenchArgs) -> Result<()> {
         writeln!(out, "kernels       {kernels}, {threads} thread(s)")?;
         writeln!(out, "kv cache      {}, prompt blocks of {} token(s)", opts.kv.name(), opts.block_len().max(1))?;
         writeln!(out, "prompt        {:.1} tok/s ({} tokens, median of {})", p, b.prompt_tokens, b.runs)?;
-        writeln!(
-            out,
-            "decode        {:.1} tok/s, {:.3} ms/token ({} tokens, median of {})",
-            d,
-            1000.0 / d,
-            b.gen_tokens,
-            b.runs
-        )?;
+        if b.gen_tokens > 0 {
+            writeln!(
+                out,
+                "decode        {:.1} tok/s, {:.3} ms/token ({} tokens, median of {})",
+                d,
+                1000.0 / d,
+                b.gen_tokens,
+                b.runs
+            )?;
+        }
         writeln!(out, "peak RSS      {:.1} MiB", rss as f64 / (1 << 20) as f64)?;
         writeln!(out, "arena         {:.2} MiB ({arena_bytes} bytes)", arena_bytes as f64 / (1 << 20) as f64)?;
     }
     Ok(())
+}
+
+/// `x` with `decimals` for JSON, or `null` where it is not a number (no
+/// decode tokens: `--gen-tokens 0`).
+fn json_or_null(x: f64, decimals: usize) -> String {
+    if x.is_finite() && x > 0.0 {
+        format!("{x:.decimals$}")
+    } else {
+        "null".into()
+    }
 }
 
 fn demo(d: DemoArgs) -> Result<()> {

@@ -48,6 +48,10 @@ fn subcommands_work_on_a_synthetic_model() {
         edgelm(&["bench", "--model", m, "--prompt-tokens", "4", "--gen-tokens", "8", "--runs", "2", "--json"]);
     assert!(ok, "{err}");
     assert!(out.contains("\"decode_tokens_per_s\":") && out.contains("\"arena_bytes\":"), "{out}");
+    let (ok, out, err) =
+        edgelm(&["bench", "--model", m, "--prompt-tokens", "16", "--gen-tokens", "0", "--runs", "2", "--json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"decode_tokens_per_s\":null,\"ms_per_token\":null"), "prompt only: {out}");
 
     let text = dir.join("valid.txt");
     std::fs::write(&text, "Once upon a time.\n<|endoftext|>\nThe end of it all.\n<|endoftext|>\n").unwrap();
