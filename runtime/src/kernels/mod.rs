@@ -678,7 +678,9 @@ pub fn matmul_tiles(
     assert!(ld >= rows && out.len() >= (n - 1) * ld + rows, "matmul_tiles: output too short");
     let tile = tile_rows(row_bytes);
     match par {
-        Some(p) if p.threads() > 1 && rows * row_bytes >= PARALLEL_MIN_BYTES && rows >= 16 => {
+        // the work is the tile's bytes once per token: a block of 32 tokens
+        // splits the 288×288 projections that a single token keeps on one thread
+        Some(p) if p.threads() > 1 && rows * row_bytes * n >= PARALLEL_MIN_BYTES && rows >= 16 => {
             let threads = p.threads();
             let per = rows.div_ceil(threads).div_ceil(8) * 8;
             let shared = SharedOut { ptr: out.as_mut_ptr(), len: out.len() };
