@@ -255,12 +255,12 @@ unsafe fn transpose4(a: [__m256i; 4]) -> [__m256i; 4] {
 
 /// Bytes of transposed activations a batched kernel keeps on its stack (a
 /// pass of tokens: `tokens · quads · 128 ≤ XT_BYTES`, at least four tokens).
-const XT_BYTES: usize = 16 * 1024;
+pub(crate) const XT_BYTES: usize = 16 * 1024;
 
 /// Transposed activations of one pass of tokens ([`transpose4`] per quad of
 /// groups): token `b`, quad `q` at vectors `4(b·quads + q)..+4`.
 #[repr(C, align(32))]
-struct Xt([__m256i; XT_BYTES / 32]);
+pub(crate) struct Xt(pub(crate) [__m256i; XT_BYTES / 32]);
 
 /// Tokens per pass for `quads` quads of groups per token (a multiple of 4,
 /// at most `n` rounded down to one; 0: too wide for the scratch).
@@ -619,7 +619,9 @@ macro_rules! q8_matvec {
         mod $module {
             use core::arch::x86_64::*;
 
-            use super::{dup128, f16_scalar, fold4, hsum, pass_tokens, reduce_rows, store4, transpose4, transpose_tokens, Xt};
+            use super::{
+                dup128, f16_scalar, fold4, hsum, pass_tokens, reduce_rows, store4, transpose4, transpose_tokens, Xt,
+            };
             use crate::kernels::TileOut;
 
             /// The weight vector's operand for [`dot_prepped`].
@@ -839,7 +841,9 @@ macro_rules! q8_matvec {
                         let sr = s.add(r * groups);
                         let mut acc = [_mm256_setzero_ps(); 4];
                         for q in 0..quads {
-                            let wv = transpose4([0, 1, 2, 3].map(|k| _mm256_loadu_si256(wr.add(q * 128 + 32 * k) as *const __m256i)));
+                            let wv = transpose4(
+                                [0, 1, 2, 3].map(|k| _mm256_loadu_si256(wr.add(q * 128 + 32 * k) as *const __m256i)),
+                            );
                             let aw = wv.map(|v| prep(v));
                             // f32 weight scales of the four groups, in both 128-bit halves
                             let wsc = _mm256_cvtph_ps(_mm_set1_epi64x((sr.add(4 * q) as *const i64).read_unaligned()));
@@ -851,7 +855,9 @@ macro_rules! q8_matvec {
                                 let p3 = dot_prepped(aw[3], wv[3], _mm256_load_si256(xv.add(3)));
                                 let sum = _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3));
                                 // ws·xs per group, as `block`'s `sc` (the same f32 products)
-                                let xs4 = _mm256_broadcast_ps(&(xsb.add(t * groups + 4 * q) as *const __m128).read_unaligned());
+                                let xs4 = _mm256_broadcast_ps(
+                                    &(xsb.add(t * groups + 4 * q) as *const __m128).read_unaligned(),
+                                );
                                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(wsc, xs4), *acc);
                             }
                         }
