@@ -256,11 +256,19 @@ unsafe fn transpose4(a: [__m256i; 4]) -> [__m256i; 4] {
 /// Bytes of transposed activations a batched kernel keeps on its stack (a
 /// pass of tokens: `tokens · quads · 128 ≤ XT_BYTES`, at least four tokens).
 pub(crate) const XT_BYTES: usize = 16 * 1024;
+/// Bytes of transposed weights (a chunk of rows, prepared once per pass).
+pub(crate) const WT_BYTES: usize = 16 * 1024;
 
-/// Transposed activations of one pass of tokens ([`transpose4`] per quad of
-/// groups): token `b`, quad `q` at vectors `4(b·quads + q)..+4`.
+/// A batched kernel's stack scratch (uninitialised; a kernel reads only what
+/// it wrote): `x` the transposed activations of a pass of tokens (token `b`,
+/// quad `q` at vectors `4(b·quads + q)..+4`), `c` a per-(token, quad)
+/// vector (q4: the correction), `w` a chunk of rows' transposed weights.
 #[repr(C, align(32))]
-pub(crate) struct Xt(pub(crate) [__m256i; XT_BYTES / 32]);
+pub(crate) struct Scratch {
+    pub(crate) x: [__m256i; XT_BYTES / 32],
+    pub(crate) c: [__m256i; XT_BYTES / 128],
+    pub(crate) w: [__m256i; WT_BYTES / 32],
+}
 
 /// Tokens per pass for `quads` quads of groups per token (a multiple of 4,
 /// at most `n` rounded down to one; 0: too wide for the scratch).
@@ -269,12 +277,19 @@ fn pass_tokens(quads: usize, n: usize) -> usize {
     (XT_BYTES / (quads * 128).max(1)).min(n) / 4 * 4
 }
 
+/// Rows per chunk of transposed weights at `vecs` vectors per (row, quad)
+/// (0: too wide for the scratch).
+#[inline]
+fn chunk_rows(quads: usize, vecs: usize) -> usize {
+    WT_BYTES / (quads * vecs * 32).max(1)
+}
+
 /// Transposes the first `quads` quads of groups of `tokens` tokens (`xq`:
-/// token `b` at `b·cols`) into `xt`.
+/// token `b` at `b·cols`) to `xt` (`tokens · quads · 4` vectors, 32-byte aligned).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn transpose_tokens(xt: &mut Xt, xq: *const i8, cols: usize, tokens: usize, quads: usize) {
-    let mut v = xt.0.as_mut_ptr();
+unsafe fn transpose_tokens(xt: *mut __m256i, xq: *const i8, cols: usize, tokens: usize, quads: usize) {
+    let mut v = xt;
     for b in 0..tokens {
         let x = xq.add(b * cols);
         for q in 0..quads {
@@ -620,7 +635,8 @@ macro_rules! q8_matvec {
             use core::arch::x86_64::*;
 
             use super::{
-                dup128, f16_scalar, fold4, hsum, pass_tokens, reduce_rows, store4, transpose4, transpose_tokens, Xt,
+                chunk_rows, dup128, f16_scalar, fold4, hsum, pass_tokens, reduce_rows, store4, transpose4,
+                transpose_tokens, Scratch,
             };
             use crate::kernels::TileOut;
 
@@ -772,14 +788,39 @@ macro_rules! q8_matvec {
                 // ([`gemm`]); the tokens left over (and matrices too narrow
                 // for a quad, or too wide for the scratch) go row by row below
                 let quads = groups / 4;
-                let per = pass_tokens(quads, n);
+                let (per, chunk) = (pass_tokens(quads, n), chunk_rows(quads, 8));
                 let mut b = 0;
-                if quads > 0 && per > 0 {
-                    let mut xt = Xt([_mm256_setzero_si256(); super::XT_BYTES / 32]);
+                if quads > 0 && per > 0 && chunk > 0 {
+                    let mut sc = core::mem::MaybeUninit::<Scratch>::uninit();
+                    let sc = sc.as_mut_ptr();
+                    let (xt, wt) = (
+                        core::ptr::addr_of_mut!((*sc).x) as *mut __m256i,
+                        core::ptr::addr_of_mut!((*sc).w) as *mut __m256i,
+                    );
                     while n - b >= 4 {
                         let m = per.min((n - b) / 4 * 4);
-                        transpose_tokens(&mut xt, xq.as_ptr().add(b * cols), cols, m, quads);
-                        gemm(out, &xt, wq, ws, xq, xs, b, m, rows4);
+                        transpose_tokens(xt, xq.as_ptr().add(b * cols), cols, m, quads);
+                        let mut r0 = 0;
+                        while r0 < rows {
+                            let r1 = (r0 + chunk).min(rows);
+                            // rows r0..r1 transposed once for the pass, with |w|
+                            for i in 0..r1 - r0 {
+                                let wr = w.add((r0 + i) * cols);
+                                for q in 0..quads {
+                                    let t = transpose4(
+                                        [0, 1, 2, 3]
+                                            .map(|k| _mm256_loadu_si256(wr.add(q * 128 + 32 * k) as *const __m256i)),
+                                    );
+                                    let d = wt.add((i * quads + q) * 8);
+                                    for (k, t) in t.into_iter().enumerate() {
+                                        _mm256_store_si256(d.add(k), t);
+                                        _mm256_store_si256(d.add(4 + k), prep(t));
+                                    }
+                                }
+                            }
+                            gemm(out, xt, wt, wq, ws, xq, xs, b, m, r0, r1, rows4);
+                            r0 = r1;
+                        }
                         b += m;
                     }
                 }
@@ -804,47 +845,49 @@ macro_rules! q8_matvec {
                 }
             }
 
-            /// Tokens `b0..b0 + m` (`m` a multiple of 4, transposed into `xt`)
-            /// against every row of the tile: per row, its quads of groups are
-            /// transposed once per four tokens ([`transpose4`], with `|w|`), and
-            /// each (row, token) gets per quad four dot products whose i32 lanes
-            /// are summed (the lanes of [`fold4`], exact) into one convert and
-            /// one FMA by `ws·xs`, then the single groups as [`row`] does them,
-            /// then [`reduce_rows`]: the matvec's f32 operations in its order.
+            /// Tokens `b0..b0 + m` (`m` a multiple of 4, transposed in `xt`)
+            /// against rows `r0..r1` (transposed in `wt`, each quad's four
+            /// vectors then their `|w|`): per (row, token) and quad, four dot
+            /// products whose i32 lanes are summed (the lanes of [`fold4`],
+            /// exact) into one convert and one FMA by `ws·xs`; then the single
+            /// groups as [`row`] does them, then [`reduce_rows`]: the matvec's
+            /// f32 operations in its order.
             #[target_feature(enable = $feat)]
             #[inline]
             #[allow(clippy::too_many_arguments)]
             unsafe fn gemm(
                 out: &mut TileOut<'_>,
-                xt: &Xt,
+                xt: *const __m256i,
+                wt: *const __m256i,
                 wq: &[i8],
                 ws: &[u16],
                 xq: &[i8],
                 xs: &[f32],
                 b0: usize,
                 m: usize,
+                r0: usize,
+                r1: usize,
                 rows4: usize,
             ) {
-                let (rows, n) = (out.rows(), out.tokens());
+                let n = out.tokens();
                 let cols = xq.len() / n;
                 let groups = cols / 32;
                 let quads = groups / 4;
-                let (w, s, xt) = (wq.as_ptr(), ws.as_ptr(), xt.0.as_ptr());
+                let (w, s) = (wq.as_ptr(), ws.as_ptr());
                 let mut b = b0;
                 while b < b0 + m {
                     let mut o = out.tokens_at::<4>(b);
                     // this pass's quad `q` of token `b + t`
                     let x = xt.add((b - b0) * quads * 4);
                     let xsb = xs.as_ptr().add(b * groups);
-                    for r in 0..rows {
+                    for r in r0..r1 {
                         let wr = w.add(r * cols);
                         let sr = s.add(r * groups);
                         let mut acc = [_mm256_setzero_ps(); 4];
                         for q in 0..quads {
-                            let wv = transpose4(
-                                [0, 1, 2, 3].map(|k| _mm256_loadu_si256(wr.add(q * 128 + 32 * k) as *const __m256i)),
-                            );
-                            let aw = wv.map(|v| prep(v));
+                            let p = wt.add(((r - r0) * quads + q) * 8);
+                            let wv = [0, 1, 2, 3].map(|k| _mm256_load_si256(p.add(k)));
+                            let aw = [4, 5, 6, 7].map(|k| _mm256_load_si256(p.add(k)));
                             // f32 weight scales of the four groups, in both 128-bit halves
                             let wsc = _mm256_cvtph_ps(_mm_set1_epi64x((sr.add(4 * q) as *const i64).read_unaligned()));
                             for (t, acc) in acc.iter_mut().enumerate() {

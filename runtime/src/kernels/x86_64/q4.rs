@@ -28,8 +28,8 @@ macro_rules! q4_matvec {
 
             #[allow(unused_imports)]
             use super::super::{
-                dup128, f16_scalar, fold4, hsum, pass_tokens, reduce_rows, store4, transpose4, transpose_tokens, Xt,
-                XT_BYTES,
+                chunk_rows, dup128, f16_scalar, fold4, hsum, pass_tokens, reduce_rows, store4, transpose4,
+                transpose_tokens, Scratch,
             };
             use crate::kernels::TileOut;
 
@@ -192,20 +192,39 @@ macro_rules! q4_matvec {
                 // ([`gemm`]); the tokens left over (and matrices too narrow
                 // for a quad, or too wide for the scratch) go row by row below
                 let quads = groups / 4;
-                let per = pass_tokens(quads, n);
+                let (per, chunk) = (pass_tokens(quads, n), chunk_rows(quads, 4));
                 let mut b = 0;
-                if quads > 0 && per > 0 {
-                    let mut xt = Xt([_mm256_setzero_si256(); XT_BYTES / 32]);
-                    // the corrections of every (token, quad) of a pass
-                    let mut xc = [_mm256_setzero_si256(); XT_BYTES / 128];
+                if quads > 0 && per > 0 && chunk > 0 {
+                    let mut sc = core::mem::MaybeUninit::<Scratch>::uninit();
+                    let sc = sc.as_mut_ptr();
+                    let xt = core::ptr::addr_of_mut!((*sc).x) as *mut __m256i;
+                    let xc = core::ptr::addr_of_mut!((*sc).c) as *mut __m256i;
+                    let wt = core::ptr::addr_of_mut!((*sc).w) as *mut __m256i;
                     while n - b >= 4 {
                         let m = per.min((n - b) / 4 * 4);
-                        transpose_tokens(&mut xt, xq.as_ptr().add(b * cols), cols, m, quads);
-                        for (i, c) in xc.iter_mut().enumerate().take(m * quads) {
-                            let v = xt.0.as_ptr().add(4 * i);
-                            *c = qcorr([0, 1, 2, 3].map(|k| _mm256_load_si256(v.add(k))));
+                        transpose_tokens(xt, xq.as_ptr().add(b * cols), cols, m, quads);
+                        // the corrections of every (token, quad) of the pass
+                        for i in 0..m * quads {
+                            let v = xt.add(4 * i);
+                            _mm256_store_si256(xc.add(i), qcorr([0, 1, 2, 3].map(|k| _mm256_load_si256(v.add(k)))));
                         }
-                        gemm(out, &xt, &xc, wq, ws, xq, xs, b, m, rows4);
+                        let mut r0 = 0;
+                        while r0 < rows {
+                            let r1 = (r0 + chunk).min(rows);
+                            // rows r0..r1 unpacked and transposed once for the pass
+                            for i in 0..r1 - r0 {
+                                let wr = w.add((r0 + i) * cols / 2);
+                                for q in 0..quads {
+                                    let t = transpose4([0, 1, 2, 3].map(|k| unpack(wr.add((4 * q + k) * 16))));
+                                    let d = wt.add((i * quads + q) * 4);
+                                    for (k, t) in t.into_iter().enumerate() {
+                                        _mm256_store_si256(d.add(k), t);
+                                    }
+                                }
+                            }
+                            gemm(out, xt, xc, wt, wq, ws, xq, xs, b, m, r0, r1, rows4);
+                            r0 = r1;
+                        }
                         b += m;
                     }
                 }
@@ -230,51 +249,55 @@ macro_rules! q4_matvec {
                 }
             }
 
-            /// Tokens `b0..b0 + m` (`m` a multiple of 4, transposed into `xt`,
-            /// their corrections in `xc`) against every row of the tile, as the
-            /// q8 kernel's `gemm`: per row, each quad's nibbles are unpacked and
-            /// transposed once per four tokens; per (row, token) and quad one
-            /// [`quad`] (exact i32 lanes of `fold4`'s layout), one convert and
-            /// one FMA by `ws·xs`; then the single groups as [`row`] does them
-            /// and [`reduce_rows`]: the matvec's f32 operations in its order.
+            /// Tokens `b0..b0 + m` (`m` a multiple of 4, transposed in `xt`,
+            /// their corrections in `xc`) against rows `r0..r1` (unpacked and
+            /// transposed in `wt`), as the q8 kernel's `gemm`: per (row, token)
+            /// and quad one [`quad`] (exact i32 lanes of `fold4`'s layout), one
+            /// convert and one FMA by `ws·xs`; then the single groups as
+            /// [`row`] does them and [`reduce_rows`]: the matvec's f32
+            /// operations in its order.
             #[target_feature(enable = $feat)]
             #[inline]
             #[allow(clippy::too_many_arguments)]
             unsafe fn gemm(
                 out: &mut TileOut<'_>,
-                xt: &Xt,
-                xc: &[__m256i],
+                xt: *const __m256i,
+                xc: *const __m256i,
+                wt: *const __m256i,
                 wq: &[u8],
                 ws: &[u16],
                 xq: &[i8],
                 xs: &[f32],
                 b0: usize,
                 m: usize,
+                r0: usize,
+                r1: usize,
                 rows4: usize,
             ) {
-                let (rows, n) = (out.rows(), out.tokens());
+                let n = out.tokens();
                 let cols = xq.len() / n;
                 let groups = cols / 32;
                 let quads = groups / 4;
-                let (w, s, xt, xc) = (wq.as_ptr(), ws.as_ptr(), xt.0.as_ptr(), xc.as_ptr());
+                let (w, s) = (wq.as_ptr(), ws.as_ptr());
                 let mut b = b0;
                 while b < b0 + m {
                     let mut o = out.tokens_at::<4>(b);
                     let i0 = (b - b0) * quads;
                     let xsb = xs.as_ptr().add(b * groups);
-                    for r in 0..rows {
+                    for r in r0..r1 {
                         let wr = w.add(r * cols / 2);
                         let sr = s.add(r * groups);
                         let mut acc = [_mm256_setzero_ps(); 4];
                         for q in 0..quads {
-                            let u = transpose4([0, 1, 2, 3].map(|k| unpack(wr.add((4 * q + k) * 16))));
+                            let p = wt.add(((r - r0) * quads + q) * 4);
+                            let u = [0, 1, 2, 3].map(|k| _mm256_load_si256(p.add(k)));
                             // f32 weight scales of the four groups, in both 128-bit halves
                             let wsc = _mm256_cvtph_ps(_mm_set1_epi64x((sr.add(4 * q) as *const i64).read_unaligned()));
                             for (t, acc) in acc.iter_mut().enumerate() {
                                 let i = i0 + t * quads + q;
                                 let xv = xt.add(4 * i);
                                 let x = [0, 1, 2, 3].map(|k| _mm256_load_si256(xv.add(k)));
-                                let sum = quad(u, x, *xc.add(i));
+                                let sum = quad(u, x, _mm256_load_si256(xc.add(i)));
                                 // ws·xs per group, as `block`'s `sc` (the same f32 products)
                                 let xs4 = _mm256_broadcast_ps(
                                     &(xsb.add(t * groups + 4 * q) as *const __m128).read_unaligned(),
