@@ -146,7 +146,11 @@ fn blocks_with_threads_equal_one_thread() {
             } else {
                 run_extend(&model, "story", k, opts(96, kv, 1), &[&long[..]], None)
             };
-            assert_eq!(run_extend(&model, "story", k, opts(96, kv, 64), &[&long[..]], Some(&pool)), want, "{name} {kv:?}");
+            assert_eq!(
+                run_extend(&model, "story", k, opts(96, kv, 64), &[&long[..]], Some(&pool)),
+                want,
+                "{name} {kv:?}"
+            );
         }
     }
 }

@@ -256,8 +256,9 @@ unsafe fn transpose4(a: [__m256i; 4]) -> [__m256i; 4] {
 /// Bytes of transposed activations a batched kernel keeps on its stack (a
 /// pass of tokens: `tokens · quads · 128 ≤ XT_BYTES`, at least four tokens).
 pub(crate) const XT_BYTES: usize = 16 * 1024;
-/// Bytes of transposed weights (a chunk of rows, prepared once per pass).
-pub(crate) const WT_BYTES: usize = 16 * 1024;
+/// Bytes of transposed weights (a chunk of rows, prepared once per pass;
+/// with a pass of activations they stay within a 32 KiB L1).
+pub(crate) const WT_BYTES: usize = 8 * 1024;
 
 /// A batched kernel's stack scratch (uninitialised; a kernel reads only what
 /// it wrote): `x` the transposed activations of a pass of tokens (token `b`,
