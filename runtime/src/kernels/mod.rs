@@ -643,7 +643,8 @@ pub const TILE_BYTES: usize = 16 * 1024;
 /// `tile_kernel(out, r0)` writes rows `r0..r0 + out.rows()` of the product for
 /// every token of the block. [`matmul_tiles`] calls it tile by tile (each
 /// tile's weights stay in cache while every token of the block passes), rows
-/// split across threads like [`matvec_q8_par`].
+/// split across threads when the block's work (weight bytes × tokens) reaches
+/// [`PARALLEL_MIN_BYTES`].
 ///
 /// Tiles and thread chunks start at multiples of 8 rows, the widest row block
 /// of every matvec kernel, so each row's sum is computed in exactly the same

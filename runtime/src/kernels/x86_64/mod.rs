@@ -18,6 +18,14 @@
 //! reducing each group, measured 20–40 % slower (shuffle port). Rows are
 //! processed four at a time (each activation vector loaded once per four
 //! rows), and the block after next is software-prefetched.
+//!
+//! The batched kernels (`matmul`, a tile of rows against a block of tokens)
+//! avoid that fold: four groups of activations are transposed in 32-bit
+//! chunks (`transpose4`) once per pass of tokens, and the same four groups
+//! of weights once per pass for a chunk of rows (stack scratch, `Scratch`),
+//! so each 32-bit lane of the dot products belongs to one group and half, and
+//! the fold's exact i32 lanes come from three adds. Per (row, token) the f32
+//! operations are the matvec's, in its order: bit-identical.
 
 use core::arch::x86_64::*;
 
