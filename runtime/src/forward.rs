@@ -9,14 +9,16 @@
 //! through the table's batched kernels (`Kernels::matmul_q8`, `matmul_q4`),
 //! which load (and unpack) each weight vector once per four tokens. Attention in a
 //! block is causal: token `i` attends to cache positions `≤ pos + i`, its
-//! own block's earlier keys included. Both paths call the same kernels on
+//! own block's earlier keys included; its heads split across threads
+//! (`kernels::attention_heads`). Both paths call the same kernels on
 //! the same row blocks in the same order, so their results are bit-identical
 //! (tested in `runtime/tests/batch.rs`).
 
 use crate::arena::RunState;
 use crate::format::Config;
 use crate::kernels::{
-    matmul_q4, matmul_q8, matmul_rows, matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par, Kernels, Parallel,
+    attention_heads, matmul_q4, matmul_q8, matmul_rows, matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par,
+    Kernels, Parallel,
 };
 use crate::model::{Block, Domain, Matrix, Model, Weights};
 
@@ -263,19 +265,24 @@ fn block_rows(e: Exec<'_>, cfg: &Config, b: &Block<'_>, s: &mut RunState<'_>, la
 
     let scale = 1.0 / libm::sqrtf(hd as f32);
     let layer_base = layer * max_seq * kv_dim;
-    for t in 0..n {
-        // causal: token t sees the cache up to its own position
-        let p = pos + t;
-        for h in 0..heads {
-            let q = &bs.q[t * dim + h * hd..t * dim + (h + 1) * hd];
-            let kvh = (h / group) * hd;
-            let att = &mut s.att[h * max_seq..h * max_seq + p + 1];
-            s.cache.scores(k, att, q, layer_base + kvh, kv_dim, scale);
-            (k.softmax)(att);
-            let out = &mut bs.xb[t * dim + h * hd..t * dim + (h + 1) * hd];
-            s.cache.mix(k, out, att, layer_base + kvh, kv_dim);
+    let (q_all, cache) = (&bs.q[..n * dim], &s.cache);
+    // heads split across threads; each (token, head) as the one-token path does it
+    let work = n * (pos + n) * heads * hd;
+    attention_heads(e.par, work, heads, hd, &mut bs.xb[..n * dim], dim, n, s.att, max_seq, &|h0, h1, out, att| {
+        for t in 0..n {
+            // causal: token t sees the cache up to its own position
+            let p = pos + t;
+            let o = out.token(t);
+            for h in h0..h1 {
+                let q = &q_all[t * dim + h * hd..t * dim + (h + 1) * hd];
+                let kvh = (h / group) * hd;
+                let att = &mut att[(h - h0) * max_seq..(h - h0) * max_seq + p + 1];
+                cache.scores(k, att, q, layer_base + kvh, kv_dim, scale);
+                (k.softmax)(att);
+                cache.mix(k, &mut o[(h - h0) * hd..(h - h0 + 1) * hd], att, layer_base + kvh, kv_dim);
+            }
         }
-    }
+    });
     {
         // the output projection lands in `q` (no longer needed)
         let mut input = BlockInput { x: &bs.xb[..n * dim], cols: dim, n, quantized: false };

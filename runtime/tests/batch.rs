@@ -135,6 +135,23 @@ fn blocks_with_threads_equal_one_thread() {
         let k = kernels::best();
         let want = run_extend(&model, "story", k, opts(64, KvType::F32, 1), &chunks, None);
         assert_eq!(run_extend(&model, "story", k, opts(64, KvType::F32, 16), &chunks, Some(&pool)), want, "{name}");
+        // a 64-token block: its attention (64 tokens × 64 positions × 4 heads
+        // × 16) and its products pass the threshold and split across the pool
+        const { assert!(64 * 64 * 4 * 16 >= edgelm_runtime::kernels::PARALLEL_MIN_BYTES) };
+        let long = tokens(90, 320, 3);
+        let want = run_extend(&model, "story", k, opts(96, KvType::F32, 1), &[&long[..]], None);
+        for kv in [KvType::F32, KvType::F16] {
+            let want = if kv == KvType::F32 {
+                want.clone()
+            } else {
+                run_extend(&model, "story", k, opts(96, kv, 1), &[&long[..]], None)
+            };
+            assert_eq!(
+                run_extend(&model, "story", k, opts(96, kv, 64), &[&long[..]], Some(&pool)),
+                want,
+                "{name} {kv:?}"
+            );
+        }
     }
 }
 

@@ -499,6 +499,10 @@ proptest! {
             for t in 0..len {
                 let mag: f32 = (0..hd).map(|i| (q[i] * keys[t * stride + i]).abs()).sum::<f32>() * 0.125;
                 prop_assert!((scores[t] - b[t]).abs() <= 1e-5 * mag + 1e-30, "{} score {}", k.name, t);
+                // several keys per call (x86: four at a time) or one alone: the same bits
+                let mut one = [0f32];
+                (k.attn_scores)(&mut one, &q, &keys[t * stride..], stride, 0.125);
+                prop_assert_eq!(one[0].to_bits(), b[t].to_bits(), "{} score {} alone", k.name, t);
             }
             // values from the same weights, so only attn_values is compared
             (k.attn_values)(&mut ob, &a, &vals, stride);
@@ -654,11 +658,18 @@ fn tiled_matmul_is_identical_to_matvec_per_token() {
     use edgelm_runtime::kernels::{matmul_q4, matmul_q8, matmul_rows, PARALLEL_MIN_BYTES};
     use edgelm_runtime::threads::Pool;
     let pools = [Pool::new(2), Pool::new(3)];
-    // the first case is large enough for the threaded branch
+    // the first case is large enough for the threaded branch; (21, 4096, 9)
+    // and (19, 288, 70) take the x86 batched kernels' several passes of tokens
     const { assert!(1001 * (256 + 2 * 8) >= PARALLEL_MIN_BYTES) };
-    for &(rows, cols, n) in
-        &[(1001usize, 256usize, 5usize), (37, 64, 3), (301, 288, 9), (13, 32 * 600, 2), (4099, 64, 1)]
-    {
+    for &(rows, cols, n) in &[
+        (1001usize, 256usize, 5usize),
+        (37, 64, 3),
+        (301, 288, 9),
+        (13, 32 * 600, 2),
+        (4099, 64, 1),
+        (21, 4096, 9),
+        (19, 288, 70),
+    ] {
         let groups = cols / 32;
         let wq: Vec<i8> = (0..rows * cols).map(|i| (i.wrapping_mul(2654435761) >> 7) as i8).collect();
         let ws: Vec<u16> =

@@ -380,8 +380,9 @@ struct SharedOut {
     ptr: *mut f32,
     len: usize,
 }
-// SAFETY: only used by `par_rows`, which hands out disjoint ranges and joins
-// every user before the borrow it was made from ends.
+// SAFETY: only used by `par_rows`, `matmul_tiles` and `attention_heads`,
+// which hand out disjoint ranges and join every user before the borrow it
+// was made from ends.
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
@@ -642,7 +643,8 @@ pub const TILE_BYTES: usize = 16 * 1024;
 /// `tile_kernel(out, r0)` writes rows `r0..r0 + out.rows()` of the product for
 /// every token of the block. [`matmul_tiles`] calls it tile by tile (each
 /// tile's weights stay in cache while every token of the block passes), rows
-/// split across threads like [`matvec_q8_par`].
+/// split across threads when the block's work (weight bytes × tokens) reaches
+/// [`PARALLEL_MIN_BYTES`].
 ///
 /// Tiles and thread chunks start at multiples of 8 rows, the widest row block
 /// of every matvec kernel, so each row's sum is computed in exactly the same
@@ -678,7 +680,9 @@ pub fn matmul_tiles(
     assert!(ld >= rows && out.len() >= (n - 1) * ld + rows, "matmul_tiles: output too short");
     let tile = tile_rows(row_bytes);
     match par {
-        Some(p) if p.threads() > 1 && rows * row_bytes >= PARALLEL_MIN_BYTES && rows >= 16 => {
+        // the work is the tile's bytes once per token: a block of 32 tokens
+        // splits the 288×288 projections that a single token keeps on one thread
+        Some(p) if p.threads() > 1 && rows * row_bytes * n >= PARALLEL_MIN_BYTES && rows >= 16 => {
             let threads = p.threads();
             let per = rows.div_ceil(threads).div_ceil(8) * 8;
             let shared = SharedOut { ptr: out.as_mut_ptr(), len: out.len() };
@@ -729,6 +733,67 @@ pub fn matmul_rows(
             row_kernel(tile.token(b), r0, b);
         }
     })
+}
+
+/// Per-thread work of a group of attention heads: `f(h0, h1, out, att)`
+/// handles heads `h0..h1`, with `out` their `(h1 − h0)·hd` output columns of
+/// every token (a [`TileOut`]: token `b` at `b·ld` of the block's output) and
+/// `att` their `(h1 − h0)·att_stride` floats of score scratch.
+pub type HeadKernel<'f> = dyn Fn(usize, usize, &mut TileOut<'_>, &mut [f32]) + Sync + 'f;
+
+/// Splits a block's attention over `par` by heads (each (token, head) is
+/// computed by one thread, in full, so results do not depend on the split)
+/// when `work` (multiply-adds) is worth a hand-off; else one call for all.
+/// Panics unless `out` holds `n` tokens of `heads·hd` floats at stride `ld`
+/// and `att` holds `heads·att_stride` floats.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_heads(
+    par: Option<&dyn Parallel>,
+    work: usize,
+    heads: usize,
+    hd: usize,
+    out: &mut [f32],
+    ld: usize,
+    n: usize,
+    att: &mut [f32],
+    att_stride: usize,
+    f: &HeadKernel<'_>,
+) {
+    if n == 0 || heads == 0 {
+        return;
+    }
+    let cols = heads * hd;
+    assert!(ld >= cols && out.len() >= (n - 1) * ld + cols, "attention_heads: output too short");
+    let att = &mut att[..heads * att_stride];
+    match par.filter(|p| p.threads() > 1 && heads > 1 && work >= PARALLEL_MIN_BYTES) {
+        Some(p) => {
+            let per = heads.div_ceil(p.threads());
+            let (o, a) = (
+                SharedOut { ptr: out.as_mut_ptr(), len: out.len() },
+                SharedOut { ptr: att.as_mut_ptr(), len: att.len() },
+            );
+            p.run(&|i| {
+                let h0 = (i * per).min(heads);
+                let h1 = ((i + 1) * per).min(heads);
+                if h0 < h1 {
+                    // SAFETY: thread `i` only reaches the columns `[h0·hd, h1·hd)`
+                    // of each token's row and `att[h0·att_stride..h1·att_stride]`:
+                    // in bounds (asserted above, `h1 ≤ heads`), disjoint from
+                    // every other thread's (head ranges are disjoint, `ld ≥
+                    // cols`); both buffers stay mutably borrowed until `run`
+                    // returns, after every call has finished.
+                    let (mut tile, att) = unsafe {
+                        (
+                            TileOut::from_raw(o.at(h0 * hd), ld, (h1 - h0) * hd, n),
+                            a.chunk(h0 * att_stride, h1 * att_stride),
+                        )
+                    };
+                    f(h0, h1, &mut tile, att);
+                }
+            });
+        }
+        None => f(0, heads, &mut TileOut::new(out, ld, cols, n), att),
+    }
 }
 
 /// `out[b·ld + r]` = row `r` of the q8 matrix (`wq: [rows·cols]`, `ws:

@@ -18,6 +18,14 @@
 //! reducing each group, measured 20–40 % slower (shuffle port). Rows are
 //! processed four at a time (each activation vector loaded once per four
 //! rows), and the block after next is software-prefetched.
+//!
+//! The batched kernels (`matmul`, a tile of rows against a block of tokens)
+//! avoid that fold: four groups of activations are transposed in 32-bit
+//! chunks (`transpose4`) once per pass of tokens, and the same four groups
+//! of weights once per pass for a chunk of rows (stack scratch, `Scratch`),
+//! so each 32-bit lane of the dot products belongs to one group and half, and
+//! the fold's exact i32 lanes come from three adds. Per (row, token) the f32
+//! operations are the matvec's, in its order: bit-identical.
 
 use core::arch::x86_64::*;
 
@@ -91,7 +99,7 @@ static AVX2: Kernels = Kernels {
     softmax,
     rope,
     swiglu,
-    attn_scores,
+    attn_scores: attn_scores4,
     attn_values,
     attn_scores_f16,
     attn_values_f16,
@@ -192,6 +200,58 @@ fn matvec_q4_avx512vnni(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &
 
 simd_f32_wrappers!(rope_step: 8);
 
+/// `attn_scores` four keys at a time (heads of a multiple of 8 floats): per
+/// key the FMAs of `dot` in its order and `hsum`'s additions in its order
+/// (bit-identical to `attn_scores`), the four reductions done side by side
+/// and without a call per key; other keys and head sizes go through `attn_scores`.
+fn attn_scores4(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
+    let hd = q.len();
+    if let Some(last) = att.len().checked_sub(1) {
+        assert!(keys.len() >= last * stride + hd, "attn_scores: keys too short");
+    }
+    let quads = if hd.is_multiple_of(8) { att.len() / 4 } else { 0 };
+    // SAFETY: detected tables only; keys `t < 4·quads ≤ att.len()` lie inside `keys` (checked above).
+    unsafe { scores4(att.as_mut_ptr(), quads, q.as_ptr(), hd, keys.as_ptr(), stride, scale) };
+    let t = 4 * quads;
+    if t < att.len() {
+        attn_scores(&mut att[t..], q, &keys[t * stride..], stride, scale);
+    }
+}
+
+/// `att[t] = dot(q, keys + t·stride)·scale` for `t < 4·quads`, `hd` a multiple of 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores4(att: *mut f32, quads: usize, q: *const f32, hd: usize, keys: *const f32, stride: usize, scale: f32) {
+    for t in (0..4 * quads).step_by(4) {
+        let k = [0, 1, 2, 3].map(|j| keys.add((t + j) * stride));
+        let (mut s0, mut s1) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+        let mut i = 0;
+        while i + 16 <= hd {
+            let (qa, qb) = (_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(q.add(i + 8)));
+            for j in 0..4 {
+                s0[j] = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k[j].add(i)), s0[j]);
+                s1[j] = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k[j].add(i + 8)), s1[j]);
+            }
+            i += 16;
+        }
+        if i + 8 <= hd {
+            let qa = _mm256_loadu_ps(q.add(i));
+            for j in 0..4 {
+                s0[j] = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k[j].add(i)), s0[j]);
+            }
+        }
+        let v = [0, 1, 2, 3].map(|j| _mm256_add_ps(s0[j], s1[j]));
+        // `hsum` per key: lanes i + (i + 4), then (0 + 2, 1 + 3), then the pair
+        let h01 = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(v[0], v[1]), _mm256_permute2f128_ps::<0x31>(v[0], v[1]));
+        let h23 = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(v[2], v[3]), _mm256_permute2f128_ps::<0x31>(v[2], v[3]));
+        let u =
+            _mm256_add_ps(_mm256_shuffle_ps::<0b01_00_01_00>(h01, h23), _mm256_shuffle_ps::<0b11_10_11_10>(h01, h23));
+        // lanes [k0, k2, …] in the low half, [k1, k3, …] in the high half
+        let r = _mm256_add_ps(_mm256_shuffle_ps::<0b10_00_10_00>(u, u), _mm256_shuffle_ps::<0b11_01_11_01>(u, u));
+        let sums = _mm_unpacklo_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps::<1>(r));
+        _mm_storeu_ps(att.add(t), _mm_mul_ps(sums, _mm_set1_ps(scale)));
+    }
+}
+
 // ---- shared helpers ----
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -229,6 +289,79 @@ unsafe fn fold4(p: [__m256i; 4]) -> __m256i {
     let s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
     let s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
     _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23))
+}
+
+/// The 4×4 transpose of 32-bit chunks within each 128-bit lane: chunk `m` of
+/// `a[k]` goes to chunk `k` of the result's vector `m`. Applied to four
+/// groups of weights and the same four groups of activations, the products of
+/// vector `m` pair the same bytes as before, but each 32-bit lane now holds
+/// one group's four bytes, so summing the four vectors' lane products gives
+/// lane `k` (`k + 4`) = the low (high) 16-byte half of group `k`: the layout
+/// [`fold4`] produces, with adds instead of shuffles per (row, token).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn transpose4(a: [__m256i; 4]) -> [__m256i; 4] {
+    let t0 = _mm256_unpacklo_epi32(a[0], a[1]);
+    let t1 = _mm256_unpackhi_epi32(a[0], a[1]);
+    let t2 = _mm256_unpacklo_epi32(a[2], a[3]);
+    let t3 = _mm256_unpackhi_epi32(a[2], a[3]);
+    [
+        _mm256_unpacklo_epi64(t0, t2),
+        _mm256_unpackhi_epi64(t0, t2),
+        _mm256_unpacklo_epi64(t1, t3),
+        _mm256_unpackhi_epi64(t1, t3),
+    ]
+}
+
+/// Bytes of transposed activations a batched kernel keeps on its stack (a
+/// pass of tokens: `tokens · quads · 128 ≤ XT_BYTES`, at least four tokens).
+pub(crate) const XT_BYTES: usize = 16 * 1024;
+/// Bytes of transposed weights (a chunk of rows, prepared once per pass;
+/// with a pass of activations they stay within a 32 KiB L1).
+pub(crate) const WT_BYTES: usize = 8 * 1024;
+
+/// A batched kernel's stack scratch (uninitialised; a kernel reads only what
+/// it wrote): `x` the transposed activations of a pass of tokens (token `b`,
+/// quad `q` at vectors `4(b·quads + q)..+4`), `c` a per-(token, quad)
+/// vector (q4: the correction), `w` a chunk of rows' transposed weights.
+#[repr(C, align(32))]
+pub(crate) struct Scratch {
+    pub(crate) x: [__m256i; XT_BYTES / 32],
+    pub(crate) c: [__m256i; XT_BYTES / 128],
+    pub(crate) w: [__m256i; WT_BYTES / 32],
+}
+
+/// Tokens per pass for `quads` quads of groups per token (a multiple of 4,
+/// at most `n` rounded down to one; 0: too wide for the scratch).
+#[inline]
+fn pass_tokens(quads: usize, n: usize) -> usize {
+    (XT_BYTES / (quads * 128).max(1)).min(n) / 4 * 4
+}
+
+/// Rows per chunk of transposed weights at `vecs` vectors per (row, quad)
+/// (0: too wide for the scratch).
+#[inline]
+fn chunk_rows(quads: usize, vecs: usize) -> usize {
+    WT_BYTES / (quads * vecs * 32).max(1)
+}
+
+/// Transposes the first `quads` quads of groups of `tokens` tokens (`xq`:
+/// token `b` at `b·cols`) to `xt` (`tokens · quads · 4` vectors, 32-byte aligned).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn transpose_tokens(xt: *mut __m256i, xq: *const i8, cols: usize, tokens: usize, quads: usize) {
+    let mut v = xt;
+    for b in 0..tokens {
+        let x = xq.add(b * cols);
+        for q in 0..quads {
+            let p = x.add(q * 128);
+            let t = transpose4([0, 1, 2, 3].map(|k| _mm256_loadu_si256(p.add(32 * k) as *const __m256i)));
+            for t in t {
+                _mm256_store_si256(v, t);
+                v = v.add(1);
+            }
+        }
+    }
 }
 
 /// The sums of one row's accumulators for `T` (1 or 4) tokens, in the order
@@ -423,29 +556,8 @@ unsafe fn rope_simd(x: *mut f32, rope: *const f32, hd: usize) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attn_values_simd(out: *mut f32, hd: usize, att: &[f32], values: *const f32, stride: usize) {
-    let mut c = 0;
-    while c + 32 <= hd {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (t, &a) in att.iter().enumerate() {
-            let av = _mm256_set1_ps(a);
-            let v = values.add(t * stride + c);
-            for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(av, _mm256_loadu_ps(v.add(8 * k)), *acc);
-            }
-        }
-        for (k, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.add(c + 8 * k), *acc);
-        }
-        c += 32;
-    }
-    while c + 8 <= hd {
-        let mut acc = _mm256_setzero_ps();
-        for (t, &a) in att.iter().enumerate() {
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(a), _mm256_loadu_ps(values.add(t * stride + c)), acc);
-        }
-        _mm256_storeu_ps(out.add(c), acc);
-        c += 8;
-    }
+    attn_values_vec_f32(out, hd, att, values, stride);
+    let mut c = hd / 8 * 8;
     while c < hd {
         let mut acc = 0f32;
         for (t, &a) in att.iter().enumerate() {
@@ -455,6 +567,55 @@ unsafe fn attn_values_simd(out: *mut f32, hd: usize, att: &[f32], values: *const
         c += 1;
     }
 }
+
+// The vector part of `attn_values` (`out[..hd / 8 * 8]`), for one value type
+// (`$load(p)`: eight values at `p` as f32): every output element is
+// `Σ_t att[t]·v_t` by one FMA per `t` in order; up to eight vectors of the
+// head share one pass over `t`, so a head's FMA chains run side by side
+// instead of one after another (a head of 48 was three passes).
+macro_rules! attn_values_vec {
+    ($name:ident, $pass:ident, $ty:ty, |$p:ident| $load:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        unsafe fn $name(out: *mut f32, hd: usize, att: &[f32], values: *const $ty, stride: usize) {
+            let vecs = hd / 8;
+            let mut c = 0;
+            while c < vecs * 8 {
+                match (vecs * 8 - c) / 8 {
+                    1 => $pass::<1>(out, c, att, values, stride),
+                    2 => $pass::<2>(out, c, att, values, stride),
+                    3 => $pass::<3>(out, c, att, values, stride),
+                    4 => $pass::<4>(out, c, att, values, stride),
+                    5 => $pass::<5>(out, c, att, values, stride),
+                    6 => $pass::<6>(out, c, att, values, stride),
+                    7 => $pass::<7>(out, c, att, values, stride),
+                    _ => $pass::<8>(out, c, att, values, stride),
+                }
+                c += 64;
+            }
+        }
+
+        /// `K` vectors of outputs from column `c`: one pass over `t`.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        unsafe fn $pass<const K: usize>(out: *mut f32, c: usize, att: &[f32], values: *const $ty, stride: usize) {
+            let mut acc = [_mm256_setzero_ps(); K];
+            for (t, &a) in att.iter().enumerate() {
+                let av = _mm256_set1_ps(a);
+                let row = values.add(t * stride + c);
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let $p = row.add(8 * k);
+                    *acc = _mm256_fmadd_ps(av, $load, *acc);
+                }
+            }
+            for (k, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(c + 8 * k), *acc);
+            }
+        }
+    };
+}
+attn_values_vec!(attn_values_vec_f32, attn_values_pass_f32, f32, |p| _mm256_loadu_ps(p));
+attn_values_vec!(attn_values_vec_f16, attn_values_pass_f16, u16, |p| f16x8(p));
 
 /// Eight f16 (bits) at `p` to f32.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -466,29 +627,8 @@ unsafe fn f16x8(p: *const u16) -> __m256 {
 /// `attn_values_simd` over an f16 cache (F16C widening, same FMA order).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attn_values_f16_simd(out: *mut f32, hd: usize, att: &[f32], values: *const u16, stride: usize) {
-    let mut c = 0;
-    while c + 32 <= hd {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (t, &a) in att.iter().enumerate() {
-            let av = _mm256_set1_ps(a);
-            let v = values.add(t * stride + c);
-            for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(av, f16x8(v.add(8 * k)), *acc);
-            }
-        }
-        for (k, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.add(c + 8 * k), *acc);
-        }
-        c += 32;
-    }
-    while c + 8 <= hd {
-        let mut acc = _mm256_setzero_ps();
-        for (t, &a) in att.iter().enumerate() {
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(a), f16x8(values.add(t * stride + c)), acc);
-        }
-        _mm256_storeu_ps(out.add(c), acc);
-        c += 8;
-    }
+    attn_values_vec_f16(out, hd, att, values, stride);
+    let mut c = hd / 8 * 8;
     while c < hd {
         let mut acc = 0f32;
         for (t, &a) in att.iter().enumerate() {
@@ -555,7 +695,10 @@ macro_rules! q8_matvec {
         mod $module {
             use core::arch::x86_64::*;
 
-            use super::{dup128, f16_scalar, fold4, hsum, reduce_rows, store4};
+            use super::{
+                chunk_rows, dup128, f16_scalar, fold4, hsum, pass_tokens, reduce_rows, store4, transpose4,
+                transpose_tokens, Scratch,
+            };
             use crate::kernels::TileOut;
 
             /// The weight vector's operand for [`dot_prepped`].
@@ -702,7 +845,46 @@ macro_rules! q8_matvec {
                 let groups = cols / 32;
                 let rows4 = rows / 4 * 4;
                 let (w, s) = (wq.as_ptr(), ws.as_ptr());
+                // passes of four-token groups through the transposed kernel
+                // ([`gemm`]); the tokens left over (and matrices too narrow
+                // for a quad, or too wide for the scratch) go row by row below
+                let quads = groups / 4;
+                let (per, chunk) = (pass_tokens(quads, n), chunk_rows(quads, 8));
                 let mut b = 0;
+                if quads > 0 && per > 0 && chunk > 0 {
+                    let mut sc = core::mem::MaybeUninit::<Scratch>::uninit();
+                    let sc = sc.as_mut_ptr();
+                    let (xt, wt) = (
+                        core::ptr::addr_of_mut!((*sc).x) as *mut __m256i,
+                        core::ptr::addr_of_mut!((*sc).w) as *mut __m256i,
+                    );
+                    while n - b >= 4 {
+                        let m = per.min((n - b) / 4 * 4);
+                        transpose_tokens(xt, xq.as_ptr().add(b * cols), cols, m, quads);
+                        let mut r0 = 0;
+                        while r0 < rows {
+                            let r1 = (r0 + chunk).min(rows);
+                            // rows r0..r1 transposed once for the pass, with |w|
+                            for i in 0..r1 - r0 {
+                                let wr = w.add((r0 + i) * cols);
+                                for q in 0..quads {
+                                    let t = transpose4(
+                                        [0, 1, 2, 3]
+                                            .map(|k| _mm256_loadu_si256(wr.add(q * 128 + 32 * k) as *const __m256i)),
+                                    );
+                                    let d = wt.add((i * quads + q) * 8);
+                                    for (k, t) in t.into_iter().enumerate() {
+                                        _mm256_store_si256(d.add(k), t);
+                                        _mm256_store_si256(d.add(4 + k), prep(t));
+                                    }
+                                }
+                            }
+                            gemm(out, xt, wt, wq, ws, xq, xs, b, m, r0, r1, rows4);
+                            r0 = r1;
+                        }
+                        b += m;
+                    }
+                }
                 while b < n {
                     let t = if n - b >= 4 { 4 } else { 1 };
                     let (x, xsb) = (xq.as_ptr().add(b * cols), xs.as_ptr().add(b * groups));
@@ -721,6 +903,85 @@ macro_rules! q8_matvec {
                         }
                     }
                     b += t;
+                }
+            }
+
+            /// Tokens `b0..b0 + m` (`m` a multiple of 4, transposed in `xt`)
+            /// against rows `r0..r1` (transposed in `wt`, each quad's four
+            /// vectors then their `|w|`): per (row, token) and quad, four dot
+            /// products whose i32 lanes are summed (the lanes of [`fold4`],
+            /// exact) into one convert and one FMA by `ws·xs`; then the single
+            /// groups as [`row`] does them, then [`reduce_rows`]: the matvec's
+            /// f32 operations in its order.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn gemm(
+                out: &mut TileOut<'_>,
+                xt: *const __m256i,
+                wt: *const __m256i,
+                wq: &[i8],
+                ws: &[u16],
+                xq: &[i8],
+                xs: &[f32],
+                b0: usize,
+                m: usize,
+                r0: usize,
+                r1: usize,
+                rows4: usize,
+            ) {
+                let n = out.tokens();
+                let cols = xq.len() / n;
+                let groups = cols / 32;
+                let quads = groups / 4;
+                let (w, s) = (wq.as_ptr(), ws.as_ptr());
+                let mut b = b0;
+                while b < b0 + m {
+                    let mut o = out.tokens_at::<4>(b);
+                    // this pass's quad `q` of token `b + t`
+                    let x = xt.add((b - b0) * quads * 4);
+                    let xsb = xs.as_ptr().add(b * groups);
+                    for r in r0..r1 {
+                        let wr = w.add(r * cols);
+                        let sr = s.add(r * groups);
+                        let mut acc = [_mm256_setzero_ps(); 4];
+                        for q in 0..quads {
+                            let p = wt.add(((r - r0) * quads + q) * 8);
+                            let wv = [0, 1, 2, 3].map(|k| _mm256_load_si256(p.add(k)));
+                            let aw = [4, 5, 6, 7].map(|k| _mm256_load_si256(p.add(k)));
+                            // f32 weight scales of the four groups, in both 128-bit halves
+                            let wsc = _mm256_cvtph_ps(_mm_set1_epi64x((sr.add(4 * q) as *const i64).read_unaligned()));
+                            for (t, acc) in acc.iter_mut().enumerate() {
+                                let xv = x.add((t * quads + q) * 4);
+                                let p0 = dot_prepped(aw[0], wv[0], _mm256_load_si256(xv));
+                                let p1 = dot_prepped(aw[1], wv[1], _mm256_load_si256(xv.add(1)));
+                                let p2 = dot_prepped(aw[2], wv[2], _mm256_load_si256(xv.add(2)));
+                                let p3 = dot_prepped(aw[3], wv[3], _mm256_load_si256(xv.add(3)));
+                                let sum = _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3));
+                                // ws·xs per group, as `block`'s `sc` (the same f32 products)
+                                let xs4 = _mm256_broadcast_ps(
+                                    &(xsb.add(t * groups + 4 * q) as *const __m128).read_unaligned(),
+                                );
+                                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(wsc, xs4), *acc);
+                            }
+                        }
+                        // the single groups after the quads (the last chunk's)
+                        for g in 4 * quads..groups {
+                            let wv = _mm256_loadu_si256(wr.add(g * 32) as *const __m256i);
+                            let aw = prep(wv);
+                            let wsc = f16_scalar(*sr.add(g));
+                            for (t, acc) in acc.iter_mut().enumerate() {
+                                let xv = _mm256_loadu_si256(xq.as_ptr().add((b + t) * cols + g * 32) as *const __m256i);
+                                let p = _mm256_cvtepi32_ps(dot_prepped(aw, wv, xv));
+                                *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(wsc * *xsb.add(t * groups + g)), *acc);
+                            }
+                        }
+                        let sums = reduce_rows(&acc, r < rows4);
+                        for (o, v) in o.iter_mut().zip(sums) {
+                            o[r] = v;
+                        }
+                    }
+                    b += 4;
                 }
             }
 
