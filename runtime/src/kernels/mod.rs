@@ -131,12 +131,17 @@ macro_rules! simd_f32_wrappers {
     };
 }
 
+// why: the SIMD modules index within slices whose lengths their safe
+// wrappers assert once per call (`check_q8`, `check_q4`, the tile checks,
+// `simd_f32_wrappers!`); the rest of the crate denies unchecked indexing.
 #[cfg(target_arch = "aarch64")]
+#[allow(clippy::indexing_slicing)]
 pub mod aarch64;
 #[cfg(feature = "std")]
 pub(crate) mod pool;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::indexing_slicing)] // why: as for `aarch64` above
 pub mod x86_64;
 
 use crate::format::{Q4_GROUP, Q8_GROUP};
@@ -443,7 +448,9 @@ pub fn matvec_q8_split(k: &Kernels, par: &dyn Parallel, out: &mut [f32], wq: &[i
     let g = cols / Q8_GROUP;
     par_rows(par, out, &|r0, o| {
         let r1 = r0 + o.len();
-        (k.matvec_q8)(o, &wq[r0 * cols..r1 * cols], &ws[r0 * g..r1 * g], xq, xs)
+        let (wq, ws) = (wq.get(r0 * cols..r1 * cols), ws.get(r0 * g..r1 * g));
+        // too short: empty slices, which the kernel refuses as the unsplit call would
+        (k.matvec_q8)(o, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
     })
 }
 
@@ -472,7 +479,9 @@ pub fn matvec_q4_split(k: &Kernels, par: &dyn Parallel, out: &mut [f32], wq: &[u
     let g = cols / Q4_GROUP;
     par_rows(par, out, &|r0, o| {
         let r1 = r0 + o.len();
-        (k.matvec_q4)(o, &wq[r0 * cols / 2..r1 * cols / 2], &ws[r0 * g..r1 * g], xq, xs)
+        let (wq, ws) = (wq.get(r0 * cols / 2..r1 * cols / 2), ws.get(r0 * g..r1 * g));
+        // too short: empty slices, which the kernel refuses as the unsplit call would
+        (k.matvec_q4)(o, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
     })
 }
 
@@ -480,7 +489,8 @@ pub fn matvec_q4_split(k: &Kernels, par: &dyn Parallel, out: &mut [f32], wq: &[u
 pub fn matvec_f32_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], w: &[f32], x: &[f32]) {
     let cols = x.len();
     match worth_splitting(par, out.len(), out.len() * cols * 4) {
-        Some(p) => par_rows(p, out, &|r0, o| (k.matvec_f32)(o, &w[r0 * cols..(r0 + o.len()) * cols], x)),
+        // too short: an empty slice, which the kernel refuses as the unsplit call would
+        Some(p) => par_rows(p, out, &|r0, o| (k.matvec_f32)(o, w.get(r0 * cols..).unwrap_or_default(), x)),
         None => (k.matvec_f32)(out, w, x),
     }
 }
@@ -489,7 +499,8 @@ pub fn matvec_f32_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], 
 pub fn matvec_f16_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], w: &[u16], x: &[f32]) {
     let cols = x.len();
     match worth_splitting(par, out.len(), out.len() * cols * 2) {
-        Some(p) => par_rows(p, out, &|r0, o| (k.matvec_f16)(o, &w[r0 * cols..(r0 + o.len()) * cols], x)),
+        // too short: an empty slice, which the kernel refuses as the unsplit call would
+        Some(p) => par_rows(p, out, &|r0, o| (k.matvec_f16)(o, w.get(r0 * cols..).unwrap_or_default(), x)),
         None => (k.matvec_f16)(out, w, x),
     }
 }
@@ -552,7 +563,10 @@ pub(crate) fn per_token<W>(matvec: MatvecQuant<W>, out: &mut TileOut<'_>, wq: &[
     let cols = xq.len().checked_div(n).unwrap_or(0);
     let g = cols / Q8_GROUP;
     for b in 0..n {
-        matvec(out.token(b), wq, ws, &xq[b * cols..(b + 1) * cols], &xs[b * g..(b + 1) * g]);
+        // `xq`'s row is in range (n·cols ≤ xq.len()); a short `xs` gives an
+        // empty slice, which the matvec's own check refuses
+        let (xq, xs) = (xq.get(b * cols..(b + 1) * cols), xs.get(b * g..(b + 1) * g));
+        matvec(out.token(b), wq, ws, xq.unwrap_or_default(), xs.unwrap_or_default());
     }
 }
 
@@ -706,7 +720,9 @@ pub fn matmul_tiles(
             while t0 < rows {
                 let t1 = (t0 + tile).min(rows);
                 let len = (n - 1) * ld + (t1 - t0);
-                tile_kernel(&mut TileOut::new(&mut out[t0..t0 + len], ld, t1 - t0, n), t0);
+                // in range (asserted above); `TileOut::new` checks the length again
+                let tile_out = out.get_mut(t0..t0 + len).unwrap_or_default();
+                tile_kernel(&mut TileOut::new(tile_out, ld, t1 - t0, n), t0);
                 t0 = t1;
             }
         }
@@ -752,7 +768,9 @@ pub fn matmul_q8(
     let g = cols / Q8_GROUP;
     matmul_tiles(par, out, ld, rows, n, cols + 2 * g, &|tile, r0| {
         let r1 = r0 + tile.rows();
-        (k.matmul_q8)(tile, &wq[r0 * cols..r1 * cols], &ws[r0 * g..r1 * g], xq, xs)
+        let (wq, ws) = (wq.get(r0 * cols..r1 * cols), ws.get(r0 * g..r1 * g));
+        // too short: empty slices, which the kernel refuses with the shapes
+        (k.matmul_q8)(tile, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
     })
 }
 
@@ -774,6 +792,8 @@ pub fn matmul_q4(
     let g = cols / Q4_GROUP;
     matmul_tiles(par, out, ld, rows, n, cols / 2 + 2 * g, &|tile, r0| {
         let r1 = r0 + tile.rows();
-        (k.matmul_q4)(tile, &wq[r0 * cols / 2..r1 * cols / 2], &ws[r0 * g..r1 * g], xq, xs)
+        let (wq, ws) = (wq.get(r0 * cols / 2..r1 * cols / 2), ws.get(r0 * g..r1 * g));
+        // too short: empty slices, which the kernel refuses with the shapes
+        (k.matmul_q4)(tile, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
     })
 }
