@@ -1,10 +1,11 @@
 //! Scalar reference kernels: simple, obviously correct, and the definition
 //! of the results that SIMD kernels must reproduce.
 //!
-//! Each kernel checks its slice contract once per call, with the same check
-//! the SIMD tables make (`check_q8` and friends; a violation is the caller's
-//! bug and panics with the shapes), then walks the slices with iterators:
-//! no indexing in the loops.
+//! The matrix and attention kernels check their slice contract once per
+//! call, with the same checks the SIMD tables make (`check_q8` and friends;
+//! a violation is the caller's bug and panics with the shapes); the
+//! elementwise ones work on the common length, as the SIMD wrappers do. All
+//! walk their slices with iterators: no indexing in the loops.
 
 use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, f16_to_f32, round_half_away, TileOut};
 use crate::format::{Q4_GROUP, Q8_GROUP};
