@@ -200,10 +200,10 @@ pub fn import_checkpoint(dir: &Path, opts: &ImportOptions) -> Result<Converted> 
         let (kv, ffn) = (c.kv_dim(), c.ffn_dim as usize);
         b.norm(&rt("attention_norm"), take(t, &hf("input_layernorm.weight"), &[dim])?)?;
         let q = take(t, &hf("self_attn.q_proj.weight"), &[dim, dim])?;
-        let q = permute_rope_rows(&q, c.n_heads as usize, hd, dim);
+        let q = permute_rope_rows(&q, c.n_heads as usize, hd, dim)?;
         b.matrix(&rt("attention.wq"), Role::Matrix, dim, dim, Source::F32(q))?;
         let k = take(t, &hf("self_attn.k_proj.weight"), &[kv, dim])?;
-        let k = permute_rope_rows(&k, c.n_kv_heads as usize, hd, dim);
+        let k = permute_rope_rows(&k, c.n_kv_heads as usize, hd, dim)?;
         b.matrix(&rt("attention.wk"), Role::Matrix, kv, dim, Source::F32(k))?;
         let v = take(t, &hf("self_attn.v_proj.weight"), &[kv, dim])?;
         b.matrix(&rt("attention.wv"), Role::Matrix, kv, dim, Source::F32(v))?;

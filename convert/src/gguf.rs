@@ -175,20 +175,19 @@ fn read_tensor<R: Read + Seek>(
         content.tensor(r, name, &Device::Cpu).map_err(|e| Error::Gguf(format!("tensor {name}: {}", candle_msg(&e))))?;
     let data = qt.data().map_err(gerr)?;
     Ok(match info.ggml_dtype {
-        GgmlDType::F32 => {
-            Source::F32(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-        }
-        GgmlDType::F16 => Source::F16(data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()),
+        GgmlDType::F32 => Source::F32(data.as_chunks::<4>().0.iter().map(|&c| f32::from_le_bytes(c)).collect()),
+        GgmlDType::F16 => Source::F16(data.as_chunks::<2>().0.iter().map(|&c| u16::from_le_bytes(c)).collect()),
         GgmlDType::BF16 => Source::F32(
-            data.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+            data.as_chunks::<2>().0.iter().map(|&c| half::bf16::from_bits(u16::from_le_bytes(c)).to_f32()).collect(),
         ),
+        // blocks: an f16 scale, then the group's weights
         GgmlDType::Q4_0 => {
             let n_blocks = data.len() / Q4_BLOCK_BYTES;
             let mut qs = Vec::with_capacity(n_blocks * Q4_GROUP / 2);
             let mut scales = Vec::with_capacity(n_blocks);
-            for b in data.chunks_exact(Q4_BLOCK_BYTES) {
-                scales.push(u16::from_le_bytes([b[0], b[1]]));
-                qs.extend_from_slice(&b[2..]);
+            for (d, q) in data.chunks_exact(Q4_BLOCK_BYTES).filter_map(<[u8]>::split_first_chunk::<2>) {
+                scales.push(u16::from_le_bytes(*d));
+                qs.extend_from_slice(q);
             }
             Source::Q4 { qs, scales }
         }
@@ -196,9 +195,9 @@ fn read_tensor<R: Read + Seek>(
             let n_blocks = data.len() / Q8_BLOCK_BYTES;
             let mut qs = Vec::with_capacity(n_blocks * Q8_GROUP);
             let mut scales = Vec::with_capacity(n_blocks);
-            for b in data.chunks_exact(Q8_BLOCK_BYTES) {
-                scales.push(u16::from_le_bytes([b[0], b[1]]));
-                qs.extend(b[2..].iter().map(|&x| x as i8));
+            for (d, q) in data.chunks_exact(Q8_BLOCK_BYTES).filter_map(<[u8]>::split_first_chunk::<2>) {
+                scales.push(u16::from_le_bytes(*d));
+                qs.extend(q.iter().map(|&x| x as i8));
             }
             Source::Q8 { qs, scales }
         }
@@ -295,8 +294,11 @@ pub fn import_gguf_from<R: Read + Seek>(r: &mut R, path: &Path, opts: &ImportOpt
 fn qtensor(dtype: GgmlDType, bytes: &[u8], dims: Vec<usize>) -> Result<QTensor> {
     // Copy into 8-byte aligned storage: candle reads the blocks in place.
     let mut words = vec![0u64; bytes.len().div_ceil(8)];
-    bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-    let aligned = &bytemuck::cast_slice::<u64, u8>(&words)[..bytes.len()];
+    let word_bytes = bytemuck::cast_slice_mut::<u64, u8>(&mut words);
+    // `word_bytes` is `bytes.len()` rounded up to 8
+    let too_short = || Error::Gguf("internal: aligned copy shorter than the tensor".into());
+    word_bytes.get_mut(..bytes.len()).ok_or_else(too_short)?.copy_from_slice(bytes);
+    let aligned = bytemuck::cast_slice::<u64, u8>(&words).get(..bytes.len()).ok_or_else(too_short)?;
     qtensor_from_ggml(dtype, aligned, dims, &Device::Cpu).map_err(gerr)
 }
 
@@ -394,7 +396,7 @@ pub fn export_gguf(base: &[u8], pack: Option<&[u8]>, opts: &ExportOptions) -> Re
     let tables: TokenizerTables = if info.1.own_tokenizer {
         tables_from_file(info.0, info.1.prefix, info.1.tokenizer)?
     } else {
-        let b = &base_file.meta.domains[0];
+        let b = base_file.meta.domains.first().ok_or_else(|| Error::Verify("the base declares no domain".into()))?;
         tables_from_file(&base_file, b.prefix, b.tokenizer)?
     };
 
@@ -436,13 +438,13 @@ pub fn export_gguf(base: &[u8], pack: Option<&[u8]>, opts: &ExportOptions) -> Re
     let mut counts = [0usize; 4];
     for (_, t) in &tensors {
         if t.shape().dims().len() == 2 {
-            let k = match t.dtype() {
-                GgmlDType::F16 => 1,
-                GgmlDType::Q8_0 => 2,
-                GgmlDType::Q4_0 => 3,
-                _ => 0,
+            let count = match t.dtype() {
+                GgmlDType::F16 => &mut counts[1],
+                GgmlDType::Q8_0 => &mut counts[2],
+                GgmlDType::Q4_0 => &mut counts[3],
+                _ => &mut counts[0],
             };
-            counts[k] += t.shape().elem_count();
+            *count += t.shape().elem_count();
         }
     }
     let file_type = match counts.iter().enumerate().max_by_key(|(_, n)| **n).map(|(i, _)| i) {

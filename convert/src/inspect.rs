@@ -47,14 +47,14 @@ pub fn describe(bytes: &[u8]) -> Result<String> {
     for t in f.tensors() {
         let _ = writeln!(s, "  {:<40} {:<4} {:?} {} bytes", t.name, t.dtype.name(), t.shape(), t.bytes.len());
         let k = match t.dtype {
-            DType::F32 => 0,
-            DType::F16 => 1,
-            DType::Q8 => 2,
-            DType::Q4 => 3,
+            DType::F32 => &mut params[0],
+            DType::F16 => &mut params[1],
+            DType::Q8 => &mut params[2],
+            DType::Q4 => &mut params[3],
             _ => continue,
         };
         if !t.name.contains("tokenizer.") {
-            params[k] += t.numel();
+            *k += t.numel();
         }
     }
     let _ = writeln!(s, "parameters  f32 {} f16 {} q8 {} q4 {}", params[0], params[1], params[2], params[3]);
@@ -150,10 +150,9 @@ pub fn describe_gguf(path: &std::path::Path) -> Result<String> {
     })?;
     let mut s = String::new();
     let _ = writeln!(s, "GGUF {:?}, {} metadata keys, {} tensors", c.magic, c.metadata.len(), c.tensor_infos.len());
-    let mut keys: Vec<&String> = c.metadata.keys().collect();
-    keys.sort();
-    for k in keys {
-        let v = &c.metadata[k];
+    let mut metadata: Vec<(&String, &Value)> = c.metadata.iter().collect();
+    metadata.sort_by_key(|&(k, _)| k);
+    for (k, v) in metadata {
         let shown = match v {
             Value::Array(a) => format!("[{} values]", a.len()),
             Value::String(x) => format!("{x:?}"),
@@ -161,10 +160,9 @@ pub fn describe_gguf(path: &std::path::Path) -> Result<String> {
         };
         let _ = writeln!(s, "  {k} = {shown}");
     }
-    let mut names: Vec<&String> = c.tensor_infos.keys().collect();
-    names.sort();
-    for n in names {
-        let t = &c.tensor_infos[n];
+    let mut tensors: Vec<_> = c.tensor_infos.iter().collect();
+    tensors.sort_by_key(|&(n, _)| n);
+    for (n, t) in tensors {
         let _ = writeln!(s, "  {:<32} {:?} {:?}", n, t.ggml_dtype, t.shape.dims());
     }
     Ok(s)

@@ -7,9 +7,10 @@
 //! `FileWriter` and checks every result by loading it with the runtime
 //! before it is written. See docs/CONVERT.md.
 
-// Bad input is an error, never a panic: no unwrap/expect outside tests
-// (enforced by CI's clippy -D warnings).
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+// Bad input is an error, never a panic: no unwrap/expect and no unchecked
+// indexing outside tests (the importers read hostile files; enforced by CI's
+// clippy -D warnings).
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
 pub mod checkpoint;
 mod error;

@@ -52,8 +52,19 @@ pub struct Header {
     pub data_start: usize,
 }
 
-fn i32_at(b: &[u8], at: usize) -> i32 {
-    i32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+/// The little-endian i32 at byte `at` (`None` past the end).
+fn i32_at(b: &[u8], at: usize) -> Option<i32> {
+    Some(i32::from_le_bytes(*b.get(at..)?.first_chunk::<4>()?))
+}
+
+/// The seven config i32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
+/// vocab_size, seq_len) from byte `at`.
+fn config_words(b: &[u8], at: usize) -> Option<[i32; 7]> {
+    let mut p = [0i32; 7];
+    for (i, v) in p.iter_mut().enumerate() {
+        *v = i32_at(b, at + 4 * i)?;
+    }
+    Some(p)
 }
 
 fn positive(v: i32, what: &str) -> Result<u32> {
@@ -65,23 +76,16 @@ fn positive(v: i32, what: &str) -> Result<u32> {
 
 /// Parses the header of a llama2.c model file.
 pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
-    if bytes.len() < 28 {
-        return Err(Error::Truncated {
-            path: path.into(),
-            what: format!("{} bytes, too short for a llama2.c header", bytes.len()),
-        });
-    }
-    let first = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let (version, p, shared, data_start) = if first == MAGIC {
-        if bytes.len() < HEADER_LEN {
-            return Err(Error::Truncated {
-                path: path.into(),
-                what: "shorter than the 256-byte llama2.c header".into(),
-            });
-        }
-        let v = i32_at(bytes, 4);
-        let p: Vec<i32> = (0..7).map(|i| i32_at(bytes, 8 + 4 * i)).collect();
-        let shared = match bytes[36] {
+    let too_short = |what: String| Error::Truncated { path: path.into(), what };
+    let p0 = config_words(bytes, 0)
+        .ok_or_else(|| too_short(format!("{} bytes, too short for a llama2.c header", bytes.len())))?;
+    let (version, p, shared, data_start) = if p0[0] as u32 == MAGIC {
+        let header = bytes.first_chunk::<HEADER_LEN>();
+        let header = header.ok_or_else(|| too_short("shorter than the 256-byte llama2.c header".into()))?;
+        // (all in range: the header is 256 bytes)
+        let v = i32_at(header, 4).unwrap_or_default();
+        let p = config_words(header, 8).unwrap_or_default();
+        let shared = match header[36] {
             0 => false,
             1 => true,
             x => {
@@ -94,7 +98,7 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
         let version = match v {
             1 => Version::V1,
             2 => {
-                let g = i32_at(bytes, 37);
+                let g = i32_at(header, 37).unwrap_or_default();
                 if g <= 0 || g > 1 << 20 {
                     return Err(Error::BadInput { path: path.into(), what: format!("v2 group size {g} is invalid") });
                 }
@@ -109,23 +113,24 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
         };
         (version, p, shared, HEADER_LEN)
     } else {
-        let p: Vec<i32> = (0..7).map(|i| i32_at(bytes, 4 * i)).collect();
-        if p[5] == 0 {
+        let [dim, hidden, layers, heads, kv_heads, vocab, seq] = p0;
+        if vocab == 0 {
             return Err(Error::Config("llama2.c header: vocab_size = 0".into()));
         }
-        let shared = p[5] > 0;
-        let mut p = p;
-        p[5] = p[5].checked_abs().ok_or_else(|| Error::Config("llama2.c header: vocab_size out of range".into()))?;
-        (Version::V0, p, shared, 28)
+        let shared = vocab > 0;
+        let vocab =
+            vocab.checked_abs().ok_or_else(|| Error::Config("llama2.c header: vocab_size out of range".into()))?;
+        (Version::V0, [dim, hidden, layers, heads, kv_heads, vocab, seq], shared, 28)
     };
+    let [dim, hidden, layers, heads, kv_heads, vocab, seq] = p;
     let config = Config {
-        dim: positive(p[0], "dim")?,
-        ffn_dim: positive(p[1], "hidden_dim")?,
-        n_layers: positive(p[2], "n_layers")?,
-        n_heads: positive(p[3], "n_heads")?,
-        n_kv_heads: positive(p[4], "n_kv_heads")?,
-        vocab_size: positive(p[5], "vocab_size")?,
-        max_seq_len: positive(p[6], "seq_len")?,
+        dim: positive(dim, "dim")?,
+        ffn_dim: positive(hidden, "hidden_dim")?,
+        n_layers: positive(layers, "n_layers")?,
+        n_heads: positive(heads, "n_heads")?,
+        n_kv_heads: positive(kv_heads, "n_kv_heads")?,
+        vocab_size: positive(vocab, "vocab_size")?,
+        max_seq_len: positive(seq, "seq_len")?,
         rope_theta: 10000.0,
         norm_eps: 1e-5,
         tied_head: shared,
@@ -137,30 +142,38 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
     Ok(Header { version, config, shared_classifier: shared, data_start })
 }
 
-/// Sequential reader over the weight section, with sizes checked up front.
+/// Sequential reader over the weight section, with sizes checked up front
+/// (`expected_len`); a read past the end is still an error, not a panic.
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    path: &'a Path,
 }
 
-impl Cursor<'_> {
-    fn f32s(&mut self, n: usize) -> Vec<f32> {
-        let out = self.bytes[self.pos..self.pos + 4 * n]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        self.pos += 4 * n;
-        out
-    }
-    fn skip(&mut self, n: usize) {
+impl<'a> Cursor<'a> {
+    /// The next `n` bytes.
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n);
+        let Some(out) = end.and_then(|end| self.bytes.get(self.pos..end)) else {
+            let what = format!("a read of {n} bytes at byte {} is past the end ({} bytes)", self.pos, self.bytes.len());
+            return Err(Error::Truncated { path: self.path.into(), what });
+        };
         self.pos += n;
+        Ok(out)
+    }
+    fn f32s(&mut self, n: usize) -> Result<Vec<f32>> {
+        let bytes = self.take(n.saturating_mul(4))?;
+        Ok(bytes.as_chunks::<4>().0.iter().map(|&c| f32::from_le_bytes(c)).collect())
+    }
+    fn skip(&mut self, n: usize) -> Result<()> {
+        self.take(n).map(|_| ())
     }
     /// `n` int8 values then `n / group` f32 scales, dequantized.
-    fn q80(&mut self, n: usize, group: usize) -> Vec<f32> {
-        let qs = &self.bytes[self.pos..self.pos + n];
-        self.pos += n;
-        let scales = self.f32s(n / group);
-        qs.chunks_exact(group).zip(scales).flat_map(|(g, s)| g.iter().map(move |&q| q as i8 as f32 * s)).collect()
+    fn q80(&mut self, n: usize, group: usize) -> Result<Vec<f32>> {
+        let qs = self.take(n)?;
+        let scales = self.f32s(n / group.max(1))?;
+        let groups = qs.chunks_exact(group.max(1)).zip(scales);
+        Ok(groups.flat_map(|(g, s)| g.iter().map(move |&q| q as i8 as f32 * s)).collect())
     }
 }
 
@@ -225,65 +238,59 @@ pub fn import_llama2c(
         .map_err(|e| Error::Tokenizer(format!("tokenizer.bin: {e}")))?;
     let (dim, ffn, l, vocab, kv) =
         (c.dim as usize, c.ffn_dim as usize, c.n_layers as usize, c.vocab_size as usize, c.kv_dim());
-    let mut cur = Cursor { bytes: model_bytes, pos: h.data_start };
+    let mut cur = Cursor { bytes: model_bytes, pos: h.data_start, path };
     let mut b = ModelBuilder::new(c, opts.policy)?;
     let pb = opts.progress((9 * l + 3) as u64);
-    let layer_mats = [
-        ("attention.wq", dim, dim),
-        ("attention.wk", kv, dim),
-        ("attention.wv", kv, dim),
-        ("attention.wo", dim, dim),
-        ("feed_forward.w1", ffn, dim),
-        ("feed_forward.w2", dim, ffn),
-        ("feed_forward.w3", ffn, dim),
-    ];
+    let attn_mats =
+        [("attention.wq", dim, dim), ("attention.wk", kv, dim), ("attention.wv", kv, dim), ("attention.wo", dim, dim)];
+    let ffn_mats = [("feed_forward.w1", ffn, dim), ("feed_forward.w2", dim, ffn), ("feed_forward.w3", ffn, dim)];
     let add_norms = |b: &mut ModelBuilder, cur: &mut Cursor<'_>, which: &str| -> Result<()> {
         for i in 0..l {
-            b.norm(&format!("layers.{i}.{which}"), cur.f32s(dim))?;
+            b.norm(&format!("layers.{i}.{which}"), cur.f32s(dim)?)?;
             pb.inc(1);
         }
         Ok(())
     };
     match h.version {
         Version::V0 => {
-            b.matrix("tok_embeddings", Role::Embedding, vocab, dim, Source::F32(cur.f32s(vocab * dim)))?;
+            b.matrix("tok_embeddings", Role::Embedding, vocab, dim, Source::F32(cur.f32s(vocab * dim)?))?;
             add_norms(&mut b, &mut cur, "attention_norm")?;
-            for &(n, r, co) in &layer_mats[..4] {
+            for &(n, r, co) in &attn_mats {
                 for i in 0..l {
-                    b.matrix(&format!("layers.{i}.{n}"), Role::Matrix, r, co, Source::F32(cur.f32s(r * co)))?;
+                    b.matrix(&format!("layers.{i}.{n}"), Role::Matrix, r, co, Source::F32(cur.f32s(r * co)?))?;
                     pb.inc(1);
                 }
             }
             add_norms(&mut b, &mut cur, "ffn_norm")?;
-            for &(n, r, co) in &layer_mats[4..] {
+            for &(n, r, co) in &ffn_mats {
                 for i in 0..l {
-                    b.matrix(&format!("layers.{i}.{n}"), Role::Matrix, r, co, Source::F32(cur.f32s(r * co)))?;
+                    b.matrix(&format!("layers.{i}.{n}"), Role::Matrix, r, co, Source::F32(cur.f32s(r * co)?))?;
                     pb.inc(1);
                 }
             }
-            b.norm("norm", cur.f32s(dim))?;
-            cur.skip(c.max_seq_len as usize * c.head_dim() * 4); // freq_cis_real + freq_cis_imag
+            b.norm("norm", cur.f32s(dim)?)?;
+            cur.skip(c.max_seq_len as usize * c.head_dim() * 4)?; // freq_cis_real + freq_cis_imag
             if !h.shared_classifier {
-                b.matrix("output", Role::Embedding, vocab, dim, Source::F32(cur.f32s(vocab * dim)))?;
+                b.matrix("output", Role::Embedding, vocab, dim, Source::F32(cur.f32s(vocab * dim)?))?;
             }
         }
         Version::V1 | Version::V2 { .. } => {
             add_norms(&mut b, &mut cur, "attention_norm")?;
             add_norms(&mut b, &mut cur, "ffn_norm")?;
-            b.norm("norm", cur.f32s(dim))?;
+            b.norm("norm", cur.f32s(dim)?)?;
             let read = |cur: &mut Cursor<'_>, n: usize| match h.version {
                 Version::V2 { group } => cur.q80(n, group),
                 _ => cur.f32s(n),
             };
-            b.matrix("tok_embeddings", Role::Embedding, vocab, dim, Source::F32(read(&mut cur, vocab * dim)))?;
-            for &(n, r, co) in &layer_mats {
+            b.matrix("tok_embeddings", Role::Embedding, vocab, dim, Source::F32(read(&mut cur, vocab * dim)?))?;
+            for &(n, r, co) in attn_mats.iter().chain(&ffn_mats) {
                 for i in 0..l {
-                    b.matrix(&format!("layers.{i}.{n}"), Role::Matrix, r, co, Source::F32(read(&mut cur, r * co)))?;
+                    b.matrix(&format!("layers.{i}.{n}"), Role::Matrix, r, co, Source::F32(read(&mut cur, r * co)?))?;
                     pb.inc(1);
                 }
             }
             if !h.shared_classifier {
-                b.matrix("output", Role::Embedding, vocab, dim, Source::F32(read(&mut cur, vocab * dim)))?;
+                b.matrix("output", Role::Embedding, vocab, dim, Source::F32(read(&mut cur, vocab * dim)?))?;
             }
         }
     }

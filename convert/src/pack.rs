@@ -114,9 +114,9 @@ pub fn import_domain(domain_dir: &Path, base_dir: &Path, opts: &ImportOptions) -
         let hf = |s: &str| format!("domain.layers.{j}.{s}");
         let rt = |s: &str| format!("{prefix}blocks.{j}.{s}");
         b.norm(&rt("attention_norm"), take(&hf("input_layernorm.weight"), &[dim])?)?;
-        let q = permute_rope_rows(&take(&hf("self_attn.q_proj.weight"), &[dim, dim])?, c.n_heads as usize, hd, dim);
+        let q = permute_rope_rows(&take(&hf("self_attn.q_proj.weight"), &[dim, dim])?, c.n_heads as usize, hd, dim)?;
         b.matrix(&rt("attention.wq"), Role::Matrix, dim, dim, Source::F32(q))?;
-        let k = permute_rope_rows(&take(&hf("self_attn.k_proj.weight"), &[kv, dim])?, c.n_kv_heads as usize, hd, dim);
+        let k = permute_rope_rows(&take(&hf("self_attn.k_proj.weight"), &[kv, dim])?, c.n_kv_heads as usize, hd, dim)?;
         b.matrix(&rt("attention.wk"), Role::Matrix, kv, dim, Source::F32(k))?;
         let v = take(&hf("self_attn.v_proj.weight"), &[kv, dim])?;
         b.matrix(&rt("attention.wv"), Role::Matrix, kv, dim, Source::F32(v))?;

@@ -452,8 +452,8 @@ impl ModelBuilder {
 /// turn them into garbage scales), and on values too large for an f16 q8
 /// scale (`|x| > 65504 · 127`).
 fn check_finite(name: &str, v: &[f32]) -> Result<()> {
-    if let Some(i) = v.iter().position(|x| !x.is_finite() || x.abs() > 65504.0 * 127.0) {
-        return Err(Error::BadValues { name: name.into(), index: i, value: v[i] });
+    if let Some((i, &value)) = v.iter().enumerate().find(|(_, x)| !x.is_finite() || x.abs() > 65504.0 * 127.0) {
+        return Err(Error::BadValues { name: name.into(), index: i, value });
     }
     Ok(())
 }
@@ -488,17 +488,54 @@ pub fn block_tensors(cfg: &Config, l: usize) -> Vec<(String, Option<(usize, usiz
 /// Hugging Face rotate-half RoPE layout to interleaved pairs, exactly as
 /// llama.cpp's `convert_hf_to_gguf.py` `permute`:
 /// `w.reshape(n_head, 2, hd/2, cols).swapaxes(1, 2).reshape(n_head*hd, cols)`.
-pub fn permute_rope_rows(w: &[f32], n_head: usize, head_dim: usize, cols: usize) -> Vec<f32> {
-    let half = head_dim / 2;
+/// `w` must hold `n_head · head_dim · cols` values (else a shape error).
+pub fn permute_rope_rows(w: &[f32], n_head: usize, head_dim: usize, cols: usize) -> Result<Vec<f32>> {
+    let (half, head) = (head_dim / 2, head_dim * cols);
+    if w.len() != n_head * head {
+        let (got, expected) = (vec![w.len()], vec![n_head, head_dim, cols]);
+        return Err(Error::ShapeMismatch { name: "a q/k projection (to permute for RoPE)".into(), got, expected });
+    }
     let mut out = vec![0f32; w.len()];
-    for h in 0..n_head {
-        for i in 0..half {
-            for j in 0..2 {
-                let dst = h * head_dim + 2 * i + j;
-                let src = h * head_dim + j * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-            }
+    if head == 0 {
+        return Ok(out);
+    }
+    // within a head, row 2i is row i of the first half and row 2i + 1 row i of the second
+    for (o, w) in out.chunks_exact_mut(head).zip(w.chunks_exact(head)) {
+        let (first, second) = w.split_at(half * cols);
+        let rows = first.chunks_exact(cols).zip(second.chunks_exact(cols));
+        for (pair, (a, b)) in o.chunks_exact_mut(2 * cols).zip(rows) {
+            let (lo, hi) = pair.split_at_mut(cols);
+            lo.copy_from_slice(a);
+            hi.copy_from_slice(b);
         }
     }
-    out
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The permutation as written in `convert_hf_to_gguf.py`'s terms: head
+    /// `h`, destination row `2i + j` takes source row `j·hd/2 + i`.
+    #[test]
+    fn permute_rope_rows_interleaves_each_heads_halves() {
+        let (n_head, hd, cols) = (3, 6, 5);
+        let w: Vec<f32> = (0..n_head * hd * cols).map(|v| v as f32).collect();
+        let got = permute_rope_rows(&w, n_head, hd, cols).unwrap();
+        for h in 0..n_head {
+            for i in 0..hd / 2 {
+                for j in 0..2 {
+                    let (dst, src) = (h * hd + 2 * i + j, h * hd + j * hd / 2 + i);
+                    assert_eq!(
+                        got[dst * cols..(dst + 1) * cols],
+                        w[src * cols..(src + 1) * cols],
+                        "head {h} row {dst}"
+                    );
+                }
+            }
+        }
+        assert!(matches!(permute_rope_rows(&w[1..], n_head, hd, cols), Err(Error::ShapeMismatch { .. })));
+        assert_eq!(permute_rope_rows(&[], 0, hd, cols).unwrap(), Vec::<f32>::new());
+    }
 }

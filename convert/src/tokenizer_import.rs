@@ -36,9 +36,9 @@ pub use edgelm_runtime::format::TokenizerTables;
 pub fn byte_to_char() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
-    for b in 0..=255u8 {
+    for (b, slot) in (0..=255u8).zip(table.iter_mut()) {
         let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        table[b as usize] = if printable {
+        *slot = if printable {
             char::from(b)
         } else {
             let c = char::from_u32(256 + n).unwrap_or('\0');
@@ -199,9 +199,9 @@ pub fn from_tokenizer_json(json: &str) -> Result<TokenizerTables, ImportError> {
 
     let mut byte_tokens = [0u32; 256];
     let chars = byte_to_char();
-    for (b, slot) in byte_tokens.iter_mut().enumerate() {
+    for ((b, slot), c) in byte_tokens.iter_mut().enumerate().zip(chars) {
         let mut buf = [0u8; 4];
-        let s: &str = chars[b].encode_utf8(&mut buf);
+        let s: &str = c.encode_utf8(&mut buf);
         match by_string.get(s) {
             Some(&id) => *slot = id,
             None => {
@@ -222,10 +222,10 @@ pub fn from_tokenizer_json(json: &str) -> Result<TokenizerTables, ImportError> {
         let (a, b): (String, String) = match m {
             Value::String(s) => {
                 let parts: Vec<&str> = s.split(' ').collect();
-                if parts.len() != 2 {
-                    return invalid(format!("merge {s:?} is not two tokens separated by one space"));
+                match *parts.as_slice() {
+                    [a, b] => (a.to_string(), b.to_string()),
+                    _ => return invalid(format!("merge {s:?} is not two tokens separated by one space")),
                 }
-                (parts[0].to_string(), parts[1].to_string())
             }
             Value::Array(v) => match v.as_slice() {
                 [Value::String(a), Value::String(b)] => (a.clone(), b.clone()),
@@ -248,7 +248,7 @@ pub fn from_tokenizer_json(json: &str) -> Result<TokenizerTables, ImportError> {
         last.insert((a, b), i);
     }
     let merges: Vec<(u32, u32, u32)> =
-        pairs.iter().enumerate().filter(|(i, m)| last[&(m.0, m.1)] == *i).map(|(_, &m)| m).collect();
+        pairs.iter().enumerate().filter(|(i, m)| last.get(&(m.0, m.1)) == Some(i)).map(|(_, &m)| m).collect();
 
     let eot = added
         .iter()
@@ -303,7 +303,8 @@ pub fn from_llama2c_tokenizer_bin(bytes: &[u8], vocab_size: usize) -> Result<Tok
             None => invalid(format!("tokenizer.bin is truncated (reading {what} at byte {pos})")),
         }
     };
-    let word = |b: &[u8]| [b[0], b[1], b[2], b[3]];
+    // (`take(4, …)` is 4 bytes)
+    let word = |b: &[u8]| b.first_chunk::<4>().copied().unwrap_or_default();
     let max_len = i32::from_le_bytes(word(take(4, "max_token_length")?));
     if max_len < 0 {
         return invalid("tokenizer.bin max_token_length is negative");
@@ -333,7 +334,7 @@ pub fn from_llama2c_tokenizer_bin(bytes: &[u8], vocab_size: usize) -> Result<Tok
     let mut byte_tokens = [0u32; 256];
     for (b, slot) in byte_tokens.iter_mut().enumerate() {
         let id = b + 3;
-        if fallback[id] != Some(b as u8) {
+        if fallback.get(id) != Some(&Some(b as u8)) {
             return unsupported(format!(
                 "tokenizer.bin: token {id} is not the byte-fallback piece <0x{b:02X}> (run.c maps byte b to id b + 3)"
             ));
@@ -371,27 +372,27 @@ pub fn validate_tables(t: &TokenizerTables) -> Result<(), ImportError> {
         return invalid("every token is empty");
     }
     let ok = |id: u32| (id as usize) < n;
+    let piece = |id: u32| t.vocab.get(id as usize);
     if !t.info.bos.is_none_or(ok) || !t.info.eos.is_none_or(ok) {
         return invalid("bos/eos outside the vocabulary");
     }
     for (b, &id) in t.byte_tokens.iter().enumerate() {
-        if !ok(id) || t.vocab[id as usize] != [b as u8] {
+        if piece(id).is_none_or(|p| p != &[b as u8]) {
             return invalid(format!("byte_tokens[0x{b:02X}] = {id} is not the token of that byte"));
         }
     }
     for &id in &t.special {
-        if !ok(id) || t.vocab[id as usize].is_empty() {
+        if piece(id).is_none_or(Vec::is_empty) {
             return invalid(format!("special token {id} is outside the vocabulary or empty"));
         }
     }
     match t.info.kind {
         TokenizerKind::ByteLevelBpe => {
             for &(l, r, res) in &t.merges {
-                if !ok(l) || !ok(r) || !ok(res) {
+                let (Some(lb), Some(rb), Some(result)) = (piece(l), piece(r), piece(res)) else {
                     return invalid(format!("merge ({l}, {r}) -> {res} is outside the vocabulary"));
-                }
-                let (lb, rb) = (&t.vocab[l as usize], &t.vocab[r as usize]);
-                if lb.is_empty() || rb.is_empty() || [&lb[..], &rb[..]].concat() != t.vocab[res as usize] {
+                };
+                if lb.is_empty() || rb.is_empty() || [&lb[..], &rb[..]].concat() != *result {
                     return invalid(format!("merge ({l}, {r}) -> {res}: result is not the concatenation"));
                 }
             }

@@ -35,8 +35,8 @@ pub fn tables_from_file(file: &ModelFile<'_>, prefix: &str, info: TokenizerInfo)
     let bytes = t("vocab_bytes")?.u8s()?;
     let offsets = t("vocab_offsets")?.u32s()?;
     let mut vocab = Vec::with_capacity(offsets.len().saturating_sub(1));
-    for w in offsets.windows(2) {
-        let (a, b) = (w[0] as usize, w[1] as usize);
+    for (&a, &b) in offsets.iter().zip(offsets.iter().skip(1)) {
+        let (a, b) = (a as usize, b as usize);
         let piece = bytes.get(a..b).ok_or_else(|| tok_err("vocab_offsets point outside vocab_bytes"))?;
         vocab.push(piece.to_vec());
     }
@@ -52,7 +52,7 @@ pub fn tables_from_file(file: &ModelFile<'_>, prefix: &str, info: TokenizerInfo)
         None => Vec::new(),
     };
     let merges = match opt("merges") {
-        Some(v) => v.u32s()?.chunks_exact(3).map(|m| (m[0], m[1], m[2])).collect(),
+        Some(v) => v.u32s()?.as_chunks::<3>().0.iter().map(|&[l, r, res]| (l, r, res)).collect(),
         None => Vec::new(),
     };
     let scores = match opt("scores") {
@@ -71,26 +71,29 @@ pub fn to_gguf(t: &TokenizerTables) -> Result<Vec<(String, Value)>> {
     let n = t.vocab.len();
     let mut kv: Vec<(String, Value)> = Vec::new();
     let mut types = vec![TOKEN_NORMAL; n];
-    for &id in &t.special {
-        types[id as usize] = TOKEN_CONTROL;
+    for id in t.special.iter().chain(&t.info.bos).chain(&t.info.eos) {
+        *types.get_mut(*id as usize).ok_or_else(|| tok_err(format!("token {id} is outside the vocabulary")))? =
+            TOKEN_CONTROL;
     }
-    for id in [t.info.bos, t.info.eos].into_iter().flatten() {
-        types[id as usize] = TOKEN_CONTROL;
-    }
+    let piece_of = |id: u32| {
+        t.vocab.get(id as usize).ok_or_else(|| tok_err(format!("merge token {id} is outside the vocabulary")))
+    };
     match t.info.kind {
         TokenizerKind::ByteLevelBpe => {
             let map = byte_to_char();
-            let enc = |b: &[u8]| -> String { b.iter().map(|&x| map[x as usize]).collect() };
+            // (a u8 indexes the 256 entries of `map`)
+            let enc =
+                |b: &[u8]| -> String { b.iter().map(|&x| map.get(x as usize).copied().unwrap_or_default()).collect() };
             let mut tokens = Vec::with_capacity(n);
-            for (id, piece) in t.vocab.iter().enumerate() {
-                if types[id] == TOKEN_CONTROL {
+            for ((id, piece), ty) in t.vocab.iter().enumerate().zip(types.iter_mut()) {
+                if *ty == TOKEN_CONTROL {
                     let s = std::str::from_utf8(piece)
                         .map_err(|_| tok_err(format!("special token {id} is not UTF-8 text")))?;
                     tokens.push(s.to_string());
                 } else {
                     if piece.is_empty() {
                         // Padding tokens (vocabulary rounded up): unused.
-                        types[id] = TOKEN_USER_DEFINED;
+                        *ty = TOKEN_USER_DEFINED;
                         tokens.push(format!("[PAD{id}]"));
                         continue;
                     }
@@ -100,8 +103,8 @@ pub fn to_gguf(t: &TokenizerTables) -> Result<Vec<(String, Value)>> {
             let merges: Vec<String> = t
                 .merges
                 .iter()
-                .map(|&(l, r, _)| format!("{} {}", enc(&t.vocab[l as usize]), enc(&t.vocab[r as usize])))
-                .collect();
+                .map(|&(l, r, _)| Ok(format!("{} {}", enc(piece_of(l)?), enc(piece_of(r)?))))
+                .collect::<Result<_>>()?;
             kv.push(("tokenizer.ggml.model".into(), Value::String("gpt2".into())));
             kv.push(("tokenizer.ggml.pre".into(), Value::String("gpt-2".into())));
             kv.push(("tokenizer.ggml.tokens".into(), strings(tokens)));
@@ -110,14 +113,14 @@ pub fn to_gguf(t: &TokenizerTables) -> Result<Vec<(String, Value)>> {
         }
         TokenizerKind::SentencePieceBpe => {
             let mut tokens = Vec::with_capacity(n);
-            for (id, piece) in t.vocab.iter().enumerate() {
-                if t.is_byte_token(id as u32) {
-                    types[id] = TOKEN_BYTE;
-                    tokens.push(format!("<0x{:02X}>", piece[0]));
+            for ((id, piece), ty) in t.vocab.iter().enumerate().zip(types.iter_mut()) {
+                if let Some(b) = piece.first().filter(|_| t.is_byte_token(id as u32)) {
+                    *ty = TOKEN_BYTE;
+                    tokens.push(format!("<0x{b:02X}>"));
                     continue;
                 }
                 if piece.is_empty() {
-                    types[id] = TOKEN_USER_DEFINED;
+                    *ty = TOKEN_USER_DEFINED;
                     tokens.push(format!("[PAD{id}]"));
                     continue;
                 }
@@ -125,7 +128,7 @@ pub fn to_gguf(t: &TokenizerTables) -> Result<Vec<(String, Value)>> {
                     tok_err(format!("token {id} is not UTF-8 text; GGUF `llama` vocabularies hold UTF-8 pieces"))
                 })?;
                 if id == 0 && s == "<unk>" {
-                    types[id] = TOKEN_UNKNOWN;
+                    *ty = TOKEN_UNKNOWN;
                 }
                 tokens.push(s.replace(' ', &SPACE_MARK.to_string()));
             }
@@ -225,7 +228,7 @@ pub fn from_gguf(md: &HashMap<String, Value>) -> Result<TokenizerTables> {
             return Err(Error::Gguf(format!("bos/eos token id {id} is outside the {n}-token vocabulary")));
         }
     }
-    let is_pad = |id: usize, s: &str| types[id] == TOKEN_USER_DEFINED && s == format!("[PAD{id}]");
+    let is_pad = |id: usize, s: &str, ty: i32| ty == TOKEN_USER_DEFINED && s == format!("[PAD{id}]");
     let mut byte_tokens = [u32::MAX; 256];
     let tables = match model {
         "gpt2" => {
@@ -233,10 +236,10 @@ pub fn from_gguf(md: &HashMap<String, Value>) -> Result<TokenizerTables> {
             let inv: HashMap<char, u8> = map.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
             let mut vocab = Vec::with_capacity(n);
             let mut special = Vec::new();
-            for (id, &s) in tokens.iter().enumerate() {
-                if is_pad(id, s) {
+            for (id, (&s, &ty)) in tokens.iter().zip(&types).enumerate() {
+                if is_pad(id, s, ty) {
                     vocab.push(Vec::new());
-                } else if types[id] == TOKEN_CONTROL || types[id] == TOKEN_USER_DEFINED {
+                } else if ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED {
                     if !s.is_empty() {
                         special.push(id as u32);
                     }
@@ -250,13 +253,13 @@ pub fn from_gguf(md: &HashMap<String, Value>) -> Result<TokenizerTables> {
                 }
             }
             let mut by_string: HashMap<&str, u32> = HashMap::with_capacity(n);
-            for (id, &s) in tokens.iter().enumerate() {
-                if types[id] != TOKEN_CONTROL && types[id] != TOKEN_USER_DEFINED {
+            for (id, (&s, &ty)) in tokens.iter().zip(&types).enumerate() {
+                if ty != TOKEN_CONTROL && ty != TOKEN_USER_DEFINED {
                     by_string.entry(s).or_insert(id as u32);
                 }
             }
-            for (b, slot) in byte_tokens.iter_mut().enumerate() {
-                let c = map[b].to_string();
+            for ((b, slot), c) in byte_tokens.iter_mut().enumerate().zip(map) {
+                let c = c.to_string();
                 *slot = *by_string.get(c.as_str()).ok_or_else(|| {
                     tok_err(format!("the vocabulary lacks the byte-level token {c:?} for byte 0x{b:02X}"))
                 })?;
@@ -297,20 +300,21 @@ pub fn from_gguf(md: &HashMap<String, Value>) -> Result<TokenizerTables> {
             };
             let mut vocab = Vec::with_capacity(n);
             let mut special = Vec::new();
-            for (id, &s) in tokens.iter().enumerate() {
-                if is_pad(id, s) {
+            for (id, (&s, &ty)) in tokens.iter().zip(&types).enumerate() {
+                if is_pad(id, s, ty) {
                     vocab.push(Vec::new());
                     continue;
                 }
                 match byte_piece(s) {
-                    Some(b) if types[id] == TOKEN_BYTE || types[id] == TOKEN_NORMAL => {
-                        if byte_tokens[b as usize] == u32::MAX {
-                            byte_tokens[b as usize] = id as u32;
+                    Some(b) if ty == TOKEN_BYTE || ty == TOKEN_NORMAL => {
+                        // (a u8 indexes the 256 entries of `byte_tokens`)
+                        if let Some(slot) = byte_tokens.get_mut(b as usize).filter(|slot| **slot == u32::MAX) {
+                            *slot = id as u32;
                         }
                         vocab.push(vec![b]);
                     }
                     _ => {
-                        if types[id] == TOKEN_USER_DEFINED && !s.is_empty() {
+                        if ty == TOKEN_USER_DEFINED && !s.is_empty() {
                             special.push(id as u32);
                         }
                         vocab.push(s.replace(SPACE_MARK, " ").into_bytes());

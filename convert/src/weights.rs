@@ -26,13 +26,10 @@ impl StoredTensor {
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>> {
         let d = &self.data;
         Ok(match self.dtype {
-            Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => d.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => d.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::F64 => d
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
-                .collect(),
+            Dtype::F32 => d.as_chunks::<4>().0.iter().map(|&b| f32::from_le_bytes(b)).collect(),
+            Dtype::F16 => d.as_chunks::<2>().0.iter().map(|&b| half::f16::from_le_bytes(b).to_f32()).collect(),
+            Dtype::BF16 => d.as_chunks::<2>().0.iter().map(|&b| half::bf16::from_le_bytes(b).to_f32()).collect(),
+            Dtype::F64 => d.as_chunks::<8>().0.iter().map(|&b| f64::from_le_bytes(b) as f32).collect(),
             other => return Err(Error::UnsupportedTensorType { name: name.into(), dtype: format!("{other:?}") }),
         })
     }

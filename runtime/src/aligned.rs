@@ -20,11 +20,11 @@ pub struct AlignedBytes {
 
 impl AlignedBytes {
     pub fn from_slice(bytes: &[u8]) -> Self {
-        let mut blocks = alloc::vec![Block([0; 64]); bytes.len().div_ceil(64)];
-        for (b, chunk) in blocks.iter_mut().zip(bytes.chunks(64)) {
-            b.0[..chunk.len()].copy_from_slice(chunk);
-        }
-        AlignedBytes { blocks, len: bytes.len() }
+        let blocks = alloc::vec![Block([0; 64]); bytes.len().div_ceil(64)];
+        let mut aligned = AlignedBytes { blocks, len: bytes.len() };
+        // one copy; `as_mut_slice` is exactly `bytes.len()` long
+        aligned.as_mut_slice().copy_from_slice(bytes);
+        aligned
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {

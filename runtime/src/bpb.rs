@@ -46,28 +46,23 @@ impl<'t> Iterator for Documents<'t> {
     type Item = (usize, &'t str);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let bytes = self.text.as_bytes();
-        while self.pos < bytes.len() {
-            let (start, start_line) = (self.pos, self.line);
-            // Walk lines until a separator line or the end of the text.
-            let mut at = start;
-            let doc_end = loop {
-                if at >= bytes.len() {
-                    self.pos = at;
-                    break at;
-                }
-                let end = bytes[at..].iter().position(|&c| c == b'\n').map_or(bytes.len(), |i| at + i);
-                let line = &self.text[at..end];
-                let line = line.strip_suffix('\r').unwrap_or(line);
-                let next = if end < bytes.len() { end + 1 } else { end };
+        while let Some(rest) = self.text.get(self.pos..).filter(|r| !r.is_empty()) {
+            let start_line = self.line;
+            // Walk lines until a separator line or the end of the text: the
+            // document is `rest[..doc_len]`, the next one starts `used` bytes on.
+            let (mut doc_len, mut used) = (rest.len(), rest.len());
+            let mut at = 0;
+            for line in rest.split_inclusive('\n') {
                 self.line += 1;
-                if line == SEPARATOR {
-                    self.pos = next;
-                    break at;
+                let text = line.strip_suffix('\n').unwrap_or(line);
+                if text.strip_suffix('\r').unwrap_or(text) == SEPARATOR {
+                    (doc_len, used) = (at, at + line.len());
+                    break;
                 }
-                at = next;
-            };
-            let doc = &self.text[start..doc_end];
+                at += line.len();
+            }
+            self.pos += used;
+            let doc = rest.get(..doc_len).unwrap_or_default();
             let doc = doc.strip_suffix('\n').unwrap_or(doc);
             if !doc.is_empty() {
                 return Some((start_line, doc));
@@ -139,10 +134,12 @@ impl Totals {
 /// Against the all-f64 form (`max + ln Σ exp_f64(v − max)`, used before) a
 /// token's nats differ by ≤ 1e-6·max(nats, 1) (tested here), and bits per
 /// byte by < 1e-6 relative (tested over synthetic models in `runtime/tests/nll.rs`).
-pub fn nll(logits: &[f32], target: u32) -> f64 {
+/// A `target` past the logits is [`Error::BadToken`].
+pub fn nll(logits: &[f32], target: u32) -> Result<f64> {
+    let &logit = logits.get(target as usize).ok_or(Error::BadToken(target))?;
     let max = max(logits);
     let lse = max as f64 + libm::log(sum_exp(logits, max));
-    lse - logits[target as usize] as f64
+    Ok(lse - logit as f64)
 }
 
 /// Lanes of the loops below: two vectors of the baseline target in flight.
@@ -221,27 +218,38 @@ pub fn score_document(session: &mut Session<'_, '_>, doc: &str, buf: &mut [u32],
         Some(tag) => &[bos, tag],
         None => &[bos],
     };
-    let mut seq = prefix.len().min(buf.len());
-    buf[..seq].copy_from_slice(&prefix[..seq]);
-    let end = buf.len().saturating_sub(1).max(seq);
-    seq += tok.encode(doc, &mut buf[seq..end])?;
-    if seq >= buf.len() {
-        return Err(Error::BadSetting("score_document: token buffer too small"));
-    }
-    buf[seq] = eos;
-    let seq = &buf[..seq + 1];
+    let too_small = Error::BadSetting("score_document: token buffer too small");
+    let (head, rest) = buf.split_at_mut_checked(prefix.len()).ok_or(too_small.clone())?;
+    head.copy_from_slice(prefix);
+    // the text's tokens, with one slot kept for EOS
+    let room = rest.len().checked_sub(1).ok_or(too_small.clone())?;
+    let n = tok.encode(doc, rest.get_mut(..room).ok_or(too_small.clone())?)?;
+    *rest.get_mut(n).ok_or(too_small.clone())? = eos;
+    let seq = buf.get(..prefix.len() + n + 1).ok_or(too_small)?;
 
     for w in windows(seq.len(), session.max_seq(), prefix.len() - 1) {
         session.reset();
+        // window tokens `start..end - 1` predict `start + 1..end`
+        let inputs = seq
+            .get(w.start..w.end.saturating_sub(1))
+            .ok_or(Error::BadSetting("score_document: window past the tokens"))?;
+        let targets = seq.get(w.start + 1..w.end).unwrap_or_default();
+        let mut scored = Ok(());
         // in blocks when the session keeps block logits (`SessionOptions::block_logits`);
         // the logits, and so the sums below in the same order, equal the token-by-token path's
-        session.extend_scored(&seq[w.start..w.end - 1], &mut |i, logits| {
-            let pos = w.start + i;
-            if pos >= w.first_scored {
-                totals.nats += nll(logits, seq[pos + 1]);
-                totals.scored_tokens += 1;
+        session.extend_scored(inputs, &mut |i, logits| {
+            if w.start + i >= w.first_scored && scored.is_ok() {
+                let target = targets.get(i).copied().ok_or(Error::BadSetting("score_document: logits past the window"));
+                match target.and_then(|t| nll(logits, t)) {
+                    Ok(nats) => {
+                        totals.nats += nats;
+                        totals.scored_tokens += 1;
+                    }
+                    Err(e) => scored = Err(e),
+                }
             }
         })?;
+        scored?;
     }
     totals.bytes += doc.len() as u64;
     totals.documents += 1;
@@ -336,7 +344,7 @@ mod tests {
             for spread in [0.1f32, 3.0, 30.0, 200.0] {
                 let logits: alloc::vec::Vec<f32> = (0..n).map(|_| (next() - 0.5) * spread).collect();
                 for target in [0, n / 2, n - 1] {
-                    let (got, want) = (nll(&logits, target as u32), nll_f64(&logits, target as u32));
+                    let (got, want) = (nll(&logits, target as u32).unwrap(), nll_f64(&logits, target as u32));
                     assert!(
                         (got - want).abs() <= 1e-6 * want.abs().max(1.0),
                         "n {n} spread {spread} target {target}: {got} vs {want}"
@@ -347,7 +355,16 @@ mod tests {
         // one dominant logit: nll of it is ~0, of the others ~the gap
         let mut l = alloc::vec![0f32; 100];
         l[3] = 40.0;
-        assert!(nll(&l, 3) < 1e-15 && (nll(&l, 0) - 40.0).abs() < 1e-5);
+        assert!(nll(&l, 3).unwrap() < 1e-15 && (nll(&l, 0).unwrap() - 40.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn nll_target_past_the_logits_is_an_error() {
+        let l = [0.0f32, 1.0, 2.0];
+        assert!(nll(&l, 2).is_ok());
+        assert_eq!(nll(&l, 3), Err(Error::BadToken(3)));
+        assert_eq!(nll(&l, u32::MAX), Err(Error::BadToken(u32::MAX)));
+        assert_eq!(nll(&[], 0), Err(Error::BadToken(0)));
     }
 
     #[test]
@@ -356,6 +373,6 @@ mod tests {
         let t = Totals { nats: 10.0, scored_tokens: 10, bytes: 8, documents: 2 };
         assert!((t.bpb() - 10.0 / core::f64::consts::LN_2 / 8.0).abs() < 1e-12);
         assert!((t.loss() - 1.0).abs() < 1e-12);
-        assert!((nll(&[0.0, 0.0], 1) - core::f64::consts::LN_2).abs() < 1e-12);
+        assert!((nll(&[0.0, 0.0], 1).unwrap() - core::f64::consts::LN_2).abs() < 1e-12);
     }
 }

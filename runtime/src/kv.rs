@@ -4,7 +4,13 @@
 //! rounded to nearest-even once when stored, and the attention kernels widen
 //! them exactly (`Kernels::attn_scores_f16` / `attn_values_f16`).
 
+use crate::error::{Error, Result};
 use crate::kernels::Kernels;
+
+/// An offset past the cache: positions and layers are bounded by the session
+/// that carved it (`max_seq`, the model's blocks), so only a mismatched
+/// caller gets this.
+const PAST_END: Error = Error::BadSetting("KV cache offset past the cache");
 
 /// Element type of a session's KV cache ([`crate::SessionOptions::kv`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,38 +52,66 @@ pub enum KvCache<'s> {
 }
 
 impl KvCache<'_> {
-    /// Stores one position's key and value at element offset `at`.
-    pub fn store(&mut self, at: usize, key: &[f32], value: &[f32]) {
+    /// Stores one position's key and value (of `key.len()` each) at element
+    /// offset `at`; an offset past the cache is an error.
+    pub fn store(&mut self, at: usize, key: &[f32], value: &[f32]) -> Result<()> {
         let n = key.len();
+        let value = value.get(..n).ok_or(Error::BadSetting("KV store: value shorter than key"))?;
+        let span = at..at.checked_add(n).ok_or(PAST_END)?;
         match self {
             KvCache::F32 { keys, values } => {
-                keys[at..at + n].copy_from_slice(key);
-                values[at..at + n].copy_from_slice(value);
+                keys.get_mut(span.clone()).ok_or(PAST_END)?.copy_from_slice(key);
+                values.get_mut(span).ok_or(PAST_END)?.copy_from_slice(value);
             }
             KvCache::F16 { keys, values } => {
-                for (d, &s) in keys[at..at + n].iter_mut().zip(key) {
+                for (d, &s) in keys.get_mut(span.clone()).ok_or(PAST_END)?.iter_mut().zip(key) {
                     *d = half::f16::from_f32(s).to_bits();
                 }
-                for (d, &s) in values[at..at + n].iter_mut().zip(value) {
+                for (d, &s) in values.get_mut(span).ok_or(PAST_END)?.iter_mut().zip(value) {
                     *d = half::f16::from_f32(s).to_bits();
                 }
             }
         }
+        Ok(())
     }
 
-    /// `att[t] = q · key[base + t·stride] · scale` for `t < att.len()`.
-    pub fn scores(&self, k: &Kernels, att: &mut [f32], q: &[f32], base: usize, stride: usize, scale: f32) {
+    /// `att[t] = q · key[base + t·stride] · scale` for `t < att.len()`; keys
+    /// past the cache are an error.
+    pub fn scores(
+        &self,
+        k: &Kernels,
+        att: &mut [f32],
+        q: &[f32],
+        base: usize,
+        stride: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let span = span(base, att.len(), stride, q.len())?;
         match self {
-            KvCache::F32 { keys, .. } => (k.attn_scores)(att, q, &keys[base..], stride, scale),
-            KvCache::F16 { keys, .. } => (k.attn_scores_f16)(att, q, &keys[base..], stride, scale),
+            KvCache::F32 { keys, .. } => (k.attn_scores)(att, q, keys.get(span).ok_or(PAST_END)?, stride, scale),
+            KvCache::F16 { keys, .. } => (k.attn_scores_f16)(att, q, keys.get(span).ok_or(PAST_END)?, stride, scale),
         }
+        Ok(())
     }
 
-    /// `out = Σ_t att[t] · value[base + t·stride]`.
-    pub fn mix(&self, k: &Kernels, out: &mut [f32], att: &[f32], base: usize, stride: usize) {
+    /// `out = Σ_t att[t] · value[base + t·stride]`; values past the cache
+    /// are an error.
+    pub fn mix(&self, k: &Kernels, out: &mut [f32], att: &[f32], base: usize, stride: usize) -> Result<()> {
+        let span = span(base, att.len(), stride, out.len())?;
         match self {
-            KvCache::F32 { values, .. } => (k.attn_values)(out, att, &values[base..], stride),
-            KvCache::F16 { values, .. } => (k.attn_values_f16)(out, att, &values[base..], stride),
+            KvCache::F32 { values, .. } => (k.attn_values)(out, att, values.get(span).ok_or(PAST_END)?, stride),
+            KvCache::F16 { values, .. } => (k.attn_values_f16)(out, att, values.get(span).ok_or(PAST_END)?, stride),
         }
+        Ok(())
     }
+}
+
+/// The elements `rows` cached vectors of `len` at `stride` from `base` cover
+/// (what the attention kernels check before reading).
+fn span(base: usize, rows: usize, stride: usize, len: usize) -> Result<core::ops::Range<usize>> {
+    let extent = match rows.checked_sub(1) {
+        Some(last) => last.checked_mul(stride).and_then(|e| e.checked_add(len)).ok_or(PAST_END)?,
+        None => 0,
+    };
+    Ok(base..base.checked_add(extent).ok_or(PAST_END)?)
 }

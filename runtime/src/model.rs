@@ -76,19 +76,26 @@ impl<'a> Matrix<'a> {
         }
     }
 
-    /// Dequantizes row `r` into `out: [cols]` (embedding lookup).
-    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+    /// Dequantizes row `r` into `out: [cols]` (embedding lookup). A row past
+    /// the matrix is [`Error::BadToken`] (the row is a token id); an `out`
+    /// shorter than a row is [`Error::BadSetting`].
+    pub fn row_into(&self, r: usize, out: &mut [f32]) -> Result<()> {
         let c = self.cols;
+        let bad_row = || Error::BadToken(u32::try_from(r).unwrap_or(u32::MAX));
+        if r >= self.rows {
+            return Err(bad_row());
+        }
+        let out = out.get_mut(..c).ok_or(Error::BadSetting("row_into: output shorter than a row"))?;
         match self.weights {
-            Weights::F32(w) => out.copy_from_slice(&w[r * c..(r + 1) * c]),
+            Weights::F32(w) => out.copy_from_slice(w.get(r * c..(r + 1) * c).ok_or_else(bad_row)?),
             Weights::F16(w) => {
-                for (o, &b) in out.iter_mut().zip(&w[r * c..(r + 1) * c]) {
+                for (o, &b) in out.iter_mut().zip(w.get(r * c..(r + 1) * c).ok_or_else(bad_row)?) {
                     *o = f16_to_f32(b);
                 }
             }
             Weights::Q8 { qs, scales } => {
-                let row = &qs[r * c..(r + 1) * c];
-                let sc = &scales[r * c / Q8_GROUP..(r + 1) * c / Q8_GROUP];
+                let row = qs.get(r * c..(r + 1) * c).ok_or_else(bad_row)?;
+                let sc = scales.get(r * c / Q8_GROUP..(r + 1) * c / Q8_GROUP).ok_or_else(bad_row)?;
                 for ((o, q), g) in out.chunks_exact_mut(Q8_GROUP).zip(row.chunks_exact(Q8_GROUP)).zip(sc) {
                     let d = f16_to_f32(*g);
                     for (oi, &qi) in o.iter_mut().zip(q) {
@@ -98,10 +105,9 @@ impl<'a> Matrix<'a> {
             }
             Weights::Q4 { qs, scales } => {
                 let g = c / Q4_GROUP;
-                let row = &qs[r * c / 2..(r + 1) * c / 2];
-                for ((o, q), s) in
-                    out.chunks_exact_mut(Q4_GROUP).zip(row.chunks_exact(Q4_GROUP / 2)).zip(&scales[r * g..(r + 1) * g])
-                {
+                let row = qs.get(r * c / 2..(r + 1) * c / 2).ok_or_else(bad_row)?;
+                let sc = scales.get(r * g..(r + 1) * g).ok_or_else(bad_row)?;
+                for ((o, q), s) in out.chunks_exact_mut(Q4_GROUP).zip(row.chunks_exact(Q4_GROUP / 2)).zip(sc) {
                     let d = f16_to_f32(*s);
                     let (lo, hi) = o.split_at_mut(Q4_GROUP / 2);
                     for ((l, h), &b) in lo.iter_mut().zip(hi).zip(q) {
@@ -111,6 +117,7 @@ impl<'a> Matrix<'a> {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -374,8 +381,10 @@ impl<'a> Model<'a> {
     }
 
     /// The base's first domain.
+    // why: a Model always has at least one domain: `from_file` refuses a base
+    // without one and domains are never removed.
+    #[allow(clippy::indexing_slicing)]
     pub fn default_domain(&self) -> &Domain<'a> {
-        // a Model always has at least one domain (checked in from_file)
         &self.domains[0]
     }
 

@@ -216,7 +216,7 @@ impl<'m, 'a> Session<'m, 'a> {
         // (`forward` does not read `tokens`: storing first is the same.)
         *self.state.tokens.get_mut(pos).ok_or(full)? = token;
         let exec = Exec { kernels: self.kernels, par: self.par };
-        forward(exec, self.model, self.domain, &mut self.state, token, pos, logits);
+        forward(exec, self.model, self.domain, &mut self.state, token, pos, logits)?;
         self.len += 1;
         self.have_logits = logits;
         Ok(())
@@ -322,14 +322,14 @@ impl<'m, 'a> Session<'m, 'a> {
             if n == 1 && !all {
                 // a lone token: the one-token path is the same arithmetic
                 let t = *self.state.tokens.get(pos).ok_or(full.clone())?;
-                forward(exec, self.model, self.domain, &mut self.state, t, pos, last);
+                forward(exec, self.model, self.domain, &mut self.state, t, pos, last)?;
             } else {
                 let want = match (all, last) {
                     (true, _) => BlockLogits::All,
                     (false, true) => BlockLogits::Last,
                     (false, false) => BlockLogits::None,
                 };
-                forward_block(exec, self.model, self.domain, &mut self.state, pos, n, want);
+                forward_block(exec, self.model, self.domain, &mut self.state, pos, n, want)?;
                 if let Some(f) = on_logits.as_mut() {
                     // rows of `[block, stride]`, the first `vocab` of each
                     let rows = self.state.block.logits.chunks(stride.max(1)).take(n);

@@ -2,15 +2,20 @@
 //! with the specific error it must give (docs/RELIABILITY.md lists them all):
 //! hand-encoded headers the writer refuses to make (overlapping data,
 //! overflowing shapes, absurd vocabularies), damage to each region of a
-//! file and of a pack, sampler values out of range, the arena message.
+//! file and of a pack, sampler values out of range, the arena message, ids
+//! and offsets past the tables of the public helpers (`bpb::nll`,
+//! `Matrix::row_into`, `KvCache`).
 
 mod common;
 
 use common::aligned;
+use edgelm_runtime::bpb::nll;
 use edgelm_runtime::format::{
     align_up, checksum::xxh64, Config, DType, FileKind, HeaderMeta, ModelFile, TensorInfo, CHECKSUM_LEN, ENDIAN_MARK,
     FORMAT_VERSION, MAGIC, PREAMBLE_LEN,
 };
+use edgelm_runtime::kernels::{self, REFERENCE};
+use edgelm_runtime::kv::KvCache;
 use edgelm_runtime::{Error, ErrorKind, Model, SamplerConfig, Session, SessionOptions, VerifyChecksum};
 use edgelm_testkit::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
 
@@ -350,5 +355,53 @@ fn prompts_past_the_context_and_unknown_domains_are_their_own_errors() {
     for name in ["recipe", "", "story\0", &"x".repeat(1000)] {
         let e = Session::new(&model, name, &mut arena, SessionOptions::new(16)).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::UnknownDomain, "{name:?}");
+    }
+}
+
+#[test]
+fn a_target_past_the_logits_is_a_bad_token() {
+    assert_eq!(nll(&[0.0; 4], 3).map(|v| v > 0.0), Ok(true));
+    assert_eq!(nll(&[0.0; 4], 4), Err(Error::BadToken(4)));
+    assert_eq!(nll(&[], u32::MAX), Err(Error::BadToken(u32::MAX)));
+}
+
+#[test]
+fn an_embedding_row_past_the_vocabulary_is_a_bad_token() {
+    for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
+        let base = aligned(synthetic_model(&SyntheticSpec::micro(dtype)).unwrap());
+        let model = Model::from_bytes(&base).unwrap();
+        let emb = model.default_domain().embedding;
+        let mut row = vec![f32::NAN; emb.cols];
+        emb.row_into(emb.rows - 1, &mut row).unwrap();
+        assert!(row.iter().all(|v| v.is_finite()), "{dtype:?}");
+        assert_eq!(emb.row_into(emb.rows, &mut row), Err(Error::BadToken(emb.rows as u32)), "{dtype:?}");
+        assert_eq!(emb.row_into(usize::MAX, &mut row), Err(Error::BadToken(u32::MAX)), "{dtype:?}");
+        let e = emb.row_into(0, &mut row[..emb.cols - 1]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{dtype:?}: {e}");
+    }
+}
+
+#[test]
+fn kv_cache_offsets_past_the_cache_are_errors() {
+    let (mut k32, mut v32) = (vec![0f32; 16], vec![0f32; 16]);
+    let (mut k16, mut v16) = (vec![0u16; 16], vec![0u16; 16]);
+    let caches = [KvCache::F32 { keys: &mut k32, values: &mut v32 }, KvCache::F16 { keys: &mut k16, values: &mut v16 }];
+    for mut cache in caches {
+        let one = [1.0f32; 4];
+        cache.store(12, &one, &one).unwrap();
+        for at in [13, 16, usize::MAX - 2, usize::MAX] {
+            assert_eq!(cache.store(at, &one, &one).unwrap_err().kind(), ErrorKind::InvalidArgument, "store at {at}");
+        }
+        assert!(cache.store(0, &one, &one[..3]).is_err(), "a value shorter than its key");
+        for k in kernels::available().chain([&REFERENCE]) {
+            // four keys of 4 at stride 4: from 0 they fit, from 1 the last one is past the end
+            let (mut att, mut out) = ([0f32; 4], [0f32; 4]);
+            cache.scores(k, &mut att, &one, 0, 4, 1.0).unwrap();
+            cache.mix(k, &mut out, &att, 0, 4).unwrap();
+            assert!(cache.scores(k, &mut att, &one, 1, 4, 1.0).is_err(), "{}", k.name);
+            assert!(cache.mix(k, &mut out, &att, 1, 4).is_err(), "{}", k.name);
+            assert!(cache.scores(k, &mut att, &one, 0, usize::MAX, 1.0).is_err(), "{}", k.name);
+            assert!(cache.mix(k, &mut out, &att, usize::MAX, 4).is_err(), "{}", k.name);
+        }
     }
 }

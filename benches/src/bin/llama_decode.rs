@@ -141,8 +141,7 @@ fn main() {
     backend.void_logs();
     let lmodel = LlamaModel::load_from_file(&backend, gguf, &LlamaModelParams::default()).expect("load GGUF");
     // rows: decode, then each prompt length; per row and thread count, [llama.cpp, edgelm]
-    let names: Vec<String> =
-        std::iter::once("decode".to_string()).chain(PP.iter().map(|n| format!("pp{n}"))).collect();
+    let names: Vec<String> = std::iter::once("decode".to_string()).chain(PP.iter().map(|n| format!("pp{n}"))).collect();
     let mut results = vec![[[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]]; names.len()];
     for round in 0..rounds {
         for (ti, threads) in [1usize, 2].into_iter().enumerate() {

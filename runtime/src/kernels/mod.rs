@@ -131,12 +131,17 @@ macro_rules! simd_f32_wrappers {
     };
 }
 
+// why: the SIMD modules index within slices whose lengths their safe
+// wrappers assert once per call (`check_q8`, `check_q4`, the tile checks,
+// `simd_f32_wrappers!`); the rest of the crate denies unchecked indexing.
 #[cfg(target_arch = "aarch64")]
+#[allow(clippy::indexing_slicing)]
 pub mod aarch64;
 #[cfg(feature = "std")]
 pub(crate) mod pool;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::indexing_slicing)] // why: as for `aarch64` above
 pub mod x86_64;
 
 use crate::format::{Q4_GROUP, Q8_GROUP};
@@ -444,7 +449,9 @@ pub fn matvec_q8_split(k: &Kernels, par: &dyn Parallel, out: &mut [f32], wq: &[i
     let g = cols / Q8_GROUP;
     par_rows(par, out, &|r0, o| {
         let r1 = r0 + o.len();
-        (k.matvec_q8)(o, &wq[r0 * cols..r1 * cols], &ws[r0 * g..r1 * g], xq, xs)
+        let (wq, ws) = (wq.get(r0 * cols..r1 * cols), ws.get(r0 * g..r1 * g));
+        // too short: empty slices, which the kernel refuses as the unsplit call would
+        (k.matvec_q8)(o, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
     })
 }
 
@@ -473,7 +480,9 @@ pub fn matvec_q4_split(k: &Kernels, par: &dyn Parallel, out: &mut [f32], wq: &[u
     let g = cols / Q4_GROUP;
     par_rows(par, out, &|r0, o| {
         let r1 = r0 + o.len();
-        (k.matvec_q4)(o, &wq[r0 * cols / 2..r1 * cols / 2], &ws[r0 * g..r1 * g], xq, xs)
+        let (wq, ws) = (wq.get(r0 * cols / 2..r1 * cols / 2), ws.get(r0 * g..r1 * g));
+        // too short: empty slices, which the kernel refuses as the unsplit call would
+        (k.matvec_q4)(o, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
     })
 }
 
@@ -481,7 +490,8 @@ pub fn matvec_q4_split(k: &Kernels, par: &dyn Parallel, out: &mut [f32], wq: &[u
 pub fn matvec_f32_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], w: &[f32], x: &[f32]) {
     let cols = x.len();
     match worth_splitting(par, out.len(), out.len() * cols * 4) {
-        Some(p) => par_rows(p, out, &|r0, o| (k.matvec_f32)(o, &w[r0 * cols..(r0 + o.len()) * cols], x)),
+        // too short: an empty slice, which the kernel refuses as the unsplit call would
+        Some(p) => par_rows(p, out, &|r0, o| (k.matvec_f32)(o, w.get(r0 * cols..).unwrap_or_default(), x)),
         None => (k.matvec_f32)(out, w, x),
     }
 }
@@ -490,7 +500,8 @@ pub fn matvec_f32_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], 
 pub fn matvec_f16_par(k: &Kernels, par: Option<&dyn Parallel>, out: &mut [f32], w: &[u16], x: &[f32]) {
     let cols = x.len();
     match worth_splitting(par, out.len(), out.len() * cols * 2) {
-        Some(p) => par_rows(p, out, &|r0, o| (k.matvec_f16)(o, &w[r0 * cols..(r0 + o.len()) * cols], x)),
+        // too short: an empty slice, which the kernel refuses as the unsplit call would
+        Some(p) => par_rows(p, out, &|r0, o| (k.matvec_f16)(o, w.get(r0 * cols..).unwrap_or_default(), x)),
         None => (k.matvec_f16)(out, w, x),
     }
 }
@@ -553,7 +564,10 @@ pub(crate) fn per_token<W>(matvec: MatvecQuant<W>, out: &mut TileOut<'_>, wq: &[
     let cols = xq.len().checked_div(n).unwrap_or(0);
     let g = cols / Q8_GROUP;
     for b in 0..n {
-        matvec(out.token(b), wq, ws, &xq[b * cols..(b + 1) * cols], &xs[b * g..(b + 1) * g]);
+        // `xq`'s row is in range (n·cols ≤ xq.len()); a short `xs` gives an
+        // empty slice, which the matvec's own check refuses
+        let (xq, xs) = (xq.get(b * cols..(b + 1) * cols), xs.get(b * g..(b + 1) * g));
+        matvec(out.token(b), wq, ws, xq.unwrap_or_default(), xs.unwrap_or_default());
     }
 }
 
@@ -710,7 +724,9 @@ pub fn matmul_tiles(
             while t0 < rows {
                 let t1 = (t0 + tile).min(rows);
                 let len = (n - 1) * ld + (t1 - t0);
-                tile_kernel(&mut TileOut::new(&mut out[t0..t0 + len], ld, t1 - t0, n), t0);
+                // in range (asserted above); `TileOut::new` checks the length again
+                let tile_out = out.get_mut(t0..t0 + len).unwrap_or_default();
+                tile_kernel(&mut TileOut::new(tile_out, ld, t1 - t0, n), t0);
                 t0 = t1;
             }
         }
@@ -739,13 +755,13 @@ pub fn matmul_rows(
 /// handles heads `h0..h1`, with `out` their `(h1 − h0)·hd` output columns of
 /// every token (a [`TileOut`]: token `b` at `b·ld` of the block's output) and
 /// `att` their `(h1 − h0)·att_stride` floats of score scratch.
-pub type HeadKernel<'f> = dyn Fn(usize, usize, &mut TileOut<'_>, &mut [f32]) + Sync + 'f;
+pub type HeadKernel<'f> = dyn Fn(usize, usize, &mut TileOut<'_>, &mut [f32]) -> crate::Result<()> + Sync + 'f;
 
 /// Splits a block's attention over `par` by heads (each (token, head) is
 /// computed by one thread, in full, so results do not depend on the split)
 /// when `work` (multiply-adds) is worth a hand-off; else one call for all.
-/// Panics unless `out` holds `n` tokens of `heads·hd` floats at stride `ld`
-/// and `att` holds `heads·att_stride` floats.
+/// `out` must hold `n` tokens of `heads·hd` floats at stride `ld` and `att`
+/// `heads·att_stride` floats ([`crate::Error::BadConfig`] otherwise).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_heads(
     par: Option<&dyn Parallel>,
@@ -758,13 +774,16 @@ pub fn attention_heads(
     att: &mut [f32],
     att_stride: usize,
     f: &HeadKernel<'_>,
-) {
+) -> crate::Result<()> {
+    const SHORT: crate::Error = crate::Error::BadConfig("attention: a buffer is shorter than the model's shapes");
     if n == 0 || heads == 0 {
-        return;
+        return Ok(());
     }
     let cols = heads * hd;
-    assert!(ld >= cols && out.len() >= (n - 1) * ld + cols, "attention_heads: output too short");
-    let att = &mut att[..heads * att_stride];
+    if ld < cols || out.len() < (n - 1) * ld + cols {
+        return Err(SHORT);
+    }
+    let att = att.get_mut(..heads * att_stride).ok_or(SHORT)?;
     match par.filter(|p| p.threads() > 1 && heads > 1 && work >= PARALLEL_MIN_BYTES) {
         Some(p) => {
             let per = heads.div_ceil(p.threads());
@@ -772,13 +791,14 @@ pub fn attention_heads(
                 SharedOut { ptr: out.as_mut_ptr(), len: out.len() },
                 SharedOut { ptr: att.as_mut_ptr(), len: att.len() },
             );
+            let failed = core::sync::atomic::AtomicBool::new(false);
             p.run(&|i| {
                 let h0 = (i * per).min(heads);
                 let h1 = ((i + 1) * per).min(heads);
                 if h0 < h1 {
                     // SAFETY: thread `i` only reaches the columns `[h0·hd, h1·hd)`
                     // of each token's row and `att[h0·att_stride..h1·att_stride]`:
-                    // in bounds (asserted above, `h1 ≤ heads`), disjoint from
+                    // in bounds (checked above, `h1 ≤ heads`), disjoint from
                     // every other thread's (head ranges are disjoint, `ld ≥
                     // cols`); both buffers stay mutably borrowed until `run`
                     // returns, after every call has finished.
@@ -788,9 +808,17 @@ pub fn attention_heads(
                             a.chunk(h0 * att_stride, h1 * att_stride),
                         )
                     };
-                    f(h0, h1, &mut tile, att);
+                    if f(h0, h1, &mut tile, att).is_err() {
+                        failed.store(true, core::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             });
+            if failed.into_inner() {
+                // no lock to carry a worker's error in no_std: rerun on this
+                // thread, which returns it (the results would be the same)
+                return f(0, heads, &mut TileOut::new(out, ld, cols, n), att);
+            }
+            Ok(())
         }
         None => f(0, heads, &mut TileOut::new(out, ld, cols, n), att),
     }
@@ -817,7 +845,9 @@ pub fn matmul_q8(
     let g = cols / Q8_GROUP;
     matmul_tiles(par, out, ld, rows, n, cols + 2 * g, &|tile, r0| {
         let r1 = r0 + tile.rows();
-        (k.matmul_q8)(tile, &wq[r0 * cols..r1 * cols], &ws[r0 * g..r1 * g], xq, xs)
+        let (wq, ws) = (wq.get(r0 * cols..r1 * cols), ws.get(r0 * g..r1 * g));
+        // too short: empty slices, which the kernel refuses with the shapes
+        (k.matmul_q8)(tile, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
     })
 }
 
@@ -839,6 +869,8 @@ pub fn matmul_q4(
     let g = cols / Q4_GROUP;
     matmul_tiles(par, out, ld, rows, n, cols / 2 + 2 * g, &|tile, r0| {
         let r1 = r0 + tile.rows();
-        (k.matmul_q4)(tile, &wq[r0 * cols / 2..r1 * cols / 2], &ws[r0 * g..r1 * g], xq, xs)
+        let (wq, ws) = (wq.get(r0 * cols / 2..r1 * cols / 2), ws.get(r0 * g..r1 * g));
+        // too short: empty slices, which the kernel refuses with the shapes
+        (k.matmul_q4)(tile, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
     })
 }

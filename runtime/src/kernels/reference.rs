@@ -1,23 +1,29 @@
 //! Scalar reference kernels: simple, obviously correct, and the definition
 //! of the results that SIMD kernels must reproduce.
+//!
+//! The matrix and attention kernels check their slice contract once per
+//! call, with the same checks the SIMD tables make (`check_q8` and friends;
+//! a violation is the caller's bug and panics with the shapes); the
+//! elementwise ones work on the common length, as the SIMD wrappers do. All
+//! walk their slices with iterators: no indexing in the loops.
 
-use super::{f16_to_f32, round_half_away, TileOut};
+use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, f16_to_f32, round_half_away, TileOut};
 use crate::format::{Q4_GROUP, Q8_GROUP};
 
 /// See [`super::Kernels::matvec_q8`].
 pub fn matvec_q8(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q8(out, wq, ws, xq, xs);
     let cols = xq.len();
     let groups = cols / Q8_GROUP;
+    let (xg, _) = xq.as_chunks::<Q8_GROUP>();
     for (r, o) in out.iter_mut().enumerate() {
-        let row = &wq[r * cols..(r + 1) * cols];
-        let row_scales = &ws[r * groups..(r + 1) * groups];
+        // in range (checked above); `zip` stops at the `groups` of `xg`
+        let (row, _) = wq.get(r * cols..).unwrap_or_default().as_chunks::<Q8_GROUP>();
+        let row_scales = ws.get(r * groups..).unwrap_or_default();
         let mut acc = 0f32;
-        for g in 0..groups {
-            let mut isum = 0i32;
-            for i in g * Q8_GROUP..(g + 1) * Q8_GROUP {
-                isum += row[i] as i32 * xq[i] as i32;
-            }
-            acc += isum as f32 * (f16_to_f32(row_scales[g]) * xs[g]);
+        for ((wg, xg), (&s, &x_s)) in row.iter().zip(xg).zip(row_scales.iter().zip(xs)) {
+            let isum: i32 = wg.iter().zip(xg).map(|(&w, &x)| w as i32 * x as i32).sum();
+            acc += isum as f32 * (f16_to_f32(s) * x_s);
         }
         *o = acc;
     }
@@ -25,32 +31,37 @@ pub fn matvec_q8(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) 
 
 /// See [`super::Kernels::matmul_q8`]: [`matvec_q8`] for each token.
 pub fn matmul_q8(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
-    let n = out.tokens();
-    let cols = xq.len() / n.max(1);
+    let cols = check_q8_tile(out, wq, ws, xq, xs);
     let groups = cols / Q8_GROUP;
-    for b in 0..n {
-        matvec_q8(out.token(b), wq, ws, &xq[b * cols..(b + 1) * cols], &xs[b * groups..(b + 1) * groups]);
+    for b in 0..out.tokens() {
+        // in range (checked above)
+        let xq_b = xq.get(b * cols..(b + 1) * cols).unwrap_or_default();
+        let xs_b = xs.get(b * groups..(b + 1) * groups).unwrap_or_default();
+        matvec_q8(out.token(b), wq, ws, xq_b, xs_b);
     }
 }
 
 /// See [`super::Kernels::matvec_q4`]: the q8 reference with each weight
 /// unpacked from its nibble (`(nibble) - 8`); same f32 operation order.
 pub fn matvec_q4(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    check_q4(out, wq, ws, xq, xs);
     let cols = xq.len();
     let groups = cols / Q4_GROUP;
     const HALF: usize = Q4_GROUP / 2;
+    // a group's activations as its low and high halves (the nibbles' elements)
+    let (xg, _) = xq.as_chunks::<HALF>().0.as_chunks::<2>();
     for (r, o) in out.iter_mut().enumerate() {
-        let row = &wq[r * cols / 2..(r + 1) * cols / 2];
-        let row_scales = &ws[r * groups..(r + 1) * groups];
+        // in range (checked above); `zip` stops at the `groups` of `xg`
+        let (row, _) = wq.get(r * cols / 2..).unwrap_or_default().as_chunks::<HALF>();
+        let row_scales = ws.get(r * groups..).unwrap_or_default();
         let mut acc = 0f32;
-        for g in 0..groups {
+        for ((wg, [lo, hi]), (&s, &x_s)) in row.iter().zip(xg).zip(row_scales.iter().zip(xs)) {
             let mut isum = 0i32;
-            for j in 0..HALF {
-                let b = row[g * HALF + j];
-                isum += ((b & 0x0f) as i32 - 8) * xq[g * Q4_GROUP + j] as i32;
-                isum += ((b >> 4) as i32 - 8) * xq[g * Q4_GROUP + HALF + j] as i32;
+            for ((&b, &l), &h) in wg.iter().zip(lo).zip(hi) {
+                isum += ((b & 0x0f) as i32 - 8) * l as i32;
+                isum += ((b >> 4) as i32 - 8) * h as i32;
             }
-            acc += isum as f32 * (f16_to_f32(row_scales[g]) * xs[g]);
+            acc += isum as f32 * (f16_to_f32(s) * x_s);
         }
         *o = acc;
     }
@@ -58,19 +69,22 @@ pub fn matvec_q4(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) 
 
 /// See [`super::Kernels::matmul_q4`]: [`matvec_q4`] for each token.
 pub fn matmul_q4(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
-    let n = out.tokens();
-    let cols = xq.len() / n.max(1);
+    let cols = check_q4_tile(out, wq, ws, xq, xs);
     let groups = cols / Q4_GROUP;
-    for b in 0..n {
-        matvec_q4(out.token(b), wq, ws, &xq[b * cols..(b + 1) * cols], &xs[b * groups..(b + 1) * groups]);
+    for b in 0..out.tokens() {
+        // in range (checked above)
+        let xq_b = xq.get(b * cols..(b + 1) * cols).unwrap_or_default();
+        let xs_b = xs.get(b * groups..(b + 1) * groups).unwrap_or_default();
+        matvec_q4(out.token(b), wq, ws, xq_b, xs_b);
     }
 }
 
 /// See [`super::Kernels::matvec_f32`].
 pub fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
     let cols = x.len();
+    assert!(w.len() >= out.len() * cols, "matvec_f32: weights too short for {} rows × {cols} cols", out.len());
     for (r, o) in out.iter_mut().enumerate() {
-        let row = &w[r * cols..(r + 1) * cols];
+        let row = w.get(r * cols..).unwrap_or_default();
         *o = row.iter().zip(x).map(|(a, b)| a * b).sum();
     }
 }
@@ -78,8 +92,9 @@ pub fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
 /// See [`super::Kernels::matvec_f16`].
 pub fn matvec_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
     let cols = x.len();
+    assert!(w.len() >= out.len() * cols, "matvec_f16: weights too short for {} rows × {cols} cols", out.len());
     for (r, o) in out.iter_mut().enumerate() {
-        let row = &w[r * cols..(r + 1) * cols];
+        let row = w.get(r * cols..).unwrap_or_default();
         *o = row.iter().zip(x).map(|(&a, b)| f16_to_f32(a) * b).sum();
     }
 }
@@ -121,11 +136,13 @@ pub fn softmax(x: &mut [f32]) {
 
 /// See [`super::Kernels::rope`].
 pub fn rope(x: &mut [f32], rope: &[f32], head_dim: usize) {
+    if head_dim == 0 {
+        return;
+    }
+    let (rope, _) = rope.as_chunks::<2>();
     for head in x.chunks_exact_mut(head_dim) {
-        for (pair, cs) in head.chunks_exact_mut(2).zip(rope.chunks_exact(2)) {
-            let (a, b) = (pair[0], pair[1]);
-            pair[0] = a * cs[0] - b * cs[1];
-            pair[1] = a * cs[1] + b * cs[0];
+        for ([a, b], [c, s]) in head.as_chunks_mut::<2>().0.iter_mut().zip(rope) {
+            (*a, *b) = (*a * c - *b * s, *a * s + *b * c);
         }
     }
 }
@@ -138,10 +155,26 @@ pub fn swiglu(g: &mut [f32], u: &[f32]) {
     }
 }
 
+/// Key or value `t` of a cache walked at `stride` (`hd` elements each): the
+/// rows the attention kernels read, after the one check the SIMD tables make
+/// (`len ≥ (rows − 1)·stride + hd`).
+fn cache_rows<'c, T>(
+    cache: &'c [T],
+    rows: usize,
+    stride: usize,
+    hd: usize,
+    what: &str,
+) -> impl Iterator<Item = &'c [T]> {
+    if let Some(last) = rows.checked_sub(1) {
+        assert!(cache.len() >= last * stride + hd, "{what}: cache too short");
+    }
+    (0..rows).map(move |t| cache.get(t * stride..).and_then(|c| c.get(..hd)).unwrap_or_default())
+}
+
 /// See [`super::Kernels::attn_scores`].
 pub fn attn_scores(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
-    for (t, a) in att.iter_mut().enumerate() {
-        let key = &keys[t * stride..][..q.len()];
+    let rows = att.len();
+    for (a, key) in att.iter_mut().zip(cache_rows(keys, rows, stride, q.len(), "attn_scores")) {
         *a = q.iter().zip(key).map(|(x, y)| x * y).sum::<f32>() * scale;
     }
 }
@@ -149,8 +182,7 @@ pub fn attn_scores(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scal
 /// See [`super::Kernels::attn_values`].
 pub fn attn_values(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) {
     out.fill(0.0);
-    for (t, &a) in att.iter().enumerate() {
-        let v = &values[t * stride..][..out.len()];
+    for (&a, v) in att.iter().zip(cache_rows(values, att.len(), stride, out.len(), "attn_values")) {
         for (o, &vi) in out.iter_mut().zip(v) {
             *o += a * vi;
         }
@@ -159,8 +191,8 @@ pub fn attn_values(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) 
 
 /// See [`super::Kernels::attn_scores_f16`].
 pub fn attn_scores_f16(att: &mut [f32], q: &[f32], keys: &[u16], stride: usize, scale: f32) {
-    for (t, a) in att.iter_mut().enumerate() {
-        let key = &keys[t * stride..][..q.len()];
+    let rows = att.len();
+    for (a, key) in att.iter_mut().zip(cache_rows(keys, rows, stride, q.len(), "attn_scores_f16")) {
         *a = q.iter().zip(key).map(|(x, &y)| x * f16_to_f32(y)).sum::<f32>() * scale;
     }
 }
@@ -168,8 +200,7 @@ pub fn attn_scores_f16(att: &mut [f32], q: &[f32], keys: &[u16], stride: usize, 
 /// See [`super::Kernels::attn_values_f16`].
 pub fn attn_values_f16(out: &mut [f32], att: &[f32], values: &[u16], stride: usize) {
     out.fill(0.0);
-    for (t, &a) in att.iter().enumerate() {
-        let v = &values[t * stride..][..out.len()];
+    for (&a, v) in att.iter().zip(cache_rows(values, att.len(), stride, out.len(), "attn_values_f16")) {
         for (o, &vi) in out.iter_mut().zip(v) {
             *o += a * f16_to_f32(vi);
         }
