@@ -4,31 +4,36 @@
 # two tokenizers, a story base, a recipe expansion pack over the frozen base,
 # both converted to q8 and scored in bits per byte by the runtime.
 #
-#   scripts/train-default.sh DATA_DIR [--out DIR] [--base-steps N] [--expand-steps N]
-#                            [--dim D --layers L --heads H --kv-heads K --ffn F]
+#   scripts/train-default.sh DATA_DIR [--out DIR] [--base-steps N] [--base-restart-at N]
+#                            [--expand-steps N] [--dim D --layers L --heads H --kv-heads K --ffn F]
 #                            [--vocab V] [--blocks B] [--threads T] [--device cpu|cuda]
 #
+# The base of models/next/ ran one 4500-step cosine (today's shipped base), then
+# was resumed with the cosine re-targeted to 13000 steps (a warm restart:
+# --base-restart-at 4500); the defaults reproduce it and a pack over it. Today's
+# shipped pair: --base-steps 4500 --base-restart-at 0. For a new run, one cosine
+# over all the steps (--base-restart-at 0) is the plain choice.
+#
 # EDGELM_BIN=DIR uses prebuilt binaries instead of building them.
-# The defaults are the shipped models/base.edgelm and models/recipe.edgelm
-# (models/README.md): about 1.5 h for the base and 40 min for the pack on one
-# thread of a 2-core 2026 VM (--threads 1), less with more threads.
+# Time (models/README.md, models/next/README.md): about 3.3 h for the base and 2 h for
+# the pack on one thread of a 2-core 2026 VM (--threads 1), less with more threads.
 # Interrupted? Run the same command again: finished stages are skipped and the
 # base and the pack continue exactly from their last checkpoints (--resume).
 # Bigger hardware: raise --base-steps/--expand-steps and the dims, or --device cuda
 # (build the trainer with `--features cuda`).
 set -euo pipefail
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 [ $# -ge 1 ] || usage 2
 case $1 in -h|--help) usage 0 ;; esac
 DATA=$1; shift
 OUT=runs/default
-BASE_STEPS=4500 EXPAND_STEPS=6000
+BASE_STEPS=13000 BASE_RESTART_AT=4500 EXPAND_STEPS=6000
 DIM=128 LAYERS=4 HEADS=4 KV=2 FFN=352 VOCAB=4096 BLOCKS=2
 THREADS=${RAYON_NUM_THREADS:-$(nproc)} DEVICE=cpu
 while [ $# -gt 0 ]; do
   case $1 in
-    --out) OUT=$2 ;; --base-steps) BASE_STEPS=$2 ;; --expand-steps) EXPAND_STEPS=$2 ;;
+    --out) OUT=$2 ;; --base-steps) BASE_STEPS=$2 ;; --base-restart-at) BASE_RESTART_AT=$2 ;; --expand-steps) EXPAND_STEPS=$2 ;;
     --dim) DIM=$2 ;; --layers) LAYERS=$2 ;; --heads) HEADS=$2 ;; --kv-heads) KV=$2 ;;
     --ffn) FFN=$2 ;; --vocab) VOCAB=$2 ;; --blocks) BLOCKS=$2 ;; --threads) THREADS=$2 ;;
     --device) DEVICE=$2 ;; -h|--help) usage 0 ;;
@@ -39,6 +44,7 @@ done
 for f in stories/train.txt stories/valid.txt recipes/train.txt recipes/valid.txt; do
   [ -f "$DATA/$f" ] || { echo "missing $DATA/$f: DATA_DIR must hold stories/ and recipes/ with train.txt and valid.txt" >&2; exit 1; }
 done
+DATA=$(cd "$DATA" && pwd)   # the stages run inside --out
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ -n "${EDGELM_BIN:-}" ]; then   # prebuilt binaries (edgelm-train, edgelm-convert, edgelm)
@@ -60,12 +66,20 @@ pack_unfinished() {
 [ -f recipe-tok.json ] || { step "recipe tokenizer ($VOCAB)";
   "$BIN/edgelm-train" tokenizer --corpus "$DATA/recipes/train.txt" --vocab-size "$VOCAB" --output recipe-tok.json; }
 
-step "story base: d$DIM L$LAYERS, $BASE_STEPS steps"
-resume=(); [ -f story/train_state.json ] && resume=(--resume)
-"$BIN/edgelm-train" base --corpus "$DATA/stories/train.txt" --valid "$DATA/stories/valid.txt" \
-  --tokenizer story-tok.json --out story --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" \
-  --kv-heads "$KV" --ffn "$FFN" --seq-len 256 --batch 16 --steps "$BASE_STEPS" --lr 2e-3 --min-lr 2e-4 \
-  --warmup 100 --seed 1 --checkpoint-every 100 --eval-every 500 --device "$DEVICE" "${resume[@]}"
+# steps done by the base's last checkpoint (0 before the first)
+base_step() { [ -f story/train_state.json ] && sed -n 's/^ *"step": \([0-9]*\),$/\1/p' story/train_state.json | head -1 || echo 0; }
+# one cosine of the base to $1 steps, continuing the last checkpoint if there is one
+train_base() {
+  [ "$(base_step)" -ge "$1" ] && return 0
+  step "story base: d$DIM L$LAYERS, cosine to step $1"
+  local resume=(); [ -f story/train_state.json ] && resume=(--resume)
+  "$BIN/edgelm-train" base --corpus "$DATA/stories/train.txt" --valid "$DATA/stories/valid.txt" \
+    --tokenizer story-tok.json --out story --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" \
+    --kv-heads "$KV" --ffn "$FFN" --seq-len 256 --batch 16 --steps "$1" --lr 2e-3 --min-lr 2e-4 \
+    --warmup 100 --seed 1 --checkpoint-every 100 --eval-every 500 --device "$DEVICE" "${resume[@]}"
+}
+[ "$BASE_RESTART_AT" -gt 0 ] && [ "$BASE_RESTART_AT" -lt "$BASE_STEPS" ] && train_base "$BASE_RESTART_AT"
+train_base "$BASE_STEPS"
 
 # (re)train the pack unless it is newer than the base it is bound to; an
 # interrupted pack run (train_state.json at a step short of the end) resumes
