@@ -25,6 +25,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -52,14 +53,19 @@ fn argmax(x: &[f32]) -> i32 {
     best as i32
 }
 
-/// Median decode tokens/s of `RUNS` runs on a fresh context with `threads`.
-fn llama(backend: &LlamaBackend, model: &LlamaModel, threads: i32) -> f64 {
+/// A 256-token context on `threads` threads (prompt and decode alike).
+fn context<'m>(backend: &LlamaBackend, model: &'m LlamaModel, threads: i32) -> LlamaContext<'m> {
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(256))
         .with_n_batch(256)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    let mut ctx = model.new_context(backend, params).expect("llama.cpp context");
+    model.new_context(backend, params).expect("llama.cpp context")
+}
+
+/// Median decode tokens/s of `RUNS` runs on a fresh context with `threads`.
+fn llama(backend: &LlamaBackend, model: &LlamaModel, threads: i32) -> f64 {
+    let mut ctx = context(backend, model, threads);
     let vocab = model.n_vocab();
     let mut batch = LlamaBatch::new(256, 1);
     let mut tps = Vec::new();
@@ -87,12 +93,7 @@ fn llama(backend: &LlamaBackend, model: &LlamaModel, threads: i32) -> f64 {
 
 /// Median prompt tokens/s of `RUNS` runs: one batch of `n` prompt tokens.
 fn llama_pp(backend: &LlamaBackend, model: &LlamaModel, threads: i32, n: usize) -> f64 {
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(256))
-        .with_n_batch(256)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads);
-    let mut ctx = model.new_context(backend, params).expect("llama.cpp context");
+    let mut ctx = context(backend, model, threads);
     let vocab = model.n_vocab();
     let mut batch = LlamaBatch::new(256, 1);
     let mut tps = Vec::new();
