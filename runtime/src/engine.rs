@@ -17,9 +17,6 @@
 //! # Ok(()) }
 //! ```
 
-// Paths and handles come from callers: no index that could panic.
-#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
-
 use std::path::Path;
 use std::string::ToString;
 use std::vec;

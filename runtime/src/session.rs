@@ -1,9 +1,6 @@
 //! A generation session: one domain, one arena, a prompt, then tokens
 //! streamed one at a time. Nothing here allocates.
 
-// Positions and vocabulary sizes index arena buffers: no index that could panic.
-#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
-
 use core::ops::ControlFlow;
 
 use crate::arena::{Layout, RunState};

@@ -85,8 +85,7 @@ pub fn save_model(dir: &Path, model: &Llama, tok: &EdgeTokenizer, domains: &[Str
         }
         .into(),
     );
-    let json = serde_json::to_string_pretty(&cfg).expect("config serialises");
-    crate::fsio::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
+    crate::fsio::write_json(&dir.join(CONFIG_FILE), &cfg)?;
     tok.save(&dir.join(TOKENIZER_FILE))?;
     Ok(id)
 }

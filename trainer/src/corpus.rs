@@ -158,9 +158,9 @@ impl TokenStream {
         if b.len() < 32 || &b[..8] != MAGIC {
             return None;
         }
-        let u = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
-        let (n_docs, n_bytes, n) = (u(8) as usize, u(16), u(24) as usize);
-        if b.len() != 32 + 2 * n {
+        let u = |i: usize| Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?));
+        let (n_docs, n_bytes, n) = (u(8)? as usize, u(16)?, u(24)? as usize);
+        if Some(b.len()) != n.checked_mul(2).and_then(|x| x.checked_add(32)) {
             return None;
         }
         let tokens = b[32..].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
@@ -210,5 +210,22 @@ mod tests {
     fn cache_roundtrip() {
         let s = TokenStream { tokens: vec![0, 5, 65535, 0], n_docs: 1, n_bytes: 3 };
         assert_eq!(TokenStream::decode(&s.encode()), Some(s));
+    }
+
+    /// A damaged cache is rebuilt, never trusted: short, truncated, or a token
+    /// count whose byte size overflows `usize` all decode to `None`.
+    #[test]
+    fn damaged_cache_is_rejected() {
+        let good = TokenStream { tokens: vec![1, 2, 3], n_docs: 1, n_bytes: 3 }.encode();
+        assert!(TokenStream::decode(&good[..good.len() - 1]).is_none());
+        assert!(TokenStream::decode(&good[..31]).is_none());
+        let mut huge = good.clone();
+        huge[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(TokenStream::decode(&huge).is_none());
+        let mut wrapping = good;
+        // 2·n + 32 ≡ len (mod 2⁶⁴) if the sum were allowed to wrap.
+        let n = (u64::MAX / 2) + 1 + (wrapping.len() as u64 - 32) / 2;
+        wrapping[24..32].copy_from_slice(&n.to_le_bytes());
+        assert!(TokenStream::decode(&wrapping).is_none());
     }
 }

@@ -15,6 +15,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Writes `value` as pretty JSON to `path` atomically (configs, results).
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_vec_pretty(value).map_err(|source| Error::Json { path: path.into(), source })?;
+    write_atomic(path, &json)
+}
+
 /// Lets `fill` write the file at a temporary path (for writers that take a
 /// path: safetensors, PNG), then commits it to `path` like [`write_atomic`].
 /// The temporary file is removed when `fill` or the commit fails.

@@ -13,6 +13,11 @@
 //! * [`train`], [`eval`], [`sample`], [`plot`]: the training loop, the bits-per-byte
 //!   protocol of `docs/CHECKPOINT.md`, generation, the loss-curve PNG.
 
+// Bad corpora, checkpoints and settings are errors, never panics: no unwrap/expect
+// outside tests (enforced by CI's clippy -D warnings). Indexing is reviewed, not
+// linted: the fused ops index candle storage whose lengths the layouts state.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod baselines;
 pub mod checkpoint;
 pub mod config;

@@ -15,6 +15,7 @@ use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use std::collections::HashMap;
+use std::sync::PoisonError;
 
 /// One decoder block.
 #[derive(Debug, Clone)]
@@ -128,33 +129,35 @@ impl Llama {
             }
             let t = t.to_dtype(DType::F32)?.to_device(device)?;
             let var = Var::from_tensor(&t)?;
-            varmap.data().lock().expect("varmap lock").insert(name.clone(), var.clone());
+            varmap.data().lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone(), var.clone());
             vars.insert(name, var);
         }
         if let Some(extra) = tensors.keys().next() {
             return Err(Error::Config(format!("unexpected tensor {extra} for this config")));
         }
-        let mut take = |n: &str| vars.remove(n).expect("checked above");
-        let embed = take("model.embed_tokens.weight");
+        // Every name below is one of `expected_shapes`, inserted above.
+        let mut take =
+            |n: &str| vars.remove(n).ok_or_else(|| Error::Config(format!("tensor {n} is not in this config")));
+        let embed = take("model.embed_tokens.weight")?;
         let blocks = (0..cfg.n_layers)
             .map(|i| {
-                let mut b = BLOCK_SUFFIXES.iter().map(|s| take(&layer_name(i, s)));
-                let mut next = || b.next().expect("nine tensors");
-                Block {
-                    attn_norm: next(),
-                    wq: next(),
-                    wk: next(),
-                    wv: next(),
-                    wo: next(),
-                    mlp_norm: next(),
-                    w_gate: next(),
-                    w_up: next(),
-                    w_down: next(),
-                }
+                let [attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down] =
+                    BLOCK_SUFFIXES.map(|s| take(&layer_name(i, s)));
+                Ok(Block {
+                    attn_norm: attn_norm?,
+                    wq: wq?,
+                    wk: wk?,
+                    wv: wv?,
+                    wo: wo?,
+                    mlp_norm: mlp_norm?,
+                    w_gate: w_gate?,
+                    w_up: w_up?,
+                    w_down: w_down?,
+                })
             })
-            .collect();
-        let norm = take("model.norm.weight");
-        let lm_head = (!cfg.tie_embeddings).then(|| take("lm_head.weight"));
+            .collect::<Result<Vec<_>>>()?;
+        let norm = take("model.norm.weight")?;
+        let lm_head = if cfg.tie_embeddings { None } else { Some(take("lm_head.weight")?) };
         let rope = Rope::new(cfg.head_dim(), cfg.max_seq, cfg.rope_theta, device)?;
         Ok(Llama { cfg: cfg.clone(), embed, blocks, norm, lm_head, varmap, rope, device: device.clone() })
     }
@@ -165,7 +168,8 @@ impl Llama {
 
     /// All parameters, sorted by name.
     pub fn vars(&self) -> Vec<(String, Var)> {
-        let data = self.varmap.data().lock().expect("varmap lock");
+        // A poisoned lock still holds a whole map: a panic elsewhere cannot tear an insert.
+        let data = self.varmap.data().lock().unwrap_or_else(PoisonError::into_inner);
         let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v

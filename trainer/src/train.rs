@@ -179,7 +179,8 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
         let pb = ProgressBar::new(tc.steps as u64);
         pb.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} ETA {eta_precise}]")
-                .expect("valid template"),
+                // A constant template: the fallback only guards a future typo.
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         pb.set_position(step as u64);
         pb.reset_eta();

@@ -10,9 +10,6 @@
 //! end - 8    checksum: XXH64 (seed 0) of every byte before it
 //! ```
 
-// Every byte here comes from a file: no index that could panic.
-#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
-
 pub mod checksum;
 mod reader;
 #[cfg(feature = "alloc")]

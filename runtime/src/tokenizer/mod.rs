@@ -7,9 +7,6 @@
 //! differ from Hugging Face `tokenizers` and llama2.c) are specified in
 //! `docs/TOKENIZER.md`.
 
-// Text and table bytes come from callers and files: no index that could panic.
-#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
-
 mod bpe;
 pub mod pretokenize;
 mod sentencepiece;

@@ -337,8 +337,7 @@ impl Expanded {
         cfg.edgelm.base_model_id = base_cfg.edgelm.model_id.clone();
         cfg.edgelm.model_id = Some(id.clone());
         cfg.edgelm.expansion = Some(self.expansion());
-        let json = serde_json::to_string_pretty(&cfg).expect("config serialises");
-        crate::fsio::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
+        crate::fsio::write_json(&dir.join(CONFIG_FILE), &cfg)?;
         tok.save(&dir.join(TOKENIZER_FILE))?;
         Ok(id)
     }

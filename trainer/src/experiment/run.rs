@@ -35,8 +35,7 @@ fn log(out: &Path, msg: &str) {
 pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
     let out = &cfg.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io("cannot create", out, e))?;
-    let json = serde_json::to_string_pretty(cfg).expect("config serialises");
-    crate::fsio::write_atomic(&out.join("experiment.json"), json.as_bytes())?;
+    crate::fsio::write_json(&out.join("experiment.json"), cfg)?;
     let dev = Device::Cpu;
     let lim = Limits::default();
     let load = |dom: &str, f: &str, cap: usize| -> Result<Corpus> {
@@ -90,8 +89,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
     let save = |rs: &mut Vec<MethodResult>, r: MethodResult| -> Result<()> {
         let dir = out.join(&r.method);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
-        let j = serde_json::to_string_pretty(&r).expect("result serialises");
-        crate::fsio::write_atomic(&dir.join("result.json"), j.as_bytes())?;
+        crate::fsio::write_json(&dir.join("result.json"), &r)?;
         log(out, &format!("{} done: {}", r.method, summary(&r)));
         rs.retain(|x| x.method != r.method);
         rs.push(r);
