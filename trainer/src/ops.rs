@@ -472,6 +472,81 @@ impl CustomOp2 for HeadCrossEntropy {
     }
 }
 
+// ---------------------------------------------------------------- linear
+
+/// Tokens per weight-gradient task of [`linear`]: a fixed size, so the partial
+/// sums, and the order they are added in, do not depend on the thread count.
+const TOKENS_PER_TASK: usize = 512;
+
+/// A projection `y = x · wᵀ` (`x: [N, d_in]`, `w: [d_out, d_in]` -> `[N, d_out]`).
+///
+/// Fused on CPU for its backward pass: the weight gradient `dw = gᵀ · x` is a
+/// small `d_out × d_in` product over all N tokens, which gemm splits over its
+/// few output tiles, one depth block after another. Here each task takes
+/// [`TOKENS_PER_TASK`] tokens (the tasks run in parallel), and the partial sums
+/// are added in task order afterwards. Composed, candle also zero-fills and
+/// adds the gradient of the transposed weight and then of the weight.
+pub fn linear(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
+    if fused_ok(x) && fused_ok(w) && x.rank() == 2 && w.rank() == 2 {
+        x.apply_op2(w, Linear)
+    } else {
+        x.matmul(&w.t()?)
+    }
+}
+
+struct Linear;
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "edgelm-linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (n, d_in) = l1.shape().dims2()?;
+        let (d_out, d_in2) = l2.shape().dims2()?;
+        if d_in != d_in2 {
+            candle_core::bail!("linear: x has {d_in} columns, w has {d_in2}");
+        }
+        let y = s1.matmul(s2, (1, n, d_out, d_in), l1, &l2.transpose(0, 1)?)?;
+        Ok((y, Shape::from((n, d_out))))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let (x, g) = (x.detach(), g.contiguous()?);
+        let dx = g.matmul(&w.detach())?;
+        // a frozen weight (expansion's base blocks) needs no gradient
+        let dw = if w.track_op() { Some(weight_grad(&x, &g)?) } else { None };
+        Ok((Some(dx), dw))
+    }
+}
+
+/// `gᵀ · x` (`g: [N, d_out]`, `x: [N, d_in]` -> `[d_out, d_in]`), summed over
+/// token blocks of [`TOKENS_PER_TASK`] in parallel and added in block order.
+fn weight_grad(x: &Tensor, g: &Tensor) -> CResult<Tensor> {
+    let (n, d_in) = x.dims2()?;
+    let d_out = g.dim(1)?;
+    let starts: Vec<usize> = (0..n).step_by(TOKENS_PER_TASK).collect();
+    let parts = starts
+        .par_iter()
+        .map(|&s| {
+            let len = TOKENS_PER_TASK.min(n - s);
+            g.narrow(0, s, len)?.t()?.matmul(&x.narrow(0, s, len)?)?.flatten_all()?.to_vec1::<f32>()
+        })
+        .collect::<CResult<Vec<Vec<f32>>>>()?;
+    let mut parts = parts.into_iter();
+    let mut dw = parts.next().unwrap_or_else(|| vec![0f32; d_out * d_in]);
+    let rest: Vec<Vec<f32>> = parts.collect();
+    dw.par_chunks_mut(ELEMS_PER_TASK).enumerate().for_each(|(ci, out)| {
+        let lo = ci * ELEMS_PER_TASK;
+        let hi = lo + out.len();
+        for p in &rest {
+            for (o, &v) in out.iter_mut().zip(&p[lo..hi]) {
+                *o += v;
+            }
+        }
+    });
+    Tensor::from_vec(dw, (d_out, d_in), x.device())
+}
+
 // ---------------------------------------------------------------- SwiGLU
 
 /// `silu(gate) * up`, element-wise (the feed-forward's gating). Fused on CPU:
@@ -627,6 +702,41 @@ mod tests {
         assert!(g.get(h.as_tensor()).is_some() && g.get(&w).is_none());
         let bad = Tensor::new(&[0u32, 6, 2, 1], &Device::Cpu).unwrap();
         assert!(head_cross_entropy(h.as_tensor(), &w, &bad).is_err());
+    }
+
+    /// The fused projection against the composed `x · wᵀ` in f64: value and both
+    /// gradients, with token counts under one, at and over several weight-gradient
+    /// tasks (the last one partial).
+    #[test]
+    fn linear_matches_composed() {
+        for (n, d_in, d_out) in [(5usize, 4usize, 3usize), (512, 8, 6), (1500, 12, 7)] {
+            let x = randn(&[n, d_in], 41);
+            let w = randn(&[d_out, d_in], 42);
+            let up = randn(&[n, d_out], 43);
+            let (x32, w32) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+            let y32 = linear(x32.as_tensor(), w32.as_tensor()).unwrap();
+            let g32 = (&y32 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let x64 = Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap();
+            let w64 = Var::from_tensor(&w.to_dtype(DType::F64).unwrap()).unwrap();
+            let y64 = linear(x64.as_tensor(), w64.as_tensor()).unwrap();
+            let up64 = up.to_dtype(DType::F64).unwrap();
+            let g64 = (&y64 * &up64).unwrap().sum_all().unwrap().backward().unwrap();
+            let dv = max_diff(&y32, &y64.to_dtype(DType::F32).unwrap());
+            assert!(dv < 1e-4, "value diff {dv} (n={n})");
+            for (a, b) in [(x32.as_tensor(), x64.as_tensor()), (w32.as_tensor(), w64.as_tensor())] {
+                let ga = g32.get(a).unwrap();
+                let gb = g64.get(b).unwrap().to_dtype(DType::F32).unwrap();
+                // the weight gradient sums n products: relative to its size
+                let scale = gb.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+                assert!(max_diff(ga, &gb) < 1e-5 * scale, "grad diff {} (n={n})", max_diff(ga, &gb));
+            }
+        }
+        // a frozen weight gets no gradient, the input still does
+        let x = Var::from_tensor(&randn(&[700, 5], 44)).unwrap();
+        let w = randn(&[3, 5], 45);
+        let g = linear(x.as_tensor(), &w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(g.get(x.as_tensor()).is_some() && g.get(&w).is_none());
+        assert!(linear(x.as_tensor(), &randn(&[3, 4], 46)).is_err());
     }
 
     /// RMSNorm's weight gradient (fused f32 vs composed f64) over `rows × d`; with
