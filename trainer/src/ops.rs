@@ -30,6 +30,16 @@ fn u32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [u32]> {
     }
 }
 
+/// The f32 data of a contiguous CPU storage, borrowed: the backward passes read
+/// their inputs in place (`to_vec1` would copy them on the calling thread, the
+/// one thread that is not in rayon's pool).
+fn cpu_f32s<'a>(s: &'a candle_core::Storage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+    match s {
+        candle_core::Storage::Cpu(cs) => f32s(cs, l, what),
+        _ => candle_core::bail!("{what}: CPU tensors expected"),
+    }
+}
+
 /// Whether the fused CPU kernels apply to `t`.
 pub fn fused_ok(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
@@ -62,9 +72,11 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let wv = w.to_vec1::<f32>()?;
-        let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let g = g.contiguous()?;
+        let ((xs, xl), (ws, wl), (gs, gl)) = (x.storage_and_layout(), w.storage_and_layout(), g.storage_and_layout());
+        let xv = cpu_f32s(&xs, xl, "rms_norm bwd x")?;
+        let wv = cpu_f32s(&ws, wl, "rms_norm bwd w")?;
+        let gv = cpu_f32s(&gs, gl, "rms_norm bwd g")?;
         let d = wv.len();
         let mut dx = vec![0f32; xv.len()];
         let task = rows_per_task(d) * d;
@@ -79,7 +91,7 @@ impl CustomOp2 for RmsNorm {
                 let mut gw = vec![0f32; d];
                 for ((xr, gr), dxr) in xc.chunks_exact(d).zip(gc.chunks_exact(d)).zip(dxc.chunks_exact_mut(d)) {
                     let r = 1.0 / (vecmath::dot(xr, xr) / d as f32 + self.eps).sqrt();
-                    for ((g, &gi), &wi) in gw.iter_mut().zip(gr).zip(&wv) {
+                    for ((g, &gi), &wi) in gw.iter_mut().zip(gr).zip(wv) {
                         *g = gi * wi;
                     }
                     let c = r * r * r * vecmath::dot(&gw, xr) / d as f32;
@@ -583,9 +595,11 @@ impl CustomOp2 for SwiGlu {
     }
     fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let (da, db) = {
-            let av = a.flatten_all()?.to_vec1::<f32>()?;
-            let bv = b.flatten_all()?.to_vec1::<f32>()?;
-            let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let g = g.contiguous()?;
+            let ((a_s, al), (b_s, bl), (gs, gl)) = (a.storage_and_layout(), b.storage_and_layout(), g.storage_and_layout());
+            let av = cpu_f32s(&a_s, al, "swiglu bwd gate")?;
+            let bv = cpu_f32s(&b_s, bl, "swiglu bwd up")?;
+            let gv = cpu_f32s(&gs, gl, "swiglu bwd g")?;
             let (mut da, mut db) = (vec![0f32; av.len()], vec![0f32; av.len()]);
             let inputs =
                 av.par_chunks(ELEMS_PER_TASK).zip(bv.par_chunks(ELEMS_PER_TASK)).zip(gv.par_chunks(ELEMS_PER_TASK));
