@@ -284,9 +284,7 @@ pub fn block_forward(cfg: &ModelConfig, rope: &Rope, w: &BlockW, x: &Tensor, b: 
     let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
                                               // Query heads sharing a KV head are stacked: [B, KV, rep*T, hd].
     let q = q.reshape((b, nkv, rep * t, hd))?;
-    let scores = q.matmul(&k.t()?)?; // [B, KV, rep*T, T]
-    let p = ops::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
-    let o = p.matmul(&v)?; // [B, KV, rep*T, hd]
+    let o = ops::causal_attention(&q, &k, &v, 1.0 / (hd as f64).sqrt())?; // [B, KV, rep*T, hd]
     let o = o.reshape((b, nh, t, hd))?.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
     let x = (x + ops::linear(&o, &w.wo)?)?;
     let h = ops::rms_norm(&x, &w.mlp_norm, cfg.norm_eps)?;
@@ -341,8 +339,8 @@ mod tests {
         let m = Llama::new(&cfg, 3, &Device::Cpu).unwrap();
         let ids: Vec<u32> = (0..40 * 64u32).map(|i| i * 7919 % 50).collect();
         let x = Tensor::from_vec(ids.clone(), (40, 64), &Device::Cpu).unwrap();
-        let y = Tensor::from_vec(ids.iter().map(|i| (i + 1) % 50).collect::<Vec<u32>>(), (40, 64), &Device::Cpu)
-            .unwrap();
+        let y =
+            Tensor::from_vec(ids.iter().map(|i| (i + 1) % 50).collect::<Vec<u32>>(), (40, 64), &Device::Cpu).unwrap();
         let run = |threads: usize| -> Vec<Vec<u32>> {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {

@@ -302,6 +302,188 @@ impl CustomOp2 for SoftmaxBwd {
     }
 }
 
+// ---------------------------------------------------------------- causal attention
+
+/// `softmax_causal(q · kᵀ · scale) · v` per batch: `q: [B, KV, R, hd]` (the query
+/// heads sharing a KV head stacked, row `r` at position `r % T`), `k, v: [B, KV,
+/// T, hd]` -> `[B, KV, R, hd]`.
+///
+/// Fused on CPU: each of the `B·KV` batches is one rayon task that runs its
+/// products and its softmax, forward and backward. Composed, the products of
+/// every batch are split over the threads one after another, and the `[B, KV,
+/// R, T]` scores and probabilities (16 MiB each at 16×256 tokens) each go
+/// through a zero-filled gradient buffer and an addition on the main thread.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> CResult<Tensor> {
+    if fused_ok(q) && fused_ok(k) && fused_ok(v) && q.rank() == 4 && k.dims() == v.dims() {
+        let op = CausalAttention { scale: scale as f32, probs: std::sync::Mutex::new(None) };
+        q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    } else {
+        let p = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+        p.matmul(v)
+    }
+}
+
+struct CausalAttention {
+    scale: f32,
+    /// Each batch's probabilities `[R, T]` from the forward pass, taken by the backward.
+    probs: std::sync::Mutex<Option<Vec<Vec<f32>>>>,
+}
+
+/// Batch count, rows `R`, length `T` and head size of a [`causal_attention`].
+fn attention_dims(lq: &Layout, lk: &Layout) -> CResult<(usize, usize, usize, usize)> {
+    let (b, kv, r, hd) = lq.shape().dims4()?;
+    let (b2, kv2, t, hd2) = lk.shape().dims4()?;
+    if (b, kv, hd) != (b2, kv2, hd2) || t == 0 || r % t != 0 {
+        candle_core::bail!("causal_attention: q {:?} does not fit k/v {:?}", lq.dims(), lk.dims());
+    }
+    Ok((b * kv, r, t, hd))
+}
+
+/// `lhs · rhs` for row-major `lhs: [m, k]` at `lo`, `rhs: [k, n]` at `ro`, either
+/// one transposed in place (read as its `[k, m]` / `[n, k]` row-major storage).
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    lhs: &CpuStorage,
+    lo: usize,
+    lt: bool,
+    rhs: &CpuStorage,
+    ro: usize,
+    rt: bool,
+    (m, n, k): (usize, usize, usize),
+) -> CResult<Vec<f32>> {
+    use candle_core::backend::BackendStorage;
+    let lay = |rows: usize, cols: usize, t: bool, off: usize| {
+        if t {
+            Layout::new(Shape::from((rows, cols)), vec![1, rows], off)
+        } else {
+            Layout::contiguous_with_offset((rows, cols), off)
+        }
+    };
+    match lhs.matmul(rhs, (1, m, n, k), &lay(m, k, lt, lo), &lay(k, n, rt, ro))? {
+        CpuStorage::F32(v) => Ok(v),
+        _ => candle_core::bail!("causal_attention: expected f32"),
+    }
+}
+
+impl CausalAttention {
+    /// Batch `i`'s probabilities `softmax_causal(q_i · k_iᵀ · scale)`, `[R, T]`.
+    fn probs_of(
+        &self,
+        q: &CpuStorage,
+        k: &CpuStorage,
+        i: usize,
+        (r, t, hd): (usize, usize, usize),
+    ) -> CResult<Vec<f32>> {
+        let s = mm(q, i * r * hd, false, k, i * t * hd, true, (r, t, hd))?;
+        let mut p = vec![0f32; r * t];
+        for (row, (sr, pr)) in s.chunks_exact(t).zip(p.chunks_exact_mut(t)).enumerate() {
+            let n = row % t + 1;
+            // scale > 0, so the scaled maximum is the maximum scaled
+            let m = vecmath::max(&sr[..n]) * self.scale;
+            let inv = 1.0 / vecmath::exp_into(&mut pr[..n], &sr[..n], self.scale, m);
+            for x in &mut pr[..n] {
+                *x *= inv;
+            }
+        }
+        Ok(p)
+    }
+}
+
+fn cpu_storage<'a>(s: &'a candle_core::Storage, what: &str) -> CResult<&'a CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(cs) => Ok(cs),
+        _ => candle_core::bail!("{what}: CPU tensors expected"),
+    }
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "edgelm-causal-attention"
+    }
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (nb, r, t, hd) = attention_dims(lq, lk)?;
+        if lv.dims() != lk.dims()
+            || [lq, lk, lv].iter().any(|l| l.contiguous_offsets() != Some((0, l.shape().elem_count())))
+        {
+            candle_core::bail!("causal_attention: inputs must be contiguous, k and v of one shape");
+        }
+        let mut out = vec![0f32; nb * r * hd];
+        let probs = out
+            .par_chunks_mut(r * hd)
+            .enumerate()
+            .map(|(i, o)| {
+                let p = self.probs_of(sq, sk, i, (r, t, hd))?;
+                let pv = CpuStorage::F32(p);
+                o.copy_from_slice(&mm(&pv, 0, false, sv, i * t * hd, false, (r, hd, t))?);
+                match pv {
+                    CpuStorage::F32(p) => Ok(p),
+                    _ => candle_core::bail!("unreachable"),
+                }
+            })
+            .collect::<CResult<Vec<Vec<f32>>>>()?;
+        if let Ok(mut slot) = self.probs.lock() {
+            *slot = Some(probs);
+        }
+        Ok((CpuStorage::F32(out), lq.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let ((qs, lq), (ks, lk), (vs, _), (gs, lg)) =
+            (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout(), g.storage_and_layout());
+        let (sq, sk, sv) = (cpu_storage(&qs, "q")?, cpu_storage(&ks, "k")?, cpu_storage(&vs, "v")?);
+        let sg = cpu_storage(&gs, "attention grad")?;
+        let (nb, r, t, hd) = attention_dims(lq, lk)?;
+        if lg.contiguous_offsets() != Some((0, nb * r * hd)) {
+            candle_core::bail!("causal_attention bwd: gradient layout");
+        }
+        let stashed = self.probs.lock().ok().and_then(|mut slot| slot.take()).filter(|p| p.len() == nb);
+        let (mut dq, mut dk, mut dv) = (vec![0f32; nb * r * hd], vec![0f32; nb * t * hd], vec![0f32; nb * t * hd]);
+        let outs = dq.par_chunks_mut(r * hd).zip(dk.par_chunks_mut(t * hd).zip(dv.par_chunks_mut(t * hd)));
+        outs.enumerate().try_for_each(|(i, (dqi, (dki, dvi)))| -> CResult<()> {
+            let p = match stashed.as_ref().and_then(|s| s.get(i)) {
+                Some(p) => p.clone(),
+                // a second backward pass: recompute
+                None => self.probs_of(sq, sk, i, (r, t, hd))?,
+            };
+            // dP = dO · vᵀ; dS = scale · P ∘ (dP - rowsum(P ∘ dP))
+            let mut ds = mm(sg, i * r * hd, false, sv, i * t * hd, true, (r, t, hd))?;
+            for (row, (dr, pr)) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
+                let n = row % t + 1;
+                let dot = vecmath::dot(&pr[..n], &dr[..n]);
+                for (d, &pj) in dr[..n].iter_mut().zip(&pr[..n]) {
+                    *d = self.scale * pj * (*d - dot);
+                }
+                dr[n..].fill(0.0);
+            }
+            let p = CpuStorage::F32(p);
+            let ds = CpuStorage::F32(ds);
+            dvi.copy_from_slice(&mm(&p, 0, true, sg, i * r * hd, false, (t, hd, r))?); // Pᵀ · dO
+            dqi.copy_from_slice(&mm(&ds, 0, false, sk, i * t * hd, false, (r, hd, t))?); // dS · k
+            dki.copy_from_slice(&mm(&ds, 0, true, sq, i * r * hd, false, (t, hd, r))?); // dSᵀ · q
+            Ok(())
+        })?;
+        let dq = Tensor::from_vec(dq, q.shape(), q.device())?;
+        let dk = Tensor::from_vec(dk, k.shape(), k.device())?;
+        let dv = Tensor::from_vec(dv, v.shape(), v.device())?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
 // ---------------------------------------------------------------- cross-entropy
 
 /// Per-row cross-entropy `-ln softmax(logits)[target]`: `logits [N, V]`, `targets [N]`
@@ -596,7 +778,8 @@ impl CustomOp2 for SwiGlu {
     fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let (da, db) = {
             let g = g.contiguous()?;
-            let ((a_s, al), (b_s, bl), (gs, gl)) = (a.storage_and_layout(), b.storage_and_layout(), g.storage_and_layout());
+            let ((a_s, al), (b_s, bl), (gs, gl)) =
+                (a.storage_and_layout(), b.storage_and_layout(), g.storage_and_layout());
             let av = cpu_f32s(&a_s, al, "swiglu bwd gate")?;
             let bv = cpu_f32s(&b_s, bl, "swiglu bwd up")?;
             let gv = cpu_f32s(&gs, gl, "swiglu bwd g")?;
@@ -751,6 +934,36 @@ mod tests {
         let g = linear(x.as_tensor(), &w).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(g.get(x.as_tensor()).is_some() && g.get(&w).is_none());
         assert!(linear(x.as_tensor(), &randn(&[3, 4], 46)).is_err());
+    }
+
+    /// The fused attention against the composed `softmax_causal(q·kᵀ·scale)·v` in
+    /// f64: value and the gradients of q, k and v, over several batches with
+    /// grouped query heads (R = 2·T) and a batch count above the thread count.
+    #[test]
+    fn causal_attention_matches_composed() {
+        for (b, kv, rep, t, hd) in [(1usize, 1usize, 1usize, 5usize, 4usize), (3, 2, 2, 7, 6)] {
+            let q = randn(&[b, kv, rep * t, hd], 51);
+            let k = randn(&[b, kv, t, hd], 52);
+            let v = randn(&[b, kv, t, hd], 53);
+            let up = randn(&[b, kv, rep * t, hd], 54);
+            let run = |dt: DType| {
+                let vars: Vec<Var> =
+                    [&q, &k, &v].iter().map(|x| Var::from_tensor(&x.to_dtype(dt).unwrap()).unwrap()).collect();
+                let o = causal_attention(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), 0.4).unwrap();
+                let grads = (&o * up.to_dtype(dt).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                let gs: Vec<Tensor> =
+                    vars.iter().map(|x| grads.get(x.as_tensor()).unwrap().to_dtype(DType::F32).unwrap()).collect();
+                (o.to_dtype(DType::F32).unwrap(), gs)
+            };
+            let (o32, g32) = run(DType::F32);
+            let (o64, g64) = run(DType::F64);
+            assert!(max_diff(&o32, &o64) < 1e-5, "value diff {}", max_diff(&o32, &o64));
+            for (a, c) in g32.iter().zip(&g64) {
+                assert!(max_diff(a, c) < 1e-4, "grad diff {}", max_diff(a, c));
+            }
+        }
+        let q = randn(&[1, 1, 6, 4], 55);
+        assert!(causal_attention(&q, &randn(&[1, 1, 4, 4], 56), &randn(&[1, 1, 4, 4], 57), 1.0).is_err());
     }
 
     /// RMSNorm's weight gradient (fused f32 vs composed f64) over `rows × d`; with
