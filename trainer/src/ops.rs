@@ -325,8 +325,11 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> CResu
 
 struct CausalAttention {
     scale: f32,
-    /// Each batch's probabilities `[R, T]` from the forward pass, taken by the backward.
-    probs: std::sync::Mutex<Option<Vec<Vec<f32>>>>,
+    /// The probabilities `[B·KV, R, T]` from the forward pass, taken by the
+    /// backward. One buffer from the calling thread: per-task buffers that live
+    /// from the forward to the backward pass came back as fresh pages each step
+    /// (page faults were 10 % of a step).
+    probs: std::sync::Mutex<Option<CpuStorage>>,
 }
 
 /// Batch count, rows `R`, length `T` and head size of a [`causal_attention`].
@@ -366,16 +369,28 @@ fn mm(
 }
 
 impl CausalAttention {
-    /// Batch `i`'s probabilities `softmax_causal(q_i · k_iᵀ · scale)`, `[R, T]`.
-    fn probs_of(
+    /// Every batch's probabilities `softmax_causal(q_i · k_iᵀ · scale)`, `[B·KV, R, T]`.
+    fn probs(
         &self,
+        q: &CpuStorage,
+        k: &CpuStorage,
+        (nb, r, t, hd): (usize, usize, usize, usize),
+    ) -> CResult<CpuStorage> {
+        let mut p = vec![0f32; nb * r * t];
+        p.par_chunks_mut(r * t).enumerate().try_for_each(|(i, pc)| self.probs_into(pc, q, k, i, (r, t, hd)))?;
+        Ok(CpuStorage::F32(p))
+    }
+
+    /// Batch `i`'s probabilities into `p: [R, T]`.
+    fn probs_into(
+        &self,
+        p: &mut [f32],
         q: &CpuStorage,
         k: &CpuStorage,
         i: usize,
         (r, t, hd): (usize, usize, usize),
-    ) -> CResult<Vec<f32>> {
+    ) -> CResult<()> {
         let s = mm(q, i * r * hd, false, k, i * t * hd, true, (r, t, hd))?;
-        let mut p = vec![0f32; r * t];
         for (row, (sr, pr)) in s.chunks_exact(t).zip(p.chunks_exact_mut(t)).enumerate() {
             let n = row % t + 1;
             // scale > 0, so the scaled maximum is the maximum scaled
@@ -385,7 +400,7 @@ impl CausalAttention {
                 *x *= inv;
             }
         }
-        Ok(p)
+        Ok(())
     }
 }
 
@@ -415,20 +430,12 @@ impl CustomOp3 for CausalAttention {
         {
             candle_core::bail!("causal_attention: inputs must be contiguous, k and v of one shape");
         }
+        let probs = self.probs(sq, sk, (nb, r, t, hd))?;
         let mut out = vec![0f32; nb * r * hd];
-        let probs = out
-            .par_chunks_mut(r * hd)
-            .enumerate()
-            .map(|(i, o)| {
-                let p = self.probs_of(sq, sk, i, (r, t, hd))?;
-                let pv = CpuStorage::F32(p);
-                o.copy_from_slice(&mm(&pv, 0, false, sv, i * t * hd, false, (r, hd, t))?);
-                match pv {
-                    CpuStorage::F32(p) => Ok(p),
-                    _ => candle_core::bail!("unreachable"),
-                }
-            })
-            .collect::<CResult<Vec<Vec<f32>>>>()?;
+        out.par_chunks_mut(r * hd).enumerate().try_for_each(|(i, o)| -> CResult<()> {
+            o.copy_from_slice(&mm(&probs, i * r * t, false, sv, i * t * hd, false, (r, hd, t))?);
+            Ok(())
+        })?;
         if let Ok(mut slot) = self.probs.lock() {
             *slot = Some(probs);
         }
@@ -451,15 +458,16 @@ impl CustomOp3 for CausalAttention {
         if lg.contiguous_offsets() != Some((0, nb * r * hd)) {
             candle_core::bail!("causal_attention bwd: gradient layout");
         }
-        let stashed = self.probs.lock().ok().and_then(|mut slot| slot.take()).filter(|p| p.len() == nb);
+        let stashed = self.probs.lock().ok().and_then(|mut slot| slot.take());
+        let probs = match stashed {
+            Some(p) if p.as_slice::<f32>().is_ok_and(|v| v.len() == nb * r * t) => p,
+            // a second backward pass: recompute
+            _ => self.probs(sq, sk, (nb, r, t, hd))?,
+        };
+        let pv = probs.as_slice::<f32>()?;
         let (mut dq, mut dk, mut dv) = (vec![0f32; nb * r * hd], vec![0f32; nb * t * hd], vec![0f32; nb * t * hd]);
         let outs = dq.par_chunks_mut(r * hd).zip(dk.par_chunks_mut(t * hd).zip(dv.par_chunks_mut(t * hd)));
-        outs.enumerate().try_for_each(|(i, (dqi, (dki, dvi)))| -> CResult<()> {
-            let p = match stashed.as_ref().and_then(|s| s.get(i)) {
-                Some(p) => p.clone(),
-                // a second backward pass: recompute
-                None => self.probs_of(sq, sk, i, (r, t, hd))?,
-            };
+        outs.zip(pv.par_chunks(r * t)).enumerate().try_for_each(|(i, ((dqi, (dki, dvi)), p))| -> CResult<()> {
             // dP = dO · vᵀ; dS = scale · P ∘ (dP - rowsum(P ∘ dP))
             let mut ds = mm(sg, i * r * hd, false, sv, i * t * hd, true, (r, t, hd))?;
             for (row, (dr, pr)) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
@@ -470,9 +478,8 @@ impl CustomOp3 for CausalAttention {
                 }
                 dr[n..].fill(0.0);
             }
-            let p = CpuStorage::F32(p);
             let ds = CpuStorage::F32(ds);
-            dvi.copy_from_slice(&mm(&p, 0, true, sg, i * r * hd, false, (t, hd, r))?); // Pᵀ · dO
+            dvi.copy_from_slice(&mm(&probs, i * r * t, true, sg, i * r * hd, false, (t, hd, r))?); // Pᵀ · dO
             dqi.copy_from_slice(&mm(&ds, 0, false, sk, i * t * hd, false, (r, hd, t))?); // dS · k
             dki.copy_from_slice(&mm(&ds, 0, true, sq, i * r * hd, false, (t, hd, r))?); // dSᵀ · q
             Ok(())
@@ -962,6 +969,13 @@ mod tests {
                 assert!(max_diff(a, c) < 1e-4, "grad diff {}", max_diff(a, c));
             }
         }
+        // a second backward pass over the same graph recomputes the probabilities
+        let q = Var::from_tensor(&randn(&[2, 1, 8, 4], 58)).unwrap();
+        let (k, v) = (randn(&[2, 1, 4, 4], 59), randn(&[2, 1, 4, 4], 60));
+        let loss = causal_attention(q.as_tensor(), &k, &v, 0.5).unwrap().sqr().unwrap().sum_all().unwrap();
+        let first = loss.backward().unwrap().get(q.as_tensor()).unwrap().clone();
+        let second = loss.backward().unwrap().get(q.as_tensor()).unwrap().clone();
+        assert_eq!(max_diff(&first, &second), 0.0);
         let q = randn(&[1, 1, 6, 4], 55);
         assert!(causal_attention(&q, &randn(&[1, 1, 4, 4], 56), &randn(&[1, 1, 4, 4], 57), 1.0).is_err());
     }
