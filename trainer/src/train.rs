@@ -267,7 +267,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
 /// threads busy-wait, the main thread until the worker's half is done and the
 /// worker for a while after each op, while rayon's workers need the cores for
 /// the next matmul, which gemm splits statically (every half must finish).
-/// At 2 threads on one core, 30 % of a step's CPU time was this spinning
+/// At 2 threads on one core, 23–29 % of a step's CPU samples were this spinning
 /// (docs/TRAINING.md, issue 13), and the backward pass, where candle's gradient
 /// store adds every gradient, gained nothing from the second core.
 pub fn init_cpu_threads() {
