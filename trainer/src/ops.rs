@@ -30,6 +30,16 @@ fn u32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [u32]> {
     }
 }
 
+/// The f32 data of a contiguous CPU storage, borrowed: the backward passes read
+/// their inputs in place (`to_vec1` would copy them on the calling thread, the
+/// one thread that is not in rayon's pool).
+fn cpu_f32s<'a>(s: &'a candle_core::Storage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+    match s {
+        candle_core::Storage::Cpu(cs) => f32s(cs, l, what),
+        _ => candle_core::bail!("{what}: CPU tensors expected"),
+    }
+}
+
 /// Whether the fused CPU kernels apply to `t`.
 pub fn fused_ok(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
@@ -62,9 +72,11 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let wv = w.to_vec1::<f32>()?;
-        let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let g = g.contiguous()?;
+        let ((xs, xl), (ws, wl), (gs, gl)) = (x.storage_and_layout(), w.storage_and_layout(), g.storage_and_layout());
+        let xv = cpu_f32s(&xs, xl, "rms_norm bwd x")?;
+        let wv = cpu_f32s(&ws, wl, "rms_norm bwd w")?;
+        let gv = cpu_f32s(&gs, gl, "rms_norm bwd g")?;
         let d = wv.len();
         let mut dx = vec![0f32; xv.len()];
         let task = rows_per_task(d) * d;
@@ -79,7 +91,7 @@ impl CustomOp2 for RmsNorm {
                 let mut gw = vec![0f32; d];
                 for ((xr, gr), dxr) in xc.chunks_exact(d).zip(gc.chunks_exact(d)).zip(dxc.chunks_exact_mut(d)) {
                     let r = 1.0 / (vecmath::dot(xr, xr) / d as f32 + self.eps).sqrt();
-                    for ((g, &gi), &wi) in gw.iter_mut().zip(gr).zip(&wv) {
+                    for ((g, &gi), &wi) in gw.iter_mut().zip(gr).zip(wv) {
                         *g = gi * wi;
                     }
                     let c = r * r * r * vecmath::dot(&gw, xr) / d as f32;
@@ -290,6 +302,195 @@ impl CustomOp2 for SoftmaxBwd {
     }
 }
 
+// ---------------------------------------------------------------- causal attention
+
+/// `softmax_causal(q · kᵀ · scale) · v` per batch: `q: [B, KV, R, hd]` (the query
+/// heads sharing a KV head stacked, row `r` at position `r % T`), `k, v: [B, KV,
+/// T, hd]` -> `[B, KV, R, hd]`.
+///
+/// Fused on CPU: each of the `B·KV` batches is one rayon task that runs its
+/// products and its softmax, forward and backward. Composed, the products of
+/// every batch are split over the threads one after another, and the `[B, KV,
+/// R, T]` scores and probabilities (16 MiB each at 16×256 tokens) each go
+/// through a zero-filled gradient buffer and an addition on the main thread.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> CResult<Tensor> {
+    if fused_ok(q) && fused_ok(k) && fused_ok(v) && q.rank() == 4 && k.dims() == v.dims() {
+        let op = CausalAttention { scale: scale as f32, probs: std::sync::Mutex::new(None) };
+        q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    } else {
+        let p = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+        p.matmul(v)
+    }
+}
+
+struct CausalAttention {
+    scale: f32,
+    /// The probabilities `[B·KV, R, T]` from the forward pass, taken by the
+    /// backward. One buffer from the calling thread: per-task buffers that live
+    /// from the forward to the backward pass came back as fresh pages each step
+    /// (page faults were 10 % of a step).
+    probs: std::sync::Mutex<Option<CpuStorage>>,
+}
+
+/// Batch count, rows `R`, length `T` and head size of a [`causal_attention`].
+fn attention_dims(lq: &Layout, lk: &Layout) -> CResult<(usize, usize, usize, usize)> {
+    let (b, kv, r, hd) = lq.shape().dims4()?;
+    let (b2, kv2, t, hd2) = lk.shape().dims4()?;
+    if (b, kv, hd) != (b2, kv2, hd2) || t == 0 || r % t != 0 {
+        candle_core::bail!("causal_attention: q {:?} does not fit k/v {:?}", lq.dims(), lk.dims());
+    }
+    Ok((b * kv, r, t, hd))
+}
+
+/// `lhs · rhs` for row-major `lhs: [m, k]` at `lo`, `rhs: [k, n]` at `ro`, either
+/// one transposed in place (read as its `[k, m]` / `[n, k]` row-major storage).
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    lhs: &CpuStorage,
+    lo: usize,
+    lt: bool,
+    rhs: &CpuStorage,
+    ro: usize,
+    rt: bool,
+    (m, n, k): (usize, usize, usize),
+) -> CResult<Vec<f32>> {
+    use candle_core::backend::BackendStorage;
+    let lay = |rows: usize, cols: usize, t: bool, off: usize| {
+        if t {
+            Layout::new(Shape::from((rows, cols)), vec![1, rows], off)
+        } else {
+            Layout::contiguous_with_offset((rows, cols), off)
+        }
+    };
+    match lhs.matmul(rhs, (1, m, n, k), &lay(m, k, lt, lo), &lay(k, n, rt, ro))? {
+        CpuStorage::F32(v) => Ok(v),
+        _ => candle_core::bail!("causal_attention: expected f32"),
+    }
+}
+
+impl CausalAttention {
+    /// Every batch's probabilities `softmax_causal(q_i · k_iᵀ · scale)`, `[B·KV, R, T]`.
+    fn probs(
+        &self,
+        q: &CpuStorage,
+        k: &CpuStorage,
+        (nb, r, t, hd): (usize, usize, usize, usize),
+    ) -> CResult<CpuStorage> {
+        let mut p = vec![0f32; nb * r * t];
+        p.par_chunks_mut(r * t).enumerate().try_for_each(|(i, pc)| self.probs_into(pc, q, k, i, (r, t, hd)))?;
+        Ok(CpuStorage::F32(p))
+    }
+
+    /// Batch `i`'s probabilities into `p: [R, T]`.
+    fn probs_into(
+        &self,
+        p: &mut [f32],
+        q: &CpuStorage,
+        k: &CpuStorage,
+        i: usize,
+        (r, t, hd): (usize, usize, usize),
+    ) -> CResult<()> {
+        let s = mm(q, i * r * hd, false, k, i * t * hd, true, (r, t, hd))?;
+        for (row, (sr, pr)) in s.chunks_exact(t).zip(p.chunks_exact_mut(t)).enumerate() {
+            let n = row % t + 1;
+            // scale > 0, so the scaled maximum is the maximum scaled
+            let m = vecmath::max(&sr[..n]) * self.scale;
+            let inv = 1.0 / vecmath::exp_into(&mut pr[..n], &sr[..n], self.scale, m);
+            for x in &mut pr[..n] {
+                *x *= inv;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cpu_storage<'a>(s: &'a candle_core::Storage, what: &str) -> CResult<&'a CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(cs) => Ok(cs),
+        _ => candle_core::bail!("{what}: CPU tensors expected"),
+    }
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "edgelm-causal-attention"
+    }
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (nb, r, t, hd) = attention_dims(lq, lk)?;
+        if lv.dims() != lk.dims()
+            || [lq, lk, lv].iter().any(|l| l.contiguous_offsets() != Some((0, l.shape().elem_count())))
+        {
+            candle_core::bail!("causal_attention: inputs must be contiguous, k and v of one shape");
+        }
+        let probs = self.probs(sq, sk, (nb, r, t, hd))?;
+        let mut out = vec![0f32; nb * r * hd];
+        out.par_chunks_mut(r * hd).enumerate().try_for_each(|(i, o)| -> CResult<()> {
+            o.copy_from_slice(&mm(&probs, i * r * t, false, sv, i * t * hd, false, (r, hd, t))?);
+            Ok(())
+        })?;
+        if let Ok(mut slot) = self.probs.lock() {
+            *slot = Some(probs);
+        }
+        Ok((CpuStorage::F32(out), lq.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let ((qs, lq), (ks, lk), (vs, _), (gs, lg)) =
+            (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout(), g.storage_and_layout());
+        let (sq, sk, sv) = (cpu_storage(&qs, "q")?, cpu_storage(&ks, "k")?, cpu_storage(&vs, "v")?);
+        let sg = cpu_storage(&gs, "attention grad")?;
+        let (nb, r, t, hd) = attention_dims(lq, lk)?;
+        if lg.contiguous_offsets() != Some((0, nb * r * hd)) {
+            candle_core::bail!("causal_attention bwd: gradient layout");
+        }
+        let stashed = self.probs.lock().ok().and_then(|mut slot| slot.take());
+        let probs = match stashed {
+            Some(p) if p.as_slice::<f32>().is_ok_and(|v| v.len() == nb * r * t) => p,
+            // a second backward pass: recompute
+            _ => self.probs(sq, sk, (nb, r, t, hd))?,
+        };
+        let pv = probs.as_slice::<f32>()?;
+        let (mut dq, mut dk, mut dv) = (vec![0f32; nb * r * hd], vec![0f32; nb * t * hd], vec![0f32; nb * t * hd]);
+        let outs = dq.par_chunks_mut(r * hd).zip(dk.par_chunks_mut(t * hd).zip(dv.par_chunks_mut(t * hd)));
+        outs.zip(pv.par_chunks(r * t)).enumerate().try_for_each(|(i, ((dqi, (dki, dvi)), p))| -> CResult<()> {
+            // dP = dO · vᵀ; dS = scale · P ∘ (dP - rowsum(P ∘ dP))
+            let mut ds = mm(sg, i * r * hd, false, sv, i * t * hd, true, (r, t, hd))?;
+            for (row, (dr, pr)) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
+                let n = row % t + 1;
+                let dot = vecmath::dot(&pr[..n], &dr[..n]);
+                for (d, &pj) in dr[..n].iter_mut().zip(&pr[..n]) {
+                    *d = self.scale * pj * (*d - dot);
+                }
+                dr[n..].fill(0.0);
+            }
+            let ds = CpuStorage::F32(ds);
+            dvi.copy_from_slice(&mm(&probs, i * r * t, true, sg, i * r * hd, false, (t, hd, r))?); // Pᵀ · dO
+            dqi.copy_from_slice(&mm(&ds, 0, false, sk, i * t * hd, false, (r, hd, t))?); // dS · k
+            dki.copy_from_slice(&mm(&ds, 0, true, sq, i * r * hd, false, (t, hd, r))?); // dSᵀ · q
+            Ok(())
+        })?;
+        let dq = Tensor::from_vec(dq, q.shape(), q.device())?;
+        let dk = Tensor::from_vec(dk, k.shape(), k.device())?;
+        let dv = Tensor::from_vec(dv, v.shape(), v.device())?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
 // ---------------------------------------------------------------- cross-entropy
 
 /// Per-row cross-entropy `-ln softmax(logits)[target]`: `logits [N, V]`, `targets [N]`
@@ -472,6 +673,81 @@ impl CustomOp2 for HeadCrossEntropy {
     }
 }
 
+// ---------------------------------------------------------------- linear
+
+/// Tokens per weight-gradient task of [`linear`]: a fixed size, so the partial
+/// sums, and the order they are added in, do not depend on the thread count.
+const TOKENS_PER_TASK: usize = 512;
+
+/// A projection `y = x · wᵀ` (`x: [N, d_in]`, `w: [d_out, d_in]` -> `[N, d_out]`).
+///
+/// Fused on CPU for its backward pass: the weight gradient `dw = gᵀ · x` is a
+/// small `d_out × d_in` product over all N tokens, which gemm splits over its
+/// few output tiles, one depth block after another. Here each task takes
+/// [`TOKENS_PER_TASK`] tokens (the tasks run in parallel), and the partial sums
+/// are added in task order afterwards. Composed, candle also zero-fills and
+/// adds the gradient of the transposed weight and then of the weight.
+pub fn linear(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
+    if fused_ok(x) && fused_ok(w) && x.rank() == 2 && w.rank() == 2 {
+        x.apply_op2(w, Linear)
+    } else {
+        x.matmul(&w.t()?)
+    }
+}
+
+struct Linear;
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "edgelm-linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (n, d_in) = l1.shape().dims2()?;
+        let (d_out, d_in2) = l2.shape().dims2()?;
+        if d_in != d_in2 {
+            candle_core::bail!("linear: x has {d_in} columns, w has {d_in2}");
+        }
+        let y = s1.matmul(s2, (1, n, d_out, d_in), l1, &l2.transpose(0, 1)?)?;
+        Ok((y, Shape::from((n, d_out))))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let (x, g) = (x.detach(), g.contiguous()?);
+        let dx = g.matmul(&w.detach())?;
+        // a frozen weight (expansion's base blocks) needs no gradient
+        let dw = if w.track_op() { Some(weight_grad(&x, &g)?) } else { None };
+        Ok((Some(dx), dw))
+    }
+}
+
+/// `gᵀ · x` (`g: [N, d_out]`, `x: [N, d_in]` -> `[d_out, d_in]`), summed over
+/// token blocks of [`TOKENS_PER_TASK`] in parallel and added in block order.
+fn weight_grad(x: &Tensor, g: &Tensor) -> CResult<Tensor> {
+    let (n, d_in) = x.dims2()?;
+    let d_out = g.dim(1)?;
+    let starts: Vec<usize> = (0..n).step_by(TOKENS_PER_TASK).collect();
+    let parts = starts
+        .par_iter()
+        .map(|&s| {
+            let len = TOKENS_PER_TASK.min(n - s);
+            g.narrow(0, s, len)?.t()?.matmul(&x.narrow(0, s, len)?)?.flatten_all()?.to_vec1::<f32>()
+        })
+        .collect::<CResult<Vec<Vec<f32>>>>()?;
+    let mut parts = parts.into_iter();
+    let mut dw = parts.next().unwrap_or_else(|| vec![0f32; d_out * d_in]);
+    let rest: Vec<Vec<f32>> = parts.collect();
+    dw.par_chunks_mut(ELEMS_PER_TASK).enumerate().for_each(|(ci, out)| {
+        let lo = ci * ELEMS_PER_TASK;
+        let hi = lo + out.len();
+        for p in &rest {
+            for (o, &v) in out.iter_mut().zip(&p[lo..hi]) {
+                *o += v;
+            }
+        }
+    });
+    Tensor::from_vec(dw, (d_out, d_in), x.device())
+}
+
 // ---------------------------------------------------------------- SwiGLU
 
 /// `silu(gate) * up`, element-wise (the feed-forward's gating). Fused on CPU:
@@ -508,9 +784,12 @@ impl CustomOp2 for SwiGlu {
     }
     fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let (da, db) = {
-            let av = a.flatten_all()?.to_vec1::<f32>()?;
-            let bv = b.flatten_all()?.to_vec1::<f32>()?;
-            let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let g = g.contiguous()?;
+            let ((a_s, al), (b_s, bl), (gs, gl)) =
+                (a.storage_and_layout(), b.storage_and_layout(), g.storage_and_layout());
+            let av = cpu_f32s(&a_s, al, "swiglu bwd gate")?;
+            let bv = cpu_f32s(&b_s, bl, "swiglu bwd up")?;
+            let gv = cpu_f32s(&gs, gl, "swiglu bwd g")?;
             let (mut da, mut db) = (vec![0f32; av.len()], vec![0f32; av.len()]);
             let inputs =
                 av.par_chunks(ELEMS_PER_TASK).zip(bv.par_chunks(ELEMS_PER_TASK)).zip(gv.par_chunks(ELEMS_PER_TASK));
@@ -627,6 +906,78 @@ mod tests {
         assert!(g.get(h.as_tensor()).is_some() && g.get(&w).is_none());
         let bad = Tensor::new(&[0u32, 6, 2, 1], &Device::Cpu).unwrap();
         assert!(head_cross_entropy(h.as_tensor(), &w, &bad).is_err());
+    }
+
+    /// The fused projection against the composed `x · wᵀ` in f64: value and both
+    /// gradients, with token counts under one, at and over several weight-gradient
+    /// tasks (the last one partial).
+    #[test]
+    fn linear_matches_composed() {
+        for (n, d_in, d_out) in [(5usize, 4usize, 3usize), (512, 8, 6), (1500, 12, 7)] {
+            let x = randn(&[n, d_in], 41);
+            let w = randn(&[d_out, d_in], 42);
+            let up = randn(&[n, d_out], 43);
+            let (x32, w32) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+            let y32 = linear(x32.as_tensor(), w32.as_tensor()).unwrap();
+            let g32 = (&y32 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let x64 = Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap();
+            let w64 = Var::from_tensor(&w.to_dtype(DType::F64).unwrap()).unwrap();
+            let y64 = linear(x64.as_tensor(), w64.as_tensor()).unwrap();
+            let up64 = up.to_dtype(DType::F64).unwrap();
+            let g64 = (&y64 * &up64).unwrap().sum_all().unwrap().backward().unwrap();
+            let dv = max_diff(&y32, &y64.to_dtype(DType::F32).unwrap());
+            assert!(dv < 1e-4, "value diff {dv} (n={n})");
+            for (a, b) in [(x32.as_tensor(), x64.as_tensor()), (w32.as_tensor(), w64.as_tensor())] {
+                let ga = g32.get(a).unwrap();
+                let gb = g64.get(b).unwrap().to_dtype(DType::F32).unwrap();
+                // the weight gradient sums n products: relative to its size
+                let scale = gb.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+                assert!(max_diff(ga, &gb) < 1e-5 * scale, "grad diff {} (n={n})", max_diff(ga, &gb));
+            }
+        }
+        // a frozen weight gets no gradient, the input still does
+        let x = Var::from_tensor(&randn(&[700, 5], 44)).unwrap();
+        let w = randn(&[3, 5], 45);
+        let g = linear(x.as_tensor(), &w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(g.get(x.as_tensor()).is_some() && g.get(&w).is_none());
+        assert!(linear(x.as_tensor(), &randn(&[3, 4], 46)).is_err());
+    }
+
+    /// The fused attention against the composed `softmax_causal(q·kᵀ·scale)·v` in
+    /// f64: value and the gradients of q, k and v, over several batches with
+    /// grouped query heads (R = 2·T) and a batch count above the thread count.
+    #[test]
+    fn causal_attention_matches_composed() {
+        for (b, kv, rep, t, hd) in [(1usize, 1usize, 1usize, 5usize, 4usize), (3, 2, 2, 7, 6)] {
+            let q = randn(&[b, kv, rep * t, hd], 51);
+            let k = randn(&[b, kv, t, hd], 52);
+            let v = randn(&[b, kv, t, hd], 53);
+            let up = randn(&[b, kv, rep * t, hd], 54);
+            let run = |dt: DType| {
+                let vars: Vec<Var> =
+                    [&q, &k, &v].iter().map(|x| Var::from_tensor(&x.to_dtype(dt).unwrap()).unwrap()).collect();
+                let o = causal_attention(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), 0.4).unwrap();
+                let grads = (&o * up.to_dtype(dt).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                let gs: Vec<Tensor> =
+                    vars.iter().map(|x| grads.get(x.as_tensor()).unwrap().to_dtype(DType::F32).unwrap()).collect();
+                (o.to_dtype(DType::F32).unwrap(), gs)
+            };
+            let (o32, g32) = run(DType::F32);
+            let (o64, g64) = run(DType::F64);
+            assert!(max_diff(&o32, &o64) < 1e-5, "value diff {}", max_diff(&o32, &o64));
+            for (a, c) in g32.iter().zip(&g64) {
+                assert!(max_diff(a, c) < 1e-4, "grad diff {}", max_diff(a, c));
+            }
+        }
+        // a second backward pass over the same graph recomputes the probabilities
+        let q = Var::from_tensor(&randn(&[2, 1, 8, 4], 58)).unwrap();
+        let (k, v) = (randn(&[2, 1, 4, 4], 59), randn(&[2, 1, 4, 4], 60));
+        let loss = causal_attention(q.as_tensor(), &k, &v, 0.5).unwrap().sqr().unwrap().sum_all().unwrap();
+        let first = loss.backward().unwrap().get(q.as_tensor()).unwrap().clone();
+        let second = loss.backward().unwrap().get(q.as_tensor()).unwrap().clone();
+        assert_eq!(max_diff(&first, &second), 0.0);
+        let q = randn(&[1, 1, 6, 4], 55);
+        assert!(causal_attention(&q, &randn(&[1, 1, 4, 4], 56), &randn(&[1, 1, 4, 4], 57), 1.0).is_err());
     }
 
     /// RMSNorm's weight gradient (fused f32 vs composed f64) over `rows × d`; with

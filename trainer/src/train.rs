@@ -259,6 +259,24 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     Ok(TrainReport { rows, final_step: step, model_id })
 }
 
+/// Runs candle's element-wise CPU ops on the calling thread unless the user set
+/// `CANDLE_NUM_THREADS`. Call once at start-up, before any tensor maths.
+///
+/// candle 0.11 splits element-wise ops over a thread pool of its own, beside
+/// rayon's (which runs its matmuls and our fused ops): with 2 threads that is
+/// the main thread, one candle worker and two rayon workers on 2 cores. Its
+/// threads busy-wait, the main thread until the worker's half is done and the
+/// worker for a while after each op, while rayon's workers need the cores for
+/// the next matmul, which gemm splits statically (every half must finish).
+/// At 2 threads on one core, 23–29 % of a step's CPU samples were this spinning
+/// (docs/TRAINING.md, issue 13), and the backward pass, where candle's gradient
+/// store adds every gradient, gained nothing from the second core.
+pub fn init_cpu_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// One optimiser step: `accum` micro-batches of forward + backward, gradient
 /// accumulation, global-norm clipping, AdamW at learning rate `lr`.
 /// Returns the mean loss and the gradient norm before clipping.

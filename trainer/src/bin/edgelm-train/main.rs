@@ -336,6 +336,7 @@ fn run() -> Result<()> {
     if let Some(n) = cli.threads {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    edgelm_trainer::train::init_cpu_threads();
     match cli.cmd {
         Cmd::Tokenizer(a) => cmd_tokenizer(a),
         Cmd::Expand(a) => expand_cmd::cmd_expand(a),
