@@ -171,22 +171,28 @@ macro_rules! q4_matvec {
 
             /// `Σ u·x` per (group, half) of a quad in [`pair_x`]'s layout, as
             /// i32 lanes `[g lo, g+2 lo, g hi, g+2 hi | g+1 lo, g+3 lo, g+1 hi,
-            /// g+3 hi]`: the four `vpmaddubsw` products summed pairwise in i16
-            /// by three `vphaddw` (|Σ| ≤ 8·15·128 = 15 360: no overflow), then
-            /// one `vpmaddwd`. Exact.
+            /// g+3 hi]`. Every 128-bit lane of a product belongs to one (group,
+            /// half), so the sums are halved level by level within lanes:
+            /// `vpmaddwd` by 1 to i32, `vpackssdw` of two vectors back to i16
+            /// (|Σ| ≤ 4·15·128 = 7 680, then 15 360: never saturates), and
+            /// again. Exact. (Three `vphaddw` instead are fewer instructions but
+            /// two cycles each on one FP pipe of Zen 3: `llvm-mca -mcpu=znver3`
+            /// puts a four-row quad at 30.2 cycles this way, 32.0 that way.)
             #[target_feature(enable = $feat)]
             #[inline]
             unsafe fn pair_sum(u: [__m256i; 4], x: [__m256i; 4]) -> __m256i {
-                let m = [0, 1, 2, 3].map(|k| _mm256_maddubs_epi16(u[k], x[k]));
-                let h = _mm256_hadd_epi16(_mm256_hadd_epi16(m[0], m[2]), _mm256_hadd_epi16(m[1], m[3]));
-                _mm256_madd_epi16(h, _mm256_set1_epi16(1))
+                let one = _mm256_set1_epi16(1);
+                let p = [0, 1, 2, 3].map(|k| _mm256_madd_epi16(_mm256_maddubs_epi16(u[k], x[k]), one));
+                let q0 = _mm256_madd_epi16(_mm256_packs_epi32(p[0], p[2]), one);
+                let q1 = _mm256_madd_epi16(_mm256_packs_epi32(p[1], p[3]), one);
+                _mm256_madd_epi16(_mm256_packs_epi32(q0, q1), one)
             }
 
             /// As [`block`], rows `R` at a time, with the quads' activations
             /// prepared once per matvec (`xp: [groups/4 · 4]` from [`pair_x`],
             /// `cp: [groups/4]` their `−8·Σx` in [`pair_sum`]'s layout): per
-            /// (row, quad) two 32-byte loads, 3 masks, 2 shifts, 4 `vpmaddubsw`,
-            /// 3 `vphaddw`, `vpmaddwd`, add and one `vpermd` to [`fold4`]'s
+            /// (row, quad) two 32-byte loads, 4 masks, 2 shifts, 4 `vpmaddubsw`,
+            /// 7 `vpmaddwd`, 3 `vpackssdw`, add and one `vpermd` to [`fold4`]'s
             /// lane layout (where [`block`] spends 4 loads + inserts, 4 shifts,
             /// 4 masks, 12 multiply/subtract ops and 9 for the fold). The
             /// i32 lanes are the same exact sums, and the f32 operations (scales,
