@@ -739,6 +739,7 @@ pub fn matmul_tiles(
     match par {
         // the work is the tile's bytes once per token: a block of 32 tokens
         // splits the 288×288 projections that a single token keeps on one thread
+        // (decode hands q, k and v over together, `par_rows_many`; the output projection alone stays)
         Some(p) if p.threads() > 1 && rows * row_bytes * n >= PARALLEL_MIN_BYTES && rows >= 16 => {
             let threads = p.threads();
             let per = rows.div_ceil(threads).div_ceil(8) * 8;
