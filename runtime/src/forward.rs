@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::kernels::{
     attention_heads, matmul_q4, matmul_q8, matmul_rows, matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par,
-    Kernels, Parallel,
+    par_rows_many, Kernels, Parallel,
 };
 use crate::model::{Block, Domain, Matrix, Model, Weights};
 
@@ -92,6 +92,56 @@ fn matvec(
     Ok(())
 }
 
+/// Several matrices × the same input (q, k, v; gate and up) in one
+/// hand-off to the pool ([`par_rows_many`]): each row computed by the same
+/// kernel call as [`matvec`] makes, so the results are the same bits.
+fn matvecs<const N: usize>(
+    e: Exec<'_>,
+    ms: [&Matrix<'_>; N],
+    input: &mut Input<'_>,
+    xq: &mut [i8],
+    xs: &mut [f32],
+    outs: [&mut [f32]; N],
+) -> Result<()> {
+    let k = e.kernels;
+    let x = input.x;
+    let cols = x.len();
+    let quantized = ms.iter().any(|m| matches!(m.weights, Weights::Q8 { .. } | Weights::Q4 { .. }));
+    let (xq, xs) = if quantized { input.quantized(k, xq, xs)? } else { (&[][..], &[][..]) };
+    let mut outs = outs;
+    for (o, m) in outs.iter_mut().zip(ms) {
+        *o = core::mem::take(o).get_mut(..m.rows).ok_or(SHORT)?;
+    }
+    // the units of `matvec_*_par`'s thresholds: bytes for f32/f16, elements quantized
+    let work = ms
+        .iter()
+        .map(|m| match m.weights {
+            Weights::F32(_) => 4 * m.rows * cols,
+            Weights::F16(_) => 2 * m.rows * cols,
+            Weights::Q8 { .. } | Weights::Q4 { .. } => m.rows * cols,
+        })
+        .sum();
+    let g = cols / crate::format::Q8_GROUP;
+    par_rows_many(e.par, outs, work, &|j, r0, o| {
+        let r1 = r0 + o.len();
+        // too short: empty slices, which the kernels refuse as the unsplit call would
+        match ms.get(j).map(|m| &m.weights) {
+            Some(Weights::F32(w)) => (k.matvec_f32)(o, w.get(r0 * cols..).unwrap_or_default(), x),
+            Some(Weights::F16(w)) => (k.matvec_f16)(o, w.get(r0 * cols..).unwrap_or_default(), x),
+            Some(Weights::Q8 { qs, scales }) => {
+                let (wq, ws) = (qs.get(r0 * cols..r1 * cols), scales.get(r0 * g..r1 * g));
+                (k.matvec_q8)(o, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
+            }
+            Some(Weights::Q4 { qs, scales }) => {
+                let (wq, ws) = (qs.get(r0 * cols / 2..r1 * cols / 2), scales.get(r0 * g..r1 * g));
+                (k.matvec_q4)(o, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
+            }
+            None => {}
+        }
+    });
+    Ok(())
+}
+
 impl Input<'_> {
     /// The vector quantized to q8 (on first use; shared by every q8 and q4
     /// matrix that reads it): `xq: [n]`, `xs: [n/32]`.
@@ -118,9 +168,7 @@ fn block(e: Exec<'_>, cfg: &Config, b: &Block<'_>, s: &mut RunState<'_>, layer: 
     (k.rmsnorm)(s.xb, s.x, b.attn_norm, cfg.norm_eps);
     {
         let mut input = Input { x: s.xb, quantized: false };
-        matvec(e, &b.wq, &mut input, s.xq, s.xs, s.q)?;
-        matvec(e, &b.wk, &mut input, s.xq, s.xs, s.k)?;
-        matvec(e, &b.wv, &mut input, s.xq, s.xs, s.v)?;
+        matvecs(e, [&b.wq, &b.wk, &b.wv], &mut input, s.xq, s.xs, [&mut *s.q, &mut *s.k, &mut *s.v])?;
     }
     (k.rope)(s.q, s.rope, hd);
     (k.rope)(s.k, s.rope, hd);
@@ -150,8 +198,7 @@ fn block(e: Exec<'_>, cfg: &Config, b: &Block<'_>, s: &mut RunState<'_>, layer: 
     (k.rmsnorm)(s.xb, s.x, b.ffn_norm, cfg.norm_eps);
     {
         let mut input = Input { x: s.xb, quantized: false };
-        matvec(e, &b.w1, &mut input, s.xq, s.xs, s.hb)?;
-        matvec(e, &b.w3, &mut input, s.xq, s.xs, s.hb2)?;
+        matvecs(e, [&b.w1, &b.w3], &mut input, s.xq, s.xs, [&mut *s.hb, &mut *s.hb2])?;
     }
     (k.swiglu)(s.hb, s.hb2);
     {

@@ -74,7 +74,7 @@ impl Rng {
 /// `x[0]` is one, which yields 0).
 ///
 /// Two passes that the compiler vectorises (16 independent lane maxima, then
-/// the first index equal to their maximum): over a 32000-entry vocabulary
+/// the first chunk of 16 holding their maximum): over a 32000-entry vocabulary
 /// this is several times faster than the one-pass loop, whose every step
 /// depends on the last (3.5 % of a decode step before).
 pub fn argmax(x: &[f32]) -> u32 {
@@ -95,7 +95,10 @@ pub fn argmax(x: &[f32]) -> u32 {
     for &v in chunks.remainder() {
         max = if v > max { v } else { max };
     }
-    x.iter().position(|&v| v == max).unwrap_or(0) as u32
+    // the first chunk holding `max`, found with a branch-free test per chunk
+    // (the element-by-element search cost more than the first pass)
+    let start = x.chunks_exact(LANES).take_while(|c| !c.iter().fold(false, |h, &v| h | (v == max))).count() * LANES;
+    x.get(start..).and_then(|t| t.iter().position(|&v| v == max)).map_or(0, |i| i + start) as u32
 }
 
 /// Applies the repetition penalty once per distinct token of `recent`.

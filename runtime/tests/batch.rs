@@ -155,6 +155,33 @@ fn blocks_with_threads_equal_one_thread() {
     }
 }
 
+/// Decode (one token at a time) with a pool: the same logits as one thread.
+/// The tiny models' matrices are all under the split threshold, so this uses
+/// one layer of the 15M shape: q, k and v together (3 × 288 × 288) and gate
+/// with up (2 × 768 × 288) pass it as one hand-off each, down alone, the
+/// output projection (288 × 288) stays on the caller.
+#[test]
+fn decode_with_threads_equals_one_thread() {
+    let pool = Pool::new(2);
+    const { assert!(3 * 288 * 288 >= edgelm_runtime::kernels::PARALLEL_MIN_BYTES) };
+    const { assert!(288 * 288 < edgelm_runtime::kernels::PARALLEL_MIN_BYTES) };
+    for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
+        let mut spec = SyntheticSpec::stories15m(dtype);
+        spec.config.n_layers = 1;
+        spec.config.vocab_size = 320;
+        spec.config.max_seq_len = 32;
+        let b = aligned(synthetic_model(&spec).unwrap());
+        let model = Model::from_bytes(&b).unwrap();
+        let seq = tokens(12, 320, 4);
+        for k in kernels::available() {
+            // block 1: the prompt goes through the one-token path too
+            let o = opts(32, KvType::F32, 1);
+            let want = run_extend(&model, "story", k, o, &[&seq[..]], None);
+            assert_eq!(run_extend(&model, "story", k, o, &[&seq[..]], Some(&pool)), want, "{dtype:?} {}", k.name);
+        }
+    }
+}
+
 /// Bits per byte: exactly the token-by-token totals (windows crossing blocks too).
 #[test]
 fn bpb_equals_token_by_token() {

@@ -385,7 +385,7 @@ struct SharedOut {
     ptr: *mut f32,
     len: usize,
 }
-// SAFETY: only used by `par_rows`, `matmul_tiles` and `attention_heads`,
+// SAFETY: only used by `par_rows`, `par_rows_many`, `matmul_tiles` and `attention_heads`,
 // which hand out disjoint ranges and join every user before the borrow it
 // was made from ends.
 unsafe impl Sync for SharedOut {}
@@ -425,6 +425,49 @@ fn par_rows(par: &dyn Parallel, out: &mut [f32], f: &(dyn Fn(usize, &mut [f32]) 
             f(start, chunk);
         }
     });
+}
+
+/// Several products that read the same input vector, in ONE hand-off to
+/// `par` (each `Parallel::run` is a wake-up and a barrier): `f(j, r0, chunk)`
+/// writes rows `r0..r0 + chunk.len()` of output `j`. Each output is split
+/// exactly as [`par_rows`] splits it alone (chunks of multiples of 8 rows),
+/// so the results are those of separate calls; all run on the caller when
+/// `work` (the summed units of [`worth_splitting`]) is below
+/// [`PARALLEL_MIN_BYTES`]. Decode uses it for q, k, v and for gate and up,
+/// whose matrices are each too small to be worth a hand-off of their own.
+pub fn par_rows_many<const N: usize>(
+    par: Option<&dyn Parallel>,
+    outs: [&mut [f32]; N],
+    work: usize,
+    f: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+) {
+    let rows = outs.iter().map(|o| o.len()).min().unwrap_or(0);
+    match worth_splitting(par, rows, work) {
+        Some(p) => {
+            let n = p.threads().max(1);
+            let shared = outs.map(|o| SharedOut { ptr: o.as_mut_ptr(), len: o.len() });
+            p.run(&|i| {
+                for (j, out) in shared.iter().enumerate() {
+                    let per = out.len.div_ceil(n).div_ceil(8) * 8;
+                    let start = (i * per).min(out.len);
+                    let end = ((i + 1) * per).min(out.len);
+                    if start < end {
+                        // SAFETY: as in `par_rows`, per output: the `[start, end)`
+                        // ranges of distinct `i` are disjoint and in bounds, the
+                        // outputs are distinct `&mut` borrows held for the whole
+                        // `run`, which returns only after every call has finished.
+                        let chunk = unsafe { out.chunk(start, end) };
+                        f(j, start, chunk);
+                    }
+                }
+            });
+        }
+        None => {
+            for (j, out) in outs.into_iter().enumerate() {
+                f(j, 0, out);
+            }
+        }
+    }
 }
 
 /// `k.matvec_q8`, rows split across `par` when the matrix is large enough.
@@ -696,6 +739,7 @@ pub fn matmul_tiles(
     match par {
         // the work is the tile's bytes once per token: a block of 32 tokens
         // splits the 288×288 projections that a single token keeps on one thread
+        // (decode hands q, k and v over together, `par_rows_many`; the output projection alone stays)
         Some(p) if p.threads() > 1 && rows * row_bytes * n >= PARALLEL_MIN_BYTES && rows >= 16 => {
             let threads = p.threads();
             let per = rows.div_ceil(threads).div_ceil(8) * 8;

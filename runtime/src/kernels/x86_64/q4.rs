@@ -20,8 +20,22 @@
 //! `matmul` (the batched form) is the q8 one's scheme with unpacked nibbles:
 //! one row against four tokens, bit-identical to `matvec` per token.
 
+/// Widest row (columns) whose prepared activations [`PairX`] holds; wider
+/// matrices take the per-group path.
+const PAIR_COLS: usize = 4096;
+
+/// A matvec's activations rearranged per quad for the paired-load kernel
+/// (`x: [PAIR_COLS/32]` vectors, `c: [PAIR_COLS/128]` corrections, `s:
+/// [PAIR_COLS/128]` activation scales of a quad in both halves): 6 KiB on the stack.
+#[repr(C, align(32))]
+struct PairX {
+    x: [[u8; 32]; PAIR_COLS / 32],
+    c: [[u8; 32]; PAIR_COLS / 128],
+    s: [[f32; 8]; PAIR_COLS / 128],
+}
+
 macro_rules! q4_matvec {
-    ($module:ident, $feat:literal, corr: |$cx:ident| $corr:expr, dot: |$u:ident, $x:ident, $c:ident| $dot:expr,
+    ($module:ident, $feat:literal, pairs: $pairs:literal, corr: |$cx:ident| $corr:expr, dot: |$u:ident, $x:ident, $c:ident| $dot:expr,
      qcorr: |$qx:ident| $qcorr:expr, quad: |$qu:ident, $qxx:ident, $qc:ident| $quad:expr) => {
         pub(super) mod $module {
             use core::arch::x86_64::*;
@@ -31,6 +45,7 @@ macro_rules! q4_matvec {
                 chunk_rows, dup128, f16_scalar, fold4, hsum, pass_tokens, reduce_rows, store4, transpose4,
                 transpose_tokens, Scratch,
             };
+            use super::{PairX, PAIR_COLS};
             use crate::kernels::TileOut;
 
             /// The correction `−8·Σx` of four transposed activation vectors
@@ -80,6 +95,36 @@ macro_rules! q4_matvec {
                 let groups = cols / 32;
                 let rows = out.len();
                 let (o, w, s) = (out.as_mut_ptr(), wq.as_ptr(), ws.as_ptr());
+                if $pairs && groups >= 4 && cols <= PAIR_COLS {
+                    // the activations of every quad rearranged once for all rows
+                    let mut px = core::mem::MaybeUninit::<PairX>::uninit();
+                    let px = px.as_mut_ptr();
+                    let xp = core::ptr::addr_of_mut!((*px).x) as *mut __m256i;
+                    let cp = core::ptr::addr_of_mut!((*px).c) as *mut __m256i;
+                    let xsp = core::ptr::addr_of_mut!((*px).s) as *mut __m256;
+                    for q in 0..groups / 4 {
+                        let x = pair_x(xq.as_ptr().add(q * 128));
+                        let e = _mm256_set1_epi8(8);
+                        let c = _mm256_sub_epi32(_mm256_setzero_si256(), pair_sum([e; 4], x));
+                        for (k, x) in x.into_iter().enumerate() {
+                            _mm256_store_si256(xp.add(4 * q + k), x);
+                        }
+                        _mm256_store_si256(cp.add(q), c);
+                        _mm256_store_ps(xsp.add(q) as *mut f32, dup128(_mm_loadu_ps(xs.as_ptr().add(4 * q))));
+                    }
+                    let mut r = 0;
+                    while r + 4 <= rows {
+                        let (w, s) = (w.add(r * cols / 2), s.add(r * groups));
+                        block_pairs::<4>(o.add(r), w, s, xq.as_ptr(), xs.as_ptr(), xp, cp, xsp, groups);
+                        r += 4;
+                    }
+                    while r < rows {
+                        let (w, s) = (w.add(r * cols / 2), s.add(r * groups));
+                        block_pairs::<1>(o.add(r), w, s, xq.as_ptr(), xs.as_ptr(), xp, cp, xsp, groups);
+                        r += 1;
+                    }
+                    return;
+                }
                 let mut r = 0;
                 while r + 4 <= rows {
                     block::<4>(o.add(r), w.add(r * cols / 2), s.add(r * groups), xq.as_ptr(), xs.as_ptr(), groups);
@@ -88,6 +133,126 @@ macro_rules! q4_matvec {
                 while r < rows {
                     block::<1>(o.add(r), w.add(r * cols / 2), s.add(r * groups), xq.as_ptr(), xs.as_ptr(), groups);
                     r += 1;
+                }
+            }
+
+            /// Activations of quad `g..g + 4` (128 bytes at `x`) arranged as
+            /// [`pair_nibbles`] unpacks two 32-byte loads of weights:
+            /// `[g lo | g+1 lo]`, `[g hi | g+1 hi]`, `[g+2 lo | g+3 lo]`,
+            /// `[g+2 hi | g+3 hi]` (lo/hi: elements 0–15 / 16–31).
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn pair_x(x: *const i8) -> [__m256i; 4] {
+                let v = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(x.add(32 * k) as *const __m256i));
+                [
+                    _mm256_permute2x128_si256::<0x20>(v[0], v[1]),
+                    _mm256_permute2x128_si256::<0x31>(v[0], v[1]),
+                    _mm256_permute2x128_si256::<0x20>(v[2], v[3]),
+                    _mm256_permute2x128_si256::<0x31>(v[2], v[3]),
+                ]
+            }
+
+            /// The nibbles of quad `g..g + 4` (64 bytes at `p`) with one
+            /// 32-byte load per two groups and the shift shared by both:
+            /// the layout of [`pair_x`].
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn pair_nibbles(p: *const u8) -> [__m256i; 4] {
+                let m = _mm256_set1_epi8(0x0f);
+                let v0 = _mm256_loadu_si256(p as *const __m256i);
+                let v1 = _mm256_loadu_si256(p.add(32) as *const __m256i);
+                [
+                    _mm256_and_si256(v0, m),
+                    _mm256_and_si256(_mm256_srli_epi16(v0, 4), m),
+                    _mm256_and_si256(v1, m),
+                    _mm256_and_si256(_mm256_srli_epi16(v1, 4), m),
+                ]
+            }
+
+            /// `Σ u·x` per (group, half) of a quad in [`pair_x`]'s layout, as
+            /// i32 lanes `[g lo, g+2 lo, g hi, g+2 hi | g+1 lo, g+3 lo, g+1 hi,
+            /// g+3 hi]`. Every 128-bit lane of a product belongs to one (group,
+            /// half), so the sums are halved level by level within lanes:
+            /// `vpmaddwd` by 1 to i32, `vpackssdw` of two vectors back to i16
+            /// (|Σ| ≤ 4·15·128 = 7 680, then 15 360: never saturates), and
+            /// again. Exact. (Three `vphaddw` instead are fewer instructions but
+            /// two cycles each on one FP pipe of Zen 3: `llvm-mca -mcpu=znver3`
+            /// puts a four-row quad at 30.2 cycles this way, 32.0 that way.)
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn pair_sum(u: [__m256i; 4], x: [__m256i; 4]) -> __m256i {
+                let one = _mm256_set1_epi16(1);
+                let p = [0, 1, 2, 3].map(|k| _mm256_madd_epi16(_mm256_maddubs_epi16(u[k], x[k]), one));
+                let q0 = _mm256_madd_epi16(_mm256_packs_epi32(p[0], p[2]), one);
+                let q1 = _mm256_madd_epi16(_mm256_packs_epi32(p[1], p[3]), one);
+                _mm256_madd_epi16(_mm256_packs_epi32(q0, q1), one)
+            }
+
+            /// As [`block`], rows `R` at a time, with the quads' activations
+            /// prepared once per matvec (`xp: [groups/4 · 4]` from [`pair_x`],
+            /// `cp: [groups/4]` their `−8·Σx` in [`pair_sum`]'s layout): per
+            /// (row, quad) two 32-byte loads, 4 masks, 2 shifts, 4 `vpmaddubsw`,
+            /// 7 `vpmaddwd`, 3 `vpackssdw`, add and one `vpermd` to [`fold4`]'s
+            /// lane layout (where [`block`] spends 4 loads + inserts, 4 shifts,
+            /// 4 masks, 12 multiply/subtract ops and 9 for the fold). The
+            /// i32 lanes are the same exact sums, and the f32 operations (scales,
+            /// converts, FMAs, single groups, reduction) are [`block`]'s in its
+            /// order: bit-identical to it.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn block_pairs<const R: usize>(
+                out: *mut f32,
+                w: *const u8,
+                ws: *const u16,
+                xq: *const i8,
+                xs: *const f32,
+                xp: *const __m256i,
+                cp: *const __m256i,
+                xsp: *const __m256,
+                groups: usize,
+            ) {
+                let row_bytes = groups * 16;
+                if R == 4 {
+                    let ahead = w.wrapping_add(2 * R * row_bytes);
+                    let mut off = 0;
+                    while off < R * row_bytes {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off) as *const i8);
+                        off += 64;
+                    }
+                }
+                // [g lo, g+2 lo, g hi, g+2 hi | g+1 lo, …] → lanes k, k+4 = group g+k's halves
+                let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+                let mut acc = [_mm256_setzero_ps(); R];
+                // [`block`]'s order: every quad in turn, then the single groups
+                let quads = groups / 4;
+                for q in 0..quads {
+                    let (x, c) = (xp.add(4 * q), _mm256_load_si256(cp.add(q)));
+                    let x = [0, 1, 2, 3].map(|k| _mm256_load_si256(x.add(k)));
+                    let xsq = _mm256_load_ps(xsp.add(q) as *const f32);
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let u = pair_nibbles(w.add(r * row_bytes + q * 64));
+                        let s = _mm256_permutevar8x32_epi32(_mm256_add_epi32(pair_sum(u, x), c), order);
+                        // ws·xs of the four groups in both halves: `block`'s `sc` products
+                        let h = _mm_set1_epi64x((ws.add(r * groups + 4 * q) as *const i64).read_unaligned());
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(_mm256_cvtph_ps(h), xsq), *acc);
+                    }
+                }
+                for g in 4 * quads..groups {
+                    let xv = _mm256_loadu_si256(xq.add(g * 32) as *const __m256i);
+                    let c = corr(xv);
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let p = _mm256_cvtepi32_ps(dot(unpack(w.add(r * row_bytes + g * 16)), xv, c));
+                        let d = f16_scalar(*ws.add(r * groups + g)) * *xs.add(g);
+                        *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(d), *acc);
+                    }
+                }
+                if R == 4 {
+                    store4(out, acc[0], acc[1], acc[2], acc[3]);
+                } else {
+                    for (r, a) in acc.iter().enumerate() {
+                        *out.add(r) = hsum(*a);
+                    }
                 }
             }
 
@@ -379,7 +544,7 @@ macro_rules! q4_matvec {
 
 // The quad forms sum the four `vpmaddubsw` products in i16 before widening:
 // |Σ| ≤ 4·2·15·127 = 15240 (and 4·2·8·127 for the correction), no saturation.
-q4_matvec!(q4_avx2, "avx2,fma,f16c",
+q4_matvec!(q4_avx2, "avx2,fma,f16c", pairs: true,
 corr: |x| _mm256_maddubs_epi16(_mm256_set1_epi8(8), x),
 dot: |u, x, c| _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u, x), c), _mm256_set1_epi16(1)),
 qcorr: |x| {
@@ -397,7 +562,7 @@ quad: |u, x, c| {
     );
     _mm256_add_epi32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)), c)
 });
-q4_matvec!(q4_avxvnni, "avx2,fma,f16c,avxvnni",
+q4_matvec!(q4_avxvnni, "avx2,fma,f16c,avxvnni", pairs: false,
 corr: |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), x)),
 dot: |u, x, c| _mm256_dpbusd_avx_epi32(c, u, x),
 qcorr: |x| {
@@ -411,7 +576,7 @@ quad: |u, x, c| {
     let s = _mm256_dpbusd_avx_epi32(s, u[2], x[2]);
     _mm256_dpbusd_avx_epi32(s, u[3], x[3])
 });
-q4_matvec!(q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+q4_matvec!(q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pairs: false,
 corr: |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), x)),
 dot: |u, x, c| _mm256_dpbusd_epi32(c, u, x),
 qcorr: |x| {
