@@ -254,6 +254,21 @@ unsafe fn scores4(att: *mut f32, quads: usize, q: *const f32, hd: usize, keys: *
 
 // ---- shared helpers ----
 
+/// Prefetches the block of rows after next: the `bytes` that start `2·bytes`
+/// past `w` (rows are contiguous, one stream). Near the last rows that address
+/// lies past the weights, so it is formed with `wrapping_add` (`add` past the
+/// allocation is UB even unread); a prefetch never faults.
+#[inline(always)]
+fn prefetch_block_after_next(w: *const u8, bytes: usize) {
+    let ahead = w.wrapping_add(2 * bytes);
+    let mut off = 0;
+    while off < bytes {
+        // SAFETY: a prefetch is a hint: it reads nothing and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off) as *const i8) };
+        off += 64;
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -696,8 +711,8 @@ macro_rules! q8_matvec {
             use core::arch::x86_64::*;
 
             use super::{
-                chunk_rows, dup128, f16_scalar, fold4, hsum, pass_tokens, reduce_rows, store4, transpose4,
-                transpose_tokens, Scratch,
+                chunk_rows, dup128, f16_scalar, fold4, hsum, pass_tokens, prefetch_block_after_next, reduce_rows,
+                store4, transpose4, transpose_tokens, Scratch,
             };
             use crate::kernels::TileOut;
 
@@ -752,17 +767,8 @@ macro_rules! q8_matvec {
                 groups: usize,
             ) {
                 let cols = groups * 32;
-                // rows are contiguous: prefetch the block after next (one stream).
-                // Near the last rows that address lies past the weights, so it
-                // is formed with wrapping_add (`add` past the allocation is UB
-                // even unread); a prefetch never faults.
                 if R == 4 {
-                    let ahead = w.wrapping_add(2 * R * cols);
-                    let mut off = 0;
-                    while off < R * cols {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off));
-                        off += 64;
-                    }
+                    prefetch_block_after_next(w as *const u8, R * cols);
                 }
                 let mut acc = [_mm256_setzero_ps(); R];
                 let mut sc = [[0f32; 8]; R];

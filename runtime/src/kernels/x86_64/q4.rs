@@ -42,8 +42,8 @@ macro_rules! q4_matvec {
 
             #[allow(unused_imports)]
             use super::super::{
-                chunk_rows, dup128, f16_scalar, fold4, hsum, pass_tokens, reduce_rows, store4, transpose4,
-                transpose_tokens, Scratch,
+                chunk_rows, dup128, f16_scalar, fold4, hsum, pass_tokens, prefetch_block_after_next, reduce_rows,
+                store4, transpose4, transpose_tokens, Scratch,
             };
             use super::{PairX, PAIR_COLS};
             use crate::kernels::TileOut;
@@ -214,12 +214,7 @@ macro_rules! q4_matvec {
             ) {
                 let row_bytes = groups * 16;
                 if R == 4 {
-                    let ahead = w.wrapping_add(2 * R * row_bytes);
-                    let mut off = 0;
-                    while off < R * row_bytes {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off) as *const i8);
-                        off += 64;
-                    }
+                    prefetch_block_after_next(w, R * row_bytes);
                 }
                 // [g lo, g+2 lo, g hi, g+2 hi | g+1 lo, …] → lanes k, k+4 = group g+k's halves
                 let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -268,15 +263,8 @@ macro_rules! q4_matvec {
                 groups: usize,
             ) {
                 let row_bytes = groups * 16;
-                // prefetch the block after next (one stream; wrapping_add: the
-                // address may lie past the weights, a prefetch never faults)
                 if R == 4 {
-                    let ahead = w.wrapping_add(2 * R * row_bytes);
-                    let mut off = 0;
-                    while off < R * row_bytes {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off) as *const i8);
-                        off += 64;
-                    }
+                    prefetch_block_after_next(w, R * row_bytes);
                 }
                 let mut acc = [_mm256_setzero_ps(); R];
                 let mut sc = [[0f32; 8]; R];
