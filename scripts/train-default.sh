@@ -8,14 +8,13 @@
 #                            [--expand-steps N] [--dim D --layers L --heads H --kv-heads K --ffn F]
 #                            [--vocab V] [--blocks B] [--threads T] [--device cpu|cuda]
 #
-# The base of models/next/ ran one 4500-step cosine (today's shipped base), then
-# was resumed with the cosine re-targeted to 13000 steps (a warm restart:
-# --base-restart-at 4500); the defaults reproduce it and a pack over it. Today's
-# shipped pair: --base-steps 4500 --base-restart-at 0. For a new run, one cosine
-# over all the steps (--base-restart-at 0) is the plain choice.
+# The shipped base ran one 4500-step cosine, then was resumed with the cosine
+# re-targeted to 13000 steps (a warm restart: --base-restart-at 4500); the
+# defaults reproduce it and the 8000-step recipe pack over it. For a new run,
+# one cosine over all the steps (--base-restart-at 0) is the plain choice.
 #
 # EDGELM_BIN=DIR uses prebuilt binaries instead of building them.
-# Time (models/README.md, models/next/README.md): about 3.3 h for the base and 2 h for
+# Time (models/README.md): about 3.3 h for the base and 2.9 h for
 # the pack on one thread of a 2-core 2026 VM (--threads 1), less with more threads.
 # Interrupted? Run the same command again: finished stages are skipped and the
 # base and the pack continue exactly from their last checkpoints (--resume).
@@ -23,12 +22,12 @@
 # (build the trainer with `--features cuda`).
 set -euo pipefail
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 [ $# -ge 1 ] || usage 2
 case $1 in -h|--help) usage 0 ;; esac
 DATA=$1; shift
 OUT=runs/default
-BASE_STEPS=13000 BASE_RESTART_AT=4500 EXPAND_STEPS=6000
+BASE_STEPS=13000 BASE_RESTART_AT=4500 EXPAND_STEPS=8000
 DIM=128 LAYERS=4 HEADS=4 KV=2 FFN=352 VOCAB=4096 BLOCKS=2
 THREADS=${RAYON_NUM_THREADS:-$(nproc)} DEVICE=cpu
 while [ $# -gt 0 ]; do
