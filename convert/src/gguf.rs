@@ -59,10 +59,47 @@ fn read_content<R: Read + Seek>(r: &mut R, path: &Path) -> Result<Content> {
         });
     }
     r.rewind().map_err(|e| Error::io("read", path, e))?;
+    refuse_zero_alignment(r, path)?;
+    r.rewind().map_err(|e| Error::io("read", path, e))?;
     Content::read(r).map_err(|e| Error::BadInput {
         path: path.into(),
         what: format!("not a readable GGUF file (truncated or corrupt header?): {}", candle_msg(&e)),
     })
+}
+
+/// candle 0.11 divides by `general.alignment` (an integer value of 0 panics
+/// with a division by zero, found by the `gguf_import` fuzzer). The header is
+/// not parsed yet, so the key is looked for as GGUF writes it: its length
+/// (u64 in v2/v3, u32 in v1) and name, then the value type and value. A 0 of
+/// an integer type candle reads (u8/i8/u16/i16/u32/i32) is refused. Only the
+/// first 16 MiB are scanned: metadata precedes the tensor data.
+fn refuse_zero_alignment<R: Read + Seek>(r: &mut R, path: &Path) -> Result<()> {
+    const KEY: &[u8] = b"general.alignment";
+    let mut head = Vec::new();
+    r.by_ref().take(16 << 20).read_to_end(&mut head).map_err(|e| Error::io("read", path, e))?;
+    let mut from = 0;
+    while let Some(at) = head.get(from..).and_then(|h| h.windows(KEY.len()).position(|w| w == KEY)) {
+        let end = from + at + KEY.len();
+        let len_before = |n: usize| head.get(from + at - n.min(from + at)..from + at);
+        let keyed = len_before(8) == Some(&(KEY.len() as u64).to_le_bytes()[..])
+            || len_before(4) == Some(&(KEY.len() as u32).to_le_bytes()[..]);
+        let ty = head.get(end..end + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+        let width = match ty {
+            Some(0 | 1) => 1,
+            Some(2 | 3) => 2,
+            Some(4 | 5) => 4,
+            _ => 0,
+        };
+        let zero = width > 0 && head.get(end + 4..end + 4 + width).is_some_and(|v| v.iter().all(|&b| b == 0));
+        if keyed && zero {
+            return Err(Error::BadInput {
+                path: path.into(),
+                what: "general.alignment is 0 (a GGUF alignment must be a positive power of two)".into(),
+            });
+        }
+        from = end;
+    }
+    Ok(())
 }
 
 fn md_u32(md: &HashMap<String, Value>, key: &str) -> Result<Option<u32>> {

@@ -381,6 +381,12 @@ fn bad_gguf_inputs_are_clear_errors() {
         let msg = e.to_string();
         assert!(msg.contains("truncated") || msg.contains("remaining") || msg.contains("bytes"), "cut {cut}: {msg}");
     }
+    // general.alignment 0 (candle divides by it: a panic the gguf_import fuzzer found)
+    let mut md = llama_md(&c);
+    md.push(("general.alignment", V::U32(0)));
+    md.extend(gpt2_vocab(300));
+    let e = import_bytes(&write_gguf(&md, &[]), StoreDType::F32).unwrap_err();
+    assert!(e.to_string().contains("general.alignment is 0"), "{e}");
     // unsupported architecture
     let mut md = llama_md(&c);
     md[0] = ("general.architecture", V::Str("gpt2".into()));
