@@ -34,8 +34,13 @@ fn u32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [u32]> {
 /// their inputs in place (`to_vec1` would copy them on the calling thread, the
 /// one thread that is not in rayon's pool).
 fn cpu_f32s<'a>(s: &'a candle_core::Storage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+    f32s(cpu_storage(s, what)?, l, what)
+}
+
+/// The CPU storage behind a tensor's storage guard (the fused ops are CPU-only).
+fn cpu_storage<'a>(s: &'a candle_core::Storage, what: &str) -> CResult<&'a CpuStorage> {
     match s {
-        candle_core::Storage::Cpu(cs) => f32s(cs, l, what),
+        candle_core::Storage::Cpu(cs) => Ok(cs),
         _ => candle_core::bail!("{what}: CPU tensors expected"),
     }
 }
@@ -401,13 +406,6 @@ impl CausalAttention {
             }
         }
         Ok(())
-    }
-}
-
-fn cpu_storage<'a>(s: &'a candle_core::Storage, what: &str) -> CResult<&'a CpuStorage> {
-    match s {
-        candle_core::Storage::Cpu(cs) => Ok(cs),
-        _ => candle_core::bail!("{what}: CPU tensors expected"),
     }
 }
 
