@@ -303,6 +303,21 @@ fn expansion_resume_matches_uninterrupted_run() {
     let err = expand_train::run(&e3, &other, &mut |_, _| {}).expect_err("other settings must be refused");
     assert!(err.to_string().contains("other settings"), "{err}");
 
+    // A longer run may follow a finished one (the schedule is stretched); fewer
+    // steps than already done is refused.
+    let (e6, _) = expanded();
+    let mut longer = job("resumed", true, None);
+    longer.fit.steps = 10;
+    let mut seen = Vec::new();
+    let more = expand_train::run(&e6, &longer, &mut |s, _| seen.push(s)).unwrap();
+    assert_eq!((seen.first(), more.final_step), (Some(&9), 10), "extends after the last step");
+    assert_ne!(more.model_id, whole.model_id);
+    let (e7, _) = expanded();
+    let mut shorter = job("resumed", true, None);
+    shorter.fit.steps = 9;
+    let err = expand_train::run(&e7, &shorter, &mut |_, _| {}).expect_err("fewer steps than done");
+    assert!(err.to_string().contains("may grow"), "{err}");
+
     // A damaged resume record is refused.
     let (e4, _) = expanded();
     let rec = dir.join("resumed").join(checkpoint::STATE_TENSORS_FILE);

@@ -140,11 +140,16 @@ fn load_state(e: &Expanded, job: &ExpandJob) -> Result<(ExpandState, FitResume)>
             ),
         ));
     }
-    if state.fit != job.fit {
+    // Only the step count may change, and only upwards: a longer run stretches
+    // the cosine from the resumed step on (a warm restart when the old run had ended).
+    let extended = FitConfig { steps: job.fit.steps, ..state.fit.clone() };
+    if extended != job.fit || job.fit.steps < state.step {
         return Err(Error::Config(format!(
-            "the interrupted run in {} used other settings ({:?}); resume with the same ones or use another output",
+            "the interrupted run in {} used other settings ({:?}); resume with the same ones (only the step count \
+             may grow, up from step {}) or use another output",
             dir.display(),
-            state.fit
+            state.fit,
+            state.step
         )));
     }
     if checkpoint::model_id(&rec.params)? != state.model_id {

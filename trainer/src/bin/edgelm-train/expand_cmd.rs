@@ -66,7 +66,9 @@ pub struct ExpandArgs {
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
     /// Continue an interrupted run from the checkpoint in --out (exactly: weights,
-    /// optimiser, batch sampler); give the same settings as the first run.
+    /// optimiser, batch sampler); give the same settings as the first run. A larger
+    /// --steps extends a run, even a finished one: the cosine is stretched from the
+    /// resumed step to the new end.
     #[arg(long)]
     pub resume: bool,
 }
