@@ -124,8 +124,8 @@ fn experiment_writes_a_report_and_resumes() {
     write(d, "data/recipes/train.txt", &recipes(80));
     write(d, "data/recipes/valid.txt", &recipes(4));
     let out = d.join("exp");
-    let args = |c: &mut Command| {
-        c.args(["experiment", "--data"]).arg(d.join("data")).arg("--out").arg(&out).args([
+    let args = |c: &mut Command, out: &Path| {
+        c.args(["experiment", "--data"]).arg(d.join("data")).arg("--out").arg(out).args([
             "--base-steps",
             "2",
             "--domain-steps",
@@ -151,10 +151,20 @@ fn experiment_writes_a_report_and_resumes() {
         ]);
     };
     let mut c = bin();
-    args(&mut c);
+    args(&mut c, &out);
     ok(&mut c);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    for m in ["| base |", "| expand |", "| finetune |", "| lora |", "| separate |", "| joint |", "story-generic-eq"] {
+    for m in [
+        "| base |",
+        "| expand |",
+        "| finetune |",
+        "| lora |",
+        "| separate |",
+        "| separate-deep |",
+        "| joint |",
+        "story-generic-eq",
+        "Equal tokens",
+    ] {
         assert!(report.contains(m), "report lacks {m}:\n{report}");
     }
     assert!(out.join("bpb.png").exists() && out.join("tokenizers.png").exists());
@@ -165,7 +175,25 @@ fn experiment_writes_a_report_and_resumes() {
     // A second run loads every finished method instead of training it again.
     let mtime = std::fs::metadata(out.join("joint/result.json")).unwrap().modified().unwrap();
     let mut c = bin();
-    args(&mut c);
+    args(&mut c, &out);
     ok(&mut c);
     assert_eq!(std::fs::metadata(out.join("joint/result.json")).unwrap().modified().unwrap(), mtime);
+    // separate-deep has the expansion's blocks on top of the base's layers.
+    let sd = json(&out.join("separate-deep/result.json"));
+    assert!(sd["notes"][0].as_str().unwrap().starts_with("3 layers"), "{sd}");
+
+    // Equal bytes: the generic model's steps follow the two tokenizers' bytes per token.
+    let out2 = d.join("exp-bytes");
+    let mut c = bin();
+    args(&mut c, &out2);
+    c.args(["--equal-bytes", "--methods", "recipe-generic"]);
+    ok(&mut c);
+    let rg = json(&out2.join("recipe-generic/result.json"));
+    let notes: Vec<&str> = rg["notes"].as_array().unwrap().iter().filter_map(|n| n.as_str()).collect();
+    let steps: u64 = notes[0].split(", ").nth(1).and_then(|s| s.strip_suffix(" steps")).unwrap().parse().unwrap();
+    assert_eq!(rg["train_tokens"].as_u64(), Some(steps * 2 * 16), "{rg}");
+    let bpt: Vec<f64> =
+        notes[1].split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|x| x.parse().ok()).collect();
+    assert_eq!(steps, ((2.0 * bpt[1] / bpt[0]).round() as u64).max(1), "{notes:?}");
+    assert!(std::fs::read_to_string(out2.join("report.md")).unwrap().contains("Equal bytes"));
 }

@@ -11,6 +11,8 @@
 //! * `finetune`: all base weights on recipes (base tokenizer);
 //! * `lora`: rank-r adapters on every projection, base frozen (base tokenizer);
 //! * `separate`: a recipe model from scratch with its own recipe tokenizer;
+//! * `separate-deep`: the same with `k` more layers, so that it has the blocks of
+//!   base + expansion (the parameters that serve recipes in `expand`);
 //! * `joint`: a model from scratch on both corpora (`base.steps + domain.steps`
 //!   steps, each step one domain in proportion), generic tokenizer with tags;
 //! * `story-generic`, `recipe-generic`: the base and separate recipe models again,
@@ -18,6 +20,10 @@
 //!   at a larger vocabulary (the tokenizer claim);
 //! * `story-generic-eq`, `recipe-generic-eq`: the same with the FFN narrowed so the
 //!   total parameter count matches the custom-tokenizer model (same parameter budget).
+//!
+//! With `equal_bytes`, the generic-tokenizer models train for as many steps as
+//! make them read the same bytes of text as the custom-tokenizer model they are
+//! compared with (the tokenizers spend different bytes per token).
 
 //!
 //! Layout: this file holds the settings and result types; [`run`] trains and
@@ -63,14 +69,19 @@ pub struct ExperimentConfig {
     /// Samples per domain in the report.
     pub samples: usize,
     pub methods: Vec<String>,
+    /// Generic-tokenizer models see the same bytes of text (not tokens) as the
+    /// custom-tokenizer models they are compared with.
+    #[serde(default)]
+    pub equal_bytes: bool,
 }
 
-pub const ALL_METHODS: [&str; 10] = [
+pub const ALL_METHODS: [&str; 11] = [
     "base",
     "expand",
     "finetune",
     "lora",
     "separate",
+    "separate-deep",
     "joint",
     "story-generic",
     "recipe-generic",
@@ -108,6 +119,7 @@ impl ExperimentConfig {
             valid_bytes: 300 << 10,
             samples: 2,
             methods: ALL_METHODS.iter().map(|s| s.to_string()).collect(),
+            equal_bytes: false,
         }
     }
 }

@@ -12,7 +12,7 @@ pub(super) fn charts(out: &Path, rs: &[MethodResult]) -> std::result::Result<(),
     let orange = RGBColor(240, 140, 40);
     // bpb.png
     {
-        let methods = ["base", "expand", "finetune", "lora", "separate", "joint"];
+        let methods = ["base", "expand", "finetune", "lora", "separate", "separate-deep", "joint"];
         let vals: Vec<(Option<f64>, Option<f64>)> = methods
             .iter()
             .map(|m| {

@@ -23,17 +23,21 @@ struct Data {
     recipe_valid: Corpus,
 }
 
-fn log(out: &Path, msg: &str) {
-    eprintln!("[experiment] {msg}");
+/// Appends `msg` to `experiment.log` in `out` (best effort: the log is a
+/// convenience, the results are in `result.json`) and hands it to `on_log`.
+fn log_to(out: &Path, msg: &str, on_log: &dyn Fn(&str)) {
     use std::io::Write;
+    on_log(msg);
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(out.join("experiment.log")) {
         let _ = writeln!(f, "{msg}");
     }
 }
 
 /// Runs (or resumes) the experiment; returns the results in method order.
-pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
+/// Progress lines go to `experiment.log` and to `on_log`.
+pub fn run(cfg: &ExperimentConfig, on_log: &dyn Fn(&str)) -> Result<Vec<MethodResult>> {
     let out = &cfg.out;
+    let log = |msg: &str| log_to(out, msg, on_log);
     std::fs::create_dir_all(out).map_err(|e| Error::io("cannot create", out, e))?;
     crate::fsio::write_json(&out.join("experiment.json"), cfg)?;
     let dev = Device::Cpu;
@@ -48,7 +52,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         recipe_train: load("recipes", "train.txt", cfg.train_bytes)?,
         recipe_valid: load("recipes", "valid.txt", cfg.valid_bytes)?,
     };
-    log(out, &format!("corpora loaded in {:.1}s", t0.elapsed().as_secs_f64()));
+    log(&format!("corpora loaded in {:.1}s", t0.elapsed().as_secs_f64()));
 
     // Tokenizers.
     let tdir = out.join("tokenizers");
@@ -63,7 +67,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         let docs: Vec<&str> = caps.iter().flat_map(|c| c.documents().into_iter().map(|(_, d)| d)).collect();
         let tok = EdgeTokenizer::train(docs.into_iter(), vocab, domains)?;
         tok.save(&p)?;
-        log(out, &format!("tokenizer {name} (vocab {vocab}) trained in {:.1}s", t.elapsed().as_secs_f64()));
+        log(&format!("tokenizer {name} (vocab {vocab}) trained in {:.1}s", t.elapsed().as_secs_f64()));
         Ok(tok)
     };
     let s = |x: &str| x.to_string();
@@ -90,7 +94,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         let dir = out.join(&r.method);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
         crate::fsio::write_json(&dir.join("result.json"), &r)?;
-        log(out, &format!("{} done: {}", r.method, summary(&r)));
+        log(&format!("{} done: {}", r.method, summary(&r)));
         rs.retain(|x| x.method != r.method);
         rs.push(r);
         write_report(cfg, rs)?;
@@ -102,11 +106,11 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
             Ok(DomainScore::of(&r, name, tok.vocab_size()))
         };
     let progress = |name: &str, total: usize| {
-        let (out, name) = (out.clone(), name.to_string());
+        let name = name.to_string();
         let t = Instant::now();
         move |step: usize, loss: f64| {
             if step.is_multiple_of(25) || step == total {
-                log(&out, &format!("{name} step {step}/{total} loss {loss:.4} ({:.0}s)", t.elapsed().as_secs_f64()));
+                log(&format!("{name} step {step}/{total} loss {loss:.4} ({:.0}s)", t.elapsed().as_secs_f64()));
             }
         }
     };
@@ -135,7 +139,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
     let base_dir = out.join("base");
     let story_s = stream(&data.story_train, &story_tok, None)?;
     if !have(&results, "base") || !base_dir.join(checkpoint::MODEL_FILE).exists() {
-        log(out, "training base");
+        log("training base");
         let m = Llama::new(&model_for(story_tok.vocab_size()), cfg.base.seed, &dev)?;
         let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
         let st = fit_on("base", m.vars(), &cfg.base, &story_s, &lf)?;
@@ -155,7 +159,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
 
     // ---- expand
     if want("expand") && !have(&results, "expand") {
-        log(out, "training expand");
+        log("training expand");
         let base = load_base()?;
         let id0 = checkpoint::model_id(&base.tensors())?;
         let positions = default_positions(base.cfg.n_layers, cfg.blocks);
@@ -196,7 +200,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
 
     // ---- finetune
     if want("finetune") && !have(&results, "finetune") {
-        log(out, "training finetune");
+        log("training finetune");
         let m = finetune_copy(&load_base()?)?;
         let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
         let st = fit_on("finetune", m.vars(), &cfg.domain, &recipe_base, &lf)?;
@@ -208,7 +212,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
 
     // ---- lora
     if want("lora") && !have(&results, "lora") {
-        log(out, "training lora");
+        log("training lora");
         let lo = Lora::new(load_base()?, cfg.lora_rank, cfg.domain.seed)?;
         let lf = |x: &Tensor, y: &Tensor| lo.loss(x, y);
         let st = fit_on("lora", lo.vars(), &cfg.domain, &recipe_base, &lf)?;
@@ -226,7 +230,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
 
     // ---- separate (recipe model from scratch, own tokenizer)
     if want("separate") && !have(&results, "separate") {
-        log(out, "training separate");
+        log("training separate");
         let m = Llama::new(&model_for(recipe_tok.vocab_size()), cfg.domain.seed, &dev)?;
         let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
         let st = fit_on("separate", m.vars(), &cfg.domain, &recipe_own, &lf)?;
@@ -236,9 +240,23 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         save(&mut results, r)?;
     }
 
+    // ---- separate-deep (as separate, with the expansion's extra blocks)
+    if want("separate-deep") && !have(&results, "separate-deep") {
+        log("training separate-deep");
+        let mc = ModelConfig { n_layers: cfg.model.n_layers + cfg.blocks, ..model_for(recipe_tok.vocab_size()) };
+        let m = Llama::new(&mc, cfg.domain.seed, &dev)?;
+        let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
+        let st = fit_on("separate-deep", m.vars(), &cfg.domain, &recipe_own, &lf)?;
+        let mut r = result("separate-deep", &st, m.n_params(), m.n_params());
+        eval_both(&mut r, &m, &recipe_tok, "recipe")?;
+        r.notes.push(format!("{} layers (base {} + {} expansion blocks)", mc.n_layers, cfg.model.n_layers, cfg.blocks));
+        r.samples = samples_of(&|ids| m.next_logits(ids), &recipe_tok, &recipe_prompts, cfg.samples, None)?;
+        save(&mut results, r)?;
+    }
+
     // ---- joint (both corpora, generic tokenizer with tags)
     if want("joint") && !have(&results, "joint") {
-        log(out, "training joint");
+        log("training joint");
         let (ts, tr) = (generic_tok.tag_id("story"), generic_tok.tag_id("recipe"));
         let ss = stream(&data.story_train, &generic_tok, ts)?;
         let rs = stream(&data.recipe_train, &generic_tok, tr)?;
@@ -282,13 +300,20 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         if !want(name) || have(&results, name) {
             continue;
         }
-        log(out, &format!("training {name}"));
-        let (train, valid, fc) = if dom == "story" {
-            (&data.story_train, &data.story_valid, &cfg.base)
+        log(&format!("training {name}"));
+        let (train, valid, own, fc) = if dom == "story" {
+            (&data.story_train, &data.story_valid, &story_s, &cfg.base)
         } else {
-            (&data.recipe_train, &data.recipe_valid, &cfg.domain)
+            (&data.recipe_train, &data.recipe_valid, &recipe_own, &cfg.domain)
         };
         let stg = stream(train, &generic_tok, None)?;
+        let fc = &if cfg.equal_bytes {
+            // as many steps as read the custom-tokenizer model's bytes of text
+            let ratio = bytes_per_token(own) / bytes_per_token(&stg);
+            FitConfig { steps: ((fc.steps as f64 * ratio).round() as usize).max(1), ..fc.clone() }
+        } else {
+            fc.clone()
+        };
         let mut mc = model_for(generic_tok.vocab_size());
         if name.ends_with("-eq") {
             mc.ffn_dim = eq_ffn;
@@ -297,7 +322,14 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
         let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
         let st = fit_on(name, m.vars(), fc, &stg, &lf)?;
         let mut r = result(name, &st, m.n_params(), m.n_params());
-        r.notes.push(format!("ffn {}", mc.ffn_dim));
+        r.notes.push(format!("ffn {}, {} steps", mc.ffn_dim, fc.steps));
+        if cfg.equal_bytes {
+            r.notes.push(format!(
+                "equal bytes: {:.3} bytes/token (custom {:.3}) on the training text",
+                bytes_per_token(&stg),
+                bytes_per_token(own)
+            ));
+        }
         let sc = eval_llama(&m, &generic_tok, valid, None, "generic")?;
         if dom == "story" {
             r.story = Some(sc);
@@ -308,6 +340,11 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Vec<MethodResult>> {
     }
     write_report(cfg, &results)?;
     Ok(results)
+}
+
+/// Bytes of text per token of a training stream.
+fn bytes_per_token(s: &TokenStream) -> f64 {
+    s.n_bytes as f64 / s.tokens.len().max(1) as f64
 }
 
 fn short(id: &str) -> String {

@@ -210,6 +210,10 @@ pub struct ExperimentArgs {
     /// Seed of every model's initialisation and batch sampling.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Generic-tokenizer models read the same bytes of text as the custom-tokenizer
+    /// models they are compared with (more steps), instead of the same tokens.
+    #[arg(long)]
+    pub equal_bytes: bool,
     /// Only these methods (base is always trained or loaded).
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub methods: Vec<String>,
@@ -255,6 +259,7 @@ pub fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
     set!(c.train_bytes, a.train_bytes);
     set!(c.valid_bytes, a.valid_bytes);
     set!(c.tokenizer_bytes, a.tokenizer_bytes);
+    c.equal_bytes = a.equal_bytes;
     c.base.warmup = c.base.warmup.min(c.base.steps / 5).max(1);
     c.domain.warmup = c.domain.warmup.min(c.domain.steps / 5).max(1);
     if !a.methods.is_empty() {
@@ -265,7 +270,7 @@ pub fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
         }
         c.methods = a.methods.clone();
     }
-    let rs = experiment::run(&c)?;
+    let rs = experiment::run(&c, &|m| eprintln!("[experiment] {m}"))?;
     writeln!(std::io::stdout(), "wrote {} ({} methods)", c.out.join("report.md").display(), rs.len())?;
     Ok(())
 }
