@@ -408,14 +408,18 @@ fn block_rows(
     let work = n * (pos + n) * heads * hd;
     let out_all = bs.xb.get_mut(..n * dim).ok_or(SHORT)?;
     attention_heads(e.par, work, heads, hd, out_all, dim, n, s.att, max_seq, &|h0, h1, out, att| {
-        for (t, q) in rows(q_all, n, dim)?.enumerate() {
-            // causal: token t sees the cache up to its own position
-            let p = pos + t;
-            let q = q.get(h0 * hd..h1 * hd).ok_or(SHORT)?;
-            let head_rows =
-                rows(q, h1 - h0, hd)?.zip(rows_mut(att, h1 - h0, max_seq)?).zip(rows_mut(out.token(t), h1 - h0, hd)?);
-            for (i, ((q, att), o)) in head_rows.enumerate() {
-                let kvh = ((h0 + i) / group) * hd;
+        // head by head, then token by token: a head's keys and values (every
+        // position, at stride kv_dim) stay in L2 while the block's tokens pass;
+        // token by token over all heads swept the layer's whole cache per
+        // token (590 KB at 256 positions of the 15M shape: more than L2)
+        for (i, att) in rows_mut(att, h1 - h0, max_seq)?.enumerate() {
+            let h = h0 + i;
+            let kvh = (h / group) * hd;
+            for (t, q) in rows(q_all, n, dim)?.enumerate() {
+                // causal: token t sees the cache up to its own position
+                let p = pos + t;
+                let q = q.get(h * hd..(h + 1) * hd).ok_or(SHORT)?;
+                let o = out.token(t).get_mut(i * hd..(i + 1) * hd).ok_or(SHORT)?;
                 let att = att.get_mut(..p + 1).ok_or(SHORT)?;
                 cache.scores(k, att, q, layer_base + kvh, kv_dim, scale)?;
                 (k.softmax)(att);
