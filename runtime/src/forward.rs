@@ -18,8 +18,8 @@ use crate::arena::RunState;
 use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::kernels::{
-    attention_heads, matmul_q4, matmul_q8, matmul_rows, matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par,
-    par_rows_many, Kernels, Parallel,
+    attention_heads, matmul_tiles_many, matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par, par_rows_many,
+    Kernels, Parallel, TileMatrix,
 };
 use crate::model::{Block, Domain, Matrix, Model, Weights};
 
@@ -279,32 +279,68 @@ fn matmul(
     xs: &mut [f32],
     out: &mut [f32],
 ) -> Result<()> {
-    let (k, par) = (e.kernels, e.par);
-    let (rows, cols, n) = (m.rows, input.cols, input.n);
-    let x = input.x;
-    let out = out.get_mut(..n * rows).ok_or(SHORT)?;
-    // in the row kernels, `b < n` and `x` holds `n` rows (`BlockInput::new`);
-    // weights from row `r0` on (the kernel reads `o.len()` rows of them)
-    match m.weights {
-        Weights::F32(w) => matmul_rows(par, out, rows, rows, n, 4 * cols, &|o, r0, b| {
-            let x_b = x.get(b * cols..(b + 1) * cols).unwrap_or_default();
-            (k.matvec_f32)(o, w.get(r0 * cols..).unwrap_or_default(), x_b)
-        }),
-        Weights::F16(w) => matmul_rows(par, out, rows, rows, n, 2 * cols, &|o, r0, b| {
-            let x_b = x.get(b * cols..(b + 1) * cols).unwrap_or_default();
-            (k.matvec_f16)(o, w.get(r0 * cols..).unwrap_or_default(), x_b)
-        }),
-        Weights::Q8 { qs, scales } => {
-            // the table's batched kernel: each weight vector loaded once per
-            // four tokens, bit-identical to `matvec_q8` per token (q4 alike)
-            let (xq, xs) = input.quantized_rows(k, xq, xs)?;
-            matmul_q8(k, par, out, rows, rows, n, qs, scales, xq, xs)
-        }
-        Weights::Q4 { qs, scales } => {
-            let (xq, xs) = input.quantized_rows(k, xq, xs)?;
-            matmul_q4(k, par, out, rows, rows, n, qs, scales, xq, xs)
-        }
+    matmuls(e, [m], input, xq, xs, [out])
+}
+
+/// [`matmul`] for several matrices that read the same block input (q, k, v;
+/// gate and up), in one hand-off to the pool ([`matmul_tiles_many`]): each
+/// tile computed by the same kernel call as a separate [`matmul`] makes, so
+/// the results are the same bits.
+fn matmuls<const N: usize>(
+    e: Exec<'_>,
+    ms: [&Matrix<'_>; N],
+    input: &mut BlockInput<'_>,
+    xq: &mut [i8],
+    xs: &mut [f32],
+    outs: [&mut [f32]; N],
+) -> Result<()> {
+    let k = e.kernels;
+    let (cols, n, x) = (input.cols, input.n, input.x);
+    let g = cols / crate::format::Q8_GROUP;
+    let quantized = ms.iter().any(|m| matches!(m.weights, Weights::Q8 { .. } | Weights::Q4 { .. }));
+    // q8 and q4 tiles: the table's batched kernels, each weight vector loaded
+    // (and unpacked) once per four tokens, bit-identical to the matvec per token
+    let (xq, xs) = if quantized { input.quantized_rows(k, xq, xs)? } else { (&[][..], &[][..]) };
+    let mut tiles = outs.map(|out| TileMatrix { out, ld: 0, rows: 0, row_bytes: 0 });
+    for (t, m) in tiles.iter_mut().zip(ms) {
+        t.out = core::mem::take(&mut t.out).get_mut(..n * m.rows).ok_or(SHORT)?;
+        (t.ld, t.rows) = (m.rows, m.rows);
+        t.row_bytes = match m.weights {
+            Weights::F32(_) => 4 * cols,
+            Weights::F16(_) => 2 * cols,
+            Weights::Q8 { .. } => cols + 2 * g,
+            Weights::Q4 { .. } => cols / 2 + 2 * g,
+        };
     }
+    // in the tile kernel, `b < n` and `x` holds `n` rows (`BlockInput::new`);
+    // weights from row `r0` on (the kernel reads `tile.rows()` rows of them);
+    // too short: empty slices, which the kernels refuse with the shapes
+    matmul_tiles_many(e.par, tiles, n, &|j, tile, r0| {
+        let r1 = r0 + tile.rows();
+        match ms.get(j).map(|m| &m.weights) {
+            Some(Weights::F32(w)) => {
+                for b in 0..tile.tokens() {
+                    let x_b = x.get(b * cols..(b + 1) * cols).unwrap_or_default();
+                    (k.matvec_f32)(tile.token(b), w.get(r0 * cols..).unwrap_or_default(), x_b)
+                }
+            }
+            Some(Weights::F16(w)) => {
+                for b in 0..tile.tokens() {
+                    let x_b = x.get(b * cols..(b + 1) * cols).unwrap_or_default();
+                    (k.matvec_f16)(tile.token(b), w.get(r0 * cols..).unwrap_or_default(), x_b)
+                }
+            }
+            Some(Weights::Q8 { qs, scales }) => {
+                let (wq, ws) = (qs.get(r0 * cols..r1 * cols), scales.get(r0 * g..r1 * g));
+                (k.matmul_q8)(tile, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
+            }
+            Some(Weights::Q4 { qs, scales }) => {
+                let (wq, ws) = (qs.get(r0 * cols / 2..r1 * cols / 2), scales.get(r0 * g..r1 * g));
+                (k.matmul_q4)(tile, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
+            }
+            None => {}
+        }
+    });
     Ok(())
 }
 
@@ -355,9 +391,8 @@ fn block_rows(
     }
     {
         let mut input = BlockInput::new(bs.xb, dim, n)?;
-        matmul(e, &b.wq, &mut input, bs.xq, bs.xs, bs.q)?;
-        matmul(e, &b.wk, &mut input, bs.xq, bs.xs, bs.k)?;
-        matmul(e, &b.wv, &mut input, bs.xq, bs.xs, bs.v)?;
+        let outs = [&mut *bs.q, &mut *bs.k, &mut *bs.v];
+        matmuls(e, [&b.wq, &b.wk, &b.wv], &mut input, bs.xq, bs.xs, outs)?;
     }
     let token_rows = rows(bs.rope, n, hd)?.zip(rows_mut(bs.q, n, dim)?).zip(rows_mut(bs.k, n, kv_dim)?);
     for (t, (((rope, q), key), value)) in token_rows.zip(rows(bs.v, n, kv_dim)?).enumerate() {
@@ -373,14 +408,18 @@ fn block_rows(
     let work = n * (pos + n) * heads * hd;
     let out_all = bs.xb.get_mut(..n * dim).ok_or(SHORT)?;
     attention_heads(e.par, work, heads, hd, out_all, dim, n, s.att, max_seq, &|h0, h1, out, att| {
-        for (t, q) in rows(q_all, n, dim)?.enumerate() {
-            // causal: token t sees the cache up to its own position
-            let p = pos + t;
-            let q = q.get(h0 * hd..h1 * hd).ok_or(SHORT)?;
-            let head_rows =
-                rows(q, h1 - h0, hd)?.zip(rows_mut(att, h1 - h0, max_seq)?).zip(rows_mut(out.token(t), h1 - h0, hd)?);
-            for (i, ((q, att), o)) in head_rows.enumerate() {
-                let kvh = ((h0 + i) / group) * hd;
+        // head by head, then token by token: a head's keys and values (every
+        // position, at stride kv_dim) stay in L2 while the block's tokens pass;
+        // token by token over all heads swept the layer's whole cache per
+        // token (590 KB at 256 positions of the 15M shape: more than L2)
+        for (i, att) in rows_mut(att, h1 - h0, max_seq)?.enumerate() {
+            let h = h0 + i;
+            let kvh = (h / group) * hd;
+            for (t, q) in rows(q_all, n, dim)?.enumerate() {
+                // causal: token t sees the cache up to its own position
+                let p = pos + t;
+                let q = q.get(h * hd..(h + 1) * hd).ok_or(SHORT)?;
+                let o = out.token(t).get_mut(i * hd..(i + 1) * hd).ok_or(SHORT)?;
                 let att = att.get_mut(..p + 1).ok_or(SHORT)?;
                 cache.scores(k, att, q, layer_base + kvh, kv_dim, scale)?;
                 (k.softmax)(att);
@@ -404,8 +443,7 @@ fn block_rows(
     }
     {
         let mut input = BlockInput::new(bs.xb, dim, n)?;
-        matmul(e, &b.w1, &mut input, bs.xq, bs.xs, bs.hb)?;
-        matmul(e, &b.w3, &mut input, bs.xq, bs.xs, bs.hb2)?;
+        matmuls(e, [&b.w1, &b.w3], &mut input, bs.xq, bs.xs, [&mut *bs.hb, &mut *bs.hb2])?;
     }
     // row by row: the SIMD swiglu's tail differs from its vector lanes,
     // so one call per token keeps the per-token path's exact results

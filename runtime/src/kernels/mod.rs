@@ -731,47 +731,90 @@ pub fn matmul_tiles(
     row_bytes: usize,
     tile_kernel: &TileKernel<'_>,
 ) {
-    if n == 0 || rows == 0 {
+    matmul_tiles_many(par, [TileMatrix { out, ld, rows, row_bytes }], n, &|_, tile, r0| tile_kernel(tile, r0))
+}
+
+/// One product of [`matmul_tiles_many`]: its output (`(n − 1)·ld + rows`
+/// floats, token `b` at `b·ld`), rows and weight bytes per row.
+#[derive(Debug)]
+pub struct TileMatrix<'o> {
+    pub out: &'o mut [f32],
+    pub ld: usize,
+    pub rows: usize,
+    pub row_bytes: usize,
+}
+
+/// A tile kernel of several products: `f(j, out, r0)` is product `j`'s
+/// [`TileKernel`].
+pub type TileKernelMany<'f> = dyn Fn(usize, &mut TileOut<'_>, usize) + Sync + 'f;
+
+/// Several batched products over the same block of `n` tokens (q, k and v;
+/// gate and up) in ONE hand-off to `par` (a `Parallel::run` is a wake-up
+/// and a barrier): each product tiled and, when the products' summed work
+/// (weight bytes × tokens) reaches [`PARALLEL_MIN_BYTES`], its rows split
+/// across the threads, exactly as [`matmul_tiles`] does for one (tiles and
+/// thread chunks at multiples of 8 rows: the results are those of separate
+/// calls, bit for bit). Panics unless every `ld ≥ rows` and every `out` is
+/// long enough.
+pub fn matmul_tiles_many<const N: usize>(
+    par: Option<&dyn Parallel>,
+    ms: [TileMatrix<'_>; N],
+    n: usize,
+    tile_kernel: &TileKernelMany<'_>,
+) {
+    if n == 0 {
         return;
     }
-    assert!(ld >= rows && out.len() >= (n - 1) * ld + rows, "matmul_tiles: output too short");
-    let tile = tile_rows(row_bytes);
+    for m in &ms {
+        assert!(
+            m.rows == 0 || (m.ld >= m.rows && m.out.len() >= (n - 1) * m.ld + m.rows),
+            "matmul_tiles: output too short"
+        );
+    }
+    let work: usize = ms.iter().map(|m| m.rows * m.row_bytes * n).sum();
+    let min_rows = ms.iter().map(|m| m.rows).min().unwrap_or(0);
     match par {
-        // the work is the tile's bytes once per token: a block of 32 tokens
+        // the work is the tiles' bytes once per token: a block of 32 tokens
         // splits the 288×288 projections that a single token keeps on one thread
-        // (decode hands q, k and v over together, `par_rows_many`; the output projection alone stays)
-        Some(p) if p.threads() > 1 && rows * row_bytes * n >= PARALLEL_MIN_BYTES && rows >= 16 => {
+        Some(p) if p.threads() > 1 && work >= PARALLEL_MIN_BYTES && min_rows >= 16 => {
             let threads = p.threads();
-            let per = rows.div_ceil(threads).div_ceil(8) * 8;
-            let shared = SharedOut { ptr: out.as_mut_ptr(), len: out.len() };
+            let shared =
+                ms.map(|m| (SharedOut { ptr: m.out.as_mut_ptr(), len: m.out.len() }, m.ld, m.rows, m.row_bytes));
             p.run(&|i| {
-                let start = (i * per).min(rows);
-                let end = ((i + 1) * per).min(rows);
-                let mut t0 = start;
-                while t0 < end {
-                    let t1 = (t0 + tile).min(end);
-                    // SAFETY: thread `i` only reaches ranges `[b·ld + t0, b·ld + t1)`,
-                    // `b < n`, with `start ≤ t0 < t1 ≤ end ≤ rows ≤ ld`: in bounds
-                    // (asserted above), disjoint from every other thread's (row
-                    // ranges are disjoint and `ld ≥ rows`), and one tile at a
-                    // time; `out` stays mutably borrowed until `run` returns,
-                    // after every call has finished.
-                    let mut tile_out = unsafe { TileOut::from_raw(shared.at(t0), ld, t1 - t0, n) };
-                    tile_kernel(&mut tile_out, t0);
-                    t0 = t1;
+                for (j, (out, ld, rows, row_bytes)) in shared.iter().enumerate() {
+                    let (ld, rows, tile) = (*ld, *rows, tile_rows(*row_bytes));
+                    let per = rows.div_ceil(threads).div_ceil(8) * 8;
+                    let start = (i * per).min(rows);
+                    let end = ((i + 1) * per).min(rows);
+                    let mut t0 = start;
+                    while t0 < end {
+                        let t1 = (t0 + tile).min(end);
+                        // SAFETY: thread `i` only reaches ranges `[b·ld + t0, b·ld + t1)`
+                        // of output `j`, `b < n`, with `start ≤ t0 < t1 ≤ end ≤ rows ≤ ld`:
+                        // in bounds (asserted above), disjoint from every other
+                        // thread's (row ranges are disjoint and `ld ≥ rows`; the
+                        // outputs are distinct `&mut` borrows), and one tile at a
+                        // time; the outputs stay mutably borrowed until `run`
+                        // returns, after every call has finished.
+                        let mut tile_out = unsafe { TileOut::from_raw(out.at(t0), ld, t1 - t0, n) };
+                        tile_kernel(j, &mut tile_out, t0);
+                        t0 = t1;
+                    }
                 }
             });
         }
         _ => {
-            // one thread: consecutive tiles borrow `out` one at a time
-            let mut t0 = 0;
-            while t0 < rows {
-                let t1 = (t0 + tile).min(rows);
-                let len = (n - 1) * ld + (t1 - t0);
-                // in range (asserted above); `TileOut::new` checks the length again
-                let tile_out = out.get_mut(t0..t0 + len).unwrap_or_default();
-                tile_kernel(&mut TileOut::new(tile_out, ld, t1 - t0, n), t0);
-                t0 = t1;
+            for (j, m) in ms.into_iter().enumerate() {
+                // one thread: consecutive tiles borrow `out` one at a time
+                let (tile, mut t0) = (tile_rows(m.row_bytes), 0);
+                while t0 < m.rows {
+                    let t1 = (t0 + tile).min(m.rows);
+                    let len = (n - 1) * m.ld + (t1 - t0);
+                    // in range (asserted above); `TileOut::new` checks the length again
+                    let tile_out = m.out.get_mut(t0..t0 + len).unwrap_or_default();
+                    tile_kernel(j, &mut TileOut::new(tile_out, m.ld, t1 - t0, n), t0);
+                    t0 = t1;
+                }
             }
         }
     }
