@@ -626,10 +626,10 @@ impl QkvAttention {
         }
     }
 
-    /// One sequence's forward: its output rows `out: [T, nh·hd]` and its
-    /// probabilities `probs` (all KV heads), from its packed rows `x`.
-    fn forward_seq(&self, out: &mut [f32], probs: &mut [f32], x: &[f32]) -> CResult<()> {
-        let AttnShape { nh, hd, .. } = self.s;
+    /// One sequence's probabilities `probs` (all KV heads, the blocks of each
+    /// one after another) from its packed rows `x`.
+    fn probs_seq(&self, probs: &mut [f32], x: &[f32]) -> CResult<()> {
+        let hd = self.s.hd;
         let (rep, lo, per_head) = (self.s.rep(), self.local(), self.s.probs_per_head());
         for (kv, ph) in probs.chunks_exact_mut(per_head).enumerate() {
             let mut buf = vec![0f32; lo.len];
@@ -639,44 +639,56 @@ impl QkvAttention {
             for (t0, t1) in self.s.blocks() {
                 let rows = (t1 - t0) * rep;
                 // scores of the block's queries against keys 0..t1
-                let mut sc = mm(&loc, lo.q + t0 * rep * hd, false, &loc, lo.k, true, (rows, t1, hd))?;
-                for (r, sr) in sc.chunks_exact_mut(t1).enumerate() {
+                let sc = mm(&loc, lo.q + t0 * rep * hd, false, &loc, lo.k, true, (rows, t1, hd))?;
+                let pb = &mut ph[off..off + rows * t1];
+                for (r, (sr, pr)) in sc.chunks_exact(t1).zip(pb.chunks_exact_mut(t1)).enumerate() {
                     let n = t0 + r / rep + 1;
                     // scale > 0, so the scaled maximum is the maximum scaled
                     let m = vecmath::max(&sr[..n]) * self.scale;
-                    let row = &mut sr[..];
-                    let sum = exp_in_place(&mut row[..n], self.scale, m);
-                    let inv = 1.0 / sum;
-                    for x in &mut row[..n] {
+                    let inv = 1.0 / vecmath::exp_into(&mut pr[..n], &sr[..n], self.scale, m);
+                    for x in &mut pr[..n] {
                         *x *= inv;
                     }
-                    row[n..].fill(0.0);
+                    pr[n..].fill(0.0);
                 }
-                let p = CpuStorage::F32(sc);
-                let o = mm(&p, 0, false, &loc, lo.v, false, (rows, hd, t1))?; // [rows, hd]
-                for (r, orow) in o.chunks_exact(hd).enumerate() {
-                    let (pos, j) = (t0 + r / rep, r % rep);
-                    out[pos * nh * hd + (kv * rep + j) * hd..][..hd].copy_from_slice(orow);
-                }
-                let pv = p.as_slice::<f32>()?;
-                ph[off..off + pv.len()].copy_from_slice(pv);
-                off += pv.len();
+                off += rows * t1;
             }
         }
         Ok(())
     }
 
-    /// Every sequence's probabilities (a second backward pass recomputes them).
-    fn all_probs(&self, x: &[f32]) -> CResult<(Vec<f32>, Vec<f32>)> {
-        let AttnShape { b, t, nh, nkv, hd } = self.s;
-        let per_seq = nkv * self.s.probs_per_head();
-        let mut out = vec![0f32; b * t * nh * hd];
-        let mut probs = vec![0f32; b * per_seq];
-        out.par_chunks_mut(t * nh * hd)
-            .zip(probs.par_chunks_mut(per_seq))
-            .zip(x.par_chunks(t * self.s.width()))
-            .try_for_each(|((o, p), xs)| self.forward_seq(o, p, xs))?;
-        Ok((out, probs))
+    /// Every sequence's probabilities `[B, KV, blocks]` (a second backward pass
+    /// recomputes them).
+    fn all_probs(&self, x: &[f32]) -> CResult<CpuStorage> {
+        let per_seq = self.s.nkv * self.s.probs_per_head();
+        let mut probs = vec![0f32; self.s.b * per_seq];
+        probs
+            .par_chunks_mut(per_seq)
+            .zip(x.par_chunks(self.s.t * self.s.width()))
+            .try_for_each(|(p, xs)| self.probs_seq(p, xs))?;
+        Ok(CpuStorage::F32(probs))
+    }
+
+    /// One sequence's output rows `out: [T, nh·hd]` (`P · v` per block) from
+    /// its packed rows `x` and the probabilities at `p_off`.
+    fn output_seq(&self, out: &mut [f32], x: &[f32], probs: &CpuStorage, p_off: usize) -> CResult<()> {
+        let AttnShape { nh, nkv, hd, .. } = self.s;
+        let (rep, w, per_head) = (self.s.rep(), self.s.width(), self.s.probs_per_head());
+        for kv in 0..nkv {
+            let v: Vec<f32> = x.chunks_exact(w).flat_map(|row| &row[(nh + nkv + kv) * hd..][..hd]).copied().collect(); // [T, hd]
+            let v = CpuStorage::F32(v);
+            let mut off = p_off + kv * per_head;
+            for (t0, t1) in self.s.blocks() {
+                let rows = (t1 - t0) * rep;
+                let o = mm(probs, off, false, &v, 0, false, (rows, hd, t1))?; // [rows, hd]
+                for (r, orow) in o.chunks_exact(hd).enumerate() {
+                    let (pos, j) = (t0 + r / rep, r % rep);
+                    out[pos * nh * hd + (kv * rep + j) * hd..][..hd].copy_from_slice(orow);
+                }
+                off += rows * t1;
+            }
+        }
+        Ok(())
     }
 
     /// One sequence's backward: the packed gradient `dx: [T, width]` from its
@@ -751,24 +763,6 @@ fn add_into(acc: &mut [f32], x: &[f32]) {
     }
 }
 
-/// `x[i] = e^(x[i]·scale - shift)` in place; returns `Σ x[i]`.
-fn exp_in_place(x: &mut [f32], scale: f32, shift: f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut chunks = x.chunks_exact_mut(8);
-    for c in &mut chunks {
-        for (s, v) in acc.iter_mut().zip(c.iter_mut()) {
-            *v = vecmath::exp(*v * scale - shift);
-            *s += *v;
-        }
-    }
-    let mut tail = 0f32;
-    for v in chunks.into_remainder() {
-        *v = vecmath::exp(*v * scale - shift);
-        tail += *v;
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 impl CustomOp1 for QkvAttention {
     fn name(&self) -> &'static str {
         "edgelm-qkv-attention"
@@ -778,9 +772,16 @@ impl CustomOp1 for QkvAttention {
         if x.len() != self.s.b * self.s.t * self.s.width() {
             candle_core::bail!("qkv_attention: input of {} values", x.len());
         }
-        let (out, probs) = self.all_probs(x)?;
+        let AttnShape { b, t, nh, nkv, hd } = self.s;
+        let probs = self.all_probs(x)?;
+        let per_seq = nkv * self.s.probs_per_head();
+        let mut out = vec![0f32; b * t * nh * hd];
+        out.par_chunks_mut(t * nh * hd)
+            .zip(x.par_chunks(t * self.s.width()))
+            .enumerate()
+            .try_for_each(|(i, (o, xs))| self.output_seq(o, xs, &probs, i * per_seq))?;
         if let Ok(mut slot) = self.probs.lock() {
-            *slot = Some(CpuStorage::F32(probs));
+            *slot = Some(probs);
         }
         Ok((CpuStorage::F32(out), Shape::from((self.s.b * self.s.t, self.s.nh * self.s.hd))))
     }
@@ -795,7 +796,7 @@ impl CustomOp1 for QkvAttention {
         let probs = match stashed {
             Some(p) if p.as_slice::<f32>().is_ok_and(|v| v.len() == b * per_seq) => p,
             // a second backward pass: recompute
-            _ => CpuStorage::F32(self.all_probs(xv)?.1),
+            _ => self.all_probs(xv)?,
         };
         let w = self.s.width();
         let mut dx = vec![0f32; xv.len()];
