@@ -277,22 +277,16 @@ impl BlockW {
 /// over plain tensors, so [`Llama::block`] passes its tracked vars, expansion
 /// detached frozen copies and LoRA merged weights.
 pub fn block_forward(cfg: &ModelConfig, rope: &Rope, w: &BlockW, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
-    let (hd, nh, nkv) = (cfg.head_dim(), cfg.n_heads, cfg.n_kv_heads);
-    let rep = nh / nkv;
+    let shape = ops::AttnShape { b, t, nh: cfg.n_heads, nkv: cfg.n_kv_heads, hd: cfg.head_dim() };
     let h = ops::rms_norm(x, &w.attn_norm, cfg.norm_eps)?;
-    let q = ops::linear(&h, &w.wq)?.reshape((b, t, nh, hd))?;
-    let k = ops::linear(&h, &w.wk)?.reshape((b, t, nkv, hd))?;
-    let v = ops::linear(&h, &w.wv)?.reshape((b, t, nkv, hd))?;
-    let q = rope.apply(&q)?.transpose(1, 2)?.contiguous()?; // [B, H, T, hd]
-    let k = rope.apply(&k)?.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
-    let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
-                                              // Query heads sharing a KV head are stacked: [B, KV, rep*T, hd].
-    let q = q.reshape((b, nkv, rep * t, hd))?;
-    let o = ops::causal_attention(&q, &k, &v, 1.0 / (hd as f64).sqrt())?; // [B, KV, rep*T, hd]
-    let o = o.reshape((b, nh, t, hd))?.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
+    // one product for q, k and v (one pass over h, one wider gemm); the weights
+    // stay separate vars (checkpoint names and shapes unchanged)
+    let wqkv = Tensor::cat(&[&w.wq, &w.wk, &w.wv], 0)?; // [(H + 2·KV)·hd, dim]
+    let o = ops::qkv_attention(&ops::linear(&h, &wqkv)?, rope, shape)?; // [B*T, H·hd]
     let x = (x + ops::linear(&o, &w.wo)?)?;
     let h = ops::rms_norm(&x, &w.mlp_norm, cfg.norm_eps)?;
-    let g = ops::swiglu(&ops::linear(&h, &w.w_gate)?, &ops::linear(&h, &w.w_up)?)?;
+    let wgu = Tensor::cat(&[&w.w_gate, &w.w_up], 0)?; // [2·ffn, dim]
+    let g = ops::swiglu_packed(&ops::linear(&h, &wgu)?)?; // [B*T, ffn]
     Ok((&x + ops::linear(&g, &w.w_down)?)?)
 }
 

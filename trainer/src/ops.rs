@@ -489,6 +489,393 @@ impl CustomOp3 for CausalAttention {
     }
 }
 
+// ---------------------------------------------------------------- attention over packed projections
+
+/// Query positions per block of [`qkv_attention`]: a block's queries need only
+/// the keys up to its last position, so about half of the causal products
+/// (the masked future) are never computed.
+const ATTN_BLOCK: usize = 32;
+
+/// The shape of a [`qkv_attention`]: batch, length, query heads, KV heads, head size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnShape {
+    pub b: usize,
+    pub t: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+}
+
+impl AttnShape {
+    /// Width of a packed projection row: `[q heads | k heads | v heads]`.
+    fn width(&self) -> usize {
+        (self.nh + 2 * self.nkv) * self.hd
+    }
+    fn rep(&self) -> usize {
+        self.nh / self.nkv
+    }
+    /// `(first position, end position)` of every query block.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize)> {
+        let t = self.t;
+        (0..t).step_by(ATTN_BLOCK).map(move |t0| (t0, (t0 + ATTN_BLOCK).min(t)))
+    }
+    /// Stored probabilities of one (sequence, KV head): block `[t0, t1)` keeps
+    /// `(t1 - t0)·rep` rows of `t1` keys.
+    fn probs_per_head(&self) -> usize {
+        self.blocks().map(|(t0, t1)| (t1 - t0) * self.rep() * t1).sum()
+    }
+}
+
+/// Causal grouped-query attention with RoPE on packed projections:
+/// `qkv: [B·T, (nh + 2·nkv)·hd]` (each row `[q heads | k heads | v heads]`, the
+/// product of the normed input with the concatenated `q/k/v_proj` weights) ->
+/// `[B·T, nh·hd]` (heads side by side, the input of `o_proj`). Query head `h`
+/// uses KV head `h / (nh / nkv)`; positions are 0..T.
+///
+/// Fused on CPU: one rayon task per sequence applies RoPE, runs the products
+/// and the softmax of each KV head in blocks of [`ATTN_BLOCK`] query positions
+/// against only the keys up to the block's end, and writes the output in the
+/// layout `o_proj` reads; the backward pass writes the packed gradient. Composed,
+/// that is three narrow copies, two RoPE ops, four transposed copies and the
+/// full `T × T` products, each intermediate with its own gradient buffer.
+pub fn qkv_attention(qkv: &Tensor, rope: &Rope, s: AttnShape) -> CResult<Tensor> {
+    let AttnShape { b, t, nh, nkv, hd } = s;
+    if nkv == 0 || nh % nkv != 0 || qkv.dims() != [b * t, s.width()] || hd != 2 * rope.half {
+        candle_core::bail!("qkv_attention: {:?} does not fit a packed projection {:?}", s, qkv.dims());
+    }
+    let scale = 1.0 / (hd as f64).sqrt();
+    if fused_ok(qkv) {
+        if t * rope.half > rope.cos.len() {
+            candle_core::bail!("qkv_attention: length {t} is longer than the RoPE tables");
+        }
+        let op = QkvAttention { rope: rope.clone(), s, scale: scale as f32, probs: std::sync::Mutex::new(None) };
+        qkv.contiguous()?.apply_op1(op)
+    } else {
+        let rep = s.rep();
+        let q = qkv.narrow(1, 0, nh * hd)?.reshape((b, t, nh, hd))?;
+        let k = qkv.narrow(1, nh * hd, nkv * hd)?.reshape((b, t, nkv, hd))?;
+        let v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd)?.reshape((b, t, nkv, hd))?;
+        let q = rope.apply(&q)?.transpose(1, 2)?.contiguous()?.reshape((b, nkv, rep * t, hd))?;
+        let k = rope.apply(&k)?.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
+        let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
+        let o = causal_attention(&q, &k, &v, scale)?; // [B, KV, rep*T, hd]
+        o.reshape((b, nh, t, hd))?.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))
+    }
+}
+
+struct QkvAttention {
+    rope: Rope,
+    s: AttnShape,
+    scale: f32,
+    /// The probabilities of every block from the forward pass (per sequence,
+    /// per KV head, per block `[rows, keys]`), taken by the backward.
+    probs: std::sync::Mutex<Option<CpuStorage>>,
+}
+
+/// Offsets of one (sequence, KV head)'s contiguous copies in its task buffer:
+/// `q: [T·rep, hd]` position-major (row `t·rep + j` is query head `kv·rep + j`
+/// at position `t`), then `k, v: [T, hd]`, then (backward) `dO` like `q`.
+struct Local {
+    q: usize,
+    k: usize,
+    v: usize,
+    g: usize,
+    len: usize,
+}
+
+impl QkvAttention {
+    fn local(&self) -> Local {
+        let (t, hd, rep) = (self.s.t, self.s.hd, self.s.rep());
+        let q = 0;
+        let k = q + t * rep * hd;
+        let v = k + t * hd;
+        let g = v + t * hd;
+        Local { q, k, v, g, len: g + t * rep * hd }
+    }
+
+    /// Rotates `x` (one head vector at position `p`) in place; `inverse` rotates back.
+    fn rotate(&self, x: &mut [f32], p: usize, inverse: bool) {
+        let half = self.rope.half;
+        let (c, sn) = (&self.rope.cos[p * half..(p + 1) * half], &self.rope.sin[p * half..(p + 1) * half]);
+        let sign = if inverse { -1.0 } else { 1.0 };
+        let (lo, hi) = x.split_at_mut(half);
+        for i in 0..half {
+            let (a, b) = (lo[i], hi[i]);
+            let s = sign * sn[i];
+            lo[i] = a * c[i] - b * s;
+            hi[i] = b * c[i] + a * s;
+        }
+    }
+
+    /// KV head `kv`'s rotated queries and keys and its values, from one sequence's
+    /// packed rows `x: [T, width]`, into `buf` (laid out as [`Local`]).
+    fn gather(&self, buf: &mut [f32], x: &[f32], kv: usize) {
+        let AttnShape { t, nh, nkv, hd, .. } = self.s;
+        let (rep, w, lo) = (self.s.rep(), self.s.width(), self.local());
+        for p in 0..t {
+            let row = &x[p * w..(p + 1) * w];
+            for j in 0..rep {
+                let dst = &mut buf[lo.q + (p * rep + j) * hd..][..hd];
+                dst.copy_from_slice(&row[(kv * rep + j) * hd..][..hd]);
+                self.rotate(dst, p, false);
+            }
+            let dst = &mut buf[lo.k + p * hd..][..hd];
+            dst.copy_from_slice(&row[(nh + kv) * hd..][..hd]);
+            self.rotate(dst, p, false);
+            buf[lo.v + p * hd..][..hd].copy_from_slice(&row[(nh + nkv + kv) * hd..][..hd]);
+        }
+    }
+
+    /// One sequence's probabilities `probs` (all KV heads, the blocks of each
+    /// one after another) from its packed rows `x`.
+    fn probs_seq(&self, probs: &mut [f32], x: &[f32]) -> CResult<()> {
+        let hd = self.s.hd;
+        let (rep, lo, per_head) = (self.s.rep(), self.local(), self.s.probs_per_head());
+        for (kv, ph) in probs.chunks_exact_mut(per_head).enumerate() {
+            let mut buf = vec![0f32; lo.len];
+            self.gather(&mut buf, x, kv);
+            let loc = CpuStorage::F32(buf);
+            let mut off = 0;
+            for (t0, t1) in self.s.blocks() {
+                let rows = (t1 - t0) * rep;
+                // scores of the block's queries against keys 0..t1
+                let sc = mm(&loc, lo.q + t0 * rep * hd, false, &loc, lo.k, true, (rows, t1, hd))?;
+                let pb = &mut ph[off..off + rows * t1];
+                for (r, (sr, pr)) in sc.chunks_exact(t1).zip(pb.chunks_exact_mut(t1)).enumerate() {
+                    let n = t0 + r / rep + 1;
+                    // scale > 0, so the scaled maximum is the maximum scaled
+                    let m = vecmath::max(&sr[..n]) * self.scale;
+                    let inv = 1.0 / vecmath::exp_into(&mut pr[..n], &sr[..n], self.scale, m);
+                    for x in &mut pr[..n] {
+                        *x *= inv;
+                    }
+                    pr[n..].fill(0.0);
+                }
+                off += rows * t1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every sequence's probabilities `[B, KV, blocks]` (a second backward pass
+    /// recomputes them).
+    fn all_probs(&self, x: &[f32]) -> CResult<CpuStorage> {
+        let per_seq = self.s.nkv * self.s.probs_per_head();
+        let mut probs = vec![0f32; self.s.b * per_seq];
+        probs
+            .par_chunks_mut(per_seq)
+            .zip(x.par_chunks(self.s.t * self.s.width()))
+            .try_for_each(|(p, xs)| self.probs_seq(p, xs))?;
+        Ok(CpuStorage::F32(probs))
+    }
+
+    /// One sequence's output rows `out: [T, nh·hd]` (`P · v` per block) from
+    /// its packed rows `x` and the probabilities at `p_off`.
+    fn output_seq(&self, out: &mut [f32], x: &[f32], probs: &CpuStorage, p_off: usize) -> CResult<()> {
+        let AttnShape { nh, nkv, hd, .. } = self.s;
+        let (rep, w, per_head) = (self.s.rep(), self.s.width(), self.s.probs_per_head());
+        for kv in 0..nkv {
+            let v: Vec<f32> = x.chunks_exact(w).flat_map(|row| &row[(nh + nkv + kv) * hd..][..hd]).copied().collect(); // [T, hd]
+            let v = CpuStorage::F32(v);
+            let mut off = p_off + kv * per_head;
+            for (t0, t1) in self.s.blocks() {
+                let rows = (t1 - t0) * rep;
+                let o = mm(probs, off, false, &v, 0, false, (rows, hd, t1))?; // [rows, hd]
+                for (r, orow) in o.chunks_exact(hd).enumerate() {
+                    let (pos, j) = (t0 + r / rep, r % rep);
+                    out[pos * nh * hd + (kv * rep + j) * hd..][..hd].copy_from_slice(orow);
+                }
+                off += rows * t1;
+            }
+        }
+        Ok(())
+    }
+
+    /// One sequence's backward: the packed gradient `dx: [T, width]` from its
+    /// rows `x`, the output gradient `g: [T, nh·hd]` and its probabilities.
+    fn backward_seq(&self, dx: &mut [f32], x: &[f32], g: &[f32], probs: &CpuStorage, p_off: usize) -> CResult<()> {
+        let AttnShape { t, nh, nkv, hd, .. } = self.s;
+        let (rep, w, lo, per_head) = (self.s.rep(), self.s.width(), self.local(), self.s.probs_per_head());
+        let pv = probs.as_slice::<f32>()?;
+        for kv in 0..nkv {
+            let mut buf = vec![0f32; lo.len];
+            self.gather(&mut buf, x, kv);
+            for p in 0..t {
+                for j in 0..rep {
+                    buf[lo.g + (p * rep + j) * hd..][..hd]
+                        .copy_from_slice(&g[p * nh * hd + (kv * rep + j) * hd..][..hd]);
+                }
+            }
+            let loc = CpuStorage::F32(buf);
+            let mut dq = vec![0f32; t * rep * hd];
+            let (mut dk, mut dv) = (vec![0f32; t * hd], vec![0f32; t * hd]);
+            let mut off = p_off + kv * per_head;
+            for (t0, t1) in self.s.blocks() {
+                let rows = (t1 - t0) * rep;
+                let (qo, go) = (lo.q + t0 * rep * hd, lo.g + t0 * rep * hd);
+                let p = &pv[off..off + rows * t1];
+                // dP = dO · vᵀ; dS = scale · P ∘ (dP - rowsum(P ∘ dP))
+                let mut ds = mm(&loc, go, false, &loc, lo.v, true, (rows, t1, hd))?;
+                for (r, (dr, pr)) in ds.chunks_exact_mut(t1).zip(p.chunks_exact(t1)).enumerate() {
+                    let n = t0 + r / rep + 1;
+                    let dot = vecmath::dot(&pr[..n], &dr[..n]);
+                    for (d, &pj) in dr[..n].iter_mut().zip(&pr[..n]) {
+                        *d = self.scale * pj * (*d - dot);
+                    }
+                    dr[n..].fill(0.0);
+                }
+                let ds = CpuStorage::F32(ds);
+                add_into(&mut dv[..t1 * hd], &mm(probs, off, true, &loc, go, false, (t1, hd, rows))?); // Pᵀ · dO
+                dq[t0 * rep * hd..t1 * rep * hd].copy_from_slice(&mm(
+                    &ds,
+                    0,
+                    false,
+                    &loc,
+                    lo.k,
+                    false,
+                    (rows, hd, t1),
+                )?); // dS · k
+                add_into(&mut dk[..t1 * hd], &mm(&ds, 0, true, &loc, qo, false, (t1, hd, rows))?); // dSᵀ · q
+                off += rows * t1;
+            }
+            // back through RoPE (its transpose is the rotation by -angle), into the packed rows
+            for p in 0..t {
+                let row = &mut dx[p * w..(p + 1) * w];
+                for j in 0..rep {
+                    let src = &mut dq[(p * rep + j) * hd..][..hd];
+                    self.rotate(src, p, true);
+                    row[(kv * rep + j) * hd..][..hd].copy_from_slice(src);
+                }
+                let src = &mut dk[p * hd..][..hd];
+                self.rotate(src, p, true);
+                row[(nh + kv) * hd..][..hd].copy_from_slice(src);
+                row[(nh + nkv + kv) * hd..][..hd].copy_from_slice(&dv[p * hd..][..hd]);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `acc[i] += x[i]`.
+fn add_into(acc: &mut [f32], x: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a += v;
+    }
+}
+
+impl CustomOp1 for QkvAttention {
+    fn name(&self) -> &'static str {
+        "edgelm-qkv-attention"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "qkv_attention")?;
+        if x.len() != self.s.b * self.s.t * self.s.width() {
+            candle_core::bail!("qkv_attention: input of {} values", x.len());
+        }
+        let AttnShape { b, t, nh, nkv, hd } = self.s;
+        let probs = self.all_probs(x)?;
+        let per_seq = nkv * self.s.probs_per_head();
+        let mut out = vec![0f32; b * t * nh * hd];
+        out.par_chunks_mut(t * nh * hd)
+            .zip(x.par_chunks(t * self.s.width()))
+            .enumerate()
+            .try_for_each(|(i, (o, xs))| self.output_seq(o, xs, &probs, i * per_seq))?;
+        if let Ok(mut slot) = self.probs.lock() {
+            *slot = Some(probs);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((self.s.b * self.s.t, self.s.nh * self.s.hd))))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        let AttnShape { b, t, nh, nkv, hd } = self.s;
+        let g = g.contiguous()?;
+        let ((xs, xl), (gs, gl)) = (x.storage_and_layout(), g.storage_and_layout());
+        let xv = cpu_f32s(&xs, xl, "qkv_attention bwd x")?;
+        let gv = cpu_f32s(&gs, gl, "qkv_attention bwd g")?;
+        let per_seq = nkv * self.s.probs_per_head();
+        let stashed = self.probs.lock().ok().and_then(|mut slot| slot.take());
+        let probs = match stashed {
+            Some(p) if p.as_slice::<f32>().is_ok_and(|v| v.len() == b * per_seq) => p,
+            // a second backward pass: recompute
+            _ => self.all_probs(xv)?,
+        };
+        let w = self.s.width();
+        let mut dx = vec![0f32; xv.len()];
+        dx.par_chunks_mut(t * w)
+            .zip(xv.par_chunks(t * w).zip(gv.par_chunks(t * nh * hd)))
+            .enumerate()
+            .try_for_each(|(i, (d, (xs, gs)))| self.backward_seq(d, xs, gs, &probs, i * per_seq))?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+// ---------------------------------------------------------------- SwiGLU over a packed product
+
+/// `silu(gate) * up` on packed rows `gu: [N, 2F]` (`[gate | up]`, the product
+/// with the concatenated `gate_proj`/`up_proj` weights) -> `[N, F]`.
+pub fn swiglu_packed(gu: &Tensor) -> CResult<Tensor> {
+    let (_n, f2) = gu.dims2()?;
+    if f2 % 2 != 0 {
+        candle_core::bail!("swiglu_packed: odd width {f2}");
+    }
+    if fused_ok(gu) {
+        gu.contiguous()?.apply_op1(SwiGluPacked { f: f2 / 2 })
+    } else {
+        swiglu(&gu.narrow(1, 0, f2 / 2)?, &gu.narrow(1, f2 / 2, f2 / 2)?)
+    }
+}
+
+struct SwiGluPacked {
+    f: usize,
+}
+
+impl CustomOp1 for SwiGluPacked {
+    fn name(&self) -> &'static str {
+        "edgelm-swiglu-packed"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "swiglu_packed")?;
+        let f = self.f;
+        let n = x.len() / (2 * f);
+        let rows = rows_per_task(2 * f);
+        let mut out = vec![0f32; n * f];
+        out.par_chunks_mut(rows * f).zip(x.par_chunks(rows * 2 * f)).for_each(|(oc, xc)| {
+            for (o, xr) in oc.chunks_exact_mut(f).zip(xc.chunks_exact(2 * f)) {
+                let (a, b) = xr.split_at(f);
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    *o = a / (1.0 + vecmath::exp(-a)) * b;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, f))))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        let f = self.f;
+        let g = g.contiguous()?;
+        let dx = {
+            let ((xs, xl), (gs, gl)) = (x.storage_and_layout(), g.storage_and_layout());
+            let xv = cpu_f32s(&xs, xl, "swiglu_packed bwd x")?;
+            let gv = cpu_f32s(&gs, gl, "swiglu_packed bwd g")?;
+            let rows = rows_per_task(2 * f);
+            let mut dx = vec![0f32; xv.len()];
+            let inputs = xv.par_chunks(rows * 2 * f).zip(gv.par_chunks(rows * f));
+            dx.par_chunks_mut(rows * 2 * f).zip(inputs).for_each(|(dc, (xc, gc))| {
+                for ((dr, xr), gr) in dc.chunks_exact_mut(2 * f).zip(xc.chunks_exact(2 * f)).zip(gc.chunks_exact(f)) {
+                    let (a, b) = xr.split_at(f);
+                    let (da, db) = dr.split_at_mut(f);
+                    for i in 0..f {
+                        // silu(a) = a·σ(a); silu'(a) = σ(a)·(1 + a·(1 - σ(a)))
+                        let sig = 1.0 / (1.0 + vecmath::exp(-a[i]));
+                        da[i] = gr[i] * b[i] * sig * (1.0 + a[i] * (1.0 - sig));
+                        db[i] = gr[i] * a[i] * sig;
+                    }
+                }
+            });
+            dx
+        };
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
 // ---------------------------------------------------------------- cross-entropy
 
 /// Per-row cross-entropy `-ln softmax(logits)[target]`: `logits [N, V]`, `targets [N]`
@@ -976,6 +1363,38 @@ mod tests {
         assert_eq!(max_diff(&first, &second), 0.0);
         let q = randn(&[1, 1, 6, 4], 55);
         assert!(causal_attention(&q, &randn(&[1, 1, 4, 4], 56), &randn(&[1, 1, 4, 4], 57), 1.0).is_err());
+    }
+
+    /// The fused attention over packed projections against the composed path
+    /// (narrow, RoPE, transposes, full causal products) in f64: value and the
+    /// packed gradient. Lengths under one query block, at several blocks with a
+    /// partial last one, grouped and ungrouped heads, more sequences than threads.
+    #[test]
+    fn qkv_attention_matches_composed() {
+        for (b, t, nh, nkv, hd) in [(1usize, 5usize, 1usize, 1usize, 4usize), (3, 70, 4, 2, 6), (2, 64, 3, 3, 8)] {
+            let s = AttnShape { b, t, nh, nkv, hd };
+            let rope = Rope::new(hd, 80, 10000.0, &Device::Cpu).unwrap();
+            check(|x| qkv_attention(x, &rope, s).unwrap(), randn(&[b * t, (nh + 2 * nkv) * hd], 61 + t as u64));
+        }
+        // a second backward pass over the same graph recomputes the probabilities
+        let s = AttnShape { b: 2, t: 40, nh: 2, nkv: 1, hd: 4 };
+        let rope = Rope::new(4, 40, 10000.0, &Device::Cpu).unwrap();
+        let x = Var::from_tensor(&randn(&[80, 16], 62)).unwrap();
+        let loss = qkv_attention(x.as_tensor(), &rope, s).unwrap().sqr().unwrap().sum_all().unwrap();
+        let first = loss.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+        let second = loss.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+        assert_eq!(max_diff(&first, &second), 0.0);
+        // shapes that do not fit are errors
+        assert!(qkv_attention(&randn(&[80, 15], 63), &rope, s).is_err());
+        assert!(qkv_attention(&randn(&[80, 16], 63), &rope, AttnShape { t: 41, b: 1, ..s }).is_err());
+        assert!(qkv_attention(&randn(&[80, 16], 63), &rope, AttnShape { nh: 3, nkv: 2, hd: 2, ..s }).is_err());
+    }
+
+    #[test]
+    fn swiglu_packed_matches_composed() {
+        check(|x| swiglu_packed(x).unwrap(), randn(&[5, 18], 64));
+        check(|x| swiglu_packed(x).unwrap(), randn(&[300, 1000], 65));
+        assert!(swiglu_packed(&randn(&[3, 7], 66)).is_err());
     }
 
     /// RMSNorm's weight gradient (fused f32 vs composed f64) over `rows × d`; with
