@@ -669,6 +669,10 @@ fn tiled_matmul_is_identical_to_matvec_per_token() {
         (4099, 64, 1),
         (21, 4096, 9),
         (19, 288, 70),
+        // x86 AVX-512 q4: a pass of 8 + 4 tokens and three single groups;
+        // passes capped at 64 tokens (one quad per row, a single group)
+        (29, 352, 12),
+        (19, 160, 70),
     ] {
         let groups = cols / 32;
         let wq: Vec<i8> = (0..rows * cols).map(|i| (i.wrapping_mul(2654435761) >> 7) as i8).collect();

@@ -164,7 +164,7 @@ fn matmul_q4_avx512vnni(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8],
     check_q4_tile(out, wq, ws, xq, xs);
     // SAFETY: only reachable via `AVX512VNNI`, returned after detecting
     // avx2+fma+f16c+avx512f/bw/vl/vnni; slice lengths were checked above.
-    unsafe { q4::q4_avx512vnni::matmul(out, wq, ws, xq, xs) }
+    unsafe { q4::wide::matmul(out, wq, ws, xq, xs) }
 }
 fn matmul_q4_avx2(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
     check_q4_tile(out, wq, ws, xq, xs);

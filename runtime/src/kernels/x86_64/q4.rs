@@ -18,11 +18,15 @@
 //! folded with unpack + add, one convert and one FMA by `ws·xs`), so the f32
 //! result differs from the reference only in the order of f32 operations.
 //! `matmul` (the batched form) is the q8 one's scheme with unpacked nibbles:
-//! one row against four tokens, bit-identical to `matvec` per token.
+//! one row against four tokens, bit-identical to `matvec` per token. On
+//! AVX-512 VNNI the batched form is `wide.rs`: the same operations with two
+//! tokens per 512-bit register, two rows and eight tokens per block.
 
 /// Widest row (columns) whose prepared activations [`PairX`] holds; wider
 /// matrices take the per-group path.
 const PAIR_COLS: usize = 4096;
+
+pub(super) mod wide;
 
 /// A matvec's activations rearranged per quad for the paired-load kernel
 /// (`x: [PAIR_COLS/32]` vectors, `c: [PAIR_COLS/128]` corrections, `s:
@@ -53,7 +57,7 @@ macro_rules! q4_matvec {
             /// half of group `k`.
             #[target_feature(enable = $feat)]
             #[inline]
-            unsafe fn qcorr($qx: [__m256i; 4]) -> __m256i {
+            pub(super) unsafe fn qcorr($qx: [__m256i; 4]) -> __m256i {
                 $qcorr
             }
 
@@ -69,21 +73,21 @@ macro_rules! q4_matvec {
             /// Row-independent part of a group's dot product (the `−8·Σx` correction).
             #[target_feature(enable = $feat)]
             #[inline]
-            unsafe fn corr($cx: __m256i) -> __m256i {
+            pub(super) unsafe fn corr($cx: __m256i) -> __m256i {
                 $corr
             }
 
             /// Eight i32 lanes summing to `Σ (u − 8)·x` over one group.
             #[target_feature(enable = $feat)]
             #[inline]
-            unsafe fn dot($u: __m256i, $x: __m256i, $c: __m256i) -> __m256i {
+            pub(super) unsafe fn dot($u: __m256i, $x: __m256i, $c: __m256i) -> __m256i {
                 $dot
             }
 
             /// 32 nibbles of one group (16 bytes at `p`) as u8 in element order.
             #[target_feature(enable = $feat)]
             #[inline]
-            unsafe fn unpack(p: *const u8) -> __m256i {
+            pub(super) unsafe fn unpack(p: *const u8) -> __m256i {
                 let b = _mm_loadu_si128(p as *const __m128i);
                 _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0f))
             }
@@ -481,7 +485,7 @@ macro_rules! q4_matvec {
             /// tokens (`xq: [T·cols]`, `xs: [T·groups]`).
             #[target_feature(enable = $feat)]
             #[inline]
-            unsafe fn row<const T: usize>(
+            pub(super) unsafe fn row<const T: usize>(
                 w: *const u8,
                 ws: *const u16,
                 xq: *const i8,
