@@ -28,11 +28,37 @@ pub fn softmax(x: &mut [f32]) {
     crate::kernels::reference::softmax(x)
 }
 
+/// RoPE frequency `i` of a head of `head_dim` (`i < head_dim/2`).
+fn rope_freq(i: usize, head_dim: usize, theta: f32) -> f32 {
+    1.0 / libm::powf(theta, (2 * i) as f32 / head_dim as f32)
+}
+
 /// Fills `rope` with `(cos, sin)` of each frequency at `pos`.
 fn rope_table(rope: &mut [f32], pos: usize, head_dim: usize, theta: f32) {
     for (i, [c, s]) in rope.as_chunks_mut::<2>().0.iter_mut().enumerate() {
-        let freq = 1.0 / libm::powf(theta, (2 * i) as f32 / head_dim as f32);
-        let angle = pos as f32 * freq;
+        let angle = pos as f32 * rope_freq(i, head_dim, theta);
+        (*c, *s) = (libm::cosf(angle), libm::sinf(angle));
+    }
+}
+
+/// [`rope_table`] for the `rows.len() / head_dim` positions `pos..` of a
+/// block, rows of `head_dim`: the same values, with each frequency computed
+/// once per block (parked in the first row's sine slots until its turn:
+/// `powf` per token was 1–2 % of a prompt).
+fn rope_block(rows: &mut [f32], pos: usize, head_dim: usize, theta: f32) {
+    let (first, rest) = rows.split_at_mut(head_dim.min(rows.len()));
+    let first = first.as_chunks_mut::<2>().0;
+    for (i, [_, f]) in first.iter_mut().enumerate() {
+        *f = rope_freq(i, head_dim, theta);
+    }
+    for (t, row) in rest.chunks_exact_mut(head_dim.max(1)).enumerate() {
+        for ([c, s], [_, f]) in row.as_chunks_mut::<2>().0.iter_mut().zip(first.iter()) {
+            let angle = (pos + 1 + t) as f32 * *f;
+            (*c, *s) = (libm::cosf(angle), libm::sinf(angle));
+        }
+    }
+    for [c, s] in first.iter_mut() {
+        let angle = pos as f32 * *s;
         (*c, *s) = (libm::cosf(angle), libm::sinf(angle));
     }
 }
@@ -488,11 +514,10 @@ pub fn forward_block(
     let cfg = model.config();
     let (dim, hd) = (cfg.dim as usize, cfg.head_dim());
     let tokens = s.tokens.get(pos..pos + n).ok_or(SHORT)?;
-    let token_rows = tokens.iter().zip(rows_mut(s.block.x, n, dim)?).zip(rows_mut(s.block.rope, n, hd)?);
-    for (t, ((&token, x), rope)) in token_rows.enumerate() {
+    for (&token, x) in tokens.iter().zip(rows_mut(s.block.x, n, dim)?) {
         domain.embedding.row_into(token as usize, x)?;
-        rope_table(rope, pos + t, hd, cfg.rope_theta);
     }
+    rope_block(s.block.rope.get_mut(..n * hd).ok_or(SHORT)?, pos, hd, cfg.rope_theta);
 
     let mut layer = 0;
     let mut expansion = domain.expansion.iter().peekable();

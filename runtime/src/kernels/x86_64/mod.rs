@@ -667,37 +667,59 @@ unsafe fn round_away(v: __m256) -> __m256i {
     _mm256_cvttps_epi32(_mm256_add_ps(t, step))
 }
 
+/// Per group of 32: the absolute maximum (a max tree, exact in any order),
+/// `d = amax/127` and `1/d` (0 when `d` is 0), then every value times `1/d`
+/// rounded half away from zero. The divisions of eight groups go in one
+/// vector each (IEEE division is correctly rounded in either form, so the
+/// values are the scalar ones; `!=` is unordered, as Rust's, so a NaN
+/// maximum gives a NaN inverse as the reference does).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_q8_simd(x: *const f32, q: *mut i8, s: *mut f32, groups: usize) {
-    let absmask = _mm256_set1_ps(-0.0);
-    for g in 0..groups {
-        let p = x.add(g * 32);
-        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
-        let a = [
-            _mm256_andnot_ps(absmask, v[0]),
-            _mm256_andnot_ps(absmask, v[1]),
-            _mm256_andnot_ps(absmask, v[2]),
-            _mm256_andnot_ps(absmask, v[3]),
-        ];
-        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
-        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let idv = _mm256_set1_ps(id);
-        let i0 = round_away(_mm256_mul_ps(v[0], idv));
-        let i1 = round_away(_mm256_mul_ps(v[1], idv));
-        let i2 = round_away(_mm256_mul_ps(v[2], idv));
-        let i3 = round_away(_mm256_mul_ps(v[3], idv));
-        // packs work per 128-bit lane: fix the order with one permute
-        let w01 = _mm256_packs_epi32(i0, i1);
-        let w23 = _mm256_packs_epi32(i2, i3);
-        let b = _mm256_packs_epi16(w01, w23);
-        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256(q.add(g * 32) as *mut __m256i, b);
-        *s.add(g) = d;
+    let mut g = 0;
+    while g < groups {
+        let n = (groups - g).min(8);
+        let mut amax = [0f32; 8];
+        for (j, a) in amax.iter_mut().enumerate().take(n) {
+            *a = abs_max32(x.add((g + j) * 32));
+        }
+        let d = _mm256_div_ps(_mm256_loadu_ps(amax.as_ptr()), _mm256_set1_ps(127.0));
+        let nonzero = _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_NEQ_UQ);
+        let id = _mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(1.0), d));
+        let (mut dv, mut idv) = ([0f32; 8], [0f32; 8]);
+        _mm256_storeu_ps(dv.as_mut_ptr(), d);
+        _mm256_storeu_ps(idv.as_mut_ptr(), id);
+        for j in 0..n {
+            quantize32(x.add((g + j) * 32), q.add((g + j) * 32), idv[j]);
+            *s.add(g + j) = dv[j];
+        }
+        g += n;
     }
+}
+
+/// `max |x[i]|` over 32 floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn abs_max32(p: *const f32) -> f32 {
+    let absmask = _mm256_set1_ps(-0.0);
+    let a = [0, 8, 16, 24].map(|k| _mm256_andnot_ps(absmask, _mm256_loadu_ps(p.add(k))));
+    let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)))
+}
+
+/// 32 floats at `p` times `id`, rounded half away from zero, to i8 at `q`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn quantize32(p: *const f32, q: *mut i8, id: f32) {
+    let idv = _mm256_set1_ps(id);
+    let [i0, i1, i2, i3] = [0, 8, 16, 24].map(|k| round_away(_mm256_mul_ps(_mm256_loadu_ps(p.add(k)), idv)));
+    // packs work per 128-bit lane: fix the order with one permute
+    let w01 = _mm256_packs_epi32(i0, i1);
+    let w23 = _mm256_packs_epi32(i2, i3);
+    let b = _mm256_packs_epi16(w01, w23);
+    let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(q as *mut __m256i, b);
 }
 
 // ---- q8 matvec and matmul, one module per dot-product instruction ----

@@ -243,10 +243,13 @@ unsafe fn rows_against<const R: usize, const P: usize>(
         if R == 2 && r + 1 < rows4 {
             // both rows in a four-row block: `store4`'s additions, two rows at once
             let sums = store4_two_rows([acc[0][2 * h], acc[0][2 * h + 1]], [acc[R - 1][2 * h], acc[R - 1][2 * h + 1]]);
-            for (t, o) in o.iter_mut().enumerate() {
-                o[r] = sums[t];
-                o[r + 1] = sums[8 + t];
-            }
+            // token t's two rows are neighbours in its output: one 8-byte store each
+            let (lo, hi) = (_mm512_castps512_ps128(sums), _mm512_extractf32x4_ps::<1>(sums));
+            let mut at = |t: usize| o[t][r..r + 2].as_mut_ptr() as *mut f64;
+            _mm_store_sd(at(0), _mm_castps_pd(lo));
+            _mm_storeh_pd(at(1), _mm_castps_pd(lo));
+            _mm_store_sd(at(2), _mm_castps_pd(hi));
+            _mm_storeh_pd(at(3), _mm_castps_pd(hi));
             continue;
         }
         for (i, acc) in acc.iter().enumerate() {
@@ -269,12 +272,12 @@ struct Singles {
 
 /// `store4` (the 256-bit matvec's reduction of a four-row block, here one row
 /// against four tokens) of two rows: `a[p]`, `b[p]` hold tokens `2p`, `2p + 1`
-/// of rows `i` and `j` in their halves. Returns row `i`'s four sums in
-/// elements 0–3 and row `j`'s in 8–11, from the same additions `store4`
+/// of rows `i` and `j` in their halves. Returns token `t`'s two sums (row
+/// `i`, row `j`) in elements `2t`, `2t + 1`, from the same additions `store4`
 /// makes (`vhaddps` as two shuffles and an add, per 128-bit lane).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn store4_two_rows(a: [__m512; 2], b: [__m512; 2]) -> [f32; 16] {
+unsafe fn store4_two_rows(a: [__m512; 2], b: [__m512; 2]) -> __m512 {
     let hadd = |x: __m512, y: __m512| {
         _mm512_add_ps(_mm512_shuffle_ps::<0b10_00_10_00>(x, y), _mm512_shuffle_ps::<0b11_01_11_01>(x, y))
     };
@@ -286,7 +289,6 @@ unsafe fn store4_two_rows(a: [__m512; 2], b: [__m512; 2]) -> [f32; 16] {
     let s = hadd(hadd(t0, t1), hadd(t2, t3));
     // low + high 128-bit lane of each row's half
     let r = _mm512_add_ps(s, _mm512_shuffle_f32x4::<0b10_11_00_01>(s, s));
-    let mut out = [0f32; 16];
-    _mm512_storeu_ps(out.as_mut_ptr(), r);
-    out
+    // row i's sums are elements 0–3, row j's 8–11: interleave them by token
+    _mm512_permutexvar_ps(_mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0), r)
 }
