@@ -17,6 +17,7 @@
 //! No allocation and no `std`: a firmware can score text too.
 
 use crate::error::{Error, Result};
+use crate::kernels::{Kernels, REFERENCE};
 use crate::session::Session;
 
 /// The document separator line.
@@ -129,20 +130,26 @@ impl Totals {
 }
 
 /// `-ln softmax(logits)[target]`, in f64: one lane-parallel pass for the
-/// max, one for `Σ e^(v − max)` with a branch-free f32 `exp` ([`exp`]) summed
+/// max, one for `Σ e^(v − max)` with a branch-free f32 `exp` ([`crate::kernels::reference::exp`]) summed
 /// in f64 lanes; both loops vectorise on the baseline target (SSE2, NEON).
 /// Against the all-f64 form (`max + ln Σ exp_f64(v − max)`, used before) a
 /// token's nats differ by ≤ 1e-6·max(nats, 1) (tested here), and bits per
 /// byte by < 1e-6 relative (tested over synthetic models in `runtime/tests/nll.rs`).
 /// A `target` past the logits is [`Error::BadToken`].
 pub fn nll(logits: &[f32], target: u32) -> Result<f64> {
+    nll_with(&REFERENCE, logits, target)
+}
+
+/// [`nll`] with the sum of exponentials on `k`'s kernel
+/// ([`Kernels::sum_exp`], the same value on every path).
+pub fn nll_with(k: &Kernels, logits: &[f32], target: u32) -> Result<f64> {
     let &logit = logits.get(target as usize).ok_or(Error::BadToken(target))?;
     let max = max(logits);
-    let lse = max as f64 + libm::log(sum_exp(logits, max));
+    let lse = max as f64 + libm::log((k.sum_exp)(logits, max));
     Ok(lse - logit as f64)
 }
 
-/// Lanes of the loops below: two vectors of the baseline target in flight.
+/// Lanes of the max loop: two vectors of the baseline target in flight.
 const LANES: usize = 8;
 
 /// Largest element (`-inf` for none; NaNs are skipped).
@@ -158,56 +165,12 @@ fn max(xs: &[f32]) -> f32 {
     tail.iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
-/// `Σ e^(v − max)` over `xs`, each term in f32, summed in f64.
-fn sum_exp(xs: &[f32], max: f32) -> f64 {
-    let mut acc = [0f64; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += exp(v - max) as f64;
-        }
-    }
-    tail.iter().map(|&v| exp(v - max) as f64).sum::<f64>() + acc.iter().sum::<f64>()
-}
-
-/// Inputs are clamped to `[EXP_MIN, EXP_MAX]`: `e^EXP_MIN` is the smallest
-/// normal f32's order, and `EXP_MAX·log2 e` rounds to n = 127, the largest
-/// exponent `2ⁿ` can hold.
-const EXP_MIN: f32 = -87.336_54;
-const EXP_MAX: f32 = 88.0;
-/// `1.5·2²³`: adding it rounds an f32 of magnitude < 2²² to an integer.
-const ROUND_MAGIC: f32 = 12_582_912.0;
-
-/// `e^x` without branches or calls (so loops over it vectorise): Cephes'
-/// `expf` (x = n·ln2 + r, a degree-6 polynomial for `e^r`, `2ⁿ` from exponent
-/// bits), with plain multiplies and adds (the baseline target has no FMA).
-/// Within 2 ulp of `libm::expf` on `[EXP_MIN, EXP_MAX]` (tested below); outside,
-/// the clamp's value (nll only asks for `x ≤ 0`, where a clamped term is
-/// under 1.2e-38 of a sum ≥ 1).
-fn exp(x: f32) -> f32 {
-    let x = x.clamp(EXP_MIN, EXP_MAX);
-    let t = x * core::f32::consts::LOG2_E + ROUND_MAGIC;
-    let n = t - ROUND_MAGIC;
-    // n as an integer, two's complement, from the low bits of t
-    let n_int = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
-    // r = x − n·ln2, ln2 split in two so n·LN2_HI is exact
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
-    er * f32::from_bits(n_int.wrapping_add(127) << 23)
-}
-
 /// Scores one document with `session` (its domain and context length) and
 /// adds it to `totals`. `buf` holds the token sequence: `doc.len() + 8`
 /// entries are always enough (a token covers at least one byte).
 pub fn score_document(session: &mut Session<'_, '_>, doc: &str, buf: &mut [u32], totals: &mut Totals) -> Result<()> {
     let domain = session.domain();
+    let kernels = session.kernels();
     let tok = domain.tokenizer;
     let info = *tok.info();
     let (bos, eos) = match (info.bos, info.eos) {
@@ -240,7 +203,7 @@ pub fn score_document(session: &mut Session<'_, '_>, doc: &str, buf: &mut [u32],
         session.extend_scored(inputs, &mut |i, logits| {
             if w.start + i >= w.first_scored && scored.is_ok() {
                 let target = targets.get(i).copied().ok_or(Error::BadSetting("score_document: logits past the window"));
-                match target.and_then(|t| nll(logits, t)) {
+                match target.and_then(|t| nll_with(kernels, logits, t)) {
                     Ok(nats) => {
                         totals.nats += nats;
                         totals.scored_tokens += 1;
@@ -266,6 +229,7 @@ pub fn eval_document(session: &mut Session<'_, '_>, doc: &str, totals: &mut Tota
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::reference;
 
     fn docs(t: &str) -> alloc::vec::Vec<(usize, &str)> {
         documents_with_lines(t).collect()
@@ -314,21 +278,21 @@ mod tests {
     fn exp_within_2_ulp_of_libm() {
         let mut worst = (0u32, 0f32);
         // a dense grid over the whole clamped range, and the region nll uses most
-        let grid = (0..=1_754_000).map(|i| EXP_MIN + i as f32 * 1e-4);
+        let grid = (0..=1_754_000).map(|i| reference::EXP_MIN + i as f32 * 1e-4);
         let near0 = (0..=200_000).map(|i| -(i as f32) * 1e-4);
-        for x in grid.chain(near0).filter(|&x| x <= EXP_MAX) {
-            let (got, want) = (exp(x), libm::expf(x));
+        for x in grid.chain(near0).filter(|&x| x <= reference::EXP_MAX) {
+            let (got, want) = (reference::exp(x), libm::expf(x));
             let u = ulps(got, want);
             if u > worst.0 {
                 worst = (u, x);
             }
         }
         assert!(worst.0 <= 2, "exp is {} ulp from expf at {}", worst.0, worst.1);
-        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(reference::exp(0.0), 1.0);
         // clamped: finite, tiny, never NaN
-        assert!(exp(-1e30) > 0.0 && exp(-1e30) < 1.2e-38);
-        assert!(exp(f32::NEG_INFINITY) < 1.2e-38);
-        assert!(exp(1e30).is_finite());
+        assert!(reference::exp(-1e30) > 0.0 && reference::exp(-1e30) < 1.2e-38);
+        assert!(reference::exp(f32::NEG_INFINITY) < 1.2e-38);
+        assert!(reference::exp(1e30).is_finite());
     }
 
     #[test]

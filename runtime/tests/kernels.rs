@@ -234,6 +234,38 @@ proptest! {
         }
     }
 
+    /// `sum_exp` (the `Σ e^(x − max)` of bits per byte) is the reference's,
+    /// bit for bit, on every path: lengths with and without a tail of under
+    /// eight, values beyond the clamp on both sides, infinities, NaN (then
+    /// a NaN, whose payload is not compared), and `max` the true maximum or
+    /// not.
+    #[test]
+    fn sum_exp_is_bit_exact(
+        xs in prop::collection::vec(
+            prop_oneof![
+                8 => -120f32..20f32,
+                1 => Just(f32::NEG_INFINITY),
+                1 => Just(f32::INFINITY),
+                1 => Just(f32::NAN),
+                1 => Just(-0.0f32),
+            ],
+            0..70,
+        ),
+        own_max in any::<bool>(),
+        max in -10f32..100f32,
+    ) {
+        let max = if own_max { xs.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m }) } else { max };
+        let want = reference::sum_exp(&xs, max);
+        for k in kernels::available() {
+            let got = (k.sum_exp)(&xs, max);
+            if want.is_nan() {
+                prop_assert!(got.is_nan(), "{}: {} where the reference has NaN", k.name, got);
+            } else {
+                prop_assert_eq!(got.to_bits(), want.to_bits(), "{}: {} vs {}", k.name, got, want);
+            }
+        }
+    }
+
     /// The batched q8 kernel (`matmul_q8`, tokens strided by `ld`) gives every
     /// token exactly its table's `matvec_q8` (bit for bit: odd row counts, so
     /// four-row blocks and single rows; 1..=9 tokens, so four-token groups and

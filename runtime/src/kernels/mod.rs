@@ -8,7 +8,7 @@
 //! | `reference` | scalar Rust | always available |
 //! | `avx2` | x86_64 AVX2 + FMA + F16C | CPU has them |
 //! | `avxvnni` | `avx2` with VEX `vpdpbusd` (AVX-VNNI) | CPU has AVX-VNNI |
-//! | `avx512vnni` | `avx2` with EVEX `vpdpbusd` at 256 bits (AVX-512 F/BW/VL/VNNI) | CPU has them (preferred) |
+//! | `avx512vnni` | `avx2` with EVEX `vpdpbusd`: 512-bit q8 matvec and q4 batched product (AVX-512 F/BW/VL/VNNI) | CPU has them (preferred) |
 //! | `neon` | aarch64 NEON (`smull`/`sadalp`): Cortex-A53/A72 (Pi 3, Pi 4) | every aarch64 CPU |
 //! | `dotprod` | `neon` with `sdot`: Cortex-A76/A78 (Pi 5, Jetson Orin) | CPU has the dotprod extension |
 //!
@@ -173,6 +173,7 @@ pub type AttnScores = fn(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize
 pub type AttnValues = fn(out: &mut [f32], att: &[f32], values: &[f32], stride: usize);
 pub type AttnScoresF16 = fn(att: &mut [f32], q: &[f32], keys: &[u16], stride: usize, scale: f32);
 pub type AttnValuesF16 = fn(out: &mut [f32], att: &[f32], values: &[u16], stride: usize);
+pub type SumExp = fn(xs: &[f32], max: f32) -> f64;
 
 /// The kernels the forward pass calls. Every entry has a scalar twin in
 /// [`reference`]; shapes are implied by slice lengths (documented per field).
@@ -221,6 +222,11 @@ pub struct Kernels {
     pub attn_scores_f16: AttnScoresF16,
     /// As `attn_values` with an f16 KV cache (values as IEEE half bits).
     pub attn_values_f16: AttnValuesF16,
+    /// `Σ e^(x − max)` over `xs` for bits per byte ([`crate::bpb::nll`]):
+    /// each term in f32 by [`reference::exp`], converted to f64 and added
+    /// into lane `i mod 8` in order, then the tail and the eight lanes as
+    /// [`reference::sum_exp`] adds them. Bit-exact on every path.
+    pub sum_exp: SumExp,
 }
 
 impl core::fmt::Debug for Kernels {
@@ -247,6 +253,7 @@ pub static REFERENCE: Kernels = Kernels {
     attn_values: reference::attn_values,
     attn_scores_f16: reference::attn_scores_f16,
     attn_values_f16: reference::attn_values_f16,
+    sum_exp: reference::sum_exp,
 };
 
 /// Every path name this build knows (supported by this CPU or not).

@@ -206,3 +206,51 @@ pub fn attn_values_f16(out: &mut [f32], att: &[f32], values: &[u16], stride: usi
         }
     }
 }
+
+/// Lanes of [`sum_exp`]: two vectors of the baseline target in flight.
+pub const SUM_EXP_LANES: usize = 8;
+
+/// See [`super::Kernels::sum_exp`].
+pub fn sum_exp(xs: &[f32], max: f32) -> f64 {
+    let mut acc = [0f64; SUM_EXP_LANES];
+    let chunks = xs.chunks_exact(SUM_EXP_LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += exp(v - max) as f64;
+        }
+    }
+    tail.iter().map(|&v| exp(v - max) as f64).sum::<f64>() + acc.iter().sum::<f64>()
+}
+
+/// Inputs are clamped to `[EXP_MIN, EXP_MAX]`: `e^EXP_MIN` is the smallest
+/// normal f32's order, and `EXP_MAX·log2 e` rounds to n = 127, the largest
+/// exponent `2ⁿ` can hold.
+pub const EXP_MIN: f32 = -87.336_54;
+pub const EXP_MAX: f32 = 88.0;
+/// `1.5·2²³`: adding it rounds an f32 of magnitude < 2²² to an integer.
+pub const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// `e^x` without branches or calls (so loops over it vectorise): Cephes'
+/// `expf` (x = n·ln2 + r, a degree-6 polynomial for `e^r`, `2ⁿ` from exponent
+/// bits), with plain multiplies and adds (the baseline target has no FMA).
+/// Within 2 ulp of `libm::expf` on `[EXP_MIN, EXP_MAX]` (tested below); outside,
+/// the clamp's value (nll only asks for `x ≤ 0`, where a clamped term is
+/// under 1.2e-38 of a sum ≥ 1).
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(EXP_MIN, EXP_MAX);
+    let t = x * core::f32::consts::LOG2_E + ROUND_MAGIC;
+    let n = t - ROUND_MAGIC;
+    // n as an integer, two's complement, from the low bits of t
+    let n_int = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
+    // r = x − n·ln2, ln2 split in two so n·LN2_HI is exact
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    er * f32::from_bits(n_int.wrapping_add(127) << 23)
+}

@@ -67,6 +67,8 @@ static NEON: Kernels = Kernels {
     attn_values,
     attn_scores_f16,
     attn_values_f16,
+    // the scalar form vectorises on NEON as it is
+    sum_exp: super::reference::sum_exp,
 };
 static DOTPROD: Kernels = Kernels {
     name: "dotprod",

@@ -29,7 +29,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, per_token, Kernels, TileOut};
+use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, per_token, reference, Kernels, TileOut};
 
 mod q4;
 mod q8_avx512;
@@ -103,6 +103,7 @@ static AVX2: Kernels = Kernels {
     attn_values,
     attn_scores_f16,
     attn_values_f16,
+    sum_exp,
 };
 static AVXVNNI: Kernels = Kernels {
     name: "avxvnni",
@@ -720,6 +721,53 @@ unsafe fn quantize32(p: *const f32, q: *mut i8, id: f32) {
     let b = _mm256_packs_epi16(w01, w23);
     let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(q as *mut __m256i, b);
+}
+
+fn sum_exp(xs: &[f32], max: f32) -> f64 {
+    // SAFETY: only reachable via the detected tables (avx2+fma+f16c); reads
+    // `xs` through its own chunks.
+    unsafe { sum_exp_simd(xs, max) }
+}
+
+/// [`reference::sum_exp`] eight terms at a time: [`exp8`] gives each term's
+/// exact bits, and lanes 0–3 / 4–7 go to the f64 accumulators of the same
+/// lanes in the same order; the tail and the final sum are the reference's.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum_exp_simd(xs: &[f32], max: f32) -> f64 {
+    let chunks = xs.chunks_exact(reference::SUM_EXP_LANES);
+    let tail = chunks.remainder();
+    let m = _mm256_set1_ps(max);
+    let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    for c in chunks {
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+    }
+    let mut acc = [0f64; reference::SUM_EXP_LANES];
+    _mm256_storeu_pd(acc.as_mut_ptr(), lo);
+    _mm256_storeu_pd(acc.as_mut_ptr().add(4), hi);
+    tail.iter().map(|&v| reference::exp(v - max) as f64).sum::<f64>() + acc.iter().sum::<f64>()
+}
+
+/// [`reference::exp`] on eight lanes: the same multiplies and adds (no FMA)
+/// in the same order, so the same bits. The clamp keeps a NaN (`max_ps`
+/// returns its second operand when either is NaN), as `f32::clamp` does.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn exp8(x: __m256) -> __m256 {
+    let c = _mm256_set1_ps;
+    let x = _mm256_min_ps(c(reference::EXP_MAX), _mm256_max_ps(c(reference::EXP_MIN), x));
+    let t = _mm256_add_ps(_mm256_mul_ps(x, c(core::f32::consts::LOG2_E)), c(reference::ROUND_MAGIC));
+    let n = _mm256_sub_ps(t, c(reference::ROUND_MAGIC));
+    let n_int = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(reference::ROUND_MAGIC.to_bits() as i32));
+    let r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, c(0.693_359_4))), _mm256_mul_ps(n, c(-2.121_944_4e-4)));
+    let mut p = c(1.987_569_1e-4);
+    for k in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+        p = _mm256_add_ps(_mm256_mul_ps(p, r), c(k));
+    }
+    let er = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), c(1.0));
+    let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n_int, _mm256_set1_epi32(127))));
+    _mm256_mul_ps(er, two_n)
 }
 
 // ---- q8 matvec and matmul, one module per dot-product instruction ----
