@@ -568,7 +568,12 @@ quad: |u, x, c| {
     let s = _mm256_dpbusd_avx_epi32(s, u[2], x[2]);
     _mm256_dpbusd_avx_epi32(s, u[3], x[3])
 });
-q4_matvec!(q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pairs: false,
+// The matvec takes the paired-load path here too (`vpmaddubsw` pairs, not
+// `vpdpbusd`): on Zen 5 it decodes the 15M shape 1.22× faster at one thread
+// and, unlike the per-group `block` form (which gained nothing from a second
+// thread there), 1.4× faster again at two (docs/BENCHMARKS.md). Bit-identical
+// either way.
+q4_matvec!(q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pairs: true,
 corr: |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), x)),
 dot: |u, x, c| _mm256_dpbusd_epi32(c, u, x),
 qcorr: |x| {
