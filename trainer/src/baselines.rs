@@ -18,11 +18,14 @@ use crate::model::Llama;
 use crate::model::{block_forward, BlockW};
 use crate::ops;
 use crate::optim::{AdamW, AdamWParams, GradAccumulator};
+use crate::resumable::Trainee;
 use crate::rng::Rng;
+use crate::tokenizer::EdgeTokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Instant;
 
 /// Optimisation settings shared by every method of the experiment.
@@ -305,6 +308,55 @@ impl Lora {
 pub fn finetune_copy(base: &Llama) -> Result<Llama> {
     let t = base.tensors().into_iter().map(|(k, v)| Ok((k, v.copy()?))).collect::<Result<HashMap<_, _>>>()?;
     Llama::from_tensors(&base.cfg, t, base.device())
+}
+
+/// A baseline's model, as trained by `edgelm-train baseline`.
+pub enum BaselineModel {
+    /// Every weight trainable (`finetune`, `joint`).
+    Full(Llama),
+    /// A frozen base with adapters (`lora`).
+    Lora(Lora),
+}
+
+/// A baseline as a resumable run's [`Trainee`]: its checkpoint is a plain model
+/// directory, LoRA's with the adapters merged into the weights.
+pub struct BaselineTrainee<'a> {
+    pub model: BaselineModel,
+    pub tokenizer: &'a EdgeTokenizer,
+    /// Recorded in config.json.
+    pub domains: &'a [String],
+}
+
+impl Trainee for BaselineTrainee<'_> {
+    fn vars(&self) -> Vec<(String, Var)> {
+        match &self.model {
+            BaselineModel::Full(m) => m.vars(),
+            BaselineModel::Lora(l) => l.vars(),
+        }
+    }
+    fn device(&self) -> &Device {
+        match &self.model {
+            BaselineModel::Full(m) => m.device(),
+            BaselineModel::Lora(l) => l.base.device(),
+        }
+    }
+    fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        match &self.model {
+            BaselineModel::Full(m) => m.loss(ids, targets),
+            BaselineModel::Lora(l) => l.loss(ids, targets),
+        }
+    }
+    fn save(&self, dir: &Path) -> Result<String> {
+        let merged;
+        let m = match &self.model {
+            BaselineModel::Full(m) => m,
+            BaselineModel::Lora(l) => {
+                merged = l.merge()?;
+                &merged
+            }
+        };
+        crate::checkpoint::save_model(dir, m, self.tokenizer, self.domains, DType::F32)
+    }
 }
 
 /// Non-embedding parameters of a config (blocks + final norm).

@@ -31,6 +31,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod resumable;
 pub mod rng;
 pub mod sample;
 pub mod schedule;

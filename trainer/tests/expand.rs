@@ -8,6 +8,7 @@ use edgelm_trainer::config::{HfConfig, ModelConfig};
 use edgelm_trainer::corpus::{Batcher, Corpus, TokenStream};
 use edgelm_trainer::expand::{default_positions, load_domain, Expanded, TokenizerMode, DOMAIN_EMBED};
 use edgelm_trainer::model::Llama;
+use edgelm_trainer::resumable::Trainee;
 use edgelm_trainer::tokenizer::EdgeTokenizer;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -330,4 +331,76 @@ fn expansion_resume_matches_uninterrupted_run() {
     let (e5, _) = expanded();
     let err = expand_train::run(&e5, &job("fresh", true, None), &mut |_, _| {}).expect_err("nothing to resume");
     assert!(err.to_string().contains("nothing to resume"), "{err}");
+}
+
+/// The baselines resume exactly too: finetune and LoRA over a base, and a joint
+/// model drawing from two corpora (whose sampler state has three RNGs), each
+/// stopped after step 5 and resumed, end with the uninterrupted run's weights
+/// and log; LoRA's checkpoint is the merged model; another base is refused.
+#[test]
+fn baseline_resume_matches_uninterrupted_run() {
+    use edgelm_trainer::baselines::{BaselineModel, BaselineTrainee};
+    use edgelm_trainer::resumable::{self, RunJob, Sampler, LOG_FILE};
+    let dir = tmpdir("baseline-resume");
+    let fx = fixture(11);
+    let recipes = Corpus { path: dir.join("recipes.txt"), text: recipe_text(40) };
+    let stories = Corpus { path: dir.join("stories.txt"), text: story_text(40) };
+    let tag = |d: &str| fx.story_tok.tag_id(d);
+    let rs = TokenStream::build(&recipes, &fx.story_tok, None).unwrap();
+    let joint_streams = [
+        TokenStream::build(&stories, &fx.story_tok, tag("story")).unwrap(),
+        TokenStream::build(&recipes, &fx.story_tok, tag("recipe")).unwrap(),
+    ];
+    let fc = FitConfig { steps: 8, batch: 4, seq: 16, lr: 1e-2, warmup: 2, ..FitConfig::default() };
+    let domains = vec!["recipe".to_string()];
+    let base_id = Some("sha256:base".to_string());
+    let model = |method: &str| match method {
+        "finetune" => BaselineModel::Full(finetune_copy(&fx.base).unwrap()),
+        "lora" => BaselineModel::Lora(
+            Lora::new(Llama::from_tensors(&fx.base.cfg, fx.base.tensors(), &Device::Cpu).unwrap(), 2, 3).unwrap(),
+        ),
+        _ => BaselineModel::Full(Llama::new(&tiny(fx.story_tok.vocab_size()), 5, &Device::Cpu).unwrap()),
+    };
+    for method in ["finetune", "lora", "joint"] {
+        let streams: Vec<&TokenStream> = if method == "joint" { joint_streams.iter().collect() } else { vec![&rs] };
+        let job = |out: &str, resume: bool, stop_after: Option<usize>| RunJob {
+            fit: fc.clone(),
+            out: dir.join(method).join(out),
+            checkpoint_every: 3,
+            resume,
+            stop_after,
+            base_model_id: if method == "joint" { None } else { base_id.clone() },
+        };
+        let go = |job: &RunJob, seen: &mut Vec<usize>| {
+            let t = BaselineTrainee { model: model(method), tokenizer: &fx.story_tok, domains: &domains };
+            let mut s = Sampler::new(streams.clone(), &fc).unwrap();
+            let r = resumable::run(&t, &mut s, job, &mut |st, _| seen.push(st));
+            (r, checkpoint::model_id(&t.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect()).unwrap())
+        };
+        let (whole, whole_vars) = go(&job("whole", false, None), &mut Vec::new());
+        let whole = whole.unwrap();
+        assert_eq!(whole.final_step, 8, "{method}");
+        assert_eq!(go(&job("resumed", false, Some(5)), &mut Vec::new()).0.unwrap().final_step, 5, "{method}");
+        let mut seen = Vec::new();
+        let (rest, rest_vars) = go(&job("resumed", true, None), &mut seen);
+        let rest = rest.unwrap();
+        assert_eq!(seen.first(), Some(&4), "{method}: resumes after the step-3 checkpoint");
+        assert_eq!(rest.model_id, whole.model_id, "{method}: resumed weights differ from the uninterrupted run's");
+        assert_eq!(rest_vars, whole_vars, "{method}");
+        let log = |d: &str| std::fs::read_to_string(dir.join(method).join(d).join(LOG_FILE)).unwrap();
+        assert_eq!(log("resumed"), log("whole"), "{method}");
+        // The saved checkpoint is a plain model the other tools load.
+        let ck = checkpoint::load(&dir.join(method).join("whole"), &Device::Cpu).unwrap();
+        assert_eq!(ck.config.edgelm.model_id, whole.model_id, "{method}");
+        assert_ne!(
+            checkpoint::model_id(&ck.model.tensors()).unwrap(),
+            checkpoint::model_id(&fx.base.tensors()).unwrap()
+        );
+        if method != "joint" {
+            let mut other = job("resumed", true, None);
+            other.base_model_id = Some("sha256:other".into());
+            let err = go(&other, &mut Vec::new()).0.expect_err("another base must be refused");
+            assert!(err.to_string().contains("over base"), "{method}: {err}");
+        }
+    }
 }

@@ -219,21 +219,8 @@ impl Expanded {
 
     /// Sets the new parameters from a domain checkpoint's tensors (`dir` names it
     /// in errors): every var present with its shape, nothing else.
-    pub fn set_vars(&self, mut tensors: HashMap<String, Tensor>, dir: &Path) -> Result<()> {
-        for (name, v) in self.vars() {
-            let t = tensors.remove(&name).ok_or_else(|| Error::ckpt(dir, format!("missing tensor {name}")))?;
-            if t.dims() != v.dims() {
-                return Err(Error::ckpt(
-                    dir,
-                    format!("tensor {name} has shape {:?}, expected {:?}", t.dims(), v.dims()),
-                ));
-            }
-            v.set(&t)?;
-        }
-        match tensors.keys().next() {
-            Some(extra) => Err(Error::ckpt(dir, format!("unexpected tensor {extra}"))),
-            None => Ok(()),
-        }
+    pub fn set_vars(&self, tensors: HashMap<String, Tensor>, dir: &Path) -> Result<()> {
+        crate::resumable::set_vars(&self.vars(), tensors, dir)
     }
 
     pub fn n_trainable(&self) -> usize {

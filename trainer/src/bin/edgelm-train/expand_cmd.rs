@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use edgelm_trainer::baselines::{FitConfig, FnScorer};
 use edgelm_trainer::checkpoint;
-use edgelm_trainer::corpus::{Batcher, Corpus, Limits, TokenStream};
+use edgelm_trainer::corpus::{Corpus, Limits, TokenStream};
 use edgelm_trainer::eval::evaluate;
 use edgelm_trainer::expand::train::ExpandJob;
 use edgelm_trainer::expand::{default_positions, Expanded, TokenizerMode};
@@ -307,10 +307,21 @@ pub struct BaselineArgs {
     pub seq_len: usize,
     #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
+    /// Learning rate at the end of the cosine (default: --lr / 10).
+    #[arg(long)]
+    pub min_lr: Option<f64>,
     #[arg(long, default_value_t = 50)]
     pub warmup: usize,
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
+    /// Write the checkpoint (with optimiser state) every N steps.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Continue an interrupted run from the checkpoint in --out (exactly: weights,
+    /// optimiser, batch sampler); give the same settings as the first run. A larger
+    /// --steps extends a run: the cosine is stretched from the resumed step to the new end.
+    #[arg(long)]
+    pub resume: bool,
     /// joint: architecture (defaults as `edgelm-train base`).
     #[arg(long)]
     pub dim: Option<usize>,
@@ -324,52 +335,42 @@ pub struct BaselineArgs {
 }
 
 pub fn cmd_baseline(a: BaselineArgs) -> Result<()> {
-    use edgelm_trainer::baselines::{finetune_copy, fit, Lora};
+    use edgelm_trainer::baselines::{finetune_copy, BaselineModel, BaselineTrainee, Lora};
     use edgelm_trainer::model::Llama;
+    use edgelm_trainer::resumable::{self, RunJob, Sampler};
     let dev = Device::Cpu;
-    let fc = FitConfig {
+    let mut fc = FitConfig {
         steps: a.steps,
         batch: a.batch,
         seq: a.seq_len,
         lr: a.lr,
-        min_lr: a.lr / 10.0,
+        min_lr: a.min_lr.unwrap_or(a.lr / 10.0),
         warmup: a.warmup.min(a.steps / 5).max(1),
         seed: a.seed,
         ..FitConfig::default()
     };
     let cache = a.out.parent().unwrap_or(std::path::Path::new(".")).join(".token-cache");
-    let t0 = std::time::Instant::now();
-    let mut prog = |s: usize, l: f64| {
-        if s.is_multiple_of(10) || s == a.steps {
-            eprintln!("step {s}/{}: loss {l:.4} ({:.0}s)", a.steps, t0.elapsed().as_secs_f64());
-        }
-    };
     let corpora: Vec<Corpus> = a
         .corpus
         .iter()
         .map(|p| Ok(Corpus::load(p, Limits::default())?.head(a.max_bytes)))
         .collect::<edgelm_trainer::Result<_>>()?;
-    let (model, tok) = match a.method.as_str() {
+    // The model to train, its tokenizer, the base it starts from and one token stream per corpus.
+    let (model, tok, base_model_id, streams) = match a.method.as_str() {
         "finetune" | "lora" => {
             let b = a.base.as_ref().context("--method finetune/lora needs --base DIR")?;
-            let ck = checkpoint::load(b, &dev)?;
-            let seq = fc.seq.min(ck.model.cfg.max_seq);
-            let fc = FitConfig { seq, ..fc.clone() };
+            if corpora.len() != 1 {
+                bail!("--method {} trains on one --corpus", a.method);
+            }
+            let ck = checkpoint::load(b, &dev).with_context(|| format!("loading base {}", b.display()))?;
+            fc.seq = fc.seq.min(ck.model.cfg.max_seq);
             let stream = TokenStream::cached(&corpora[0], &ck.tokenizer, None, &cache)?;
-            let mut bt = Batcher::new(fc.seed, fc.batch, fc.seq);
-            let mut next = |_s: usize| bt.next_batch(&stream);
             let m = if a.method == "finetune" {
-                let m = finetune_copy(&ck.model)?;
-                let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
-                fit(m.vars(), &fc, &dev, &mut next, &lf, &mut prog)?;
-                m
+                BaselineModel::Full(finetune_copy(&ck.model)?)
             } else {
-                let lo = Lora::new(ck.model, a.rank, fc.seed)?;
-                let lf = |x: &Tensor, y: &Tensor| lo.loss(x, y);
-                fit(lo.vars(), &fc, &dev, &mut next, &lf, &mut prog)?;
-                lo.merge()?
+                BaselineModel::Lora(Lora::new(ck.model, a.rank, fc.seed)?)
             };
-            (m, ck.tokenizer)
+            (m, ck.tokenizer, ck.config.edgelm.model_id.clone(), vec![stream])
         }
         "joint" => {
             let tok = EdgeTokenizer::load(a.tokenizer.as_ref().context("--method joint needs --tokenizer FILE")?)?;
@@ -398,29 +399,32 @@ pub fn cmd_baseline(a: BaselineArgs) -> Result<()> {
             if let Some(f) = a.ffn {
                 cfg.ffn_dim = f;
             }
-            let m = Llama::new(&cfg, fc.seed, &dev)?;
-            // Each step one domain, in proportion to the domains' token counts.
-            let sizes: Vec<f64> = streams.iter().map(|s| s.tokens.len() as f64).collect();
-            let total: f64 = sizes.iter().sum();
-            let mut batchers: Vec<Batcher> =
-                (0..streams.len()).map(|i| Batcher::new(fc.seed + i as u64, fc.batch, fc.seq)).collect();
-            let mut rng = edgelm_trainer::rng::Rng::new(fc.seed, 0x701);
-            let mut next = |_s: usize| {
-                let mut u = rng.next_f64() * total;
-                let mut k = 0;
-                while k + 1 < sizes.len() && u >= sizes[k] {
-                    u -= sizes[k];
-                    k += 1;
-                }
-                batchers[k].next_batch(&streams[k])
-            };
-            let lf = |x: &Tensor, y: &Tensor| m.loss(x, y);
-            fit(m.vars(), &fc, &dev, &mut next, &lf, &mut prog)?;
-            (m, tok)
+            (BaselineModel::Full(Llama::new(&cfg, fc.seed, &dev)?), tok, None, streams)
         }
         other => bail!("unknown --method {other:?}: finetune, lora or joint (separate = `edgelm-train base`)"),
     };
-    let id = checkpoint::save_model(&a.out, &model, &tok, &a.domain, candle_core::DType::F32)?;
-    writeln!(std::io::stdout(), "wrote {} ({id}) in {:.0}s", a.out.display(), t0.elapsed().as_secs_f64())?;
+    let trainee = BaselineTrainee { model, tokenizer: &tok, domains: &a.domain };
+    // Joint: each step one domain, in proportion to the domains' token counts.
+    let mut sampler = Sampler::new(streams.iter().collect(), &fc)?;
+    let job = RunJob {
+        fit: fc,
+        out: a.out.clone(),
+        checkpoint_every: a.checkpoint_every,
+        resume: a.resume,
+        stop_after: None,
+        base_model_id,
+    };
+    let t0 = std::time::Instant::now();
+    let mut prog = |s: usize, l: f64| {
+        if s.is_multiple_of(10) || s == a.steps {
+            eprintln!("step {s}/{}: loss {l:.4} ({:.0}s)", a.steps, t0.elapsed().as_secs_f64());
+        }
+    };
+    let r = resumable::run(&trainee, &mut sampler, &job, &mut prog).with_context(|| {
+        let verb = if a.resume { "resuming" } else { "training" };
+        format!("{verb} the {} baseline in {}", a.method, a.out.display())
+    })?;
+    let id = r.model_id.unwrap_or_default();
+    writeln!(std::io::stdout(), "wrote {} ({id}) in {:.0}s", a.out.display(), r.elapsed_s)?;
     Ok(())
 }
