@@ -315,7 +315,7 @@ pub enum BaselineModel {
     /// Every weight trainable (`finetune`, `joint`).
     Full(Llama),
     /// A frozen base with adapters (`lora`).
-    Lora(Lora),
+    Lora(Box<Lora>),
 }
 
 /// A baseline as a resumable run's [`Trainee`]: its checkpoint is a plain model

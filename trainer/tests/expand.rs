@@ -356,9 +356,9 @@ fn baseline_resume_matches_uninterrupted_run() {
     let base_id = Some("sha256:base".to_string());
     let model = |method: &str| match method {
         "finetune" => BaselineModel::Full(finetune_copy(&fx.base).unwrap()),
-        "lora" => BaselineModel::Lora(
+        "lora" => BaselineModel::Lora(Box::new(
             Lora::new(Llama::from_tensors(&fx.base.cfg, fx.base.tensors(), &Device::Cpu).unwrap(), 2, 3).unwrap(),
-        ),
+        )),
         _ => BaselineModel::Full(Llama::new(&tiny(fx.story_tok.vocab_size()), 5, &Device::Cpu).unwrap()),
     };
     for method in ["finetune", "lora", "joint"] {

@@ -368,7 +368,7 @@ pub fn cmd_baseline(a: BaselineArgs) -> Result<()> {
             let m = if a.method == "finetune" {
                 BaselineModel::Full(finetune_copy(&ck.model)?)
             } else {
-                BaselineModel::Lora(Lora::new(ck.model, a.rank, fc.seed)?)
+                BaselineModel::Lora(Box::new(Lora::new(ck.model, a.rank, fc.seed)?))
             };
             (m, ck.tokenizer, ck.config.edgelm.model_id.clone(), vec![stream])
         }
