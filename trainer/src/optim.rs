@@ -47,8 +47,11 @@ impl AdamW {
             let decay = if p.rank() >= 2 { lr * self.hp.weight_decay } else { 0.0 };
             let new = ((p.as_tensor() * (1.0 - decay))? - (upd * lr)?)?;
             p.set(&new)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            // candle leaves a var's gradient attached to the backward graph (a
+            // LoRA adapter's is `dL/dW · A^T`, A a var): moments kept attached would
+            // chain every step's graph to the next, and memory would grow each step.
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(())
     }
@@ -146,5 +149,29 @@ mod tests {
         }
         let v = x.as_tensor().to_vec1::<f32>().unwrap();
         assert!(v.iter().all(|a| a.abs() < 0.05), "{v:?}");
+    }
+
+    /// A product of two vars (as in a LoRA adapter) gives gradients that still
+    /// carry the backward graph; the moments must not keep it (or each step's
+    /// graph stays reachable from the next: memory grows without bound).
+    #[test]
+    fn adamw_moments_hold_no_graph() {
+        let dev = Device::Cpu;
+        let a = Var::new(&[[0.5f32, -1.0], [0.25, 2.0]], &dev).unwrap();
+        let b = Var::new(&[[1f32, 0.0], [0.0, 1.0]], &dev).unwrap();
+        let x = Tensor::new(&[[1f32], [2.0]], &dev).unwrap();
+        let hp = AdamWParams { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+        let mut opt = AdamW::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())], hp).unwrap();
+        for _ in 0..3 {
+            let w = b.as_tensor().matmul(a.as_tensor()).unwrap();
+            let loss = w.matmul(&x).unwrap().sqr().unwrap().sum_all().unwrap();
+            let store = loss.backward().unwrap();
+            let mut acc = GradAccumulator::new(2);
+            acc.add(&opt.params, &store, 1.0).unwrap();
+            let (g, _) = acc.finish(&opt.params, 1.0).unwrap();
+            assert!(g.iter().any(|g| g.track_op()), "the gradients carry the graph (what this test guards against)");
+            opt.step(&g, 0.01).unwrap();
+            assert!(opt.m.iter().chain(&opt.v).all(|t| !t.track_op()), "a moment holds the backward graph");
+        }
     }
 }
