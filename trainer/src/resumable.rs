@@ -54,6 +54,8 @@ pub fn set_vars(vars: &[(String, Var)], mut tensors: HashMap<String, Tensor>, di
 pub struct Sampler<'a> {
     streams: Vec<&'a TokenStream>,
     batchers: Vec<Batcher>,
+    /// Tokens per stream: the weights of the stream picker.
+    sizes: Vec<f64>,
     pick: Rng,
 }
 
@@ -64,16 +66,16 @@ impl<'a> Sampler<'a> {
             return Err(Error::Config("a run needs at least one corpus".into()));
         }
         let batchers = (0..streams.len()).map(|i| Batcher::new(fc.seed + i as u64, fc.batch, fc.seq)).collect();
-        Ok(Sampler { streams, batchers, pick: Rng::new(fc.seed, 0x701) })
+        let sizes = streams.iter().map(|s| s.tokens.len() as f64).collect();
+        Ok(Sampler { streams, batchers, sizes, pick: Rng::new(fc.seed, 0x701) })
     }
 
     pub fn next_batch(&mut self) -> Result<(Vec<u32>, Vec<u32>)> {
         let mut k = 0;
         if self.streams.len() > 1 {
-            let sizes: Vec<f64> = self.streams.iter().map(|s| s.tokens.len() as f64).collect();
-            let mut u = self.pick.next_f64() * sizes.iter().sum::<f64>();
-            while k + 1 < sizes.len() && u >= sizes[k] {
-                u -= sizes[k];
+            let mut u = self.pick.next_f64() * self.sizes.iter().sum::<f64>();
+            while k + 1 < self.sizes.len() && u >= self.sizes[k] {
+                u -= self.sizes[k];
                 k += 1;
             }
         }
