@@ -150,6 +150,32 @@ fn q8_group_sums_equal_reference_exactly_at_edges() {
     }
 }
 
+/// The q4 batched kernels against their matvec per token, bit for bit, on
+/// rows wider than the property tests reach (more than 4096 columns, where
+/// the x86 kernels leave their prepared-activation paths), with octets, a
+/// quad left over and single groups.
+#[test]
+fn q4_matmul_equals_matvec_per_token_on_wide_rows() {
+    for groups in [132usize, 135, 136, 139] {
+        let (rows, n, cols) = (5, 6, groups * 32);
+        let wq: Vec<u8> = (0..rows * cols / 2).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2]).collect();
+        let ws: Vec<u16> = (0..rows * groups).map(|i| 0x0C00 + (i as u16).wrapping_mul(40503) % 0x2000).collect();
+        let x: Vec<f32> =
+            (0..n * cols).map(|i| ((i as u32).wrapping_mul(2246822519) >> 8) as f32 / (1 << 24) as f32 - 0.5).collect();
+        let (mut xq, mut xs) = (vec![0i8; n * cols], vec![0f32; n * groups]);
+        reference::quantize_q8(&x, &mut xq, &mut xs);
+        for k in kernels::available() {
+            let mut got = vec![f32::NAN; n * rows];
+            (k.matmul_q4)(&mut kernels::TileOut::new(&mut got, rows, rows, n), &wq, &ws, &xq, &xs);
+            for b in 0..n {
+                let mut want = vec![0f32; rows];
+                (k.matvec_q4)(&mut want, &wq, &ws, &xq[b * cols..][..cols], &xs[b * groups..][..groups]);
+                assert_eq!(bits(&got[b * rows..][..rows]), bits(&want), "{} groups {} token {}", k.name, groups, b);
+            }
+        }
+    }
+}
+
 #[test]
 fn q4_extremes_are_exact() {
     // every weight -8 (byte 0x00) or 7 (0xff), activations ±127: the largest

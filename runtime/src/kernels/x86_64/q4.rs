@@ -21,6 +21,15 @@
 //! one row against four tokens, bit-identical to `matvec` per token. On
 //! AVX-512 VNNI the batched form is `wide.rs`: the same operations with two
 //! tokens per 512-bit register, two rows and eight tokens per block.
+//!
+//! The AVX2 table (`octets: true`) takes the groups eight at a time where it
+//! can: a pair of quads reduced to eight whole-group sums in element order
+//! (the halves added in integers), so one convert, one multiply and one FMA
+//! serve eight groups, and the paired-load matvec's reduction needs half its
+//! `vpmaddwd`s (where `vpmaddubsw`/`vpmaddwd` share two pipes of Zen 3 and
+//! bound the loop). Its f32 order is then: the octets, the quad left over
+//! (half sums, as above), the single groups; every form of that table (matvec,
+//! batched, row by row) keeps it, so they stay bit-identical to each other.
 
 /// Widest row (columns) whose prepared activations [`PairX`] holds; wider
 /// matrices take the per-group path.
@@ -30,16 +39,19 @@ pub(super) mod wide;
 
 /// A matvec's activations rearranged per quad for the paired-load kernel
 /// (`x: [PAIR_COLS/32]` vectors, `c: [PAIR_COLS/128]` corrections, `s:
-/// [PAIR_COLS/128]` activation scales of a quad in both halves): 6 KiB on the stack.
+/// [PAIR_COLS/128]` activation scales of a quad in both halves; with octets,
+/// `c8: [PAIR_COLS/256]` an octet's corrections in [`octet_sum`]'s layout):
+/// 6.5 KiB on the stack.
 #[repr(C, align(32))]
 struct PairX {
     x: [[u8; 32]; PAIR_COLS / 32],
     c: [[u8; 32]; PAIR_COLS / 128],
     s: [[f32; 8]; PAIR_COLS / 128],
+    c8: [[u8; 32]; PAIR_COLS / 256],
 }
 
 macro_rules! q4_matvec {
-    ($module:ident, $feat:literal, pairs: $pairs:literal, corr: |$cx:ident| $corr:expr, dot: |$u:ident, $x:ident, $c:ident| $dot:expr,
+    ($module:ident, $feat:literal, pairs: $pairs:literal, octets: $octets:literal, corr: |$cx:ident| $corr:expr, dot: |$u:ident, $x:ident, $c:ident| $dot:expr,
      qcorr: |$qx:ident| $qcorr:expr, quad: |$qu:ident, $qxx:ident, $qc:ident| $quad:expr) => {
         pub(super) mod $module {
             use core::arch::x86_64::*;
@@ -92,6 +104,15 @@ macro_rules! q4_matvec {
                 _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0f))
             }
 
+            /// The whole-group sums of an octet in element order from its two
+            /// quads' half sums `a`, `b` ([`fold4`]'s layout: lanes `k`, `k + 4`
+            /// the halves of group `k`). Exact.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            pub(super) unsafe fn whole8(a: __m256i, b: __m256i) -> __m256i {
+                _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(a, b), _mm256_permute2x128_si256::<0x31>(a, b))
+            }
+
             /// Caller guarantees the CPU features and slice lengths (`check_q4`).
             #[target_feature(enable = $feat)]
             pub unsafe fn matvec(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
@@ -106,6 +127,7 @@ macro_rules! q4_matvec {
                     let xp = core::ptr::addr_of_mut!((*px).x) as *mut __m256i;
                     let cp = core::ptr::addr_of_mut!((*px).c) as *mut __m256i;
                     let xsp = core::ptr::addr_of_mut!((*px).s) as *mut __m256;
+                    let c8p = core::ptr::addr_of_mut!((*px).c8) as *mut __m256i;
                     for q in 0..groups / 4 {
                         let x = pair_x(xq.as_ptr().add(q * 128));
                         let e = _mm256_set1_epi8(8);
@@ -116,15 +138,21 @@ macro_rules! q4_matvec {
                         _mm256_store_si256(cp.add(q), c);
                         _mm256_store_ps(xsp.add(q) as *mut f32, dup128(_mm_loadu_ps(xs.as_ptr().add(4 * q))));
                     }
+                    let octets = if $octets { groups / 8 } else { 0 };
+                    for j in 0..octets {
+                        let x = [0, 1, 2, 3, 4, 5, 6, 7].map(|k| _mm256_load_si256(xp.add(8 * j + k)));
+                        let e = _mm256_set1_epi8(8);
+                        _mm256_store_si256(c8p.add(j), _mm256_sub_epi32(_mm256_setzero_si256(), octet_sum([e; 8], x)));
+                    }
                     let mut r = 0;
                     while r + 4 <= rows {
                         let (w, s) = (w.add(r * cols / 2), s.add(r * groups));
-                        block_pairs::<4>(o.add(r), w, s, xq.as_ptr(), xs.as_ptr(), xp, cp, xsp, groups);
+                        block_pairs::<4>(o.add(r), w, s, xq.as_ptr(), xs.as_ptr(), xp, cp, xsp, c8p, groups);
                         r += 4;
                     }
                     while r < rows {
                         let (w, s) = (w.add(r * cols / 2), s.add(r * groups));
-                        block_pairs::<1>(o.add(r), w, s, xq.as_ptr(), xs.as_ptr(), xp, cp, xsp, groups);
+                        block_pairs::<1>(o.add(r), w, s, xq.as_ptr(), xs.as_ptr(), xp, cp, xsp, c8p, groups);
                         r += 1;
                     }
                     return;
@@ -192,6 +220,28 @@ macro_rules! q4_matvec {
                 _mm256_madd_epi16(_mm256_packs_epi32(q0, q1), one)
             }
 
+            /// `Σ u·x` per whole group of an octet (two quads, eight vectors
+            /// each of [`pair_x`]'s layout), as i32 lanes `[g, g+2, g+4, g+6 |
+            /// g+1, g+3, g+5, g+7]` (`vpermd` by `[0, 4, 1, 5, 2, 6, 3, 7]` puts
+            /// them in element order). A product's two halves are added in i16 first (each
+            /// 128-bit lane of the sum is one whole group; |Σ| ≤ 4·15·127 =
+            /// 7 620), then halved level by level as [`pair_sum`] does (15 240,
+            /// 30 480, 60 960: never saturates). Exact. Per octet 8
+            /// `vpmaddubsw`, 7 `vpmaddwd` and 3 `vpackssdw`, where two
+            /// [`pair_sum`]s take 8, 14 and 6.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn octet_sum(u: [__m256i; 8], x: [__m256i; 8]) -> __m256i {
+                let one = _mm256_set1_epi16(1);
+                let m = [0, 1, 2, 3].map(|k| {
+                    let a = _mm256_maddubs_epi16(u[2 * k], x[2 * k]);
+                    _mm256_madd_epi16(_mm256_add_epi16(a, _mm256_maddubs_epi16(u[2 * k + 1], x[2 * k + 1])), one)
+                });
+                let q0 = _mm256_madd_epi16(_mm256_packs_epi32(m[0], m[1]), one);
+                let q1 = _mm256_madd_epi16(_mm256_packs_epi32(m[2], m[3]), one);
+                _mm256_madd_epi16(_mm256_packs_epi32(q0, q1), one)
+            }
+
             /// As [`block`], rows `R` at a time, with the quads' activations
             /// prepared once per matvec (`xp: [groups/4 · 4]` from [`pair_x`],
             /// `cp: [groups/4]` their `−8·Σx` in [`pair_sum`]'s layout): per
@@ -214,18 +264,34 @@ macro_rules! q4_matvec {
                 xp: *const __m256i,
                 cp: *const __m256i,
                 xsp: *const __m256,
+                c8p: *const __m256i,
                 groups: usize,
             ) {
                 let row_bytes = groups * 16;
                 if R == 4 {
                     prefetch_block_after_next(w, R * row_bytes);
                 }
-                // [g lo, g+2 lo, g hi, g+2 hi | g+1 lo, …] → lanes k, k+4 = group g+k's halves
+                // [g lo, g+2 lo, g hi, g+2 hi | g+1 lo, …] → lanes k, k+4 = group g+k's halves;
+                // [g, g+2, g+4, g+6 | g+1, …] → lane k = group g+k
                 let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
                 let mut acc = [_mm256_setzero_ps(); R];
-                // [`block`]'s order: every quad in turn, then the single groups
+                // [`block`]'s order: the octets, the quad left over, the single groups
                 let quads = groups / 4;
-                for q in 0..quads {
+                let octets = if $octets { quads / 2 } else { 0 };
+                for j in 0..octets {
+                    let x = [0, 1, 2, 3, 4, 5, 6, 7].map(|k| _mm256_load_si256(xp.add(8 * j + k)));
+                    let c = _mm256_load_si256(c8p.add(j));
+                    let xs8 = _mm256_loadu_ps(xs.add(8 * j));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let p = w.add(r * row_bytes + j * 128);
+                        let (u0, u1) = (pair_nibbles(p), pair_nibbles(p.add(64)));
+                        let u = [u0[0], u0[1], u0[2], u0[3], u1[0], u1[1], u1[2], u1[3]];
+                        let s = _mm256_permutevar8x32_epi32(_mm256_add_epi32(octet_sum(u, x), c), order);
+                        let h = _mm_loadu_si128(ws.add(r * groups + 8 * j) as *const __m128i);
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(_mm256_cvtph_ps(h), xs8), *acc);
+                    }
+                }
+                for q in 2 * octets..quads {
                     let (x, c) = (xp.add(4 * q), _mm256_load_si256(cp.add(q)));
                     let x = [0, 1, 2, 3].map(|k| _mm256_load_si256(x.add(k)));
                     let xsq = _mm256_load_ps(xsp.add(q) as *const f32);
@@ -290,6 +356,18 @@ macro_rules! q4_matvec {
                         }
                     }
                     let mut j = 0;
+                    if $octets && n == 8 {
+                        let x = [0, 1, 2, 3, 4, 5, 6, 7]
+                            .map(|k| _mm256_loadu_si256(xq.add((g0 + k) * 32) as *const __m256i));
+                        let c = x.map(|x| corr(x));
+                        for r in 0..R {
+                            let p = w.add(r * row_bytes + g0 * 16);
+                            let d = [0, 1, 2, 3, 4, 5, 6, 7].map(|k| dot(unpack(p.add(16 * k)), x[k], c[k]));
+                            let s = whole8(fold4([d[0], d[1], d[2], d[3]]), fold4([d[4], d[5], d[6], d[7]]));
+                            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_loadu_ps(sc[r].as_ptr()), acc[r]);
+                        }
+                        j = 8;
+                    }
                     while j + 4 <= n {
                         let g = g0 + j;
                         let x = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xq.add((g + k) * 32) as *const __m256i));
@@ -445,7 +523,33 @@ macro_rules! q4_matvec {
                         let wr = w.add(r * cols / 2);
                         let sr = s.add(r * groups);
                         let mut acc = [_mm256_setzero_ps(); 4];
-                        for q in 0..quads {
+                        // the octets (pairs of quads) as `block_pairs` does them: whole-group
+                        // sums; two tokens at a time, so that their accumulators and the
+                        // octet's eight weight vectors fit in the 16 registers (four spilled)
+                        let octets = if $octets { quads / 2 } else { 0 };
+                        for tp in [0, 2] {
+                            let mut a = [acc[tp], acc[tp + 1]];
+                            for j in 0..octets {
+                                let p = wt.add(((r - r0) * quads + 2 * j) * 4);
+                                let ua = [0, 1, 2, 3].map(|k| _mm256_load_si256(p.add(k)));
+                                let ub = [4, 5, 6, 7].map(|k| _mm256_load_si256(p.add(k)));
+                                let wsc = _mm256_cvtph_ps(_mm_loadu_si128(sr.add(8 * j) as *const __m128i));
+                                for (k, a) in a.iter_mut().enumerate() {
+                                    let t = tp + k;
+                                    let i = i0 + t * quads + 2 * j;
+                                    let (xa, xb) = (xt.add(4 * i), xt.add(4 * i + 4));
+                                    let xa = [0, 1, 2, 3].map(|k| _mm256_load_si256(xa.add(k)));
+                                    let xb = [0, 1, 2, 3].map(|k| _mm256_load_si256(xb.add(k)));
+                                    let sa = quad(ua, xa, _mm256_load_si256(xc.add(i)));
+                                    let sb = quad(ub, xb, _mm256_load_si256(xc.add(i + 1)));
+                                    let xs8 = _mm256_loadu_ps(xsb.add(t * groups + 8 * j));
+                                    let d = _mm256_mul_ps(wsc, xs8);
+                                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(whole8(sa, sb)), d, *a);
+                                }
+                            }
+                            (acc[tp], acc[tp + 1]) = (a[0], a[1]);
+                        }
+                        for q in 2 * octets..quads {
                             let p = wt.add(((r - r0) * quads + q) * 4);
                             let u = [0, 1, 2, 3].map(|k| _mm256_load_si256(p.add(k)));
                             // f32 weight scales of the four groups, in both 128-bit halves
@@ -499,6 +603,21 @@ macro_rules! q4_matvec {
                 while g0 < groups {
                     let n = if groups - g0 >= 8 { 8 } else { groups - g0 };
                     let mut j = 0;
+                    if $octets && n == 8 {
+                        let u = [0, 1, 2, 3, 4, 5, 6, 7].map(|k| unpack(w.add((g0 + k) * 16)));
+                        let wsc = _mm256_cvtph_ps(_mm_loadu_si128(ws.add(g0) as *const __m128i));
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let x = xq.add(t * cols + g0 * 32);
+                            let p = [0, 1, 2, 3, 4, 5, 6, 7].map(|k| {
+                                let xv = _mm256_loadu_si256(x.add(32 * k) as *const __m256i);
+                                dot(u[k], xv, corr(xv))
+                            });
+                            let s = whole8(fold4([p[0], p[1], p[2], p[3]]), fold4([p[4], p[5], p[6], p[7]]));
+                            let d = _mm256_mul_ps(wsc, _mm256_loadu_ps(xs.add(t * groups + g0)));
+                            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, *acc);
+                        }
+                        j = 8;
+                    }
                     while j + 4 <= n {
                         let g = g0 + j;
                         let u = [0, 1, 2, 3].map(|k| unpack(w.add((g + k) * 16)));
@@ -536,7 +655,7 @@ macro_rules! q4_matvec {
 
 // The quad forms sum the four `vpmaddubsw` products in i16 before widening:
 // |Σ| ≤ 4·2·15·127 = 15240 (and 4·2·8·127 for the correction), no saturation.
-q4_matvec!(q4_avx2, "avx2,fma,f16c", pairs: true,
+q4_matvec!(q4_avx2, "avx2,fma,f16c", pairs: true, octets: true,
 corr: |x| _mm256_maddubs_epi16(_mm256_set1_epi8(8), x),
 dot: |u, x, c| _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u, x), c), _mm256_set1_epi16(1)),
 qcorr: |x| {
@@ -554,7 +673,7 @@ quad: |u, x, c| {
     );
     _mm256_add_epi32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)), c)
 });
-q4_matvec!(q4_avxvnni, "avx2,fma,f16c,avxvnni", pairs: false,
+q4_matvec!(q4_avxvnni, "avx2,fma,f16c,avxvnni", pairs: false, octets: false,
 corr: |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), x)),
 dot: |u, x, c| _mm256_dpbusd_avx_epi32(c, u, x),
 qcorr: |x| {
@@ -573,7 +692,7 @@ quad: |u, x, c| {
 // and, unlike the per-group `block` form (which gained nothing from a second
 // thread there), 1.4× faster again at two (docs/BENCHMARKS.md). Bit-identical
 // either way.
-q4_matvec!(q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pairs: true,
+q4_matvec!(q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pairs: true, octets: false,
 corr: |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), x)),
 dot: |u, x, c| _mm256_dpbusd_epi32(c, u, x),
 qcorr: |x| {
