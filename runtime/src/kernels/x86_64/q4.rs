@@ -113,6 +113,87 @@ macro_rules! q4_matvec {
                 _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(a, b), _mm256_permute2x128_si256::<0x31>(a, b))
             }
 
+            /// The 8×8 transpose of 32-bit chunks: lane `l` of every result
+            /// vector comes from `a[l]` (result `m` holds one chunk of each,
+            /// the same chunk index throughout). Applied to an octet's eight
+            /// groups of weights and the same groups of activations, the
+            /// products of vector `m` pair the same bytes as before, and the
+            /// eight vectors' lane `l` together hold all of group `l`.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn transpose8(a: [__m256i; 8]) -> [__m256i; 8] {
+                let lo = transpose4([a[0], a[1], a[2], a[3]]);
+                let hi = transpose4([a[4], a[5], a[6], a[7]]);
+                [
+                    _mm256_permute2x128_si256::<0x20>(lo[0], hi[0]),
+                    _mm256_permute2x128_si256::<0x31>(lo[0], hi[0]),
+                    _mm256_permute2x128_si256::<0x20>(lo[1], hi[1]),
+                    _mm256_permute2x128_si256::<0x31>(lo[1], hi[1]),
+                    _mm256_permute2x128_si256::<0x20>(lo[2], hi[2]),
+                    _mm256_permute2x128_si256::<0x31>(lo[2], hi[2]),
+                    _mm256_permute2x128_si256::<0x20>(lo[3], hi[3]),
+                    _mm256_permute2x128_si256::<0x31>(lo[3], hi[3]),
+                ]
+            }
+
+            /// Whole-group sums `Σ u·x + c` of an octet from its 8×8-transposed
+            /// nibbles `u` and activations (eight vectors at `x`): the eight
+            /// `vpmaddubsw` added in i16 (|Σ| ≤ 8·2·15·127 = 30 480: no
+            /// saturation), one `vpmaddwd` by 1, plus the correction `c`
+            /// (`−8·Σx` per group). Lane `l` = group `l`, exact.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn octet_t(u: [__m256i; 8], x: *const __m256i, c: __m256i) -> __m256i {
+                let mut s = _mm256_maddubs_epi16(u[0], _mm256_load_si256(x));
+                for (k, u) in u.iter().enumerate().skip(1) {
+                    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(*u, _mm256_load_si256(x.add(k))));
+                }
+                _mm256_add_epi32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)), c)
+            }
+
+            /// As `transpose_tokens` for the octet layout: per token each octet's
+            /// eight vectors [`transpose8`]ed (the vectors of its two quads) with
+            /// its correction at the first quad's slot of `xc`, the quad left over
+            /// [`transpose4`]ed with its [`qcorr`], as the quad layout has it.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn transpose_octets(
+                xt: *mut __m256i,
+                xc: *mut __m256i,
+                xq: *const i8,
+                cols: usize,
+                tokens: usize,
+                quads: usize,
+            ) {
+                let e = _mm256_set1_epi8(8);
+                for b in 0..tokens {
+                    let x = xq.add(b * cols);
+                    for j in 0..quads / 2 {
+                        let v = transpose8(
+                            [0, 1, 2, 3, 4, 5, 6, 7]
+                                .map(|k| _mm256_loadu_si256(x.add(256 * j + 32 * k) as *const __m256i)),
+                        );
+                        let d = xt.add(4 * (b * quads + 2 * j));
+                        for (k, v) in v.into_iter().enumerate() {
+                            _mm256_store_si256(d.add(k), v);
+                        }
+                        let c = octet_t([e; 8], d, _mm256_setzero_si256());
+                        _mm256_store_si256(xc.add(b * quads + 2 * j), _mm256_sub_epi32(_mm256_setzero_si256(), c));
+                    }
+                    if quads % 2 == 1 {
+                        let q = quads - 1;
+                        let v = transpose4(
+                            [0, 1, 2, 3].map(|k| _mm256_loadu_si256(x.add(128 * q + 32 * k) as *const __m256i)),
+                        );
+                        let d = xt.add(4 * (b * quads + q));
+                        for (k, v) in v.into_iter().enumerate() {
+                            _mm256_store_si256(d.add(k), v);
+                        }
+                        _mm256_store_si256(xc.add(b * quads + q), qcorr(v));
+                    }
+                }
+            }
+
             /// Caller guarantees the CPU features and slice lengths (`check_q4`).
             #[target_feature(enable = $feat)]
             pub unsafe fn matvec(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
@@ -437,11 +518,15 @@ macro_rules! q4_matvec {
                     let wt = core::ptr::addr_of_mut!((*sc).w) as *mut __m256i;
                     while n - b >= 4 {
                         let m = per.min((n - b) / 4 * 4);
-                        transpose_tokens(xt, xq.as_ptr().add(b * cols), cols, m, quads);
-                        // the corrections of every (token, quad) of the pass
-                        for i in 0..m * quads {
-                            let v = xt.add(4 * i);
-                            _mm256_store_si256(xc.add(i), qcorr([0, 1, 2, 3].map(|k| _mm256_load_si256(v.add(k)))));
+                        if $octets {
+                            transpose_octets(xt, xc, xq.as_ptr().add(b * cols), cols, m, quads);
+                        } else {
+                            transpose_tokens(xt, xq.as_ptr().add(b * cols), cols, m, quads);
+                            // the corrections of every (token, quad) of the pass
+                            for i in 0..m * quads {
+                                let v = xt.add(4 * i);
+                                _mm256_store_si256(xc.add(i), qcorr([0, 1, 2, 3].map(|k| _mm256_load_si256(v.add(k)))));
+                            }
                         }
                         let mut r0 = 0;
                         while r0 < rows {
@@ -449,7 +534,16 @@ macro_rules! q4_matvec {
                             // rows r0..r1 unpacked and transposed once for the pass
                             for i in 0..r1 - r0 {
                                 let wr = w.add((r0 + i) * cols / 2);
-                                for q in 0..quads {
+                                let octets = if $octets { quads / 2 } else { 0 };
+                                for j in 0..octets {
+                                    let t =
+                                        transpose8([0, 1, 2, 3, 4, 5, 6, 7].map(|k| unpack(wr.add((8 * j + k) * 16))));
+                                    let d = wt.add((i * quads + 2 * j) * 4);
+                                    for (k, t) in t.into_iter().enumerate() {
+                                        _mm256_store_si256(d.add(k), t);
+                                    }
+                                }
+                                for q in 2 * octets..quads {
                                     let t = transpose4([0, 1, 2, 3].map(|k| unpack(wr.add((4 * q + k) * 16))));
                                     let d = wt.add((i * quads + q) * 4);
                                     for (k, t) in t.into_iter().enumerate() {
@@ -523,31 +617,19 @@ macro_rules! q4_matvec {
                         let wr = w.add(r * cols / 2);
                         let sr = s.add(r * groups);
                         let mut acc = [_mm256_setzero_ps(); 4];
-                        // the octets (pairs of quads) as `block_pairs` does them: whole-group
-                        // sums; two tokens at a time, so that their accumulators and the
-                        // octet's eight weight vectors fit in the 16 registers (four spilled)
+                        // the octets as `block_pairs` does them: whole-group sums in element
+                        // order, here straight from the 8×8-transposed vectors
                         let octets = if $octets { quads / 2 } else { 0 };
-                        for tp in [0, 2] {
-                            let mut a = [acc[tp], acc[tp + 1]];
-                            for j in 0..octets {
-                                let p = wt.add(((r - r0) * quads + 2 * j) * 4);
-                                let ua = [0, 1, 2, 3].map(|k| _mm256_load_si256(p.add(k)));
-                                let ub = [4, 5, 6, 7].map(|k| _mm256_load_si256(p.add(k)));
-                                let wsc = _mm256_cvtph_ps(_mm_loadu_si128(sr.add(8 * j) as *const __m128i));
-                                for (k, a) in a.iter_mut().enumerate() {
-                                    let t = tp + k;
-                                    let i = i0 + t * quads + 2 * j;
-                                    let (xa, xb) = (xt.add(4 * i), xt.add(4 * i + 4));
-                                    let xa = [0, 1, 2, 3].map(|k| _mm256_load_si256(xa.add(k)));
-                                    let xb = [0, 1, 2, 3].map(|k| _mm256_load_si256(xb.add(k)));
-                                    let sa = quad(ua, xa, _mm256_load_si256(xc.add(i)));
-                                    let sb = quad(ub, xb, _mm256_load_si256(xc.add(i + 1)));
-                                    let xs8 = _mm256_loadu_ps(xsb.add(t * groups + 8 * j));
-                                    let d = _mm256_mul_ps(wsc, xs8);
-                                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(whole8(sa, sb)), d, *a);
-                                }
+                        for j in 0..octets {
+                            let p = wt.add(((r - r0) * quads + 2 * j) * 4);
+                            let u = [0, 1, 2, 3, 4, 5, 6, 7].map(|k| _mm256_load_si256(p.add(k)));
+                            let wsc = _mm256_cvtph_ps(_mm_loadu_si128(sr.add(8 * j) as *const __m128i));
+                            for (t, acc) in acc.iter_mut().enumerate() {
+                                let i = i0 + t * quads + 2 * j;
+                                let sum = octet_t(u, xt.add(4 * i), _mm256_load_si256(xc.add(i)));
+                                let d = _mm256_mul_ps(wsc, _mm256_loadu_ps(xsb.add(t * groups + 8 * j)));
+                                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), d, *acc);
                             }
-                            (acc[tp], acc[tp + 1]) = (a[0], a[1]);
                         }
                         for q in 2 * octets..quads {
                             let p = wt.add(((r - r0) * quads + q) * 4);
