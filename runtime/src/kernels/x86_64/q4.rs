@@ -30,6 +30,10 @@
 //! bound the loop). Its f32 order is then: the octets, the quad left over
 //! (half sums, as above), the single groups; every form of that table (matvec,
 //! batched, row by row) keeps it, so they stay bit-identical to each other.
+//! The batched form gets an octet's whole-group sums without any fold: each
+//! octet's nibbles (once per pass) and activations (once per token) are
+//! transposed 8×8 in 32-bit chunks, so eight `vpmaddubsw` added in i16 and
+//! one `vpmaddwd` leave group `l` in lane `l` (`octet_t`).
 
 /// Widest row (columns) whose prepared activations [`PairX`] holds; wider
 /// matrices take the per-group path.
