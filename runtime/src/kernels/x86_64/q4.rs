@@ -113,7 +113,7 @@ macro_rules! q4_matvec {
             /// the halves of group `k`). Exact.
             #[target_feature(enable = $feat)]
             #[inline]
-            pub(super) unsafe fn whole8(a: __m256i, b: __m256i) -> __m256i {
+            unsafe fn whole8(a: __m256i, b: __m256i) -> __m256i {
                 _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(a, b), _mm256_permute2x128_si256::<0x31>(a, b))
             }
 
