@@ -99,8 +99,12 @@ fn expand_writes_a_domain_checkpoint_bound_to_its_base() {
         .arg(&jt)
         .arg("--out")
         .arg(&jo)
-        .args(["--steps", "2", "--batch", "2", "--seq-len", "16", "--dim", "32", "--layers", "1", "--ffn", "32"]));
-    assert_eq!(json(&jo.join("config.json"))["edgelm"]["domains"], serde_json::json!(["story", "recipe"]));
+        .args(["--steps", "2", "--batch", "2", "--seq-len", "16", "--dim", "32", "--layers", "1", "--ffn", "32"])
+        .args(["--heads", "2", "--kv-heads", "1"]));
+    let jc = json(&jo.join("config.json"));
+    assert_eq!(jc["edgelm"]["domains"], serde_json::json!(["story", "recipe"]));
+    // the shape flags reach the model (not the `base` defaults of 8 and 4 heads)
+    assert_eq!((jc["num_attention_heads"].as_u64(), jc["num_key_value_heads"].as_u64()), (Some(2), Some(1)));
     // Shared mode needs the domain's tag in the base vocabulary: a clear refusal.
     let o = bin()
         .args(["expand", "--base"])

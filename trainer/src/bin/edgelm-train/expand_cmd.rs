@@ -328,6 +328,10 @@ pub struct BaselineArgs {
     #[arg(long)]
     pub layers: Option<usize>,
     #[arg(long)]
+    pub heads: Option<usize>,
+    #[arg(long)]
+    pub kv_heads: Option<usize>,
+    #[arg(long)]
     pub ffn: Option<usize>,
     /// Use only the first N bytes of documents of each corpus (0 = all).
     #[arg(long, default_value_t = 0)]
@@ -395,6 +399,12 @@ pub fn cmd_baseline(a: BaselineArgs) -> Result<()> {
             }
             if let Some(l) = a.layers {
                 cfg.n_layers = l;
+            }
+            if let Some(h) = a.heads {
+                cfg.n_heads = h;
+            }
+            if let Some(k) = a.kv_heads {
+                cfg.n_kv_heads = k;
             }
             if let Some(f) = a.ffn {
                 cfg.ffn_dim = f;
