@@ -21,7 +21,10 @@ use crate::{Converted, Error, ImportOptions, Result};
 pub struct CheckpointConfig {
     pub config: Config,
     pub model_id: Option<String>,
+    /// The first trained domain (the base file's default).
     pub domain: String,
+    /// Every trained domain, in the checkpoint's order (a joint model has several).
+    pub domains: Vec<String>,
 }
 
 /// Reads `config.json` (the checkpoint contract's type).
@@ -87,7 +90,8 @@ pub fn parse_config(json: &str) -> Result<CheckpointConfig> {
         )));
     }
     let domain = c.first_domain().unwrap_or("story").to_string();
-    Ok(CheckpointConfig { config, model_id: c.edgelm.model_id, domain })
+    let domains = if c.edgelm.domains.is_empty() { vec![domain.clone()] } else { c.edgelm.domains.clone() };
+    Ok(CheckpointConfig { config, model_id: c.edgelm.model_id, domain, domains })
 }
 
 /// The safetensors files of a checkpoint.
@@ -141,6 +145,56 @@ pub(crate) fn base_domain(name: &str, vocab_size: u32, tables: &TokenizerTables)
         tag_token: None,
         expansion_positions: Vec::new(),
     }
+}
+
+/// The domain tags of a tokenizer as the trainer writes them: special tokens
+/// `<|name|>` other than `<|endoftext|>`, in id order.
+fn domain_tags(tables: &TokenizerTables) -> Vec<(&str, u32)> {
+    let mut tags: Vec<(&str, u32)> = tables
+        .special
+        .iter()
+        .filter_map(|&id| {
+            let piece = std::str::from_utf8(tables.vocab.get(id as usize)?).ok()?;
+            let name = piece.strip_prefix("<|")?.strip_suffix("|>")?;
+            (name != "endoftext").then_some((name, id))
+        })
+        .collect();
+    tags.sort_by_key(|&(_, id)| id);
+    tags
+}
+
+/// The base file's domains: `first`, then the checkpoint's other trained
+/// domains. The trainer starts every document with `[BOS, <|domain|>]` when
+/// its tokenizer is shared by several domains (tags for more than one), so
+/// then each domain carries its tag, the first owning the tokenizer and head
+/// and the others sharing them; otherwise one domain, no tag.
+fn base_domains(first: &str, trained: &[String], vocab_size: u32, tables: &TokenizerTables) -> Result<Vec<DomainSpec>> {
+    let tags = domain_tags(tables);
+    let mut base = base_domain(first, vocab_size, tables);
+    if tags.len() <= 1 {
+        return Ok(vec![base]);
+    }
+    let tag = |name: &str| {
+        tags.iter().find(|(n, _)| *n == name).map(|&(_, id)| id).ok_or_else(|| {
+            let names: Vec<&str> = tags.iter().map(|(n, _)| *n).collect();
+            Error::Config(format!("the tokenizer is shared by the domains {names:?} and has no <|{name}|> tag"))
+        })
+    };
+    base.tag_token = Some(tag(first)?);
+    let mut out = vec![base];
+    for name in trained.iter().filter(|n| n.as_str() != first) {
+        out.push(DomainSpec {
+            name: name.clone(),
+            prefix: String::new(),
+            own_tokenizer: false,
+            own_head: false,
+            vocab_size,
+            tokenizer: tables.info,
+            tag_token: Some(tag(name)?),
+            expansion_positions: Vec::new(),
+        });
+    }
+    Ok(out)
 }
 
 /// Pads a tokenizer whose vocabulary is smaller than the embedding (Hugging
@@ -237,7 +291,8 @@ pub fn import_checkpoint(dir: &Path, opts: &ImportOptions) -> Result<Converted> 
         return Err(Error::UnexpectedTensor(extra.clone()));
     }
     write_tables(&tables, &mut b.writer, "").map_err(|e| Error::Tokenizer(e.to_string()))?;
-    b.writer.domains.push(base_domain(opts.domain.as_deref().unwrap_or(&ck.domain), c.vocab_size, &tables));
+    let first = opts.domain.as_deref().unwrap_or(&ck.domain);
+    b.writer.domains.extend(base_domains(first, &ck.domains, c.vocab_size, &tables)?);
     b.writer.model_id = ck.model_id.unwrap_or_else(|| b.content_id());
     pb.finish_and_clear();
     let (bytes, report) = b.finish()?;

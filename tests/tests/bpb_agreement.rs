@@ -117,3 +117,53 @@ fn edgelm_and_edgelm_train_agree_on_bits_per_byte() {
     let (ok, _, tr_err) = run("edgelm-train", &["eval", "--checkpoint", ck, "--valid", e, "--json"]);
     assert!(!ok && tr_err.contains("no documents"), "{tr_err}");
 }
+
+/// A base trained on a tokenizer shared by several domains (a generic
+/// tokenizer, or a joint model) starts every document with `[BOS, <|domain|>]`
+/// in the trainer; the converted file must carry each trained domain with its
+/// tag, so both tools score the same tokens in the same context.
+#[test]
+fn shared_tokenizer_domains_keep_their_tags() {
+    use edgelm_runtime::{AlignedBytes, Model};
+    let dir = tempfile::tempdir().unwrap();
+    let domains: Vec<String> = vec!["story".into(), "recipe".into()];
+    let docs: Vec<String> = (0..40).map(|i| format!("{} {i}", DOCS[i % DOCS.len()])).collect();
+    let tok = EdgeTokenizer::train(docs.iter(), 300, &domains).unwrap();
+    let cfg = ModelConfig {
+        dim: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        ffn_dim: 96,
+        vocab_size: tok.vocab_size(),
+        max_seq: 32,
+        ..Default::default()
+    };
+    let ck = dir.path().join("joint");
+    let model = Llama::new(&cfg, 7, &Device::Cpu).unwrap();
+    checkpoint::save_model(&ck, &model, &tok, &domains, DType::F32).unwrap();
+    let bytes = AlignedBytes::from_slice(&import_checkpoint(&ck, &ImportOptions::new(StoreDType::F32)).unwrap().bytes);
+    let m = Model::from_bytes(&bytes).unwrap();
+    let names: Vec<&str> = m.domains().iter().map(|d| d.name).collect();
+    assert_eq!(names, ["story", "recipe"]);
+    for d in m.domains() {
+        assert_eq!(d.tag_token, tok.tag_id(d.name), "{}: the trainer's tag", d.name);
+        assert!(d.tag_token.is_some());
+    }
+    let edgelm = dir.path().join("joint.edgelm");
+    std::fs::write(&edgelm, &bytes[..]).unwrap();
+    let text = dir.path().join("valid.txt");
+    std::fs::write(&text, corpus("\n")).unwrap();
+    let (ck, edgelm, f) = (ck.to_str().unwrap(), edgelm.to_str().unwrap(), text.to_str().unwrap());
+    for d in ["story", "recipe"] {
+        let (ok, out, err) = run("edgelm", &["eval", "--model", edgelm, "--domain", d, "--json", f]);
+        assert!(ok, "{err}");
+        let rt = json_line(&out);
+        let (ok, out, err) = run("edgelm-train", &["eval", "--checkpoint", ck, "--valid", f, "--domain", d, "--json"]);
+        assert!(ok, "{err}");
+        let tr = json_line(&out);
+        assert_eq!((&rt["domain"], &rt["scored_tokens"]), (&tr["domain"], &tr["scored_tokens"]), "{d}");
+        let (a, b) = (rt["total_nats"].as_f64().unwrap(), tr["total_nats"].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-4 * a, "{d}: total_nats {a} (edgelm) vs {b} (edgelm-train)");
+    }
+}
