@@ -59,6 +59,20 @@ fn corpus(newline: &str) -> String {
     t
 }
 
+/// The model both tests convert: small enough to score in well under a second.
+fn small_config(vocab_size: usize) -> ModelConfig {
+    ModelConfig {
+        dim: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        ffn_dim: 96,
+        vocab_size,
+        max_seq: 32,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn edgelm_and_edgelm_train_agree_on_bits_per_byte() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,16 +81,7 @@ fn edgelm_and_edgelm_train_agree_on_bits_per_byte() {
     std::fs::create_dir_all(&texts).unwrap();
     let docs: Vec<String> = (0..40).map(|i| format!("{} {i}", DOCS[i % DOCS.len()])).collect();
     let tok = EdgeTokenizer::train(docs.iter(), 300, &["story".into()]).unwrap();
-    let cfg = ModelConfig {
-        dim: 64,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        ffn_dim: 96,
-        vocab_size: tok.vocab_size(),
-        max_seq: 32,
-        ..Default::default()
-    };
+    let cfg = small_config(tok.vocab_size());
     let ck = dir.path().join("ck");
     let model = Llama::new(&cfg, 5, &Device::Cpu).unwrap();
     checkpoint::save_model(&ck, &model, &tok, &["story".into()], DType::F32).unwrap();
@@ -129,16 +134,7 @@ fn shared_tokenizer_domains_keep_their_tags() {
     let domains: Vec<String> = vec!["story".into(), "recipe".into()];
     let docs: Vec<String> = (0..40).map(|i| format!("{} {i}", DOCS[i % DOCS.len()])).collect();
     let tok = EdgeTokenizer::train(docs.iter(), 300, &domains).unwrap();
-    let cfg = ModelConfig {
-        dim: 64,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        ffn_dim: 96,
-        vocab_size: tok.vocab_size(),
-        max_seq: 32,
-        ..Default::default()
-    };
+    let cfg = small_config(tok.vocab_size());
     let ck = dir.path().join("joint");
     let model = Llama::new(&cfg, 7, &Device::Cpu).unwrap();
     checkpoint::save_model(&ck, &model, &tok, &domains, DType::F32).unwrap();
