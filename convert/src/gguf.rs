@@ -314,8 +314,20 @@ pub fn import_gguf_from<R: Read + Seek>(r: &mut R, path: &Path, opts: &ImportOpt
     }
     let domain =
         opts.domain.clone().unwrap_or_else(|| md_str(&content.metadata, "edgelm.domain").unwrap_or("story").into());
+    let mut spec = crate::checkpoint::base_domain(&domain, c.vocab_size, &tables);
+    // A domain of a shared tokenizer (exported by `export_gguf`) is selected by its
+    // tag after BOS; without it the runtime would score from an unseen context.
+    spec.tag_token = match md_u32(&content.metadata, "edgelm.tag_token")? {
+        Some(t) if t >= c.vocab_size => {
+            return Err(Error::Gguf(format!(
+                "metadata edgelm.tag_token {t} is not below the vocabulary size {}",
+                c.vocab_size
+            )))
+        }
+        t => t,
+    };
     write_tables(&tables, &mut b.writer, "").map_err(|e| Error::Tokenizer(e.to_string()))?;
-    b.writer.domains.push(crate::checkpoint::base_domain(&domain, c.vocab_size, &tables));
+    b.writer.domains.push(spec);
     b.writer.model_id = match md_str(&content.metadata, "edgelm.model_id") {
         Some(id) => id.to_string(),
         None => b.content_id(),

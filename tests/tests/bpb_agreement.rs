@@ -11,6 +11,7 @@ use std::process::Command;
 
 use candle_core::{DType, Device};
 use edgelm_convert::checkpoint::import_checkpoint;
+use edgelm_convert::gguf::{export_gguf, import_gguf, ExportOptions};
 use edgelm_convert::{ImportOptions, StoreDType};
 use edgelm_trainer::checkpoint;
 use edgelm_trainer::config::ModelConfig;
@@ -161,5 +162,20 @@ fn shared_tokenizer_domains_keep_their_tags() {
         assert_eq!((&rt["domain"], &rt["scored_tokens"]), (&tr["domain"], &tr["scored_tokens"]), "{d}");
         let (a, b) = (rt["total_nats"].as_f64().unwrap(), tr["total_nats"].as_f64().unwrap());
         assert!((a - b).abs() <= 1e-4 * a, "{d}: total_nats {a} (edgelm) vs {b} (edgelm-train)");
+
+        // One domain through GGUF and back keeps its tag, so it scores the same.
+        let gguf = export_gguf(&bytes, None, &ExportOptions { domain: Some(d.into()) }).unwrap();
+        let g = dir.path().join(format!("{d}.gguf"));
+        std::fs::write(&g, &gguf.bytes).unwrap();
+        let back = AlignedBytes::from_slice(&import_gguf(&g, &ImportOptions::new(StoreDType::F32)).unwrap().bytes);
+        let m = Model::from_bytes(&back).unwrap();
+        let only: Vec<_> = m.domains().iter().map(|x| (x.name, x.tag_token)).collect();
+        assert_eq!(only, [(d, tok.tag_id(d))], "{d}: the domain and its tag after export-gguf and import-gguf");
+        let re = dir.path().join(format!("{d}.edgelm"));
+        std::fs::write(&re, &back[..]).unwrap();
+        let (ok, out, err) = run("edgelm", &["eval", "--model", re.to_str().unwrap(), "--json", f]);
+        assert!(ok, "{err}");
+        let c = json_line(&out)["total_nats"].as_f64().unwrap();
+        assert_eq!(c, a, "{d}: total_nats after the GGUF round trip");
     }
 }

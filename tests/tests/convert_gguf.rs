@@ -431,6 +431,12 @@ fn bad_gguf_inputs_are_clear_errors() {
     md.extend(gpt2_vocab(300));
     let e = import_bytes(&write_gguf(&md, &tensors), StoreDType::F32).unwrap_err();
     assert!(matches!(e, Error::MissingTensor(ref n) if n == "blk.1.attn_v.weight"), "{e}");
+    // a domain tag outside the vocabulary
+    let mut md = llama_md(&c);
+    md.push(("edgelm.tag_token", V::U32(300)));
+    md.extend(gpt2_vocab(300));
+    let e = import_bytes(&write_gguf(&md, &f32_tensors("")), StoreDType::F32).unwrap_err();
+    assert!(e.to_string().contains("edgelm.tag_token 300"), "{e}");
     // no vocabulary
     let (file, _) = gguf_of(&c, &w, 0, vec![]);
     let e = import_bytes(&file, StoreDType::F32).unwrap_err();
