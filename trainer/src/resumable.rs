@@ -49,13 +49,15 @@ pub fn set_vars(vars: &[(String, Var)], mut tensors: HashMap<String, Tensor>, di
 }
 
 /// The batches of a run over one or more token streams: each step draws one
-/// stream in proportion to its tokens (a single stream is always drawn), then a
-/// batch of random windows from it.
+/// stream in proportion to its weight (by default its tokens; a single stream is
+/// always drawn), then a batch of random windows from it.
 pub struct Sampler<'a> {
     streams: Vec<&'a TokenStream>,
     batchers: Vec<Batcher>,
-    /// Tokens per stream: the weights of the stream picker.
+    /// The weights of the stream picker: tokens per stream unless set by [`Sampler::with_weights`].
     sizes: Vec<f64>,
+    /// Whether `sizes` were set by the caller (recorded in the resume record).
+    weighted: bool,
     pick: Rng,
 }
 
@@ -67,7 +69,35 @@ impl<'a> Sampler<'a> {
         }
         let batchers = (0..streams.len()).map(|i| Batcher::new(fc.seed + i as u64, fc.batch, fc.seq)).collect();
         let sizes = streams.iter().map(|s| s.tokens.len() as f64).collect();
-        Ok(Sampler { streams, batchers, sizes, pick: Rng::new(fc.seed, 0x701) })
+        Ok(Sampler { streams, batchers, sizes, weighted: false, pick: Rng::new(fc.seed, 0x701) })
+    }
+
+    /// Draws stream `i` with probability `weights[i] / sum(weights)` instead of in
+    /// proportion to its tokens: e.g. a joint run that reads each domain's share of
+    /// another run's budget.
+    pub fn with_weights(mut self, weights: &[f64]) -> Result<Self> {
+        if weights.len() != self.streams.len() {
+            return Err(Error::Config(format!(
+                "{} stream weights for {} corpora; give one per corpus",
+                weights.len(),
+                self.streams.len()
+            )));
+        }
+        if weights.iter().any(|w| !w.is_finite() || *w <= 0.0) {
+            return Err(Error::Config(format!("stream weights must be positive numbers, not {weights:?}")));
+        }
+        self.sizes = weights.to_vec();
+        self.weighted = true;
+        Ok(self)
+    }
+
+    /// The caller's stream weights, if any (empty: in proportion to tokens).
+    fn weights(&self) -> Vec<f64> {
+        if self.weighted {
+            self.sizes.clone()
+        } else {
+            Vec::new()
+        }
     }
 
     pub fn next_batch(&mut self) -> Result<(Vec<u32>, Vec<u32>)> {
@@ -147,6 +177,10 @@ pub struct RunState {
     pub elapsed_s: f64,
     /// The settings the run was started with (a resume must use the same).
     pub fit: FitConfig,
+    /// The stream weights set by [`Sampler::with_weights`] (empty: in proportion to
+    /// tokens); a resume must use the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stream_weights: Vec<f64>,
     /// `(step, loss)` up to `step` (the CSV beside it may be a checkpoint behind).
     #[serde(default)]
     pub losses: Vec<(usize, f64)>,
@@ -176,8 +210,18 @@ pub fn run(
     let fc = &job.fit;
     let mut resume = None;
     let mut elapsed0 = 0.0;
+    let weights = sampler.weights();
     if job.resume {
         let (state, r) = load_state(t, job)?;
+        if state.stream_weights != weights {
+            return Err(Error::Config(format!(
+                "the interrupted run in {} drew its corpora with weights {:?}, this one with {:?} (empty: in \
+                 proportion to their tokens); resume with the same ones",
+                job.out.display(),
+                state.stream_weights,
+                weights
+            )));
+        }
         sampler.restore(state.batch_rng, &state.more_rngs, &job.out)?;
         elapsed0 = state.elapsed_s;
         resume = Some(r);
@@ -200,6 +244,7 @@ pub fn run(
             more_rngs,
             elapsed_s: elapsed0 + stats.wall_s,
             fit: fc.clone(),
+            stream_weights: weights.clone(),
             losses: stats.losses.clone(),
         };
         let json = serde_json::to_vec_pretty(&state)
@@ -291,4 +336,43 @@ pub fn read_log(path: &Path) -> Vec<(usize, f64)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(token: u16, len: usize) -> TokenStream {
+        TokenStream { tokens: vec![token; len], n_docs: 1, n_bytes: len as u64 }
+    }
+
+    /// Share of 4000 batches drawn from stream `b` (whose windows hold only token 2).
+    fn share_of_b(s: &mut Sampler) -> f64 {
+        let n = 4000;
+        let hits = (0..n).filter(|_| s.next_batch().unwrap().0[0] == 2).count();
+        hits as f64 / n as f64
+    }
+
+    #[test]
+    fn streams_are_drawn_by_tokens_or_by_weight() {
+        let (a, b) = (stream(1, 3000), stream(2, 1000));
+        let fc = FitConfig { batch: 2, seq: 8, seed: 3, ..FitConfig::default() };
+        let by_tokens = share_of_b(&mut Sampler::new(vec![&a, &b], &fc).unwrap());
+        assert!((by_tokens - 0.25).abs() < 0.03, "by tokens: {by_tokens}");
+        let mut weighted = Sampler::new(vec![&a, &b], &fc).unwrap().with_weights(&[1.0, 3.0]).unwrap();
+        let by_weight = share_of_b(&mut weighted);
+        assert!((by_weight - 0.75).abs() < 0.03, "by weight: {by_weight}");
+        assert_eq!(weighted.weights(), vec![1.0, 3.0]);
+        assert!(Sampler::new(vec![&a, &b], &fc).unwrap().weights().is_empty());
+    }
+
+    #[test]
+    fn bad_weights_are_refused() {
+        let (a, b) = (stream(1, 100), stream(2, 100));
+        let fc = FitConfig { batch: 2, seq: 8, ..FitConfig::default() };
+        for w in [&[1.0][..], &[1.0, 0.0], &[1.0, -2.0], &[1.0, f64::NAN], &[1.0, 2.0, 3.0]] {
+            let err = Sampler::new(vec![&a, &b], &fc).unwrap().with_weights(w).err();
+            assert!(matches!(err, Some(Error::Config(_))), "{w:?}: {err:?}");
+        }
+    }
 }

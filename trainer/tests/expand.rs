@@ -396,7 +396,14 @@ fn baseline_resume_matches_uninterrupted_run() {
             checkpoint::model_id(&ck.model.tensors()).unwrap(),
             checkpoint::model_id(&fx.base.tensors()).unwrap()
         );
-        if method != "joint" {
+        if method == "joint" {
+            // Drawing the corpora with other weights is another run: refused.
+            let t = BaselineTrainee { model: model(method), tokenizer: &fx.story_tok, domains: &domains };
+            let mut s = Sampler::new(streams.clone(), &fc).unwrap().with_weights(&[1.0, 2.0]).unwrap();
+            let err = resumable::run(&t, &mut s, &job("resumed", true, None), &mut |_, _| {})
+                .expect_err("other stream weights must be refused");
+            assert!(err.to_string().contains("weights"), "{err}");
+        } else {
             let mut other = job("resumed", true, None);
             other.base_model_id = Some("sha256:other".into());
             let err = go(&other, &mut Vec::new()).0.expect_err("another base must be refused");

@@ -295,6 +295,11 @@ pub struct BaselineArgs {
     /// joint: a tokenizer shared by the domains (with their tags).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// joint: how often each domain is drawn, one weight per --domain (e.g. the steps
+    /// each domain had in the runs compared with; default: in proportion to the
+    /// corpora's tokens).
+    #[arg(long, num_args = 1..)]
+    pub domain_weights: Vec<f64>,
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long, default_value_t = 8)]
@@ -414,8 +419,15 @@ pub fn cmd_baseline(a: BaselineArgs) -> Result<()> {
         other => bail!("unknown --method {other:?}: finetune, lora or joint (separate = `edgelm-train base`)"),
     };
     let trainee = BaselineTrainee { model, tokenizer: &tok, domains: &a.domain };
-    // Joint: each step one domain, in proportion to the domains' token counts.
+    // Joint: each step one domain, in proportion to the domains' token counts
+    // unless --domain-weights says otherwise.
     let mut sampler = Sampler::new(streams.iter().collect(), &fc)?;
+    if !a.domain_weights.is_empty() {
+        if a.method != "joint" {
+            bail!("--domain-weights is for --method joint (one corpus otherwise)");
+        }
+        sampler = sampler.with_weights(&a.domain_weights).context("--domain-weights: one weight per --domain")?;
+    }
     let job = RunJob {
         fit: fc,
         out: a.out.clone(),
