@@ -100,7 +100,24 @@ fn expand_writes_a_domain_checkpoint_bound_to_its_base() {
         .arg("--out")
         .arg(&jo)
         .args(["--steps", "2", "--batch", "2", "--seq-len", "16", "--dim", "32", "--layers", "1", "--ffn", "32"])
-        .args(["--heads", "2", "--kv-heads", "1"]));
+        .args(["--heads", "2", "--kv-heads", "1", "--domain-weights", "1", "3"]));
+    let state = json(&jo.join("train_state.json"));
+    assert_eq!(state["stream_weights"], serde_json::json!([1.0, 3.0]), "the weights are in the resume record");
+    // One weight per domain, or a clear refusal.
+    let o = bin()
+        .args(["baseline", "--method", "joint", "--corpus"])
+        .arg(&st)
+        .arg(&rt)
+        .args(["--domain", "story", "recipe", "--tokenizer"])
+        .arg(&jt)
+        .arg("--out")
+        .arg(d.join("joint-bad"))
+        .args(["--steps", "2", "--batch", "2", "--seq-len", "16", "--dim", "32", "--layers", "1", "--ffn", "32"])
+        .args(["--domain-weights", "1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--domain-weights"), "{}", String::from_utf8_lossy(&o.stderr));
     let jc = json(&jo.join("config.json"));
     assert_eq!(jc["edgelm"]["domains"], serde_json::json!(["story", "recipe"]));
     // the shape flags reach the model (not the `base` defaults of 8 and 4 heads)
