@@ -91,31 +91,25 @@ fn expand_writes_a_domain_checkpoint_bound_to_its_base() {
         .args(["--domain", "story", "recipe", "--vocab-size", "320", "--output"])
         .arg(&jt));
     let jo = d.join("joint");
-    ok(bin()
-        .args(["baseline", "--method", "joint", "--corpus"])
-        .arg(&st)
-        .arg(&rt)
-        .args(["--domain", "story", "recipe", "--tokenizer"])
-        .arg(&jt)
-        .arg("--out")
-        .arg(&jo)
-        .args(["--steps", "2", "--batch", "2", "--seq-len", "16", "--dim", "32", "--layers", "1", "--ffn", "32"])
-        .args(["--heads", "2", "--kv-heads", "1", "--domain-weights", "1", "3"]));
+    // a small joint run into `out`, with `extra` flags
+    let joint = |out: &Path, extra: &[&str]| {
+        let mut c = bin();
+        c.args(["baseline", "--method", "joint", "--corpus"])
+            .arg(&st)
+            .arg(&rt)
+            .args(["--domain", "story", "recipe", "--tokenizer"])
+            .arg(&jt)
+            .arg("--out")
+            .arg(out)
+            .args(["--steps", "2", "--batch", "2", "--seq-len", "16", "--dim", "32", "--layers", "1", "--ffn", "32"])
+            .args(extra);
+        c
+    };
+    ok(&mut joint(&jo, &["--heads", "2", "--kv-heads", "1", "--domain-weights", "1", "3"]));
     let state = json(&jo.join("train_state.json"));
     assert_eq!(state["stream_weights"], serde_json::json!([1.0, 3.0]), "the weights are in the resume record");
     // One weight per domain, or a clear refusal.
-    let o = bin()
-        .args(["baseline", "--method", "joint", "--corpus"])
-        .arg(&st)
-        .arg(&rt)
-        .args(["--domain", "story", "recipe", "--tokenizer"])
-        .arg(&jt)
-        .arg("--out")
-        .arg(d.join("joint-bad"))
-        .args(["--steps", "2", "--batch", "2", "--seq-len", "16", "--dim", "32", "--layers", "1", "--ffn", "32"])
-        .args(["--domain-weights", "1"])
-        .output()
-        .unwrap();
+    let o = joint(&d.join("joint-bad"), &["--domain-weights", "1"]).output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--domain-weights"), "{}", String::from_utf8_lossy(&o.stderr));
     let jc = json(&jo.join("config.json"));
