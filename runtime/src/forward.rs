@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::kernels::{
     attention_heads, matmul_tiles_many, matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par, par_rows_many,
-    Kernels, Parallel, TileMatrix,
+    par_token_rows, Kernels, Parallel, RowSplit, TileMatrix,
 };
 use crate::model::{Block, Domain, Matrix, Model, Weights};
 
@@ -393,7 +393,138 @@ impl BlockInput<'_> {
 }
 
 /// Runs block `b` for the `n` tokens at positions `pos..pos + n`, caching
-/// their K/V in cache slot `layer`.
+/// their K/V in cache slot `layer`: split over the pool by tokens when it has
+/// several threads and every thread gets a pass of four tokens or more
+/// ([`block_tokens`]), else by rows, product by product ([`block_rows`]).
+#[allow(clippy::too_many_arguments)]
+fn block_run(
+    e: Exec<'_>,
+    cfg: &Config,
+    b: &Block<'_>,
+    s: &mut RunState<'_>,
+    layer: usize,
+    pos: usize,
+    n: usize,
+) -> Result<()> {
+    match e.par {
+        Some(p) if p.threads() > 1 && n >= 4 * p.threads() && p.threads() <= cfg.n_heads as usize => {
+            block_tokens(e.kernels, p, cfg, b, s, layer, pos, n)
+        }
+        _ => block_rows(e, cfg, b, s, layer, pos, n),
+    }
+}
+
+/// [`block_rows`] with the block's tokens split over `par` instead of each
+/// product's rows: each thread runs its tokens through the norms, products
+/// (one thread's batched kernels), RoPE, attention and SwiGLU on its own rows
+/// of the block buffers, so a block costs two hand-offs (before and after the
+/// keys and values of every token are cached, which the causal attention of
+/// the later tokens reads) instead of five, the elementwise work is split too,
+/// and no activations move between threads. Every (token, row) and (token,
+/// head) is computed by the same kernel calls as on one thread: the same bits.
+#[allow(clippy::too_many_arguments)]
+fn block_tokens(
+    k: &Kernels,
+    par: &dyn Parallel,
+    cfg: &Config,
+    b: &Block<'_>,
+    s: &mut RunState<'_>,
+    layer: usize,
+    pos: usize,
+    n: usize,
+) -> Result<()> {
+    let max_seq = s.max_seq;
+    let (dim, ffn, hd) = (cfg.dim as usize, cfg.ffn_dim as usize, cfg.head_dim());
+    let (kv_dim, heads) = (cfg.kv_dim(), cfg.n_heads as usize);
+    let group = heads / cfg.n_kv_heads as usize;
+    let qmax = dim.max(ffn).div_ceil(crate::format::Q8_GROUP) * crate::format::Q8_GROUP;
+    let (qw, sw) = (RowSplit::Tokens(qmax), RowSplit::Tokens(qmax / crate::format::Q8_GROUP));
+    let one = Exec { kernels: k, par: None };
+    let bs = &mut s.block;
+
+    // q, k, v of each thread's tokens, roped
+    let f32s = [
+        (&mut *bs.x, RowSplit::Tokens(dim)),
+        (&mut *bs.xb, RowSplit::Tokens(dim)),
+        (&mut *bs.q, RowSplit::Tokens(dim)),
+        (&mut *bs.k, RowSplit::Tokens(kv_dim)),
+        (&mut *bs.v, RowSplit::Tokens(kv_dim)),
+        (&mut *bs.rope, RowSplit::Tokens(hd)),
+        (&mut *bs.xs, sw),
+    ];
+    par_token_rows(par, n, f32s, [(&mut *bs.xq, qw)], &|t0, t1, f, i| {
+        let m = t1 - t0;
+        let [x, xb, q, key, value, rope, xs] = f;
+        for (xb, x) in rows_mut(xb, m, dim)?.zip(rows(x, m, dim)?) {
+            (k.rmsnorm)(xb, x, b.attn_norm, cfg.norm_eps);
+        }
+        let mut input = BlockInput::new(xb, dim, m)?;
+        matmuls(one, [&b.wq, &b.wk, &b.wv], &mut input, &mut *i[0], xs, [&mut **q, &mut **key, &mut **value])?;
+        let token_rows = rows(rope, m, hd)?.zip(rows_mut(q, m, dim)?).zip(rows_mut(key, m, kv_dim)?);
+        for ((rope, q), key) in token_rows {
+            (k.rope)(q, rope, hd);
+            (k.rope)(key, rope, hd);
+        }
+        Ok(())
+    })?;
+    for (t, (key, value)) in rows(bs.k, n, kv_dim)?.zip(rows(bs.v, n, kv_dim)?).enumerate() {
+        s.cache.store((layer * max_seq + pos + t) * kv_dim, key, value)?;
+    }
+
+    // attention, the output projection and the feed-forward of each thread's tokens
+    let scale = 1.0 / libm::sqrtf(hd as f32);
+    let layer_base = layer * max_seq * kv_dim;
+    let cache = &s.cache;
+    let f32s = [
+        (&mut *bs.x, RowSplit::Tokens(dim)),
+        (&mut *bs.xb, RowSplit::Tokens(dim)),
+        (&mut *bs.q, RowSplit::Tokens(dim)),
+        (&mut *bs.hb, RowSplit::Tokens(ffn)),
+        (&mut *bs.hb2, RowSplit::Tokens(ffn)),
+        (&mut *s.att, RowSplit::Thread(max_seq)),
+        (&mut *bs.xs, sw),
+    ];
+    par_token_rows(par, n, f32s, [(&mut *bs.xq, qw)], &|t0, t1, f, i| {
+        let m = t1 - t0;
+        let [x, xb, q, hb, hb2, att, xs] = f;
+        let xq = &mut *i[0];
+        // head by head, then token by token, as `block_rows` (a head's keys
+        // and values stay in cache while the tokens pass)
+        for h in 0..heads {
+            let kvh = (h / group) * hd;
+            for (t, (q, o)) in rows(q, m, dim)?.zip(rows_mut(xb, m, dim)?).enumerate() {
+                // causal: token t0 + t sees the cache up to its own position
+                let p = pos + t0 + t;
+                let q = q.get(h * hd..(h + 1) * hd).ok_or(SHORT)?;
+                let o = o.get_mut(h * hd..(h + 1) * hd).ok_or(SHORT)?;
+                let att = att.get_mut(..p + 1).ok_or(SHORT)?;
+                cache.scores(k, att, q, layer_base + kvh, kv_dim, scale)?;
+                (k.softmax)(att);
+                cache.mix(k, o, att, layer_base + kvh, kv_dim)?;
+            }
+        }
+        // the output projection lands in `q` (no longer needed)
+        matmul(one, &b.wo, &mut BlockInput::new(xb, dim, m)?, xq, xs, q)?;
+        for (x, d) in x.get_mut(..m * dim).ok_or(SHORT)?.iter_mut().zip(q.iter()) {
+            *x += d;
+        }
+        for (xb, x) in rows_mut(xb, m, dim)?.zip(rows(x, m, dim)?) {
+            (k.rmsnorm)(xb, x, b.ffn_norm, cfg.norm_eps);
+        }
+        matmuls(one, [&b.w1, &b.w3], &mut BlockInput::new(xb, dim, m)?, xq, xs, [&mut **hb, &mut **hb2])?;
+        for (g, u) in rows_mut(hb, m, ffn)?.zip(rows(hb2, m, ffn)?) {
+            (k.swiglu)(g, u);
+        }
+        matmul(one, &b.w2, &mut BlockInput::new(hb, ffn, m)?, xq, xs, xb)?;
+        for (x, d) in x.get_mut(..m * dim).ok_or(SHORT)?.iter_mut().zip(xb.iter()) {
+            *x += d;
+        }
+        Ok(())
+    })
+}
+
+/// Runs block `b` for the `n` tokens at positions `pos..pos + n`, caching
+/// their K/V in cache slot `layer`, each product's rows split over the pool.
 #[allow(clippy::too_many_arguments)]
 fn block_rows(
     e: Exec<'_>,
@@ -523,14 +654,14 @@ pub fn forward_block(
     let mut expansion = domain.expansion.iter().peekable();
     for (i, b) in model.blocks().iter().enumerate() {
         while let Some((_, eb)) = expansion.next_if(|(p, _)| *p as usize == i) {
-            block_rows(e, cfg, eb, s, layer, pos, n)?;
+            block_run(e, cfg, eb, s, layer, pos, n)?;
             layer += 1;
         }
-        block_rows(e, cfg, b, s, layer, pos, n)?;
+        block_run(e, cfg, b, s, layer, pos, n)?;
         layer += 1;
     }
     for (_, eb) in expansion {
-        block_rows(e, cfg, eb, s, layer, pos, n)?;
+        block_run(e, cfg, eb, s, layer, pos, n)?;
         layer += 1;
     }
 

@@ -1,9 +1,11 @@
 //! The generation loop performs zero heap allocations: a counting global
 //! allocator watches prompt feeding (batched and token by token), sampling,
-//! decoding and bits-per-byte scoring, with f32 and f16 KV caches.
+//! decoding and bits-per-byte scoring, with f32 and f16 KV caches, on one
+//! thread and with a pool (blocks split by tokens over its threads).
 
 use edgelm_runtime::bpb::{score_document, Totals};
 use edgelm_runtime::format::DType;
+use edgelm_runtime::threads::Pool;
 use edgelm_runtime::{AlignedBytes, KvType, Model, SamplerConfig, Session, SessionOptions};
 use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
@@ -14,11 +16,22 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn generation_loop_does_not_allocate() {
+    // made before counting: spawning its worker allocates, running jobs does not
+    let pool = Pool::new(2);
     for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
         let bytes = AlignedBytes::from(synthetic_model(&SyntheticSpec::tiny(dtype)).unwrap());
         let model = Model::from_bytes(&bytes).unwrap();
-        // (KV type, tokens per block): blocks of 8 so the prompts below span several
-        for (kv, block) in [(KvType::F32, 8), (KvType::F16, 8), (KvType::F32, 1), (KvType::F16, 0)] {
+        // (KV type, tokens per block, pool): blocks of 8 so the prompts below
+        // span several; with the pool, each thread runs four of their tokens
+        let configs = [
+            (KvType::F32, 8, None),
+            (KvType::F16, 8, None),
+            (KvType::F32, 1, None),
+            (KvType::F16, 0, None),
+            (KvType::F32, 8, Some(&pool)),
+            (KvType::F16, 8, Some(&pool)),
+        ];
+        for (kv, block, pool) in configs {
             let opts = SessionOptions {
                 max_seq: 64,
                 sampler: SamplerConfig {
@@ -47,6 +60,9 @@ fn generation_loop_does_not_allocate() {
                 let before = allocations();
                 {
                     let mut session = Session::new(&model, "story", &mut arena, opts).unwrap();
+                    if let Some(p) = pool {
+                        session.set_pool(p);
+                    }
                     session.feed_prompt("Once upon a time, in a small house by the sea,").unwrap();
                     session.generate(40, &mut |t| text_bytes += t.len()).unwrap();
                     for t in session.tokens_iter(5) {
@@ -59,7 +75,7 @@ fn generation_loop_does_not_allocate() {
                 }
                 fewest = fewest.min(allocations() - before);
             }
-            let what = format!("{dtype:?}, kv {kv:?}, block {block}");
+            let what = format!("{dtype:?}, kv {kv:?}, block {block}, pool {}", pool.is_some());
             assert_eq!(fewest, 0, "{what}: the generation loop allocated {fewest} times");
             assert!(text_bytes > 0 && totals.scored_tokens > 0, "{what}");
         }

@@ -387,19 +387,19 @@ fn worth_splitting(par: Option<&dyn Parallel>, rows: usize, work: usize) -> Opti
     par.filter(|p| p.threads() > 1 && work >= PARALLEL_MIN_BYTES && rows >= 8)
 }
 
-/// A raw `&mut [f32]` that may be split across threads by disjoint ranges.
-struct SharedOut {
-    ptr: *mut f32,
+/// A raw `&mut [T]` that may be split across threads by disjoint ranges.
+struct SharedOut<T = f32> {
+    ptr: *mut T,
     len: usize,
 }
-// SAFETY: only used by `par_rows`, `par_rows_many`, `matmul_tiles` and `attention_heads`,
-// which hand out disjoint ranges and join every user before the borrow it
-// was made from ends.
-unsafe impl Sync for SharedOut {}
+// SAFETY: only used by `par_rows`, `par_rows_many`, `matmul_tiles`, `attention_heads`
+// and `par_token_rows`, which hand out disjoint ranges and join every user before
+// the borrow it was made from ends.
+unsafe impl<T: Send> Sync for SharedOut<T> {}
 
-impl SharedOut {
+impl<T> SharedOut<T> {
     /// The element pointer at `i` (`i ≤ len`).
-    fn at(&self, i: usize) -> *mut f32 {
+    fn at(&self, i: usize) -> *mut T {
         debug_assert!(i <= self.len);
         self.ptr.wrapping_add(i)
     }
@@ -407,7 +407,7 @@ impl SharedOut {
     /// # Safety
     /// `start <= end <= len`, and no other live reference overlaps `[start, end)`.
     #[allow(clippy::mut_from_ref)] // the point of this type; callers keep ranges disjoint
-    unsafe fn chunk(&self, start: usize, end: usize) -> &mut [f32] {
+    unsafe fn chunk(&self, start: usize, end: usize) -> &mut [T] {
         debug_assert!(start <= end && end <= self.len);
         // SAFETY: guaranteed by the caller (in bounds, not aliased).
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(start), end - start) }
@@ -916,6 +916,84 @@ pub fn attention_heads(
         }
         None => f(0, heads, &mut TileOut::new(out, ld, cols, n), att),
     }
+}
+
+/// How [`par_token_rows`] shares one buffer out: by the block's tokens
+/// (`width` elements a token: each thread gets its tokens' rows) or one row
+/// per thread (`width` elements: a thread's own scratch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowSplit {
+    Tokens(usize),
+    Thread(usize),
+}
+
+/// A thread's share of a token-parallel job: `f(t0, t1, f32s, i8s)` runs the
+/// block's tokens `t0..t1`, each buffer cut as its [`RowSplit`] says.
+pub type TokenJob<'f, const F: usize, const I: usize> =
+    dyn Fn(usize, usize, &mut [&mut [f32]; F], &mut [&mut [i8]; I]) -> crate::Result<()> + Sync + 'f;
+
+/// Splits a block's `n` tokens over `par` in contiguous ranges (multiples of
+/// four tokens, the batched kernels' pass) and runs `f` once per thread,
+/// concurrently, each with its tokens' rows of every `Tokens` buffer and its
+/// own row of every `Thread` buffer: no two threads share a row, so a whole
+/// stretch of a block (norms, products, attention) runs in one hand-off with
+/// no data moving between threads. Each token's results are what one thread
+/// computes for it, provided `f` treats tokens independently.
+/// [`crate::Error::BadConfig`] if a buffer is too short or a call failed.
+pub fn par_token_rows<const F: usize, const I: usize>(
+    par: &dyn Parallel,
+    n: usize,
+    f32s: [(&mut [f32], RowSplit); F],
+    i8s: [(&mut [i8], RowSplit); I],
+    f: &TokenJob<'_, F, I>,
+) -> crate::Result<()> {
+    const SHORT: crate::Error = crate::Error::BadConfig("a block buffer is shorter than its threads' rows");
+    let threads = par.threads().max(1);
+    let per = n.div_ceil(threads).div_ceil(4) * 4;
+    let need = |split: RowSplit| match split {
+        RowSplit::Tokens(w) => n * w,
+        RowSplit::Thread(w) => threads * w,
+    };
+    if f32s.iter().any(|(b, split)| b.len() < need(*split)) || i8s.iter().any(|(b, split)| b.len() < need(*split)) {
+        return Err(SHORT);
+    }
+    let fs = f32s.map(|(b, split)| (SharedOut { ptr: b.as_mut_ptr(), len: b.len() }, split));
+    let is = i8s.map(|(b, split)| (SharedOut { ptr: b.as_mut_ptr(), len: b.len() }, split));
+    let failed = core::sync::atomic::AtomicBool::new(false);
+    par.run(&|i| {
+        let (t0, t1) = ((i * per).min(n), ((i + 1) * per).min(n));
+        if t0 >= t1 {
+            return;
+        }
+        let range = |split: RowSplit| match split {
+            RowSplit::Tokens(w) => (t0 * w, t1 * w),
+            RowSplit::Thread(w) => (i * w, (i + 1) * w),
+        };
+        // SAFETY: thread `i < threads` only reaches `[t0·w, t1·w)` of a `Tokens`
+        // buffer and `[i·w, (i + 1)·w)` of a `Thread` buffer: in bounds (lengths
+        // checked above: `t1 ≤ n`, `i < threads`) and disjoint from every other
+        // thread's (token ranges and thread indices are disjoint; the buffers
+        // are distinct `&mut` borrows), all held until `run` returns, after
+        // every call has finished.
+        let mut a: [&mut [f32]; F] = fs.each_ref().map(|(buf, split)| {
+            let (lo, hi) = range(*split);
+            unsafe { buf.chunk(lo, hi) }
+        });
+        // SAFETY: as above, for the i8 buffers.
+        let mut b: [&mut [i8]; I] = is.each_ref().map(|(buf, split)| {
+            let (lo, hi) = range(*split);
+            unsafe { buf.chunk(lo, hi) }
+        });
+        if f(t0, t1, &mut a, &mut b).is_err() {
+            failed.store(true, core::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    if failed.into_inner() {
+        return Err(crate::Error::BadConfig(
+            "a thread of a token-parallel block failed (a buffer shorter than the model's shapes)",
+        ));
+    }
+    Ok(())
 }
 
 /// `out[b·ld + r]` = row `r` of the q8 matrix (`wq: [rows·cols]`, `ws:
