@@ -9,8 +9,10 @@
 //! through the table's batched kernels (`Kernels::matmul_q8`, `matmul_q4`),
 //! which load (and unpack) each weight vector once per four tokens. Attention in a
 //! block is causal: token `i` attends to cache positions `≤ pos + i`, its
-//! own block's earlier keys included; its heads split across threads
-//! (`kernels::attention_heads`). Both paths call the same kernels on
+//! own block's earlier keys included. With a pool, a block's tokens are split
+//! across its threads (`block_tokens`: two hand-offs per block layer) when
+//! each thread gets four tokens or more; otherwise each product's rows and
+//! attention's heads are (`block_rows`). Both paths call the same kernels on
 //! the same row blocks in the same order, so their results are bit-identical
 //! (tested in `runtime/tests/batch.rs`).
 
