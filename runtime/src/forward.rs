@@ -394,6 +394,62 @@ impl BlockInput<'_> {
     }
 }
 
+/// The attention inputs of `n` tokens (rows of `x`): RMSNorm into `xb`, the
+/// q/k/v products (rows split as `e` says), RoPE on q and k.
+#[allow(clippy::too_many_arguments)]
+fn qkv_rows(
+    e: Exec<'_>,
+    cfg: &Config,
+    b: &Block<'_>,
+    [x, xb, q, key, value, rope, xs]: [&mut [f32]; 7],
+    xq: &mut [i8],
+    n: usize,
+) -> Result<()> {
+    let (k, dim, hd, kv_dim) = (e.kernels, cfg.dim as usize, cfg.head_dim(), cfg.kv_dim());
+    for (xb, x) in rows_mut(xb, n, dim)?.zip(rows(x, n, dim)?) {
+        (k.rmsnorm)(xb, x, b.attn_norm, cfg.norm_eps);
+    }
+    matmuls(e, [&b.wq, &b.wk, &b.wv], &mut BlockInput::new(xb, dim, n)?, xq, xs, [q, &mut *key, value])?;
+    for ((rope, q), key) in rows(rope, n, hd)?.zip(rows_mut(q, n, dim)?).zip(rows_mut(key, n, kv_dim)?) {
+        (k.rope)(q, rope, hd);
+        (k.rope)(key, rope, hd);
+    }
+    Ok(())
+}
+
+/// The rest of a block for `n` tokens whose attention output is in `xb`: the
+/// output projection (into `q`, no longer needed) and residual, then RMSNorm,
+/// the SwiGLU feed-forward and its residual, all into `x`.
+#[allow(clippy::too_many_arguments)]
+fn out_ffn_rows(
+    e: Exec<'_>,
+    cfg: &Config,
+    b: &Block<'_>,
+    [x, xb, q, hb, hb2, xs]: [&mut [f32]; 6],
+    xq: &mut [i8],
+    n: usize,
+) -> Result<()> {
+    let (k, dim, ffn) = (e.kernels, cfg.dim as usize, cfg.ffn_dim as usize);
+    matmul(e, &b.wo, &mut BlockInput::new(xb, dim, n)?, xq, xs, q)?;
+    for (x, d) in x.get_mut(..n * dim).ok_or(SHORT)?.iter_mut().zip(q.iter()) {
+        *x += d;
+    }
+    for (xb, x) in rows_mut(xb, n, dim)?.zip(rows(x, n, dim)?) {
+        (k.rmsnorm)(xb, x, b.ffn_norm, cfg.norm_eps);
+    }
+    matmuls(e, [&b.w1, &b.w3], &mut BlockInput::new(xb, dim, n)?, xq, xs, [&mut *hb, &mut *hb2])?;
+    // row by row: the SIMD swiglu's tail differs from its vector lanes,
+    // so one call per token keeps the per-token path's exact results
+    for (g, u) in rows_mut(hb, n, ffn)?.zip(rows(hb2, n, ffn)?) {
+        (k.swiglu)(g, u);
+    }
+    matmul(e, &b.w2, &mut BlockInput::new(hb, ffn, n)?, xq, xs, xb)?;
+    for (x, d) in x.get_mut(..n * dim).ok_or(SHORT)?.iter_mut().zip(xb.iter()) {
+        *x += d;
+    }
+    Ok(())
+}
+
 /// Runs block `b` for the `n` tokens at positions `pos..pos + n`, caching
 /// their K/V in cache slot `layer`: split over the pool by tokens when it has
 /// several threads and every thread gets a pass of four tokens or more
@@ -455,19 +511,8 @@ fn block_tokens(
         (&mut *bs.xs, sw),
     ];
     par_token_rows(par, n, f32s, [(&mut *bs.xq, qw)], &|t0, t1, f, i| {
-        let m = t1 - t0;
         let [x, xb, q, key, value, rope, xs] = f;
-        for (xb, x) in rows_mut(xb, m, dim)?.zip(rows(x, m, dim)?) {
-            (k.rmsnorm)(xb, x, b.attn_norm, cfg.norm_eps);
-        }
-        let mut input = BlockInput::new(xb, dim, m)?;
-        matmuls(one, [&b.wq, &b.wk, &b.wv], &mut input, &mut *i[0], xs, [&mut **q, &mut **key, &mut **value])?;
-        let token_rows = rows(rope, m, hd)?.zip(rows_mut(q, m, dim)?).zip(rows_mut(key, m, kv_dim)?);
-        for ((rope, q), key) in token_rows {
-            (k.rope)(q, rope, hd);
-            (k.rope)(key, rope, hd);
-        }
-        Ok(())
+        qkv_rows(one, cfg, b, [x, xb, q, key, value, rope, xs], &mut *i[0], t1 - t0)
     })?;
     for (t, (key, value)) in rows(bs.k, n, kv_dim)?.zip(rows(bs.v, n, kv_dim)?).enumerate() {
         s.cache.store((layer * max_seq + pos + t) * kv_dim, key, value)?;
@@ -505,23 +550,7 @@ fn block_tokens(
                 cache.mix(k, o, att, layer_base + kvh, kv_dim)?;
             }
         }
-        // the output projection lands in `q` (no longer needed)
-        matmul(one, &b.wo, &mut BlockInput::new(xb, dim, m)?, xq, xs, q)?;
-        for (x, d) in x.get_mut(..m * dim).ok_or(SHORT)?.iter_mut().zip(q.iter()) {
-            *x += d;
-        }
-        for (xb, x) in rows_mut(xb, m, dim)?.zip(rows(x, m, dim)?) {
-            (k.rmsnorm)(xb, x, b.ffn_norm, cfg.norm_eps);
-        }
-        matmuls(one, [&b.w1, &b.w3], &mut BlockInput::new(xb, dim, m)?, xq, xs, [&mut **hb, &mut **hb2])?;
-        for (g, u) in rows_mut(hb, m, ffn)?.zip(rows(hb2, m, ffn)?) {
-            (k.swiglu)(g, u);
-        }
-        matmul(one, &b.w2, &mut BlockInput::new(hb, ffn, m)?, xq, xs, xb)?;
-        for (x, d) in x.get_mut(..m * dim).ok_or(SHORT)?.iter_mut().zip(xb.iter()) {
-            *x += d;
-        }
-        Ok(())
+        out_ffn_rows(one, cfg, b, [x, xb, q, hb, hb2, xs], xq, m)
     })
 }
 
@@ -538,25 +567,16 @@ fn block_rows(
     n: usize,
 ) -> Result<()> {
     let max_seq = s.max_seq;
-    let (dim, ffn, hd) = (cfg.dim as usize, cfg.ffn_dim as usize, cfg.head_dim());
+    let (dim, hd) = (cfg.dim as usize, cfg.head_dim());
     let (kv_dim, heads) = (cfg.kv_dim(), cfg.n_heads as usize);
     let group = heads / cfg.n_kv_heads as usize;
     let k = e.kernels;
     let bs = &mut s.block;
 
     // attention
-    for (xb, x) in rows_mut(bs.xb, n, dim)?.zip(rows(bs.x, n, dim)?) {
-        (k.rmsnorm)(xb, x, b.attn_norm, cfg.norm_eps);
-    }
-    {
-        let mut input = BlockInput::new(bs.xb, dim, n)?;
-        let outs = [&mut *bs.q, &mut *bs.k, &mut *bs.v];
-        matmuls(e, [&b.wq, &b.wk, &b.wv], &mut input, bs.xq, bs.xs, outs)?;
-    }
-    let token_rows = rows(bs.rope, n, hd)?.zip(rows_mut(bs.q, n, dim)?).zip(rows_mut(bs.k, n, kv_dim)?);
-    for (t, (((rope, q), key), value)) in token_rows.zip(rows(bs.v, n, kv_dim)?).enumerate() {
-        (k.rope)(q, rope, hd);
-        (k.rope)(key, rope, hd);
+    let inputs = [&mut *bs.x, &mut *bs.xb, &mut *bs.q, &mut *bs.k, &mut *bs.v, &mut *bs.rope, &mut *bs.xs];
+    qkv_rows(e, cfg, b, inputs, bs.xq, n)?;
+    for (t, (key, value)) in rows(bs.k, n, kv_dim)?.zip(rows(bs.v, n, kv_dim)?).enumerate() {
         s.cache.store((layer * max_seq + pos + t) * kv_dim, key, value)?;
     }
 
@@ -587,36 +607,8 @@ fn block_rows(
         }
         Ok(())
     })?;
-    {
-        // the output projection lands in `q` (no longer needed)
-        let mut input = BlockInput::new(bs.xb, dim, n)?;
-        matmul(e, &b.wo, &mut input, bs.xq, bs.xs, bs.q)?;
-    }
-    for (x, d) in bs.x.get_mut(..n * dim).ok_or(SHORT)?.iter_mut().zip(bs.q.iter()) {
-        *x += d;
-    }
-
-    // feed-forward (SwiGLU)
-    for (xb, x) in rows_mut(bs.xb, n, dim)?.zip(rows(bs.x, n, dim)?) {
-        (k.rmsnorm)(xb, x, b.ffn_norm, cfg.norm_eps);
-    }
-    {
-        let mut input = BlockInput::new(bs.xb, dim, n)?;
-        matmuls(e, [&b.w1, &b.w3], &mut input, bs.xq, bs.xs, [&mut *bs.hb, &mut *bs.hb2])?;
-    }
-    // row by row: the SIMD swiglu's tail differs from its vector lanes,
-    // so one call per token keeps the per-token path's exact results
-    for (g, u) in rows_mut(bs.hb, n, ffn)?.zip(rows(bs.hb2, n, ffn)?) {
-        (k.swiglu)(g, u);
-    }
-    {
-        let mut input = BlockInput::new(bs.hb, ffn, n)?;
-        matmul(e, &b.w2, &mut input, bs.xq, bs.xs, bs.xb)?;
-    }
-    for (x, d) in bs.x.get_mut(..n * dim).ok_or(SHORT)?.iter_mut().zip(bs.xb.iter()) {
-        *x += d;
-    }
-    Ok(())
+    let rest = [&mut *bs.x, &mut *bs.xb, &mut *bs.q, &mut *bs.hb, &mut *bs.hb2, &mut *bs.xs];
+    out_ffn_rows(e, cfg, b, rest, bs.xq, n)
 }
 
 /// Which logits [`forward_block`] leaves.
