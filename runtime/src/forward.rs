@@ -23,6 +23,7 @@ use crate::kernels::{
     attention_heads, matmul_tiles_many, matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par, par_rows_many,
     par_token_rows, Kernels, Parallel, RowSplit, TileMatrix,
 };
+use crate::kv::KvCache;
 use crate::model::{Block, Domain, Matrix, Model, Weights};
 
 /// In-place softmax (scalar; the forward pass uses `Kernels::softmax`).
@@ -210,9 +211,7 @@ fn block(e: Exec<'_>, cfg: &Config, b: &Block<'_>, s: &mut RunState<'_>, layer: 
         let kvh = (h / group) * hd;
         let att = att.get_mut(..pos + 1).ok_or(SHORT)?;
         // att[t] = q·key_t · scale; out = Σ_t att[t]·value_t (keys/values at stride kv_dim)
-        s.cache.scores(k, att, q, layer_base + kvh, kv_dim, scale)?;
-        (k.softmax)(att);
-        s.cache.mix(k, out, att, layer_base + kvh, kv_dim)?;
+        attend_head(k, &s.cache, att, q, out, layer_base + kvh, kv_dim, scale)?;
     }
     {
         let mut input = Input { x: s.xb, quantized: false };
@@ -394,6 +393,26 @@ impl BlockInput<'_> {
     }
 }
 
+/// One (token, head) of attention over the cache: `att` (the positions the
+/// token sees) = softmax(q · key · scale), then `out` = Σ att · value, keys and
+/// values from `base` at stride `kv_dim`. Every path calls this, so a (token,
+/// head) gives the same bits however the work is split.
+#[allow(clippy::too_many_arguments)]
+fn attend_head(
+    k: &Kernels,
+    cache: &KvCache<'_>,
+    att: &mut [f32],
+    q: &[f32],
+    out: &mut [f32],
+    base: usize,
+    kv_dim: usize,
+    scale: f32,
+) -> Result<()> {
+    cache.scores(k, att, q, base, kv_dim, scale)?;
+    (k.softmax)(att);
+    cache.mix(k, out, att, base, kv_dim)
+}
+
 /// The attention inputs of `n` tokens (rows of `x`): RMSNorm into `xb`, the
 /// q/k/v products (rows split as `e` says), RoPE on q and k.
 #[allow(clippy::too_many_arguments)]
@@ -495,10 +514,10 @@ fn block_tokens(
     let (dim, ffn, hd) = (cfg.dim as usize, cfg.ffn_dim as usize, cfg.head_dim());
     let (kv_dim, heads) = (cfg.kv_dim(), cfg.n_heads as usize);
     let group = heads / cfg.n_kv_heads as usize;
-    let qmax = dim.max(ffn).div_ceil(crate::format::Q8_GROUP) * crate::format::Q8_GROUP;
-    let (qw, sw) = (RowSplit::Tokens(qmax), RowSplit::Tokens(qmax / crate::format::Q8_GROUP));
     let one = Exec { kernels: k, par: None };
     let bs = &mut s.block;
+    // a token's quantized-activation rows, as the arena sized them (`n ≤ bs.len`)
+    let (qw, sw) = (RowSplit::Tokens(bs.xq.len() / bs.len), RowSplit::Tokens(bs.xs.len() / bs.len));
 
     // q, k, v of each thread's tokens, roped
     let f32s = [
@@ -511,8 +530,7 @@ fn block_tokens(
         (&mut *bs.xs, sw),
     ];
     par_token_rows(par, n, f32s, [(&mut *bs.xq, qw)], &|t0, t1, f, i| {
-        let [x, xb, q, key, value, rope, xs] = f;
-        qkv_rows(one, cfg, b, [x, xb, q, key, value, rope, xs], &mut *i[0], t1 - t0)
+        qkv_rows(one, cfg, b, f.each_mut().map(|r| &mut **r), &mut *i[0], t1 - t0)
     })?;
     for (t, (key, value)) in rows(bs.k, n, kv_dim)?.zip(rows(bs.v, n, kv_dim)?).enumerate() {
         s.cache.store((layer * max_seq + pos + t) * kv_dim, key, value)?;
@@ -545,9 +563,7 @@ fn block_tokens(
                 let q = q.get(h * hd..(h + 1) * hd).ok_or(SHORT)?;
                 let o = o.get_mut(h * hd..(h + 1) * hd).ok_or(SHORT)?;
                 let att = att.get_mut(..p + 1).ok_or(SHORT)?;
-                cache.scores(k, att, q, layer_base + kvh, kv_dim, scale)?;
-                (k.softmax)(att);
-                cache.mix(k, o, att, layer_base + kvh, kv_dim)?;
+                attend_head(k, cache, att, q, o, layer_base + kvh, kv_dim, scale)?;
             }
         }
         out_ffn_rows(one, cfg, b, [x, xb, q, hb, hb2, xs], xq, m)
@@ -600,9 +616,7 @@ fn block_rows(
                 let q = q.get(h * hd..(h + 1) * hd).ok_or(SHORT)?;
                 let o = out.token(t).get_mut(i * hd..(i + 1) * hd).ok_or(SHORT)?;
                 let att = att.get_mut(..p + 1).ok_or(SHORT)?;
-                cache.scores(k, att, q, layer_base + kvh, kv_dim, scale)?;
-                (k.softmax)(att);
-                cache.mix(k, o, att, layer_base + kvh, kv_dim)?;
+                attend_head(k, cache, att, q, o, layer_base + kvh, kv_dim, scale)?;
             }
         }
         Ok(())
