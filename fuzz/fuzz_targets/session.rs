@@ -22,7 +22,7 @@ struct Input {
     max_seq: u8,
     arena_short: u8,
     truncate_prompt: bool,
-    kv_f16: bool,
+    kv: u8,
     block: u8,
     reference_kernels: bool,
     max_tokens: u8,
@@ -50,7 +50,7 @@ fuzz_target!(|input: Input| {
     let opts = SessionOptions {
         sampler,
         truncate_prompt: input.truncate_prompt,
-        kv: if input.kv_f16 { KvType::F16 } else { KvType::F32 },
+        kv: [KvType::F32, KvType::F16, KvType::Q8][input.kv as usize % 3],
         block: input.block as usize % 10, // 0..=9: token by token, and blocks shorter and longer than prompts
         ..SessionOptions::new(max_seq)
     };

@@ -4,7 +4,7 @@
 //! exact size the model reports up front (`Model::arena_bytes_for`).
 //!
 //! Every buffer and its size is listed in `sizes` below. Beyond the one-token
-//! activations, the KV cache (f32 or f16, per `SessionOptions::kv`) and the
+//! activations, the KV cache (f32, f16 or q8, per `SessionOptions::kv`) and the
 //! token history, the batched path adds `B` rows of each activation buffer
 //! (`B = SessionOptions::block_len()`, 0 when blocks are off: about
 //! `B · (4·(3·dim + 2·kv_dim + 2·ffn + head_dim) + 1.125·max(dim, ffn))` bytes)
@@ -25,6 +25,7 @@ pub struct Layout {
     pub max_blocks: usize,
     pub max_vocab: usize,
     pub kv_dim: usize,
+    pub head_dim: usize,
     pub kv: KvType,
     /// Tokens per block of the batched path (0: no block buffers).
     pub block: usize,
@@ -35,7 +36,7 @@ pub struct Layout {
     pub total: usize,
 }
 
-const N_BUFFERS: usize = 30;
+const N_BUFFERS: usize = 34;
 
 /// Bytes of each buffer, in carving order.
 fn sizes(model: &Model<'_>, opts: &SessionOptions) -> [usize; N_BUFFERS] {
@@ -48,10 +49,13 @@ fn sizes(model: &Model<'_>, opts: &SessionOptions) -> [usize; N_BUFFERS] {
     let qmax = dim.max(ffn).div_ceil(Q8_GROUP) * Q8_GROUP;
     let b = opts.block_len();
     let bl = if opts.block_logits { b } else { 0 };
-    let (kv16, kv32) = match opts.kv {
-        KvType::F32 => (0, kv),
-        KvType::F16 => (kv, 0),
+    let (kv8, kv16, kv32) = match opts.kv {
+        KvType::F32 => (0, 0, kv),
+        KvType::F16 => (0, kv, 0),
+        KvType::Q8 => (kv, 0, 0),
     };
+    // a q8 cache's scales: one per head of every cached key (value)
+    let kv8_scales = kv8 / hd.max(1);
     [
         4 * dim,                                   // x      [dim] residual stream
         4 * dim,                                   // xb     [dim]
@@ -84,6 +88,10 @@ fn sizes(model: &Model<'_>, opts: &SessionOptions) -> [usize; N_BUFFERS] {
         b * qmax,                  // bxq   [B, max(dim, ffn)] i8
         4 * b * (qmax / Q8_GROUP), // bxs  [B, max(dim, ffn)/32]
         4 * bl * vocab,            // blogits [B, vocab] (only with block_logits)
+        kv8,                       // key cache   [blocks, max_seq, kv_dim] i8
+        kv8,                       // value cache [blocks, max_seq, kv_dim] i8
+        4 * kv8_scales,            // key scales   [blocks, max_seq, kv_heads] f32
+        4 * kv8_scales,            // value scales [blocks, max_seq, kv_heads] f32
     ]
 }
 
@@ -104,6 +112,7 @@ impl Layout {
             max_blocks: model.max_blocks(),
             max_vocab: model.max_vocab(),
             kv_dim: model.config().kv_dim(),
+            head_dim: model.config().head_dim(),
             offsets,
             sizes,
             // + ALIGN: the caller's slice need not start aligned
@@ -208,10 +217,6 @@ impl<'s> RunState<'s> {
         let (k32, v32) = (take(r, a, o[11], s[11]), take(r, a, o[12], s[12]));
         let (tokens, scratch) = (take(r, a, o[13], s[13]), take(r, a, o[14], s[14]));
         let (k16, v16) = (take(r, a, o[15], s[15]), take(r, a, o[16], s[16]));
-        let cache = match layout.kv {
-            KvType::F32 => KvCache::F32 { keys: k32, values: v32 },
-            KvType::F16 => KvCache::F16 { keys: k16, values: v16 },
-        };
         let (k, v) = (take(r, a, o[17], s[17]), take(r, a, o[18], s[18]));
         let block = BlockState {
             len: layout.block,
@@ -226,6 +231,15 @@ impl<'s> RunState<'s> {
             xq: take(r, a, o[27], s[27]),
             xs: take(r, a, o[28], s[28]),
             logits: take(r, a, o[29], s[29]),
+        };
+        let (k8, v8) = (take(r, a, o[30], s[30]), take(r, a, o[31], s[31]));
+        let (ks8, vs8) = (take(r, a, o[32], s[32]), take(r, a, o[33], s[33]));
+        let cache = match layout.kv {
+            KvType::F32 => KvCache::F32 { keys: k32, values: v32 },
+            KvType::F16 => KvCache::F16 { keys: k16, values: v16 },
+            KvType::Q8 => {
+                KvCache::Q8 { keys: k8, values: v8, key_scales: ks8, value_scales: vs8, head_dim: layout.head_dim }
+            }
         };
         Ok(RunState {
             max_seq: layout.max_seq,

@@ -1,10 +1,19 @@
 //! The KV cache: keys and values of every cached position, per block, in
-//! f32 or f16. f16 halves the largest arena buffer at long contexts (on a
+//! f32, f16 or q8. f16 halves the largest arena buffer at long contexts (on a
 //! microcontroller or a 512 MB board it dominates); keys and values are
 //! rounded to nearest-even once when stored, and the attention kernels widen
 //! them exactly (`Kernels::attn_scores_f16` / `attn_values_f16`).
+//!
+//! q8 stores each head of each cached key and value as `i8` with one f32
+//! scale (`max|x| / 127`, the activations' quantizer, [`quantize_symmetric`]):
+//! `1 + 4/head_dim` bytes per value, about a quarter of f32. The kernels
+//! widen the integers exactly (`Kernels::attn_scores_q8` / `attn_values_q8`);
+//! the scales are applied here, per key after its dot product and per value
+//! folded into its attention weight, so the kernels' inner loops stay those
+//! of the f16 cache.
 
 use crate::error::{Error, Result};
+use crate::kernels::reference::quantize_symmetric;
 use crate::kernels::Kernels;
 
 /// An offset past the cache: positions and layers are bounded by the session
@@ -20,35 +29,55 @@ pub enum KvType {
     F32,
     /// 2 bytes per value (IEEE half, round to nearest even on store).
     F16,
+    /// 1 byte per value plus one f32 scale per head of each cached key and
+    /// value (symmetric, `max|x| / 127`, round half away from zero on store).
+    Q8,
 }
 
 impl KvType {
-    /// Bytes per cached value.
+    /// Bytes per cached value (a q8 cache adds `4 / head_dim` for its scales).
     pub fn bytes(self) -> usize {
         match self {
             KvType::F32 => 4,
             KvType::F16 => 2,
+            KvType::Q8 => 1,
         }
     }
 
-    /// `"f32"` / `"f16"`.
+    /// `"f32"` / `"f16"` / `"q8"`.
     pub fn name(self) -> &'static str {
         match self {
             KvType::F32 => "f32",
             KvType::F16 => "f16",
+            KvType::Q8 => "q8",
         }
     }
 
-    /// The type called `name` (`f32` / `f16`, case-insensitive).
+    /// The type called `name` (`f32` / `f16` / `q8`, case-insensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        [KvType::F32, KvType::F16].into_iter().find(|k| k.name().eq_ignore_ascii_case(name))
+        [KvType::F32, KvType::F16, KvType::Q8].into_iter().find(|k| k.name().eq_ignore_ascii_case(name))
     }
 }
 
 /// Keys and values, `[blocks, max_seq, kv_dim]` each.
 pub enum KvCache<'s> {
-    F32 { keys: &'s mut [f32], values: &'s mut [f32] },
-    F16 { keys: &'s mut [u16], values: &'s mut [u16] },
+    F32 {
+        keys: &'s mut [f32],
+        values: &'s mut [f32],
+    },
+    F16 {
+        keys: &'s mut [u16],
+        values: &'s mut [u16],
+    },
+    /// `key_scales`, `value_scales`: `[blocks, max_seq, kv_heads]`, the scale
+    /// of the `head_dim` integers at element `h·head_dim` of the cache.
+    Q8 {
+        keys: &'s mut [i8],
+        values: &'s mut [i8],
+        key_scales: &'s mut [f32],
+        value_scales: &'s mut [f32],
+        head_dim: usize,
+    },
 }
 
 impl KvCache<'_> {
@@ -71,6 +100,23 @@ impl KvCache<'_> {
                     *d = half::f16::from_f32(s).to_bits();
                 }
             }
+            KvCache::Q8 { keys, values, key_scales, value_scales, head_dim } => {
+                let hd = *head_dim;
+                if hd == 0 || !n.is_multiple_of(hd) {
+                    return Err(MISALIGNED);
+                }
+                // the `n / hd` heads from `at`, one after another
+                let heads = scale_span(at, n / hd, hd, hd)?;
+                let (qk, qv) = (keys.get_mut(span.clone()).ok_or(PAST_END)?, values.get_mut(span).ok_or(PAST_END)?);
+                let (sk, sv) =
+                    (key_scales.get_mut(heads.clone()).ok_or(PAST_END)?, value_scales.get_mut(heads).ok_or(PAST_END)?);
+                for ((x, q), s) in key.chunks_exact(hd).zip(qk.chunks_exact_mut(hd)).zip(sk) {
+                    *s = quantize_symmetric(x, q);
+                }
+                for ((x, q), s) in value.chunks_exact(hd).zip(qv.chunks_exact_mut(hd)).zip(sv) {
+                    *s = quantize_symmetric(x, q);
+                }
+            }
         }
         Ok(())
     }
@@ -90,20 +136,66 @@ impl KvCache<'_> {
         match self {
             KvCache::F32 { keys, .. } => (k.attn_scores)(att, q, keys.get(span).ok_or(PAST_END)?, stride, scale),
             KvCache::F16 { keys, .. } => (k.attn_scores_f16)(att, q, keys.get(span).ok_or(PAST_END)?, stride, scale),
+            KvCache::Q8 { keys, key_scales, head_dim, .. } => {
+                let scales = head_scales(key_scales, base, att.len(), stride, *head_dim, q.len())?;
+                (k.attn_scores_q8)(att, q, keys.get(span).ok_or(PAST_END)?, stride, scale);
+                for (a, &s) in att.iter_mut().zip(scales) {
+                    *a *= s;
+                }
+            }
         }
         Ok(())
     }
 
     /// `out = Σ_t att[t] · value[base + t·stride]`; values past the cache
-    /// are an error.
-    pub fn mix(&self, k: &Kernels, out: &mut [f32], att: &[f32], base: usize, stride: usize) -> Result<()> {
+    /// are an error. A q8 cache scales `att` in place by each value's scale
+    /// first (the caller's attention weights are spent by then).
+    pub fn mix(&self, k: &Kernels, out: &mut [f32], att: &mut [f32], base: usize, stride: usize) -> Result<()> {
         let span = span(base, att.len(), stride, out.len())?;
         match self {
             KvCache::F32 { values, .. } => (k.attn_values)(out, att, values.get(span).ok_or(PAST_END)?, stride),
             KvCache::F16 { values, .. } => (k.attn_values_f16)(out, att, values.get(span).ok_or(PAST_END)?, stride),
+            KvCache::Q8 { values, value_scales, head_dim, .. } => {
+                let scales = head_scales(value_scales, base, att.len(), stride, *head_dim, out.len())?;
+                for (a, &s) in att.iter_mut().zip(scales) {
+                    *a *= s;
+                }
+                (k.attn_values_q8)(out, att, values.get(span).ok_or(PAST_END)?, stride);
+            }
         }
         Ok(())
     }
+}
+
+/// A q8 access that does not cover whole heads (an offset, stride or length
+/// off the head boundaries): only a mismatched caller gets this.
+const MISALIGNED: Error = Error::BadSetting("q8 KV cache access not aligned to whole heads");
+
+/// The scales of `rows` cached heads at `stride` elements from element
+/// `base` (`len` = the head's size, which must be the cache's `hd`).
+fn head_scales(
+    scales: &[f32],
+    base: usize,
+    rows: usize,
+    stride: usize,
+    hd: usize,
+    len: usize,
+) -> Result<impl Iterator<Item = &f32>> {
+    if len != hd || stride == 0 {
+        return Err(MISALIGNED);
+    }
+    let span = scale_span(base, rows, stride, hd)?;
+    let step = (stride / hd).max(1);
+    Ok(scales.get(span).ok_or(PAST_END)?.iter().step_by(step))
+}
+
+/// The scale indices `rows` heads at `stride` from element `base` cover
+/// (`base` and `stride` multiples of `hd`).
+fn scale_span(base: usize, rows: usize, stride: usize, hd: usize) -> Result<core::ops::Range<usize>> {
+    if hd == 0 || !base.is_multiple_of(hd) || !stride.is_multiple_of(hd) {
+        return Err(MISALIGNED);
+    }
+    span(base / hd, rows, stride / hd, 1)
 }
 
 /// The elements `rows` cached vectors of `len` at `stride` from `base` cover

@@ -385,7 +385,12 @@ fn an_embedding_row_past_the_vocabulary_is_a_bad_token() {
 fn kv_cache_offsets_past_the_cache_are_errors() {
     let (mut k32, mut v32) = (vec![0f32; 16], vec![0f32; 16]);
     let (mut k16, mut v16) = (vec![0u16; 16], vec![0u16; 16]);
-    let caches = [KvCache::F32 { keys: &mut k32, values: &mut v32 }, KvCache::F16 { keys: &mut k16, values: &mut v16 }];
+    let (mut k8, mut v8, mut ks, mut vs) = (vec![0i8; 16], vec![0i8; 16], vec![0f32; 4], vec![0f32; 4]);
+    let caches = [
+        KvCache::F32 { keys: &mut k32, values: &mut v32 },
+        KvCache::F16 { keys: &mut k16, values: &mut v16 },
+        KvCache::Q8 { keys: &mut k8, values: &mut v8, key_scales: &mut ks, value_scales: &mut vs, head_dim: 4 },
+    ];
     for mut cache in caches {
         let one = [1.0f32; 4];
         cache.store(12, &one, &one).unwrap();
@@ -397,11 +402,46 @@ fn kv_cache_offsets_past_the_cache_are_errors() {
             // four keys of 4 at stride 4: from 0 they fit, from 1 the last one is past the end
             let (mut att, mut out) = ([0f32; 4], [0f32; 4]);
             cache.scores(k, &mut att, &one, 0, 4, 1.0).unwrap();
-            cache.mix(k, &mut out, &att, 0, 4).unwrap();
+            cache.mix(k, &mut out, &mut att, 0, 4).unwrap();
             assert!(cache.scores(k, &mut att, &one, 1, 4, 1.0).is_err(), "{}", k.name);
-            assert!(cache.mix(k, &mut out, &att, 1, 4).is_err(), "{}", k.name);
+            assert!(cache.mix(k, &mut out, &mut att, 1, 4).is_err(), "{}", k.name);
             assert!(cache.scores(k, &mut att, &one, 0, usize::MAX, 1.0).is_err(), "{}", k.name);
-            assert!(cache.mix(k, &mut out, &att, usize::MAX, 4).is_err(), "{}", k.name);
+            assert!(cache.mix(k, &mut out, &mut att, usize::MAX, 4).is_err(), "{}", k.name);
         }
     }
+}
+
+/// A q8 cache holds whole heads: a key of part of a head, a stride or an
+/// offset off the head boundaries, or a zero stride is an error, not a
+/// wrong scale; a stored head reads back as its integers times its scale.
+#[test]
+fn q8_kv_cache_accesses_whole_heads() {
+    let (mut k8, mut v8, mut ks, mut vs) = (vec![0i8; 16], vec![0i8; 16], vec![0f32; 4], vec![0f32; 4]);
+    let mut cache =
+        KvCache::Q8 { keys: &mut k8, values: &mut v8, key_scales: &mut ks, value_scales: &mut vs, head_dim: 4 };
+    let key = [0.5f32, -1.27, 0.0, 0.25];
+    let value = [2.54f32, 1.0, -0.5, 0.0];
+    cache.store(4, &key, &value).unwrap();
+    assert!(cache.store(2, &key, &value).is_err(), "offset inside a head");
+    assert!(cache.store(0, &key[..3], &value[..3]).is_err(), "part of a head");
+    let k = &REFERENCE;
+    let mut att = [0f32; 1];
+    // key 1 alone: q = e_i picks the dequantized element i
+    for (i, &want) in key.iter().enumerate() {
+        let mut q = [0f32; 4];
+        q[i] = 1.0;
+        cache.scores(k, &mut att, &q, 4, 4, 1.0).unwrap();
+        assert!((att[0] - want).abs() <= 1.27 / 254.0 + 1e-6, "key {i}: {} vs {want}", att[0]);
+    }
+    let mut out = [0f32; 4];
+    let mut one = [1f32];
+    cache.mix(k, &mut out, &mut one, 4, 4).unwrap();
+    for (o, v) in out.iter().zip(value) {
+        assert!((o - v).abs() <= 2.54 / 254.0 + 1e-6, "value {o} vs {v}");
+    }
+    assert_eq!(cache.scores(k, &mut att, &[1.0; 3], 4, 4, 1.0).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert!(cache.scores(k, &mut att, &[1.0; 4], 2, 4, 1.0).is_err(), "offset inside a head");
+    let mut two = [0f32; 2];
+    assert!(cache.scores(k, &mut two, &[1.0; 4], 0, 6, 1.0).is_err(), "stride off the heads");
+    assert!(cache.mix(k, &mut out, &mut two, 0, 0).is_err(), "zero stride");
 }

@@ -611,6 +611,50 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(cases())]
+
+    /// The q8-cache attention kernels: the reference against the f32 kernels
+    /// on the widened integers (exactly the same math), and every SIMD table
+    /// against the reference (same bounds as above).
+    #[test]
+    fn q8_attention_kernels_close(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
+        let stride = hd + extra;
+        let v = |i: usize, s: u32| (((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0;
+        // what the KV quantizer stores: −127…127
+        let b = |i: usize, s: u32| ((((i as u32).wrapping_mul(2246822519) ^ s) % 255) as i32 - 127) as i8;
+        let q: Vec<f32> = (0..hd).map(|i| v(i, seed)).collect();
+        let keys: Vec<i8> = (0..(len - 1) * stride + hd).map(|i| b(i, seed ^ 7)).collect();
+        let vals: Vec<i8> = (0..(len - 1) * stride + hd).map(|i| b(i, seed ^ 99)).collect();
+        let wide = |x: &[i8]| x.iter().map(|&b| f32::from(b)).collect::<Vec<f32>>();
+        let (kw, vw) = (wide(&keys), wide(&vals));
+        let (mut scores, mut oa) = (vec![0f32; len], vec![0f32; hd]);
+        reference::attn_scores_q8(&mut scores, &q, &keys, stride, 0.125);
+        let mut s32 = vec![0f32; len];
+        reference::attn_scores(&mut s32, &q, &kw, stride, 0.125);
+        prop_assert_eq!(&scores, &s32);
+        let mut a = scores.clone();
+        reference::softmax(&mut a);
+        reference::attn_values_q8(&mut oa, &a, &vals, stride);
+        let mut o32 = vec![0f32; hd];
+        reference::attn_values(&mut o32, &a, &vw, stride);
+        prop_assert_eq!(&oa, &o32);
+        for k in simd_tables() {
+            let (mut b, mut ob) = (vec![0f32; len], vec![1f32; hd]);
+            (k.attn_scores_q8)(&mut b, &q, &keys, stride, 0.125);
+            for t in 0..len {
+                let mag: f32 = (0..hd).map(|i| (q[i] * kw[t * stride + i]).abs()).sum::<f32>() * 0.125;
+                prop_assert!((scores[t] - b[t]).abs() <= 1e-5 * mag + 1e-30, "{} score {}", k.name, t);
+            }
+            (k.attn_values_q8)(&mut ob, &a, &vals, stride);
+            for i in 0..hd {
+                let mag: f32 = (0..len).map(|t| (a[t] * vw[t * stride + i]).abs()).sum();
+                prop_assert!((oa[i] - ob[i]).abs() <= 1e-5 * mag + 1e-30, "{} value {}: {} vs {}", k.name, i, ob[i], oa[i]);
+            }
+        }
+    }
+}
+
 /// The whole forward pass (q8, f16, f32 models): every SIMD table against
 /// the reference table, one and two threads.
 #[test]

@@ -30,6 +30,9 @@ fn generation_loop_does_not_allocate() {
             (KvType::F16, 0, None),
             (KvType::F32, 8, Some(&pool)),
             (KvType::F16, 8, Some(&pool)),
+            (KvType::Q8, 8, None),
+            (KvType::Q8, 0, None),
+            (KvType::Q8, 8, Some(&pool)),
         ];
         for (kv, block, pool) in configs {
             let opts = SessionOptions {

@@ -81,6 +81,17 @@ typedef enum {
   EDGELM_STOP_CALLBACK = 3,
 } edgelm_stop_reason;
 
+// KV cache element types for edgelm_open_options.kv (the field is an int,
+// so an unknown value is EDGELM_ERR_INVALID_ARGUMENT, not undefined).
+typedef enum {
+  // 4 bytes per cached value: the forward pass as trained.
+  EDGELM_KV_F32 = 0,
+  // 2 bytes per value (IEEE half).
+  EDGELM_KV_F16 = 1,
+  // 1 byte per value plus a float scale per head of each position.
+  EDGELM_KV_Q8 = 2,
+} edgelm_kv_type;
+
 // A base model and its domain packs (opaque). See "Thread safety" above.
 typedef struct edgelm_model edgelm_model;
 
@@ -115,10 +126,12 @@ typedef struct {
   // later (reads each file once). 0: skip it; the structure is still
   // validated. Default 1.
   int verify_checksum;
-  // Non-zero: sessions keep their KV cache in f16 (half the cache's arena
-  // bytes; the bits-per-byte cost on the shipped models is in
-  // docs/BENCHMARKS.md). 0: f32. Default 0.
-  int kv_f16;
+  // The sessions' KV cache, an edgelm_kv_type: EDGELM_KV_F32 (default),
+  // EDGELM_KV_F16 (half the cache's arena bytes) or EDGELM_KV_Q8 (about a
+  // quarter); their bits-per-byte cost on the shipped models is in
+  // docs/BENCHMARKS.md. (This int was `kv_f16`, 1 meaning f16: the same
+  // place, size and values 0 and 1.)
+  int kv;
 } edgelm_open_options;
 
 // Receives each piece of generated text: `len` bytes of complete UTF-8 at

@@ -78,6 +78,19 @@ pub enum edgelm_stop_reason {
     EDGELM_STOP_CALLBACK = 3,
 }
 
+/// KV cache element types for edgelm_open_options.kv (the field is an int,
+/// so an unknown value is EDGELM_ERR_INVALID_ARGUMENT, not undefined).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum edgelm_kv_type {
+    /// 4 bytes per cached value: the forward pass as trained.
+    EDGELM_KV_F32 = 0,
+    /// 2 bytes per value (IEEE half).
+    EDGELM_KV_F16 = 1,
+    /// 1 byte per value plus a float scale per head of each position.
+    EDGELM_KV_Q8 = 2,
+}
+
 /// Sampling settings; start from edgelm_sampler_defaults().
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -136,10 +149,12 @@ pub struct edgelm_open_options {
     /// later (reads each file once). 0: skip it; the structure is still
     /// validated. Default 1.
     pub verify_checksum: c_int,
-    /// Non-zero: sessions keep their KV cache in f16 (half the cache's arena
-    /// bytes; the bits-per-byte cost on the shipped models is in
-    /// docs/BENCHMARKS.md). 0: f32. Default 0.
-    pub kv_f16: c_int,
+    /// The sessions' KV cache, an edgelm_kv_type: EDGELM_KV_F32 (default),
+    /// EDGELM_KV_F16 (half the cache's arena bytes) or EDGELM_KV_Q8 (about a
+    /// quarter); their bits-per-byte cost on the shipped models is in
+    /// docs/BENCHMARKS.md. (This int was `kv_f16`, 1 meaning f16: the same
+    /// place, size and values 0 and 1.)
+    pub kv: c_int,
 }
 
 /// Most threads a model may ask for (a bad value must not start millions).
@@ -154,14 +169,24 @@ impl edgelm_open_options {
             ));
         }
         let verify = if self.verify_checksum != 0 { VerifyChecksum::Yes } else { VerifyChecksum::Skip };
-        let kv = if self.kv_f16 != 0 { KvType::F16 } else { KvType::F32 };
+        let kv = match self.kv {
+            k if k == edgelm_kv_type::EDGELM_KV_F32 as c_int => KvType::F32,
+            k if k == edgelm_kv_type::EDGELM_KV_F16 as c_int => KvType::F16,
+            k if k == edgelm_kv_type::EDGELM_KV_Q8 as c_int => KvType::Q8,
+            k => {
+                return Err(fail(
+                    EDGELM_ERR_INVALID_ARGUMENT,
+                    format!("kv must be EDGELM_KV_F32 (0), EDGELM_KV_F16 (1) or EDGELM_KV_Q8 (2) (got {k})"),
+                ))
+            }
+        };
         Ok((EngineOptions { verify, threads: self.threads as usize, kernels: None }, verify, kv))
     }
 }
 
 impl Default for edgelm_open_options {
     fn default() -> Self {
-        edgelm_open_options { threads: 1, verify_checksum: 1, kv_f16: 0 }
+        edgelm_open_options { threads: 1, verify_checksum: 1, kv: edgelm_kv_type::EDGELM_KV_F32 as c_int }
     }
 }
 

@@ -348,7 +348,7 @@ fn models_read_in_place_and_open_options_give_the_same_text() {
     // SAFETY: written on success
     let defaults = unsafe { defaults.assume_init() };
     assert_eq!((defaults.threads, defaults.verify_checksum != 0), (1, true));
-    let two_threads = edgelm_open_options { threads: 2, verify_checksum: 0, kv_f16: 0 };
+    let two_threads = edgelm_open_options { threads: 2, verify_checksum: 0, kv: 0 };
     for opts in [defaults, two_threads] {
         let mut m = null_mut();
         // SAFETY: aligned buffers that outlive the model, valid options and out
@@ -363,7 +363,7 @@ fn models_read_in_place_and_open_options_give_the_same_text() {
         ok(unsafe { edgelm_model_free(m) });
     }
 
-    // kv_f16: a smaller arena, and sessions still generate
+    // f16 and q8 caches: smaller arenas, and sessions still generate
     let arena_of = |opts: &edgelm_open_options| {
         let (mut m, mut bytes) = (null_mut(), 0usize);
         // SAFETY: aligned buffer that outlives the model, valid options and outs
@@ -376,9 +376,19 @@ fn models_read_in_place_and_open_options_give_the_same_text() {
         ok(unsafe { edgelm_model_free(m) });
         bytes
     };
-    let half = edgelm_open_options { kv_f16: 1, ..defaults };
-    assert_eq!(defaults.kv_f16, 0);
-    assert!(arena_of(&half) < arena_of(&defaults));
+    let half = edgelm_open_options { kv: edgelm_kv_type::EDGELM_KV_F16 as c_int, ..defaults };
+    let quarter = edgelm_open_options { kv: edgelm_kv_type::EDGELM_KV_Q8 as c_int, ..defaults };
+    assert_eq!(defaults.kv, edgelm_kv_type::EDGELM_KV_F32 as c_int);
+    assert!(arena_of(&quarter) < arena_of(&half) && arena_of(&half) < arena_of(&defaults));
+    // an unknown cache type is refused, with the values that exist
+    for kv in [3, -1, c_int::MAX] {
+        let mut m = null_mut();
+        let bad = edgelm_open_options { kv, ..defaults };
+        // SAFETY: aligned buffer, valid options and out
+        let status = unsafe { edgelm_model_open_buffer_in_place(b.as_ptr(), b.len(), &bad, &mut m) };
+        assert_eq!(status, EDGELM_ERR_INVALID_ARGUMENT, "kv {kv}");
+        assert!(m.is_null() && last_error().contains("EDGELM_KV_Q8"), "{}", last_error());
+    }
 
     // in place means no copy: bytes off the 64-byte grid are refused
     let shifted = AlignedBytes::from_slice(&[&[0u8][..], &base[..]].concat());
@@ -412,7 +422,7 @@ fn models_read_in_place_and_open_options_give_the_same_text() {
             }
         }
     }
-    let zero = edgelm_open_options { threads: 0, verify_checksum: 1, kv_f16: 0 };
+    let zero = edgelm_open_options { threads: 0, verify_checksum: 1, kv: 0 };
     // SAFETY: valid strings, options and out
     assert_eq!(unsafe { edgelm_model_open_with(cbase.as_ptr(), &zero, &mut m) }, EDGELM_ERR_INVALID_ARGUMENT);
     std::fs::remove_dir_all(dir).unwrap();

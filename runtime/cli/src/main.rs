@@ -87,7 +87,8 @@ struct ModelArgs {
     /// eval gives each its own documents.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// KV cache element type: f32, or f16 (half the cache's memory).
+    /// KV cache element type: f32; f16 (half the cache's memory); or q8
+    /// (about a quarter: one byte per value and a scale per head).
     #[arg(long, default_value = "f32", value_parser = parse_kv)]
     kv: KvType,
     /// Tokens per block when a prompt (or `eval`) runs through the model
@@ -97,7 +98,7 @@ struct ModelArgs {
 }
 
 fn parse_kv(s: &str) -> std::result::Result<KvType, String> {
-    KvType::from_name(s).ok_or_else(|| format!("unknown KV type {s:?}: use f32 or f16"))
+    KvType::from_name(s).ok_or_else(|| format!("unknown KV type {s:?}: use f32, f16 or q8"))
 }
 
 /// The session options `a` asks for (context, KV type, block size).

@@ -29,7 +29,8 @@
 /// aarch64 modules: slice checks, then the invoking module's `unsafe`
 /// primitives `dot`, `dot_f16`, `scale_mul`, `quantize_q8_simd`,
 /// `softmax_simd`, `rope_simd` (one head of a multiple of `$rope_step` floats;
-/// other head sizes use the reference), `swiglu_simd`, `attn_values_simd` and `attn_values_f16_simd`.
+/// other head sizes use the reference), `swiglu_simd`, `dot_i8`, `attn_values_simd`,
+/// `attn_values_f16_simd` and `attn_values_i8_simd`.
 /// Sound only where the module hands its tables out after detecting the
 /// features those primitives enable.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -120,6 +121,26 @@ macro_rules! simd_f32_wrappers {
             unsafe { attn_values_f16_simd(out.as_mut_ptr(), hd, att, values.as_ptr(), stride) }
         }
 
+        fn attn_scores_q8(att: &mut [f32], q: &[f32], keys: &[i8], stride: usize, scale: f32) {
+            let hd = q.len();
+            if let Some(last) = att.len().checked_sub(1) {
+                assert!(keys.len() >= last * stride + hd, "attn_scores_q8: keys too short");
+            }
+            for (t, a) in att.iter_mut().enumerate() {
+                // SAFETY: detected tables only; key `t` lies inside `keys` (checked above).
+                *a = unsafe { dot_i8(keys.as_ptr().add(t * stride), q.as_ptr(), hd) } * scale;
+            }
+        }
+
+        fn attn_values_q8(out: &mut [f32], att: &[f32], values: &[i8], stride: usize) {
+            let hd = out.len();
+            if let Some(last) = att.len().checked_sub(1) {
+                assert!(values.len() >= last * stride + hd, "attn_values_q8: values too short");
+            }
+            // SAFETY: detected tables only; every value row read lies inside `values` (checked above).
+            unsafe { attn_values_i8_simd(out.as_mut_ptr(), hd, att, values.as_ptr(), stride) }
+        }
+
         fn attn_values(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) {
             let hd = out.len();
             if let Some(last) = att.len().checked_sub(1) {
@@ -173,6 +194,8 @@ pub type AttnScores = fn(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize
 pub type AttnValues = fn(out: &mut [f32], att: &[f32], values: &[f32], stride: usize);
 pub type AttnScoresF16 = fn(att: &mut [f32], q: &[f32], keys: &[u16], stride: usize, scale: f32);
 pub type AttnValuesF16 = fn(out: &mut [f32], att: &[f32], values: &[u16], stride: usize);
+pub type AttnScoresQ8 = fn(att: &mut [f32], q: &[f32], keys: &[i8], stride: usize, scale: f32);
+pub type AttnValuesQ8 = fn(out: &mut [f32], att: &[f32], values: &[i8], stride: usize);
 pub type SumExp = fn(xs: &[f32], max: f32) -> f64;
 
 /// The kernels the forward pass calls. Every entry has a scalar twin in
@@ -222,6 +245,12 @@ pub struct Kernels {
     pub attn_scores_f16: AttnScoresF16,
     /// As `attn_values` with an f16 KV cache (values as IEEE half bits).
     pub attn_values_f16: AttnValuesF16,
+    /// As `attn_scores` with a q8 KV cache: keys as `i8`, widened exactly;
+    /// the caller applies each key's scale ([`crate::kv`]).
+    pub attn_scores_q8: AttnScoresQ8,
+    /// As `attn_values` with a q8 KV cache (values as `i8`; the caller has
+    /// folded each value's scale into `att`).
+    pub attn_values_q8: AttnValuesQ8,
     /// `Σ e^(x − max)` over `xs` for bits per byte ([`crate::bpb::nll`]):
     /// each term in f32 by [`reference::exp`], converted to f64 and added
     /// into lane `i mod 8` in order, then the tail and the eight lanes as
@@ -253,6 +282,8 @@ pub static REFERENCE: Kernels = Kernels {
     attn_values: reference::attn_values,
     attn_scores_f16: reference::attn_scores_f16,
     attn_values_f16: reference::attn_values_f16,
+    attn_scores_q8: reference::attn_scores_q8,
+    attn_values_q8: reference::attn_values_q8,
     sum_exp: reference::sum_exp,
 };
 

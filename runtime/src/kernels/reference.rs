@@ -102,14 +102,22 @@ pub fn matvec_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
 /// See [`super::Kernels::quantize_q8`]: symmetric, scale = max|x| / 127 per group.
 pub fn quantize_q8(x: &[f32], q: &mut [i8], s: &mut [f32]) {
     for ((group, qg), sg) in x.chunks_exact(Q8_GROUP).zip(q.chunks_exact_mut(Q8_GROUP)).zip(s.iter_mut()) {
-        let amax = group.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        for (qi, &v) in qg.iter_mut().zip(group) {
-            *qi = round_half_away(v * id) as i8;
-        }
-        *sg = d;
+        *sg = quantize_symmetric(group, qg);
     }
+}
+
+/// `x` (any length) to `q` with one scale `d = max|x| / 127`, returned:
+/// `q[i] = round_half_away(x[i] / d)`, so `x[i] ≈ q[i]·d` (all zeros when
+/// `x` is). The quantizer of [`quantize_q8`]'s groups and of a q8 KV cache's
+/// rows (`crate::kv`).
+pub fn quantize_symmetric(x: &[f32], q: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (qi, &v) in q.iter_mut().zip(x) {
+        *qi = round_half_away(v * id) as i8;
+    }
+    d
 }
 
 /// See [`super::Kernels::rmsnorm`].
@@ -203,6 +211,24 @@ pub fn attn_values_f16(out: &mut [f32], att: &[f32], values: &[u16], stride: usi
     for (&a, v) in att.iter().zip(cache_rows(values, att.len(), stride, out.len(), "attn_values_f16")) {
         for (o, &vi) in out.iter_mut().zip(v) {
             *o += a * f16_to_f32(vi);
+        }
+    }
+}
+
+/// See [`super::Kernels::attn_scores_q8`].
+pub fn attn_scores_q8(att: &mut [f32], q: &[f32], keys: &[i8], stride: usize, scale: f32) {
+    let rows = att.len();
+    for (a, key) in att.iter_mut().zip(cache_rows(keys, rows, stride, q.len(), "attn_scores_q8")) {
+        *a = q.iter().zip(key).map(|(x, &y)| x * f32::from(y)).sum::<f32>() * scale;
+    }
+}
+
+/// See [`super::Kernels::attn_values_q8`].
+pub fn attn_values_q8(out: &mut [f32], att: &[f32], values: &[i8], stride: usize) {
+    out.fill(0.0);
+    for (&a, v) in att.iter().zip(cache_rows(values, att.len(), stride, out.len(), "attn_values_q8")) {
+        for (o, &vi) in out.iter_mut().zip(v) {
+            *o += a * f32::from(vi);
         }
     }
 }

@@ -67,6 +67,8 @@ static NEON: Kernels = Kernels {
     attn_values,
     attn_scores_f16,
     attn_values_f16,
+    attn_scores_q8,
+    attn_values_q8,
     // the scalar form vectorises on NEON as it is
     sum_exp: super::reference::sum_exp,
 };
@@ -299,73 +301,85 @@ unsafe fn rope_simd(x: *mut f32, rope: *const f32, hd: usize) {
     }
 }
 
-#[target_feature(enable = "neon")]
-unsafe fn attn_values_simd(out: *mut f32, hd: usize, att: &[f32], values: *const f32, stride: usize) {
-    let mut c = 0;
-    while c + 16 <= hd {
-        let mut acc = [vdupq_n_f32(0.0); 4];
-        for (t, &a) in att.iter().enumerate() {
-            let v = values.add(t * stride + c);
-            for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = vfmaq_n_f32(*acc, vld1q_f32(v.add(4 * k)), a);
+// `out = Σ_t att[t]·v_t` over one cached element type (`$load4(p)`: four
+// values at `p` as f32, `$load1(p)`: one): sixteen, then four columns per
+// pass over `t`, one FMA per (t, column) in order, then single columns.
+macro_rules! attn_values_neon {
+    ($(#[$doc:meta])* $name:ident, $ty:ty, |$p:ident| $load4:expr, |$q:ident| $load1:expr) => {
+        $(#[$doc])*
+        #[target_feature(enable = "neon")]
+        unsafe fn $name(out: *mut f32, hd: usize, att: &[f32], values: *const $ty, stride: usize) {
+            let mut c = 0;
+            while c + 16 <= hd {
+                let mut acc = [vdupq_n_f32(0.0); 4];
+                for (t, &a) in att.iter().enumerate() {
+                    let v = values.add(t * stride + c);
+                    for (k, acc) in acc.iter_mut().enumerate() {
+                        let $p = v.add(4 * k);
+                        *acc = vfmaq_n_f32(*acc, $load4, a);
+                    }
+                }
+                for (k, acc) in acc.iter().enumerate() {
+                    vst1q_f32(out.add(c + 4 * k), *acc);
+                }
+                c += 16;
+            }
+            while c + 4 <= hd {
+                let mut acc = vdupq_n_f32(0.0);
+                for (t, &a) in att.iter().enumerate() {
+                    let $p = values.add(t * stride + c);
+                    acc = vfmaq_n_f32(acc, $load4, a);
+                }
+                vst1q_f32(out.add(c), acc);
+                c += 4;
+            }
+            while c < hd {
+                let mut acc = 0f32;
+                for (t, &a) in att.iter().enumerate() {
+                    let $q = values.add(t * stride + c);
+                    acc += a * $load1;
+                }
+                *out.add(c) = acc;
+                c += 1;
             }
         }
-        for (k, acc) in acc.iter().enumerate() {
-            vst1q_f32(out.add(c + 4 * k), *acc);
-        }
-        c += 16;
-    }
-    while c + 4 <= hd {
-        let mut acc = vdupq_n_f32(0.0);
-        for (t, &a) in att.iter().enumerate() {
-            acc = vfmaq_n_f32(acc, vld1q_f32(values.add(t * stride + c)), a);
-        }
-        vst1q_f32(out.add(c), acc);
-        c += 4;
-    }
-    while c < hd {
-        let mut acc = 0f32;
-        for (t, &a) in att.iter().enumerate() {
-            acc += a * *values.add(t * stride + c);
-        }
-        *out.add(c) = acc;
-        c += 1;
-    }
+    };
+}
+attn_values_neon!(attn_values_simd, f32, |p| vld1q_f32(p), |p| *p);
+attn_values_neon!(
+    /// `attn_values_simd` over an f16 cache (integer widening, see the module header).
+    attn_values_f16_simd, u16, |p| f16x4_to_f32(vld1_u16(p)), |p| f16_to_f32(*p)
+);
+attn_values_neon!(
+    /// `attn_values_simd` over a q8 cache (exact widening).
+    attn_values_i8_simd, i8, |p| i8x4_to_f32(p), |p| f32::from(*p)
+);
+
+/// Four i8 at `p` to f32 (exact).
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn i8x4_to_f32(p: *const i8) -> float32x4_t {
+    let w = vmovl_s8(vreinterpret_s8_u32(vdup_n_u32((p as *const u32).read_unaligned())));
+    vcvtq_f32_s32(vmovl_s16(vget_low_s16(w)))
 }
 
-/// `attn_values_simd` over an f16 cache (integer widening, see the module header).
+/// `Σ f32(w[i])·x[i]` over `n` (a q8 KV cache's key against a query).
 #[target_feature(enable = "neon")]
-unsafe fn attn_values_f16_simd(out: *mut f32, hd: usize, att: &[f32], values: *const u16, stride: usize) {
-    let mut c = 0;
-    while c + 16 <= hd {
-        let mut acc = [vdupq_n_f32(0.0); 4];
-        for (t, &a) in att.iter().enumerate() {
-            let v = values.add(t * stride + c);
-            for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = vfmaq_n_f32(*acc, f16x4_to_f32(vld1_u16(v.add(4 * k))), a);
-            }
-        }
-        for (k, acc) in acc.iter().enumerate() {
-            vst1q_f32(out.add(c + 4 * k), *acc);
-        }
-        c += 16;
+unsafe fn dot_i8(w: *const i8, x: *const f32, n: usize) -> f32 {
+    let (mut s0, mut s1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = vmovl_s8(vld1_s8(w.add(i)));
+        s0 = vfmaq_f32(s0, vcvtq_f32_s32(vmovl_s16(vget_low_s16(h))), vld1q_f32(x.add(i)));
+        s1 = vfmaq_f32(s1, vcvtq_f32_s32(vmovl_s16(vget_high_s16(h))), vld1q_f32(x.add(i + 4)));
+        i += 8;
     }
-    while c + 4 <= hd {
-        let mut acc = vdupq_n_f32(0.0);
-        for (t, &a) in att.iter().enumerate() {
-            acc = vfmaq_n_f32(acc, f16x4_to_f32(vld1_u16(values.add(t * stride + c))), a);
-        }
-        vst1q_f32(out.add(c), acc);
-        c += 4;
+    let mut s = vaddvq_f32(vaddq_f32(s0, s1));
+    while i < n {
+        s += f32::from(*w.add(i)) * *x.add(i);
+        i += 1;
     }
-    while c < hd {
-        let mut acc = 0f32;
-        for (t, &a) in att.iter().enumerate() {
-            acc += a * f16_to_f32(*values.add(t * stride + c));
-        }
-        *out.add(c) = acc;
-        c += 1;
-    }
+    s
 }
 
 #[target_feature(enable = "neon")]

@@ -103,6 +103,8 @@ static AVX2: Kernels = Kernels {
     attn_values,
     attn_scores_f16,
     attn_values_f16,
+    attn_scores_q8,
+    attn_values_q8,
     sum_exp,
 };
 static AVXVNNI: Kernels = Kernels {
@@ -458,6 +460,28 @@ unsafe fn dot_f16(w: *const u16, x: *const f32, n: usize) -> f32 {
     s
 }
 
+/// `Σ f32(w[i])·x[i]` over `n` (a q8 KV cache's key against a query).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_i8(w: *const i8, x: *const f32, n: usize) -> f32 {
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 16 <= n {
+        s0 = _mm256_fmadd_ps(i8x8(w.add(i)), _mm256_loadu_ps(x.add(i)), s0);
+        s1 = _mm256_fmadd_ps(i8x8(w.add(i + 8)), _mm256_loadu_ps(x.add(i + 8)), s1);
+        i += 16;
+    }
+    if i + 8 <= n {
+        s0 = _mm256_fmadd_ps(i8x8(w.add(i)), _mm256_loadu_ps(x.add(i)), s0);
+        i += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(s0, s1));
+    while i < n {
+        s += f32::from(*w.add(i)) * *x.add(i);
+        i += 1;
+    }
+    s
+}
+
 /// `out[i] = x[i] * k * w[i]` (same rounding as the scalar expression).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scale_mul(out: *mut f32, x: *const f32, w: *const f32, k: f32, n: usize) {
@@ -632,12 +656,35 @@ macro_rules! attn_values_vec {
 }
 attn_values_vec!(attn_values_vec_f32, attn_values_pass_f32, f32, |p| _mm256_loadu_ps(p));
 attn_values_vec!(attn_values_vec_f16, attn_values_pass_f16, u16, |p| f16x8(p));
+attn_values_vec!(attn_values_vec_i8, attn_values_pass_i8, i8, |p| i8x8(p));
 
 /// Eight f16 (bits) at `p` to f32.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn f16x8(p: *const u16) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// Eight i8 at `p` to f32 (exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn i8x8(p: *const i8) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+}
+
+/// `attn_values_simd` over a q8 cache (exact widening, same FMA order).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attn_values_i8_simd(out: *mut f32, hd: usize, att: &[f32], values: *const i8, stride: usize) {
+    attn_values_vec_i8(out, hd, att, values, stride);
+    let mut c = hd / 8 * 8;
+    while c < hd {
+        let mut acc = 0f32;
+        for (t, &a) in att.iter().enumerate() {
+            acc += a * f32::from(*values.add(t * stride + c));
+        }
+        *out.add(c) = acc;
+        c += 1;
+    }
 }
 
 /// `attn_values_simd` over an f16 cache (F16C widening, same FMA order).
