@@ -601,6 +601,10 @@ proptest! {
             for t in 0..len {
                 let mag: f32 = (0..hd).map(|i| (q[i] * kw[t * stride + i]).abs()).sum::<f32>() * 0.125;
                 prop_assert!((scores[t] - b[t]).abs() <= 1e-5 * mag + 1e-30, "{} score {}", k.name, t);
+                // several keys per call (x86: four at a time) or one alone: the same bits
+                let mut one = [0f32];
+                (k.attn_scores_f16)(&mut one, &q, &keys[t * stride..], stride, 0.125);
+                prop_assert_eq!(one[0].to_bits(), b[t].to_bits(), "{} score {} alone", k.name, t);
             }
             (k.attn_values_f16)(&mut ob, &a, &vals, stride);
             for i in 0..hd {
@@ -645,6 +649,10 @@ proptest! {
             for t in 0..len {
                 let mag: f32 = (0..hd).map(|i| (q[i] * kw[t * stride + i]).abs()).sum::<f32>() * 0.125;
                 prop_assert!((scores[t] - b[t]).abs() <= 1e-5 * mag + 1e-30, "{} score {}", k.name, t);
+                // several keys per call (x86: four at a time) or one alone: the same bits
+                let mut one = [0f32];
+                (k.attn_scores_q8)(&mut one, &q, &keys[t * stride..], stride, 0.125);
+                prop_assert_eq!(one[0].to_bits(), b[t].to_bits(), "{} score {} alone", k.name, t);
             }
             (k.attn_values_q8)(&mut ob, &a, &vals, stride);
             for i in 0..hd {

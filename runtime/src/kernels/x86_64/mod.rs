@@ -101,9 +101,9 @@ static AVX2: Kernels = Kernels {
     swiglu,
     attn_scores: attn_scores4,
     attn_values,
-    attn_scores_f16,
+    attn_scores_f16: attn_scores4_f16,
     attn_values_f16,
-    attn_scores_q8,
+    attn_scores_q8: attn_scores4_q8,
     attn_values_q8,
     sum_exp,
 };
@@ -203,57 +203,86 @@ fn matvec_q4_avx512vnni(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &
 
 simd_f32_wrappers!(rope_step: 8);
 
-/// `attn_scores` four keys at a time (heads of a multiple of 8 floats): per
-/// key the FMAs of `dot` in its order and `hsum`'s additions in its order
-/// (bit-identical to `attn_scores`), the four reductions done side by side
-/// and without a call per key; other keys and head sizes go through `attn_scores`.
-fn attn_scores4(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
-    let hd = q.len();
-    if let Some(last) = att.len().checked_sub(1) {
-        assert!(keys.len() >= last * stride + hd, "attn_scores: keys too short");
-    }
-    let quads = if hd.is_multiple_of(8) { att.len() / 4 } else { 0 };
-    // SAFETY: detected tables only; keys `t < 4·quads ≤ att.len()` lie inside `keys` (checked above).
-    unsafe { scores4(att.as_mut_ptr(), quads, q.as_ptr(), hd, keys.as_ptr(), stride, scale) };
-    let t = 4 * quads;
-    if t < att.len() {
-        attn_scores(&mut att[t..], q, &keys[t * stride..], stride, scale);
-    }
-}
+// `attn_scores` four keys at a time (heads of a multiple of 8 floats), for
+// one cached element type (`$load(p)`: eight keys' elements at `p` as f32):
+// per key the FMAs of `$dot` in its order and `hsum`'s additions in its
+// order (bit-identical to `$one`, the table's one-key-at-a-time kernel), the
+// four reductions done side by side and without a call per key; other keys
+// and head sizes go through `$one`.
+macro_rules! attn_scores4 {
+    ($wrapper:ident, $four:ident, $one:ident, $ty:ty, |$p:ident| $load:expr) => {
+        fn $wrapper(att: &mut [f32], q: &[f32], keys: &[$ty], stride: usize, scale: f32) {
+            let hd = q.len();
+            if let Some(last) = att.len().checked_sub(1) {
+                assert!(keys.len() >= last * stride + hd, "attn_scores: keys too short");
+            }
+            let quads = if hd.is_multiple_of(8) { att.len() / 4 } else { 0 };
+            // SAFETY: detected tables only; keys `t < 4·quads ≤ att.len()` lie inside `keys` (checked above).
+            unsafe { $four(att.as_mut_ptr(), quads, q.as_ptr(), hd, keys.as_ptr(), stride, scale) };
+            let t = 4 * quads;
+            if t < att.len() {
+                $one(&mut att[t..], q, &keys[t * stride..], stride, scale);
+            }
+        }
 
-/// `att[t] = dot(q, keys + t·stride)·scale` for `t < 4·quads`, `hd` a multiple of 8.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scores4(att: *mut f32, quads: usize, q: *const f32, hd: usize, keys: *const f32, stride: usize, scale: f32) {
-    for t in (0..4 * quads).step_by(4) {
-        let k = [0, 1, 2, 3].map(|j| keys.add((t + j) * stride));
-        let (mut s0, mut s1) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
-        let mut i = 0;
-        while i + 16 <= hd {
-            let (qa, qb) = (_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(q.add(i + 8)));
-            for j in 0..4 {
-                s0[j] = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k[j].add(i)), s0[j]);
-                s1[j] = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k[j].add(i + 8)), s1[j]);
+        /// `att[t] = dot(q, keys + t·stride)·scale` for `t < 4·quads`, `hd` a multiple of 8.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $four(
+            att: *mut f32,
+            quads: usize,
+            q: *const f32,
+            hd: usize,
+            keys: *const $ty,
+            stride: usize,
+            scale: f32,
+        ) {
+            for t in (0..4 * quads).step_by(4) {
+                let k = [0, 1, 2, 3].map(|j| keys.add((t + j) * stride));
+                let (mut s0, mut s1) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+                let mut i = 0;
+                while i + 16 <= hd {
+                    let (qa, qb) = (_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(q.add(i + 8)));
+                    for j in 0..4 {
+                        let $p = k[j].add(i);
+                        s0[j] = _mm256_fmadd_ps(qa, $load, s0[j]);
+                        let $p = k[j].add(i + 8);
+                        s1[j] = _mm256_fmadd_ps(qb, $load, s1[j]);
+                    }
+                    i += 16;
+                }
+                if i + 8 <= hd {
+                    let qa = _mm256_loadu_ps(q.add(i));
+                    for j in 0..4 {
+                        let $p = k[j].add(i);
+                        s0[j] = _mm256_fmadd_ps(qa, $load, s0[j]);
+                    }
+                }
+                let v = [0, 1, 2, 3].map(|j| _mm256_add_ps(s0[j], s1[j]));
+                // `hsum` per key: lanes i + (i + 4), then (0 + 2, 1 + 3), then the pair
+                let h01 = _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(v[0], v[1]),
+                    _mm256_permute2f128_ps::<0x31>(v[0], v[1]),
+                );
+                let h23 = _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(v[2], v[3]),
+                    _mm256_permute2f128_ps::<0x31>(v[2], v[3]),
+                );
+                let u = _mm256_add_ps(
+                    _mm256_shuffle_ps::<0b01_00_01_00>(h01, h23),
+                    _mm256_shuffle_ps::<0b11_10_11_10>(h01, h23),
+                );
+                // lanes [k0, k2, …] in the low half, [k1, k3, …] in the high half
+                let r =
+                    _mm256_add_ps(_mm256_shuffle_ps::<0b10_00_10_00>(u, u), _mm256_shuffle_ps::<0b11_01_11_01>(u, u));
+                let sums = _mm_unpacklo_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps::<1>(r));
+                _mm_storeu_ps(att.add(t), _mm_mul_ps(sums, _mm_set1_ps(scale)));
             }
-            i += 16;
         }
-        if i + 8 <= hd {
-            let qa = _mm256_loadu_ps(q.add(i));
-            for j in 0..4 {
-                s0[j] = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k[j].add(i)), s0[j]);
-            }
-        }
-        let v = [0, 1, 2, 3].map(|j| _mm256_add_ps(s0[j], s1[j]));
-        // `hsum` per key: lanes i + (i + 4), then (0 + 2, 1 + 3), then the pair
-        let h01 = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(v[0], v[1]), _mm256_permute2f128_ps::<0x31>(v[0], v[1]));
-        let h23 = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(v[2], v[3]), _mm256_permute2f128_ps::<0x31>(v[2], v[3]));
-        let u =
-            _mm256_add_ps(_mm256_shuffle_ps::<0b01_00_01_00>(h01, h23), _mm256_shuffle_ps::<0b11_10_11_10>(h01, h23));
-        // lanes [k0, k2, …] in the low half, [k1, k3, …] in the high half
-        let r = _mm256_add_ps(_mm256_shuffle_ps::<0b10_00_10_00>(u, u), _mm256_shuffle_ps::<0b11_01_11_01>(u, u));
-        let sums = _mm_unpacklo_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps::<1>(r));
-        _mm_storeu_ps(att.add(t), _mm_mul_ps(sums, _mm_set1_ps(scale)));
-    }
+    };
 }
+attn_scores4!(attn_scores4, scores4, attn_scores, f32, |p| _mm256_loadu_ps(p));
+attn_scores4!(attn_scores4_f16, scores4_f16, attn_scores_f16, u16, |p| f16x8(p));
+attn_scores4!(attn_scores4_q8, scores4_q8, attn_scores_q8, i8, |p| i8x8(p));
 
 // ---- shared helpers ----
 
