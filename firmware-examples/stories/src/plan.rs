@@ -16,7 +16,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use edgelm_runtime::{Model, Session, SessionOptions};
+use edgelm_runtime::{KvType, Model, Session, SessionOptions};
 
 use crate::Run;
 
@@ -40,7 +40,8 @@ pub struct Defaults {
 /// `run:` flags are also what a plain `edgelm generate` would use.
 /// Variables: `EDGELM_FW_SEED`, `EDGELM_FW_TEMPERATURE`, `EDGELM_FW_TOP_K`,
 /// `EDGELM_FW_TOP_P`, `EDGELM_FW_REPEAT_PENALTY`; `EDGELM_FW_MAX_SEQ`
-/// overrides the computed context length.
+/// overrides the computed context length; `EDGELM_FW_KV` (`f32`, `f16` or
+/// `q8`) sets the KV cache's element type, default f32.
 const SEED: u64 = 42;
 const TEMPERATURE: f32 = 0.8;
 const TOP_K: usize = 0;
@@ -61,6 +62,7 @@ pub struct Settings {
     pub top_p: f32,
     pub repeat_penalty: f32,
     pub max_seq: Option<usize>,
+    pub kv: KvType,
 }
 
 fn number<T: std::str::FromStr>(var: &str, value: Option<String>, default: T) -> Result<T, String> {
@@ -111,6 +113,11 @@ impl Settings {
             Some(v) if v.trim().is_empty() || v.trim() == "auto" => None,
             v => Some(number("EDGELM_FW_MAX_SEQ", v, 0usize)?),
         };
+        let kv = match var("EDGELM_FW_KV") {
+            None => KvType::F32,
+            Some(v) => KvType::from_name(v.trim())
+                .ok_or_else(|| format!("EDGELM_FW_KV={v:?} is not a KV cache type: use f32, f16 or q8"))?,
+        };
         Ok(Settings {
             board: defaults.board.into(),
             model,
@@ -123,6 +130,7 @@ impl Settings {
             top_p: number("EDGELM_FW_TOP_P", var("EDGELM_FW_TOP_P"), TOP_P)?,
             repeat_penalty: number("EDGELM_FW_REPEAT_PENALTY", var("EDGELM_FW_REPEAT_PENALTY"), REPEAT_PENALTY)?,
             max_seq,
+            kv,
         })
     }
 
@@ -170,6 +178,7 @@ pub struct Plan {
     pub files: Vec<(String, PathBuf)>,
     pub runs: Vec<Run>,
     pub max_seq: usize,
+    pub kv: KvType,
     pub arena_bytes: usize,
 }
 
@@ -195,23 +204,23 @@ impl Plan {
         let max_seq = match s.max_seq {
             Some(m) => m,
             None => {
-                let mut probe = vec![0u8; model.arena_bytes_for(&image_options(limit))];
+                let mut probe = vec![0u8; model.arena_bytes_for(&image_options(limit, s.kv))];
                 let mut need = 1;
                 for run in &runs {
-                    let n = prompt_tokens(&model, run, limit, &mut probe)?;
+                    let n = prompt_tokens(&model, run, limit, s.kv, &mut probe)?;
                     need = need.max(n + run.max_tokens);
                 }
                 need.min(limit)
             }
         };
-        let arena_bytes = model.arena_bytes_for(&image_options(max_seq));
+        let arena_bytes = model.arena_bytes_for(&image_options(max_seq, s.kv));
         // The image's exact sessions, once here, so that whatever the
         // runtime refuses (domain, sampler, context, prompt) fails the build.
         let mut arena = vec![0u8; arena_bytes];
         for run in &runs {
-            prompt_tokens(&model, run, max_seq, &mut arena)?;
+            prompt_tokens(&model, run, max_seq, s.kv, &mut arena)?;
         }
-        Ok(Plan { board: s.board.clone(), files, runs, max_seq, arena_bytes })
+        Ok(Plan { board: s.board.clone(), files, runs, max_seq, kv: s.kv, arena_bytes })
     }
 
     /// The `plan.rs` the image includes.
@@ -224,8 +233,11 @@ impl Plan {
             )
         };
         let _ = writeln!(o, "// Written by the build script (edgelm_stories::plan) from the build settings.");
-        let _ =
-            writeln!(o, "/// Bytes of the session arena: `Model::arena_bytes_for(&image_options({}))`.", self.max_seq);
+        let _ = writeln!(
+            o,
+            "/// Bytes of the session arena: `Model::arena_bytes_for(&image_options({}, KvType::{:?}))`.",
+            self.max_seq, self.kv
+        );
         let _ = writeln!(o, "pub const ARENA_BYTES: usize = {};", self.arena_bytes);
         let _ = writeln!(o, "pub static IMAGE: edgelm_stories::Image = edgelm_stories::Image {{");
         let _ = writeln!(o, "    board: {:?},", self.board);
@@ -246,6 +258,7 @@ impl Plan {
         }
         let _ = writeln!(o, "    ],");
         let _ = writeln!(o, "    max_seq: {},", self.max_seq);
+        let _ = writeln!(o, "    kv: edgelm_runtime::KvType::{:?},", self.kv);
         let _ = writeln!(o, "}};");
         o
     }
@@ -255,22 +268,23 @@ impl Plan {
 /// prompt; returns the prompt's token count.
 /// The session options of an image (and of this plan, which sizes its arena):
 /// one token at a time, the smallest arena (`block: 0`; the batched prompt
-/// path gives the same text and would add its block buffers to the image's RAM).
-pub fn image_options(max_seq: usize) -> SessionOptions {
-    SessionOptions { block: 0, ..SessionOptions::new(max_seq) }
+/// path gives the same text and would add its block buffers to the image's
+/// RAM), the KV cache as `EDGELM_FW_KV` says.
+pub fn image_options(max_seq: usize, kv: KvType) -> SessionOptions {
+    SessionOptions { block: 0, kv, ..SessionOptions::new(max_seq) }
 }
 
-fn prompt_tokens(model: &Model<'_>, run: &Run, max_seq: usize, arena: &mut [u8]) -> Result<usize, String> {
+fn prompt_tokens(model: &Model<'_>, run: &Run, max_seq: usize, kv: KvType, arena: &mut [u8]) -> Result<usize, String> {
     let why = |e: edgelm_runtime::Error| {
         format!(
             "run of domain {:?} (prompt {:?}, context {max_seq}): {e}; check EDGELM_FW_DOMAINS, {}, \
-             EDGELM_FW_MAX_SEQ and the sampler settings",
+             EDGELM_FW_MAX_SEQ, EDGELM_FW_KV and the sampler settings",
             run.domain,
             run.prompt,
             prompt_var(run.domain)
         )
     };
-    let opts = SessionOptions { sampler: run.sampler(), ..image_options(max_seq) };
+    let opts = SessionOptions { sampler: run.sampler(), ..image_options(max_seq, kv) };
     let mut session = Session::new(model, run.domain, arena, opts).map_err(why)?;
     session.feed_prompt(run.prompt).map_err(why)
 }

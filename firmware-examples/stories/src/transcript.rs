@@ -7,7 +7,7 @@
 use core::fmt::{self, Write};
 
 use edgelm_runtime::kernels::Parallel;
-use edgelm_runtime::{Model, SamplerConfig, Session, SessionOptions};
+use edgelm_runtime::{KvType, Model, SamplerConfig, Session, SessionOptions};
 
 /// Starts every line the app prints outside the generated text.
 pub const MARK: &str = "[edgelm]";
@@ -65,6 +65,8 @@ pub struct Image {
     pub runs: &'static [Run],
     /// Context length of every session (the plan's: longest prompt + tokens).
     pub max_seq: usize,
+    /// KV cache element type of every session (`EDGELM_FW_KV`).
+    pub kv: KvType,
 }
 
 /// Decode speed over all runs.
@@ -155,16 +157,18 @@ pub fn tell(
     let hz = clock.ticks_per_second();
     let mut total = Speed { tokens: 0, ticks: 0 };
     for run in image.runs {
-        let opts = SessionOptions { sampler: run.sampler(), block: 0, ..SessionOptions::new(image.max_seq) };
+        let opts =
+            SessionOptions { sampler: run.sampler(), block: 0, kv: image.kv, ..SessionOptions::new(image.max_seq) };
         let mut session = Session::new(&model, run.domain, &mut *arena, opts)?;
         if let Some(p) = par {
             session.set_parallel(p);
         }
         writeln!(
             out,
-            "{MARK} run: --domain {} --max-seq {} --max-tokens {} --seed {} --temperature {} --top-k {} --top-p {} --repeat-penalty {} --prompt {}",
+            "{MARK} run: --domain {} --max-seq {} --kv {} --max-tokens {} --seed {} --temperature {} --top-k {} --top-p {} --repeat-penalty {} --prompt {}",
             run.domain,
             image.max_seq,
+            image.kv.name(),
             run.max_tokens,
             run.seed,
             run.temperature,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use edgelm_runtime::format::DType;
-use edgelm_runtime::{AlignedBytes, Model, Session, SessionOptions};
+use edgelm_runtime::{AlignedBytes, KvType, Model, Session, SessionOptions};
 use edgelm_stories::plan::{prompt_var, Defaults, Plan, Settings};
 use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
@@ -36,7 +36,7 @@ fn model_dir(name: &str) -> (PathBuf, Vec<u8>) {
 fn variables_override_defaults() {
     let s = settings(&[]).unwrap();
     assert_eq!(s.runs, vec![("story".to_string(), "Once upon a time".to_string())]);
-    assert_eq!((s.max_tokens, s.seed, s.max_seq), (20, 42, None));
+    assert_eq!((s.max_tokens, s.seed, s.max_seq, s.kv), (20, 42, None, KvType::F32));
 
     let s = settings(&[
         ("EDGELM_FW_DOMAINS", "story, recipe"),
@@ -44,8 +44,10 @@ fn variables_override_defaults() {
         ("EDGELM_FW_SEED", "7"),
         ("EDGELM_FW_MAX_SEQ", "80"),
         ("EDGELM_FW_PACKS", "a.edgelm,b.edgelm"),
+        ("EDGELM_FW_KV", "Q8"),
     ])
     .unwrap();
+    assert_eq!(s.kv, KvType::Q8);
     assert_eq!(s.runs[1], ("recipe".to_string(), "Title: Soup".to_string()));
     assert_eq!((s.seed, s.max_seq), (7, Some(80)));
     assert_eq!(s.packs, ["a.edgelm", "b.edgelm"]);
@@ -58,6 +60,8 @@ fn bad_settings_name_the_variable() {
     assert!(e.contains("EDGELM_FW_SEED"), "{e}");
     let e = settings(&[("EDGELM_FW_PROMPT_STORY", "two\nlines")]).unwrap_err();
     assert!(e.contains("EDGELM_FW_PROMPT_STORY") && e.contains("one line"), "{e}");
+    let e = settings(&[("EDGELM_FW_KV", "q4")]).unwrap_err();
+    assert!(e.contains("EDGELM_FW_KV") && e.contains("q8"), "{e}");
     let e = settings(&[("EDGELM_FW_DOMAINS", " , ")]).unwrap_err();
     assert!(e.contains("EDGELM_FW_DOMAINS"), "{e}");
 }
@@ -75,10 +79,18 @@ fn arena_fits_the_longest_prompt_plus_its_tokens_exactly() {
         .feed_prompt("Once upon a time")
         .unwrap();
     assert_eq!(plan.max_seq, prompt_tokens + 20);
-    assert_eq!(plan.arena_bytes, model.arena_bytes_for(&edgelm_stories::plan::image_options(plan.max_seq)));
+    let options = |kv| edgelm_stories::plan::image_options(plan.max_seq, kv);
+    assert_eq!(plan.arena_bytes, model.arena_bytes_for(&options(KvType::F32)));
     let rs = plan.render();
     assert!(rs.contains(&format!("pub const ARENA_BYTES: usize = {};", plan.arena_bytes)), "{rs}");
-    assert!(rs.contains("edgelm_runtime::include_model!("), "{rs}");
+    assert!(rs.contains("edgelm_runtime::include_model!(") && rs.contains("kv: edgelm_runtime::KvType::F32,"), "{rs}");
+
+    // a q8 cache: the same context in a smaller arena, and the image says so
+    let q8 = Plan::new(&settings(&[("EDGELM_FW_KV", "q8")]).unwrap(), &dir).unwrap();
+    assert_eq!((q8.max_seq, q8.kv), (plan.max_seq, KvType::Q8));
+    assert_eq!(q8.arena_bytes, model.arena_bytes_for(&options(KvType::Q8)));
+    assert!(q8.arena_bytes < plan.arena_bytes);
+    assert!(q8.render().contains("kv: edgelm_runtime::KvType::Q8,"));
 
     // more tokens than the model's context: capped at its limit (96)
     let plan = Plan::new(&settings(&[("EDGELM_FW_MAX_TOKENS", "500")]).unwrap(), &dir).unwrap();

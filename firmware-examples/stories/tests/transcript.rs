@@ -4,7 +4,7 @@
 use std::cell::Cell;
 
 use edgelm_runtime::format::DType;
-use edgelm_runtime::{AlignedBytes, Error, Model, SamplerConfig, Session, SessionOptions};
+use edgelm_runtime::{AlignedBytes, Error, KvType, Model, SamplerConfig, Session, SessionOptions};
 use edgelm_stories::{tell, Clock, Embedded, Failure, Image, Run, MARK};
 use edgelm_testkit::synthetic::{synthetic_model, SyntheticSpec};
 
@@ -54,7 +54,14 @@ const RUNS: &[Run] = &[
 ];
 
 fn image(runs: &'static [Run], max_seq: usize) -> Image {
-    Image { board: "test", base: Embedded { path: "tiny.edgelm", bytes: tiny_model() }, packs: &[], runs, max_seq }
+    Image {
+        board: "test",
+        base: Embedded { path: "tiny.edgelm", bytes: tiny_model() },
+        packs: &[],
+        runs,
+        max_seq,
+        kv: KvType::F32,
+    }
 }
 
 fn flag<T: std::str::FromStr>(line: &str, name: &str) -> T {
@@ -67,8 +74,11 @@ fn flag<T: std::str::FromStr>(line: &str, name: &str) -> T {
 fn generate_like_the_cli(model: &Model<'_>, run_line: &str) -> String {
     let prompt = run_line.split_once(" --prompt ").map_or("", |(_, p)| p);
     let max_seq: usize = flag(run_line, "--max-seq");
+    let kv: String = flag(run_line, "--kv");
+    let kv = KvType::from_name(&kv).unwrap_or_else(|| panic!("bad --kv in {run_line:?}"));
     let opts = SessionOptions {
         max_seq,
+        kv,
         sampler: SamplerConfig {
             temperature: flag(run_line, "--temperature"),
             top_k: flag(run_line, "--top-k"),
@@ -80,7 +90,7 @@ fn generate_like_the_cli(model: &Model<'_>, run_line: &str) -> String {
         ..SessionOptions::new(max_seq)
     };
     let domain: String = flag(run_line, "--domain");
-    let mut arena = vec![0u8; model.arena_bytes(max_seq)];
+    let mut arena = vec![0u8; model.arena_bytes_for(&opts)];
     let mut session = Session::new(model, &domain, &mut arena, opts).expect("session");
     session.feed_prompt(prompt).expect("prompt");
     let mut out = String::from(prompt);
@@ -96,6 +106,7 @@ fn run_flags_reproduce_the_text_between_run_and_done() {
     let mut arena = vec![0u8; model.arena_bytes(img.max_seq)];
     let mut out = String::new();
     let speed = tell(&mut out, &StepClock(Cell::new(0)), &img, &mut arena, None).expect("tell");
+    assert!(out.contains(" --max-seq 64 --kv f32 "), "{out}");
 
     assert!(out.starts_with(&format!("{MARK} image: test (arena {} bytes, max-seq 64)\n", arena.len())), "{out}");
     assert!(out.contains(&format!("\n{MARK} models: --model tiny.edgelm\n")), "{out}");
@@ -141,4 +152,27 @@ fn refusals_are_errors_not_panics() {
     let bad = Image { base: Embedded { path: "x", bytes: &[0u8; 64] }, ..img };
     let e = tell(&mut String::new(), &StepClock(Cell::new(0)), &bad, &mut arena, None).unwrap_err();
     assert!(matches!(e, Failure::Runtime(_)), "{e}");
+}
+
+/// An image with a q8 KV cache says so on its `run:` lines, and those flags
+/// give `edgelm generate`'s text (a cache other than f32 changes the text,
+/// so a run line without it would not reproduce it).
+#[test]
+fn a_q8_cache_image_names_its_cache() {
+    let img = Image { kv: KvType::Q8, ..image(RUNS, 64) };
+    let model = Model::from_bytes(img.base.bytes).unwrap();
+    let opts = SessionOptions { block: 0, kv: KvType::Q8, ..SessionOptions::new(64) };
+    let mut arena = vec![0u8; model.arena_bytes_for(&opts)];
+    assert!(arena.len() < model.arena_bytes_for(&SessionOptions { block: 0, ..SessionOptions::new(64) }));
+    let mut out = String::new();
+    tell(&mut out, &StepClock(Cell::new(0)), &img, &mut arena, None).expect("tell");
+    let mut runs = 0;
+    for line in out.lines().filter_map(|l| l.strip_prefix(&format!("{MARK} run: "))) {
+        assert!(line.contains(" --kv q8 "), "{line}");
+        let body = out.split_once(line).unwrap().1.split_once('\n').unwrap().1;
+        let end = body.find(&format!("{MARK} done: ")).expect("done line");
+        assert_eq!(&body[..end], generate_like_the_cli(&model, line), "{line}");
+        runs += 1;
+    }
+    assert_eq!(runs, RUNS.len());
 }
