@@ -570,96 +570,86 @@ proptest! {
             }
         }
     }
+}
 
-    /// The f16-cache attention kernels: the reference against the f32 kernels
-    /// on the widened values (exactly the same math), and every SIMD table
-    /// against the reference (same bounds as above).
-    #[test]
-    fn f16_attention_kernels_close(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
-        let stride = hd + extra;
-        let v = |i: usize, s: u32| (((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0;
-        let h = |x: f32| half::f16::from_f32(x).to_bits();
-        let q: Vec<f32> = (0..hd).map(|i| v(i, seed)).collect();
-        let keys: Vec<u16> = (0..(len - 1) * stride + hd).map(|i| h(v(i, seed ^ 7))).collect();
-        let vals: Vec<u16> = (0..(len - 1) * stride + hd).map(|i| h(v(i, seed ^ 99))).collect();
-        let wide = |x: &[u16]| x.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect::<Vec<f32>>();
-        let (kw, vw) = (wide(&keys), wide(&vals));
-        let (mut scores, mut oa) = (vec![0f32; len], vec![0f32; hd]);
-        reference::attn_scores_f16(&mut scores, &q, &keys, stride, 0.125);
-        let mut s32 = vec![0f32; len];
-        reference::attn_scores(&mut s32, &q, &kw, stride, 0.125);
-        prop_assert_eq!(&scores, &s32);
-        let mut a = scores.clone();
-        reference::softmax(&mut a);
-        reference::attn_values_f16(&mut oa, &a, &vals, stride);
-        let mut o32 = vec![0f32; hd];
-        reference::attn_values(&mut o32, &a, &vw, stride);
-        prop_assert_eq!(&oa, &o32);
-        for k in simd_tables() {
-            let (mut b, mut ob) = (vec![0f32; len], vec![1f32; hd]);
-            (k.attn_scores_f16)(&mut b, &q, &keys, stride, 0.125);
-            for t in 0..len {
-                let mag: f32 = (0..hd).map(|i| (q[i] * kw[t * stride + i]).abs()).sum::<f32>() * 0.125;
-                prop_assert!((scores[t] - b[t]).abs() <= 1e-5 * mag + 1e-30, "{} score {}", k.name, t);
-                // several keys per call (x86: four at a time) or one alone: the same bits
-                let mut one = [0f32];
-                (k.attn_scores_f16)(&mut one, &q, &keys[t * stride..], stride, 0.125);
-                prop_assert_eq!(one[0].to_bits(), b[t].to_bits(), "{} score {} alone", k.name, t);
-            }
-            (k.attn_values_f16)(&mut ob, &a, &vals, stride);
-            for i in 0..hd {
-                let mag: f32 = (0..len).map(|t| (a[t] * vw[t * stride + i]).abs()).sum();
-                prop_assert!((oa[i] - ob[i]).abs() <= 1e-5 * mag + 1e-30, "{} value {}: {} vs {}", k.name, i, ob[i], oa[i]);
-            }
+/// A reduced-cache pair of attention kernels (`scores`, `values` over
+/// elements `T`) against the reference: the reference pair equals the f32
+/// reference kernels on the widened elements exactly (the same math), and
+/// every SIMD table's pair (`simd`) is within the f32 kernels' bounds, with a
+/// key's score the same bits alone as among others.
+#[allow(clippy::type_complexity)]
+fn cache_attention_close<T: Copy>(
+    (len, hd, extra, seed): (usize, usize, usize, u32),
+    element: fn(usize, u32) -> T,
+    widen: fn(T) -> f32,
+    reference_pair: (fn(&mut [f32], &[f32], &[T], usize, f32), fn(&mut [f32], &[f32], &[T], usize)),
+    simd: fn(&Kernels) -> (fn(&mut [f32], &[f32], &[T], usize, f32), fn(&mut [f32], &[f32], &[T], usize)),
+) -> Result<(), TestCaseError> {
+    let stride = hd + extra;
+    let v = |i: usize, s: u32| (((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0;
+    let q: Vec<f32> = (0..hd).map(|i| v(i, seed)).collect();
+    let keys: Vec<T> = (0..(len - 1) * stride + hd).map(|i| element(i, seed ^ 7)).collect();
+    let vals: Vec<T> = (0..(len - 1) * stride + hd).map(|i| element(i, seed ^ 99)).collect();
+    let (kw, vw): (Vec<f32>, Vec<f32>) =
+        (keys.iter().map(|&b| widen(b)).collect(), vals.iter().map(|&b| widen(b)).collect());
+    let (mut scores, mut oa) = (vec![0f32; len], vec![0f32; hd]);
+    (reference_pair.0)(&mut scores, &q, &keys, stride, 0.125);
+    let mut s32 = vec![0f32; len];
+    reference::attn_scores(&mut s32, &q, &kw, stride, 0.125);
+    prop_assert_eq!(&scores, &s32);
+    let mut a = scores.clone();
+    reference::softmax(&mut a);
+    (reference_pair.1)(&mut oa, &a, &vals, stride);
+    let mut o32 = vec![0f32; hd];
+    reference::attn_values(&mut o32, &a, &vw, stride);
+    prop_assert_eq!(&oa, &o32);
+    for k in simd_tables() {
+        let (scores_k, values_k) = simd(k);
+        let (mut b, mut ob) = (vec![0f32; len], vec![1f32; hd]);
+        scores_k(&mut b, &q, &keys, stride, 0.125);
+        for t in 0..len {
+            let mag: f32 = (0..hd).map(|i| (q[i] * kw[t * stride + i]).abs()).sum::<f32>() * 0.125;
+            prop_assert!((scores[t] - b[t]).abs() <= 1e-5 * mag + 1e-30, "{} score {}", k.name, t);
+            // several keys per call (x86: four at a time) or one alone: the same bits
+            let mut one = [0f32];
+            scores_k(&mut one, &q, &keys[t * stride..], stride, 0.125);
+            prop_assert_eq!(one[0].to_bits(), b[t].to_bits(), "{} score {} alone", k.name, t);
+        }
+        values_k(&mut ob, &a, &vals, stride);
+        for i in 0..hd {
+            let mag: f32 = (0..len).map(|t| (a[t] * vw[t * stride + i]).abs()).sum();
+            prop_assert!((oa[i] - ob[i]).abs() <= 1e-5 * mag + 1e-30, "{} value {}: {} vs {}", k.name, i, ob[i], oa[i]);
         }
     }
+    Ok(())
 }
 
 proptest! {
     #![proptest_config(cases())]
 
-    /// The q8-cache attention kernels: the reference against the f32 kernels
-    /// on the widened integers (exactly the same math), and every SIMD table
-    /// against the reference (same bounds as above).
+    /// The f16-cache attention kernels (`cache_attention_close`).
+    #[test]
+    fn f16_attention_kernels_close(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
+        cache_attention_close(
+            (len, hd, extra, seed),
+            |i, s| half::f16::from_f32((((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0).to_bits(),
+            |b| half::f16::from_bits(b).to_f32(),
+            (reference::attn_scores_f16, reference::attn_values_f16),
+            |k| (k.attn_scores_f16, k.attn_values_f16),
+        )?;
+    }
+
+    /// The q8-cache attention kernels (`cache_attention_close`), on what the
+    /// KV quantizer stores: −127…127.
     #[test]
     fn q8_attention_kernels_close(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
-        let stride = hd + extra;
-        let v = |i: usize, s: u32| (((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0;
-        // what the KV quantizer stores: −127…127
-        let b = |i: usize, s: u32| ((((i as u32).wrapping_mul(2246822519) ^ s) % 255) as i32 - 127) as i8;
-        let q: Vec<f32> = (0..hd).map(|i| v(i, seed)).collect();
-        let keys: Vec<i8> = (0..(len - 1) * stride + hd).map(|i| b(i, seed ^ 7)).collect();
-        let vals: Vec<i8> = (0..(len - 1) * stride + hd).map(|i| b(i, seed ^ 99)).collect();
-        let wide = |x: &[i8]| x.iter().map(|&b| f32::from(b)).collect::<Vec<f32>>();
-        let (kw, vw) = (wide(&keys), wide(&vals));
-        let (mut scores, mut oa) = (vec![0f32; len], vec![0f32; hd]);
-        reference::attn_scores_q8(&mut scores, &q, &keys, stride, 0.125);
-        let mut s32 = vec![0f32; len];
-        reference::attn_scores(&mut s32, &q, &kw, stride, 0.125);
-        prop_assert_eq!(&scores, &s32);
-        let mut a = scores.clone();
-        reference::softmax(&mut a);
-        reference::attn_values_q8(&mut oa, &a, &vals, stride);
-        let mut o32 = vec![0f32; hd];
-        reference::attn_values(&mut o32, &a, &vw, stride);
-        prop_assert_eq!(&oa, &o32);
-        for k in simd_tables() {
-            let (mut b, mut ob) = (vec![0f32; len], vec![1f32; hd]);
-            (k.attn_scores_q8)(&mut b, &q, &keys, stride, 0.125);
-            for t in 0..len {
-                let mag: f32 = (0..hd).map(|i| (q[i] * kw[t * stride + i]).abs()).sum::<f32>() * 0.125;
-                prop_assert!((scores[t] - b[t]).abs() <= 1e-5 * mag + 1e-30, "{} score {}", k.name, t);
-                // several keys per call (x86: four at a time) or one alone: the same bits
-                let mut one = [0f32];
-                (k.attn_scores_q8)(&mut one, &q, &keys[t * stride..], stride, 0.125);
-                prop_assert_eq!(one[0].to_bits(), b[t].to_bits(), "{} score {} alone", k.name, t);
-            }
-            (k.attn_values_q8)(&mut ob, &a, &vals, stride);
-            for i in 0..hd {
-                let mag: f32 = (0..len).map(|t| (a[t] * vw[t * stride + i]).abs()).sum();
-                prop_assert!((oa[i] - ob[i]).abs() <= 1e-5 * mag + 1e-30, "{} value {}: {} vs {}", k.name, i, ob[i], oa[i]);
-            }
-        }
+        cache_attention_close(
+            (len, hd, extra, seed),
+            |i, s| ((((i as u32).wrapping_mul(2246822519) ^ s) % 255) as i32 - 127) as i8,
+            f32::from,
+            (reference::attn_scores_q8, reference::attn_values_q8),
+            |k| (k.attn_scores_q8, k.attn_values_q8),
+        )?;
     }
 }
 

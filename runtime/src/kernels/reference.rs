@@ -179,58 +179,62 @@ fn cache_rows<'c, T>(
     (0..rows).map(move |t| cache.get(t * stride..).and_then(|c| c.get(..hd)).unwrap_or_default())
 }
 
+/// `att[t] = (q · widen(key_t)) · scale` over a cache of any element type
+/// (the one body of [`attn_scores`], [`attn_scores_f16`], [`attn_scores_q8`]).
+fn scores_of<T: Copy>(
+    att: &mut [f32],
+    q: &[f32],
+    keys: &[T],
+    stride: usize,
+    scale: f32,
+    widen: fn(T) -> f32,
+    what: &str,
+) {
+    let rows = att.len();
+    for (a, key) in att.iter_mut().zip(cache_rows(keys, rows, stride, q.len(), what)) {
+        *a = q.iter().zip(key).map(|(x, &y)| x * widen(y)).sum::<f32>() * scale;
+    }
+}
+
+/// `out = Σ_t att[t] · widen(value_t)`, in `t` order per element (the one
+/// body of [`attn_values`], [`attn_values_f16`], [`attn_values_q8`]).
+fn values_of<T: Copy>(out: &mut [f32], att: &[f32], values: &[T], stride: usize, widen: fn(T) -> f32, what: &str) {
+    out.fill(0.0);
+    for (&a, v) in att.iter().zip(cache_rows(values, att.len(), stride, out.len(), what)) {
+        for (o, &vi) in out.iter_mut().zip(v) {
+            *o += a * widen(vi);
+        }
+    }
+}
+
 /// See [`super::Kernels::attn_scores`].
 pub fn attn_scores(att: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
-    let rows = att.len();
-    for (a, key) in att.iter_mut().zip(cache_rows(keys, rows, stride, q.len(), "attn_scores")) {
-        *a = q.iter().zip(key).map(|(x, y)| x * y).sum::<f32>() * scale;
-    }
+    scores_of(att, q, keys, stride, scale, |v| v, "attn_scores")
 }
 
 /// See [`super::Kernels::attn_values`].
 pub fn attn_values(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) {
-    out.fill(0.0);
-    for (&a, v) in att.iter().zip(cache_rows(values, att.len(), stride, out.len(), "attn_values")) {
-        for (o, &vi) in out.iter_mut().zip(v) {
-            *o += a * vi;
-        }
-    }
+    values_of(out, att, values, stride, |v| v, "attn_values")
 }
 
 /// See [`super::Kernels::attn_scores_f16`].
 pub fn attn_scores_f16(att: &mut [f32], q: &[f32], keys: &[u16], stride: usize, scale: f32) {
-    let rows = att.len();
-    for (a, key) in att.iter_mut().zip(cache_rows(keys, rows, stride, q.len(), "attn_scores_f16")) {
-        *a = q.iter().zip(key).map(|(x, &y)| x * f16_to_f32(y)).sum::<f32>() * scale;
-    }
+    scores_of(att, q, keys, stride, scale, f16_to_f32, "attn_scores_f16")
 }
 
 /// See [`super::Kernels::attn_values_f16`].
 pub fn attn_values_f16(out: &mut [f32], att: &[f32], values: &[u16], stride: usize) {
-    out.fill(0.0);
-    for (&a, v) in att.iter().zip(cache_rows(values, att.len(), stride, out.len(), "attn_values_f16")) {
-        for (o, &vi) in out.iter_mut().zip(v) {
-            *o += a * f16_to_f32(vi);
-        }
-    }
+    values_of(out, att, values, stride, f16_to_f32, "attn_values_f16")
 }
 
 /// See [`super::Kernels::attn_scores_q8`].
 pub fn attn_scores_q8(att: &mut [f32], q: &[f32], keys: &[i8], stride: usize, scale: f32) {
-    let rows = att.len();
-    for (a, key) in att.iter_mut().zip(cache_rows(keys, rows, stride, q.len(), "attn_scores_q8")) {
-        *a = q.iter().zip(key).map(|(x, &y)| x * f32::from(y)).sum::<f32>() * scale;
-    }
+    scores_of(att, q, keys, stride, scale, f32::from, "attn_scores_q8")
 }
 
 /// See [`super::Kernels::attn_values_q8`].
 pub fn attn_values_q8(out: &mut [f32], att: &[f32], values: &[i8], stride: usize) {
-    out.fill(0.0);
-    for (&a, v) in att.iter().zip(cache_rows(values, att.len(), stride, out.len(), "attn_values_q8")) {
-        for (o, &vi) in out.iter_mut().zip(v) {
-            *o += a * f32::from(vi);
-        }
-    }
+    values_of(out, att, values, stride, f32::from, "attn_values_q8")
 }
 
 /// Lanes of [`sum_exp`]: two vectors of the baseline target in flight.

@@ -441,75 +441,48 @@ unsafe fn f16_scalar(bits: u16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
-/// `Σ a[i]·b[i]` over `n` floats.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
-    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut i = 0;
-    while i + 16 <= n {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i + 8)), _mm256_loadu_ps(b.add(i + 8)), s1);
-        i += 16;
-    }
-    if i + 8 <= n {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), s0);
-        i += 8;
-    }
-    let mut s = hsum(_mm256_add_ps(s0, s1));
-    while i < n {
-        s += *a.add(i) * *b.add(i);
-        i += 1;
-    }
-    s
+// `Σ widen(w[i])·x[i]` over `n`, for one element type of `w` (`$load8(p)`:
+// eight at `p` as f32, `$load1(p)`: one): two chains of eight, then eight,
+// `hsum`, then the tail in order (the order [`attn_scores4`] repeats per key).
+macro_rules! dot_of {
+    ($(#[$attr:meta])* $name:ident, $ty:ty, |$p:ident| $load8:expr, |$q:ident| $load1:expr) => {
+        $(#[$attr])*
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name(w: *const $ty, x: *const f32, n: usize) -> f32 {
+            let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut i = 0;
+            while i + 16 <= n {
+                let $p = w.add(i);
+                s0 = _mm256_fmadd_ps($load8, _mm256_loadu_ps(x.add(i)), s0);
+                let $p = w.add(i + 8);
+                s1 = _mm256_fmadd_ps($load8, _mm256_loadu_ps(x.add(i + 8)), s1);
+                i += 16;
+            }
+            if i + 8 <= n {
+                let $p = w.add(i);
+                s0 = _mm256_fmadd_ps($load8, _mm256_loadu_ps(x.add(i)), s0);
+                i += 8;
+            }
+            let mut s = hsum(_mm256_add_ps(s0, s1));
+            while i < n {
+                let $q = w.add(i);
+                s += $load1 * *x.add(i);
+                i += 1;
+            }
+            s
+        }
+    };
 }
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f16(w: *const u16, x: *const f32, n: usize) -> f32 {
-    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut i = 0;
-    while i + 16 <= n {
-        let h = _mm256_loadu_si256(w.add(i) as *const __m256i);
-        let lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
-        let hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
-        s0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x.add(i)), s0);
-        s1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x.add(i + 8)), s1);
-        i += 16;
-    }
-    if i + 8 <= n {
-        let lo = _mm256_cvtph_ps(_mm_loadu_si128(w.add(i) as *const __m128i));
-        s0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x.add(i)), s0);
-        i += 8;
-    }
-    let mut s = hsum(_mm256_add_ps(s0, s1));
-    while i < n {
-        s += f16_scalar(*w.add(i)) * *x.add(i);
-        i += 1;
-    }
-    s
-}
-
-/// `Σ f32(w[i])·x[i]` over `n` (a q8 KV cache's key against a query).
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_i8(w: *const i8, x: *const f32, n: usize) -> f32 {
-    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut i = 0;
-    while i + 16 <= n {
-        s0 = _mm256_fmadd_ps(i8x8(w.add(i)), _mm256_loadu_ps(x.add(i)), s0);
-        s1 = _mm256_fmadd_ps(i8x8(w.add(i + 8)), _mm256_loadu_ps(x.add(i + 8)), s1);
-        i += 16;
-    }
-    if i + 8 <= n {
-        s0 = _mm256_fmadd_ps(i8x8(w.add(i)), _mm256_loadu_ps(x.add(i)), s0);
-        i += 8;
-    }
-    let mut s = hsum(_mm256_add_ps(s0, s1));
-    while i < n {
-        s += f32::from(*w.add(i)) * *x.add(i);
-        i += 1;
-    }
-    s
-}
+dot_of!(
+    /// `Σ a[i]·b[i]` over `n` floats.
+    #[inline]
+    dot, f32, |p| _mm256_loadu_ps(p), |p| *p
+);
+dot_of!(dot_f16, u16, |p| f16x8(p), |p| f16_scalar(*p));
+dot_of!(
+    /// A q8 KV cache's key against a query.
+    dot_i8, i8, |p| i8x8(p), |p| f32::from(*p)
+);
 
 /// `out[i] = x[i] * k * w[i]` (same rounding as the scalar expression).
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -623,29 +596,14 @@ unsafe fn rope_simd(x: *mut f32, rope: *const f32, hd: usize) {
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attn_values_simd(out: *mut f32, hd: usize, att: &[f32], values: *const f32, stride: usize) {
-    attn_values_vec_f32(out, hd, att, values, stride);
-    let mut c = hd / 8 * 8;
-    while c < hd {
-        let mut acc = 0f32;
-        for (t, &a) in att.iter().enumerate() {
-            acc += a * *values.add(t * stride + c);
-        }
-        *out.add(c) = acc;
-        c += 1;
-    }
-}
-
-// The vector part of `attn_values` (`out[..hd / 8 * 8]`), for one value type
-// (`$load(p)`: eight values at `p` as f32): every output element is
-// `Σ_t att[t]·v_t` by one FMA per `t` in order; up to eight vectors of the
-// head share one pass over `t`, so a head's FMA chains run side by side
-// instead of one after another (a head of 48 was three passes).
+// `attn_values` for one cached value type (`$load(p)`: eight values at `p`
+// as f32, `$load1(p)`: one): every output element is `Σ_t att[t]·v_t` by one
+// FMA per `t` in order; up to eight vectors of the head share one pass over
+// `t`, so a head's FMA chains run side by side instead of one after another
+// (a head of 48 was three passes); the columns past the last eight, scalar.
 macro_rules! attn_values_vec {
-    ($name:ident, $pass:ident, $ty:ty, |$p:ident| $load:expr) => {
+    ($name:ident, $pass:ident, $ty:ty, |$p:ident| $load:expr, |$q:ident| $load1:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
-        #[inline]
         unsafe fn $name(out: *mut f32, hd: usize, att: &[f32], values: *const $ty, stride: usize) {
             let vecs = hd / 8;
             let mut c = 0;
@@ -661,6 +619,16 @@ macro_rules! attn_values_vec {
                     _ => $pass::<8>(out, c, att, values, stride),
                 }
                 c += 64;
+            }
+            let mut c = vecs * 8;
+            while c < hd {
+                let mut acc = 0f32;
+                for (t, &a) in att.iter().enumerate() {
+                    let $q = values.add(t * stride + c);
+                    acc += a * $load1;
+                }
+                *out.add(c) = acc;
+                c += 1;
             }
         }
 
@@ -683,9 +651,9 @@ macro_rules! attn_values_vec {
         }
     };
 }
-attn_values_vec!(attn_values_vec_f32, attn_values_pass_f32, f32, |p| _mm256_loadu_ps(p));
-attn_values_vec!(attn_values_vec_f16, attn_values_pass_f16, u16, |p| f16x8(p));
-attn_values_vec!(attn_values_vec_i8, attn_values_pass_i8, i8, |p| i8x8(p));
+attn_values_vec!(attn_values_simd, attn_values_pass_f32, f32, |p| _mm256_loadu_ps(p), |p| *p);
+attn_values_vec!(attn_values_f16_simd, attn_values_pass_f16, u16, |p| f16x8(p), |p| f16_scalar(*p));
+attn_values_vec!(attn_values_i8_simd, attn_values_pass_i8, i8, |p| i8x8(p), |p| f32::from(*p));
 
 /// Eight f16 (bits) at `p` to f32.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -699,36 +667,6 @@ unsafe fn f16x8(p: *const u16) -> __m256 {
 #[inline]
 unsafe fn i8x8(p: *const i8) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
-}
-
-/// `attn_values_simd` over a q8 cache (exact widening, same FMA order).
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attn_values_i8_simd(out: *mut f32, hd: usize, att: &[f32], values: *const i8, stride: usize) {
-    attn_values_vec_i8(out, hd, att, values, stride);
-    let mut c = hd / 8 * 8;
-    while c < hd {
-        let mut acc = 0f32;
-        for (t, &a) in att.iter().enumerate() {
-            acc += a * f32::from(*values.add(t * stride + c));
-        }
-        *out.add(c) = acc;
-        c += 1;
-    }
-}
-
-/// `attn_values_simd` over an f16 cache (F16C widening, same FMA order).
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attn_values_f16_simd(out: *mut f32, hd: usize, att: &[f32], values: *const u16, stride: usize) {
-    attn_values_vec_f16(out, hd, att, values, stride);
-    let mut c = hd / 8 * 8;
-    while c < hd {
-        let mut acc = 0f32;
-        for (t, &a) in att.iter().enumerate() {
-            acc += a * f16_scalar(*values.add(t * stride + c));
-        }
-        *out.add(c) = acc;
-        c += 1;
-    }
 }
 
 /// Round half away from zero, exactly (`t = trunc(v)`, `+sign` when `|v − t| ≥ 0.5`).
