@@ -156,11 +156,13 @@ impl KvCache<'_> {
             KvCache::F32 { values, .. } => (k.attn_values)(out, att, values.get(span).ok_or(PAST_END)?, stride),
             KvCache::F16 { values, .. } => (k.attn_values_f16)(out, att, values.get(span).ok_or(PAST_END)?, stride),
             KvCache::Q8 { values, value_scales, head_dim, .. } => {
+                // every check before `att` changes
                 let scales = head_scales(value_scales, base, att.len(), stride, *head_dim, out.len())?;
+                let values = values.get(span).ok_or(PAST_END)?;
                 for (a, &s) in att.iter_mut().zip(scales) {
                     *a *= s;
                 }
-                (k.attn_values_q8)(out, att, values.get(span).ok_or(PAST_END)?, stride);
+                (k.attn_values_q8)(out, att, values, stride);
             }
         }
         Ok(())
