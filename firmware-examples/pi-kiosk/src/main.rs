@@ -43,11 +43,12 @@ fn run(cli: Cli) -> Result<()> {
     };
     let state = AppState::new(engine, settings, context)?;
     eprintln!(
-        "edgelm-kiosk: domains {:?}, kernels {}, {} session(s) of {} arena bytes (context {context})",
+        "edgelm-kiosk: domains {:?}, kernels {}, {} session(s) of {} arena bytes (context {context}, KV cache {})",
         state.domains,
         state.engine.kernels().name,
         state.pool.total(),
-        state.pool.arena_bytes()
+        state.pool.arena_bytes(),
+        state.settings.kv.name()
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -68,7 +68,7 @@ pub fn parse(bytes: &[u8], s: &Settings, domains: &[String], context: usize, see
     } else {
         body.prompt
     };
-    let opts = SessionOptions { sampler, ..SessionOptions::new(context) };
+    let opts = SessionOptions { sampler, ..s.session_options(context) };
     Ok(Job { domain: body.domain, prompt, max_tokens, opts })
 }
 
@@ -87,7 +87,7 @@ mod tests {
         assert_eq!(job.prompt, "Title:");
         assert_eq!(job.max_tokens, Settings::default().default_tokens);
         assert_eq!(job.opts.sampler.seed, 1);
-        assert_eq!(job.opts.max_seq, 64);
+        assert_eq!((job.opts.max_seq, job.opts.kv), (64, Settings::default().kv));
     }
 
     #[test]

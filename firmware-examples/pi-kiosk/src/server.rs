@@ -41,7 +41,7 @@ impl AppState {
     pub fn new(engine: Engine, settings: Settings, context: usize) -> anyhow::Result<AppState> {
         let model = engine.model()?;
         let domains = model.domains().iter().map(|d| d.name.to_string()).collect();
-        let pool = ArenaPool::new(settings.sessions, model.arena_bytes(context));
+        let pool = ArenaPool::new(settings.sessions, model.arena_bytes_for(&settings.session_options(context)));
         drop(model);
         // different text on every press unless the request fixes a seed
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -81,6 +81,7 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
         "busy": st.pool.busy(),
         "arena_bytes": st.pool.arena_bytes(),
         "context": st.context,
+        "kv": st.settings.kv.name(),
         "kernels": st.engine.kernels().name,
         "threads": st.engine.threads(),
         "started": s.started.load(Ordering::Relaxed),

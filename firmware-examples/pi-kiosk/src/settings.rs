@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use serde::Deserialize;
+use edgelm_runtime::{KvType, SessionOptions};
+use serde::{Deserialize, Deserializer};
 
 #[derive(Parser, Debug, Default)]
 #[command(
@@ -48,6 +49,19 @@ pub struct Cli {
     /// Threads for large matrix-vector products (shared by all sessions).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// KV cache of each session: f32, f16 (half its memory) or q8 (about a quarter).
+    #[arg(long, value_parser = parse_kv)]
+    pub kv: Option<KvType>,
+}
+
+fn parse_kv(name: &str) -> std::result::Result<KvType, String> {
+    KvType::from_name(name).ok_or_else(|| format!("unknown KV cache type {name:?}: use f32, f16 or q8"))
+}
+
+/// `kv = "q8"` in the file.
+fn kv_from_name<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<KvType, D::Error> {
+    let name = String::deserialize(d)?;
+    parse_kv(&name).map_err(serde::de::Error::custom)
 }
 
 /// Everything the server runs with.
@@ -70,6 +84,9 @@ pub struct Settings {
     pub default_tokens: usize,
     pub pace_ms: u64,
     pub threads: usize,
+    /// KV cache element type of every session (sizes its arena).
+    #[serde(deserialize_with = "kv_from_name")]
+    pub kv: KvType,
     /// Seconds a client is told to wait after a 503.
     pub retry_after_s: u32,
     /// A client that reads nothing for this long is dropped (frees its session).
@@ -94,6 +111,7 @@ impl Default for Settings {
             default_tokens: 200,
             pace_ms: 30,
             threads: 1,
+            kv: KvType::F32,
             retry_after_s: 2,
             stall_timeout_s: 30,
             temperature: 0.8,
@@ -119,7 +137,7 @@ impl Settings {
         macro_rules! take {
             ($($field:ident),*) => {$( if let Some(v) = cli.$field { s.$field = v; } )*};
         }
-        take!(bind, sessions, max_tokens, max_prompt_bytes, context, pace_ms, threads);
+        take!(bind, sessions, max_tokens, max_prompt_bytes, context, pace_ms, threads, kv);
         s.check()?;
         Ok(s)
     }
@@ -161,6 +179,12 @@ impl Settings {
         Ok(())
     }
 
+    /// The options of every session at `context` tokens (what sizes the
+    /// arenas and what each request runs with, sampler aside).
+    pub fn session_options(&self, context: usize) -> SessionOptions {
+        SessionOptions { kv: self.kv, ..SessionOptions::new(context) }
+    }
+
     /// The pack files to load: those listed, or every `*.edgelm` beside the
     /// base (the caller skips files that turn out not to be packs for it).
     pub fn pack_paths(&self) -> Result<(Vec<PathBuf>, bool)> {
@@ -200,7 +224,18 @@ mod tests {
             (s.max_tokens, s.default_tokens, s.pace_ms, s.retry_after_s, s.stall_timeout_s, s.prompts.clone())
         };
         assert_eq!(key(&s), key(&d));
-        assert_eq!((s.temperature, s.top_p), (d.temperature, d.top_p));
+        assert_eq!((s.temperature, s.top_p, s.kv), (d.temperature, d.top_p, d.kv));
+    }
+
+    #[test]
+    fn the_kv_cache_is_a_setting() {
+        let s: Settings = toml::from_str("kv = \"Q8\"").unwrap();
+        assert_eq!(s.session_options(64).kv, KvType::Q8);
+        let e = toml::from_str::<Settings>("kv = \"q4\"").unwrap_err().to_string();
+        assert!(e.contains("q4") && e.contains("q8"), "{e}");
+        let s = Settings::load(&Cli { kv: Some(KvType::F16), ..Cli::default() }).unwrap();
+        assert_eq!((s.kv, s.session_options(64).max_seq), (KvType::F16, 64));
+        assert!(Cli::try_parse_from(["edgelm-kiosk", "--kv", "int4"]).is_err());
     }
 
     #[test]

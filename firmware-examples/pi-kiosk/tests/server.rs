@@ -296,7 +296,16 @@ fn page_domains_and_health() {
     assert_eq!(h["sessions"], 2);
     // the arena the model asks for at its full context (96 tokens)
     assert!(h["arena_bytes"].as_u64().unwrap() > 0);
-    assert_eq!(h["context"], 96);
+    assert_eq!((&h["context"], &h["kv"]), (&serde_json::json!(96), &serde_json::json!("f32")));
+
+    // a q8 KV cache: smaller arenas, and stories still stream to their end
+    let q8 = Server::start(&["--kv", "q8", "--pace-ms", "0"]);
+    let hq = q8.health();
+    assert_eq!(hq["kv"], "q8");
+    assert!(hq["arena_bytes"].as_u64().unwrap() < h["arena_bytes"].as_u64().unwrap(), "{hq} vs {h}");
+    let r = q8.post("/api/generate", r#"{"domain":"story","prompt":"Once","max_tokens":24,"seed":3}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.events().last().unwrap().0, "done");
 }
 
 #[test]
