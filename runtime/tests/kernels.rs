@@ -888,3 +888,82 @@ fn pool_runs_every_index_once_and_survives_many_jobs() {
     });
     assert_eq!(n.load(Ordering::Relaxed), 1);
 }
+
+/// A stand-in for a pool whose threads run at very different speeds: the
+/// calls run one after another, last index first, so that thread takes every
+/// chunk of the shared tail and thread 0 only its fixed share.
+struct Skewed(usize);
+
+impl kernels::Parallel for Skewed {
+    fn threads(&self) -> usize {
+        self.0
+    }
+    fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+        (0..self.0).rev().for_each(f)
+    }
+}
+
+/// Rows shared out unevenly (one thread takes the whole tail, ranges crossing
+/// from one output into the next) still give every row exactly the bits one
+/// thread gives it: several outputs of row counts that are not multiples of
+/// 8, as one matvec hand-off (`par_rows_many`) and as one batched hand-off
+/// (`matmul_tiles_many`).
+#[test]
+fn unevenly_shared_rows_are_identical_to_one_thread() {
+    use edgelm_runtime::kernels::{matmul_tiles_many, par_rows_many, TileMatrix, PARALLEL_MIN_BYTES};
+    let cols = 256;
+    let groups = cols / 32;
+    let shapes = [301usize, 21, 1001];
+    let total: usize = shapes.iter().sum();
+    let wq: Vec<i8> = (0..total * cols).map(|i| (i.wrapping_mul(2654435761) >> 7) as i8).collect();
+    let ws: Vec<u16> =
+        (0..total * groups).map(|i| half::f16::from_f32(0.01 + (i % 7) as f32 * 1e-3).to_bits()).collect();
+    let n = 5;
+    let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.1).sin()).collect();
+    // each output's rows start at `first[j]` of the weights
+    let first: Vec<usize> = shapes.iter().scan(0, |s, &r| Some(core::mem::replace(s, *s + r))).collect();
+    for k in kernels::available() {
+        let (mut xq, mut xs) = (vec![0i8; n * cols], vec![0f32; n * groups]);
+        for b in 0..n {
+            (k.quantize_q8)(&x[b * cols..][..cols], &mut xq[b * cols..][..cols], &mut xs[b * groups..][..groups]);
+        }
+        let row = |j: usize, r0: usize, o: &mut [f32], b: usize| {
+            let (a, z) = (first[j] + r0, first[j] + r0 + o.len());
+            let xq = &xq[b * cols..][..cols];
+            (k.matvec_q8)(o, &wq[a * cols..z * cols], &ws[a * groups..z * groups], xq, &xs[b * groups..][..groups])
+        };
+        let want: Vec<Vec<f32>> = shapes.iter().map(|&r| vec![0f32; r]).collect();
+        let mut want = want;
+        for (j, o) in want.iter_mut().enumerate() {
+            row(j, 0, o, 0);
+        }
+        for threads in [2usize, 3] {
+            let par = Skewed(threads);
+            let mut got: Vec<Vec<f32>> = shapes.iter().map(|&r| vec![f32::NAN; r]).collect();
+            let [a, b, c] = &mut got[..] else { unreachable!() };
+            par_rows_many(Some(&par), [a, b, c], PARALLEL_MIN_BYTES, &|j, r0, o| row(j, r0, o, 0));
+            assert!(got == want, "{} par_rows_many, {threads} threads: rows differ from one thread's", k.name);
+
+            // the batched form: token b of output j at b·rows_j
+            let mut tiles: Vec<Vec<f32>> = shapes.iter().map(|&r| vec![f32::NAN; n * r]).collect();
+            let [a, b, c] = &mut tiles[..] else { unreachable!() };
+            let ms = [a, b, c].map(|o| {
+                let rows = o.len() / n;
+                TileMatrix { out: &mut o[..], ld: rows, rows, row_bytes: cols }
+            });
+            matmul_tiles_many(Some(&par), ms, n, &|j, tile, r0| {
+                for b in 0..tile.tokens() {
+                    row(j, r0, tile.token(b), b)
+                }
+            });
+            for (j, t) in tiles.iter().enumerate() {
+                for b in 0..n {
+                    let mut one = vec![0f32; shapes[j]];
+                    row(j, 0, &mut one, b);
+                    let got = &t[b * shapes[j]..][..shapes[j]];
+                    assert!(got == &one[..], "{} matmul_tiles_many, product {j} token {b}: rows differ", k.name);
+                }
+            }
+        }
+    }
+}

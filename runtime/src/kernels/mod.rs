@@ -445,34 +445,67 @@ impl<T> SharedOut<T> {
     }
 }
 
-/// Splits `out`'s rows into `par.threads()` contiguous chunks (multiples of 8
-/// rows, the widest row block of the SIMD kernels) and calls `f(rows_start, chunk)` for each, concurrently.
-fn par_rows(par: &dyn Parallel, out: &mut [f32], f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
-    let n = par.threads().max(1);
-    let rows = out.len();
-    let per = rows.div_ceil(n).div_ceil(8) * 8;
-    let shared = SharedOut { ptr: out.as_mut_ptr(), len: rows };
-    par.run(&|i| {
-        let start = (i * per).min(shared.len);
-        let end = ((i + 1) * per).min(shared.len);
-        if start < end {
-            // SAFETY: `[start, end)` ranges of distinct `i` are disjoint and in
-            // bounds; `out` is mutably borrowed for the whole `run`, which
-            // returns only after every call has finished.
-            let chunk = unsafe { shared.chunk(start, end) };
-            f(start, chunk);
+/// One job's units (rows, tokens) shared out so that the threads finish
+/// together: thread `i` first runs its fixed share of the first three
+/// quarters, then claims chunks of the last quarter from a counter as it
+/// finishes. A thread that runs slower (a vCPU whose host core is busy, a
+/// little core of a big.LITTLE chip, a run of tokens with more attention)
+/// so takes less of the tail, where an equal split waits for it. Every range
+/// starts on a multiple of `align` (the kernels' row blocks), so each unit is
+/// computed exactly as an equal split computes it: the results do not depend
+/// on which thread takes it.
+struct Shares {
+    units: usize,
+    /// Units of each thread's fixed share (a multiple of `align`).
+    fixed: usize,
+    /// Units per claim from the tail (a multiple of `align`).
+    chunk: usize,
+    /// The tail's next unclaimed unit.
+    next: core::sync::atomic::AtomicUsize,
+}
+
+impl Shares {
+    fn new(units: usize, align: usize, threads: usize) -> Shares {
+        let (align, threads) = (align.max(1), threads.max(1));
+        let fixed = units * 3 / 4 / threads / align * align;
+        let tail = units - fixed * threads;
+        // about two claims per thread: enough to even out, few atomics
+        let chunk = tail.div_ceil(2 * threads).div_ceil(align).max(1) * align;
+        Shares { units, fixed, chunk, next: core::sync::atomic::AtomicUsize::new(fixed * threads) }
+    }
+
+    /// Calls `f(start, end)` for each range thread `i` takes, in order.
+    fn take(&self, i: usize, mut f: impl FnMut(usize, usize)) {
+        if self.fixed > 0 {
+            f(i * self.fixed, (i + 1) * self.fixed);
         }
-    });
+        loop {
+            // Relaxed: the claims only need to be disjoint; `Parallel::run`
+            // orders the writes before the caller reads them
+            let start = self.next.fetch_add(self.chunk, core::sync::atomic::Ordering::Relaxed);
+            if start >= self.units {
+                return;
+            }
+            f(start, (start + self.chunk).min(self.units));
+        }
+    }
+}
+
+/// Splits `out`'s rows across `par` ([`Shares`], ranges of multiples of 8
+/// rows, the widest row block of the SIMD kernels) and calls `f(rows_start,
+/// chunk)` for each range, concurrently.
+fn par_rows(par: &dyn Parallel, out: &mut [f32], f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    split_rows_many(par, [out], &|_, r0, o| f(r0, o))
 }
 
 /// Several products that read the same input vector, in ONE hand-off to
 /// `par` (each `Parallel::run` is a wake-up and a barrier): `f(j, r0, chunk)`
-/// writes rows `r0..r0 + chunk.len()` of output `j`. Each output is split
-/// exactly as [`par_rows`] splits it alone (chunks of multiples of 8 rows),
-/// so the results are those of separate calls; all run on the caller when
-/// `work` (the summed units of [`worth_splitting`]) is below
-/// [`PARALLEL_MIN_BYTES`]. Decode uses it for q, k, v and for gate and up,
-/// whose matrices are each too small to be worth a hand-off of their own.
+/// writes rows `r0..r0 + chunk.len()` of output `j`. The outputs' rows are
+/// shared out as one run ([`split_rows_many`]), in ranges of multiples of 8
+/// rows of each output, so the results are those of separate calls; all run
+/// on the caller when `work` (the summed units of [`worth_splitting`]) is
+/// below [`PARALLEL_MIN_BYTES`]. Decode uses it for q, k, v and for gate and
+/// up, whose matrices are each too small to be worth a hand-off of their own.
 pub fn par_rows_many<const N: usize>(
     par: Option<&dyn Parallel>,
     outs: [&mut [f32]; N],
@@ -481,31 +514,45 @@ pub fn par_rows_many<const N: usize>(
 ) {
     let rows = outs.iter().map(|o| o.len()).min().unwrap_or(0);
     match worth_splitting(par, rows, work) {
-        Some(p) => {
-            let n = p.threads().max(1);
-            let shared = outs.map(|o| SharedOut { ptr: o.as_mut_ptr(), len: o.len() });
-            p.run(&|i| {
-                for (j, out) in shared.iter().enumerate() {
-                    let per = out.len.div_ceil(n).div_ceil(8) * 8;
-                    let start = (i * per).min(out.len);
-                    let end = ((i + 1) * per).min(out.len);
-                    if start < end {
-                        // SAFETY: as in `par_rows`, per output: the `[start, end)`
-                        // ranges of distinct `i` are disjoint and in bounds, the
-                        // outputs are distinct `&mut` borrows held for the whole
-                        // `run`, which returns only after every call has finished.
-                        let chunk = unsafe { out.chunk(start, end) };
-                        f(j, start, chunk);
-                    }
-                }
-            });
-        }
+        Some(p) => split_rows_many(p, outs, f),
         None => {
             for (j, out) in outs.into_iter().enumerate() {
                 f(j, 0, out);
             }
         }
     }
+}
+
+/// [`par_rows_many`] without the size threshold: the outputs' rows, each
+/// output padded to a multiple of 8, laid end to end and shared out by
+/// [`Shares`]; a range that crosses from one output into the next is cut
+/// there (at a multiple of 8 rows of both).
+fn split_rows_many<const N: usize>(
+    par: &dyn Parallel,
+    outs: [&mut [f32]; N],
+    f: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+) {
+    let shared = outs.map(|o| SharedOut { ptr: o.as_mut_ptr(), len: o.len() });
+    let units = shared.iter().map(|o| o.len.div_ceil(8) * 8).sum();
+    let shares = Shares::new(units, 8, par.threads());
+    par.run(&|i| {
+        shares.take(i, |start, end| {
+            let mut base = 0;
+            for (j, out) in shared.iter().enumerate() {
+                let (lo, hi) = (start.max(base) - base, end.saturating_sub(base).min(out.len));
+                if lo < hi {
+                    // SAFETY: `Shares` hands out disjoint unit ranges, so the
+                    // row ranges `[lo, hi)` of output `j` taken by different
+                    // calls are disjoint; `hi ≤ len` keeps them in bounds; the
+                    // outputs are distinct `&mut` borrows held for the whole
+                    // `run`, which returns only after every call has finished.
+                    let chunk = unsafe { out.chunk(lo, hi) };
+                    f(j, lo, chunk);
+                }
+                base += out.len.div_ceil(8) * 8;
+            }
+        })
+    });
 }
 
 /// `k.matvec_q8`, rows split across `par` when the matrix is large enough.
@@ -789,11 +836,11 @@ pub type TileKernelMany<'f> = dyn Fn(usize, &mut TileOut<'_>, usize) + Sync + 'f
 /// Several batched products over the same block of `n` tokens (q, k and v;
 /// gate and up) in ONE hand-off to `par` (a `Parallel::run` is a wake-up
 /// and a barrier): each product tiled and, when the products' summed work
-/// (weight bytes × tokens) reaches [`PARALLEL_MIN_BYTES`], its rows split
-/// across the threads, exactly as [`matmul_tiles`] does for one (tiles and
-/// thread chunks at multiples of 8 rows: the results are those of separate
-/// calls, bit for bit). Panics unless every `ld ≥ rows` and every `out` is
-/// long enough.
+/// (weight bytes × tokens) reaches [`PARALLEL_MIN_BYTES`], the products'
+/// rows shared out across the threads as one run ([`Shares`]; tiles and
+/// ranges at multiples of 8 rows of each product: the results are those of
+/// separate calls on one thread, bit for bit). Panics unless every
+/// `ld ≥ rows` and every `out` is long enough.
 pub fn matmul_tiles_many<const N: usize>(
     par: Option<&dyn Parallel>,
     ms: [TileMatrix<'_>; N],
@@ -815,30 +862,34 @@ pub fn matmul_tiles_many<const N: usize>(
         // the work is the tiles' bytes once per token: a block of 32 tokens
         // splits the 288×288 projections that a single token keeps on one thread
         Some(p) if p.threads() > 1 && work >= PARALLEL_MIN_BYTES && min_rows >= 16 => {
-            let threads = p.threads();
             let shared =
                 ms.map(|m| (SharedOut { ptr: m.out.as_mut_ptr(), len: m.out.len() }, m.ld, m.rows, m.row_bytes));
+            // the products' rows end to end, each padded to a multiple of 8
+            let units = shared.iter().map(|(_, _, rows, _)| rows.div_ceil(8) * 8).sum();
+            let shares = Shares::new(units, 8, p.threads());
             p.run(&|i| {
-                for (j, (out, ld, rows, row_bytes)) in shared.iter().enumerate() {
-                    let (ld, rows, tile) = (*ld, *rows, tile_rows(*row_bytes));
-                    let per = rows.div_ceil(threads).div_ceil(8) * 8;
-                    let start = (i * per).min(rows);
-                    let end = ((i + 1) * per).min(rows);
-                    let mut t0 = start;
-                    while t0 < end {
-                        let t1 = (t0 + tile).min(end);
-                        // SAFETY: thread `i` only reaches ranges `[b·ld + t0, b·ld + t1)`
-                        // of output `j`, `b < n`, with `start ≤ t0 < t1 ≤ end ≤ rows ≤ ld`:
-                        // in bounds (asserted above), disjoint from every other
-                        // thread's (row ranges are disjoint and `ld ≥ rows`; the
-                        // outputs are distinct `&mut` borrows), and one tile at a
-                        // time; the outputs stay mutably borrowed until `run`
-                        // returns, after every call has finished.
-                        let mut tile_out = unsafe { TileOut::from_raw(out.at(t0), ld, t1 - t0, n) };
-                        tile_kernel(j, &mut tile_out, t0);
-                        t0 = t1;
+                shares.take(i, |start, end| {
+                    let mut base = 0;
+                    for (j, (out, ld, rows, row_bytes)) in shared.iter().enumerate() {
+                        let (ld, rows, tile) = (*ld, *rows, tile_rows(*row_bytes));
+                        let (lo, hi) = (start.max(base) - base, end.saturating_sub(base).min(rows));
+                        base += rows.div_ceil(8) * 8;
+                        let mut t0 = lo;
+                        while t0 < hi {
+                            let t1 = (t0 + tile).min(hi);
+                            // SAFETY: this call only reaches ranges `[b·ld + t0, b·ld + t1)`
+                            // of output `j`, `b < n`, with `lo ≤ t0 < t1 ≤ hi ≤ rows ≤ ld`:
+                            // in bounds (asserted above), disjoint from every other
+                            // call's (`Shares` hands out disjoint row ranges and
+                            // `ld ≥ rows`; the outputs are distinct `&mut` borrows),
+                            // and one tile at a time; the outputs stay mutably
+                            // borrowed until `run` returns, after every call has finished.
+                            let mut tile_out = unsafe { TileOut::from_raw(out.at(t0), ld, t1 - t0, n) };
+                            tile_kernel(j, &mut tile_out, t0);
+                            t0 = t1;
+                        }
                     }
-                }
+                })
             });
         }
         _ => {
@@ -980,6 +1031,9 @@ pub fn par_token_rows<const F: usize, const I: usize>(
 ) -> crate::Result<()> {
     const SHORT: crate::Error = crate::Error::BadConfig("a block buffer is shorter than its threads' rows");
     let threads = par.threads().max(1);
+    // an equal split: `Shares`' small tail ranges cost more than they even
+    // out here (each range streams every weight again for its few tokens:
+    // 2-thread prompts 7 % slower with them, docs/BENCHMARKS.md)
     let per = n.div_ceil(threads).div_ceil(4) * 4;
     let need = |split: RowSplit| match split {
         RowSplit::Tokens(w) => n * w,
@@ -1076,4 +1130,40 @@ pub fn matmul_q4(
         // too short: empty slices, which the kernel refuses with the shapes
         (k.matmul_q4)(tile, wq.unwrap_or_default(), ws.unwrap_or_default(), xq, xs)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shares;
+    use std::vec::Vec;
+
+    /// Whatever order the threads arrive in, the ranges cover every unit
+    /// once, start on the alignment, and each thread's first range is its
+    /// fixed share.
+    #[test]
+    fn shares_cover_every_unit_once() {
+        for units in [0usize, 1, 7, 8, 13, 64, 288, 301, 1336, 32000] {
+            for align in [1usize, 4, 8] {
+                for threads in 1..=4usize {
+                    for order in [(0..threads).collect::<Vec<_>>(), (0..threads).rev().collect()] {
+                        let shares = Shares::new(units, align, threads);
+                        let mut seen = std::vec![0u8; units];
+                        for &i in &order {
+                            let mut first = true;
+                            shares.take(i, |s, e| {
+                                assert!(s < e && e <= units, "{units}/{align}/{threads}: [{s}, {e})");
+                                assert_eq!(s % align, 0, "{units}/{align}/{threads}: start {s}");
+                                if first && shares.fixed > 0 {
+                                    assert_eq!((s, e), (i * shares.fixed, (i + 1) * shares.fixed));
+                                }
+                                first = false;
+                                seen[s..e].iter_mut().for_each(|v| *v += 1);
+                            });
+                        }
+                        assert!(seen.iter().all(|&v| v == 1), "{units}/{align}/{threads}/{order:?}: {seen:?}");
+                    }
+                }
+            }
+        }
+    }
 }
