@@ -11,6 +11,11 @@ use clap::Parser;
 use edgelm_runtime::{KvType, SessionOptions};
 use serde::{Deserialize, Deserializer};
 
+/// Prompt block of every session: a kiosk's prompts are a line (under 32
+/// tokens), so the runtime's default of 64 would add 170 KB of arena per
+/// session (shipped models) and no speed.
+const KIOSK_BLOCK: usize = 32;
+
 #[derive(Parser, Debug, Default)]
 #[command(
     name = "edgelm-kiosk",
@@ -182,7 +187,7 @@ impl Settings {
     /// The options of every session at `context` tokens (what sizes the
     /// arenas and what each request runs with, sampler aside).
     pub fn session_options(&self, context: usize) -> SessionOptions {
-        SessionOptions { kv: self.kv, ..SessionOptions::new(context) }
+        SessionOptions { kv: self.kv, block: KIOSK_BLOCK, ..SessionOptions::new(context) }
     }
 
     /// The pack files to load: those listed, or every `*.edgelm` beside the
