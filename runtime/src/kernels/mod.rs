@@ -491,6 +491,34 @@ impl Shares {
     }
 }
 
+/// The columns `c0..hd` of an `attn_values` kernel one at a time, past its
+/// last full vector (the x86 and aarch64 kernels share it): `out[c] =
+/// Σ_t att[t]·load(values + t·stride + c)`, a multiply then an add per `t`,
+/// in order.
+///
+/// # Safety
+/// `out` is writable for `hd` floats, and `values + t·stride + c` is
+/// readable for every `t < att.len()` and `c0 ≤ c < hd`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+pub(crate) unsafe fn attn_values_tail<T>(
+    out: *mut f32,
+    c0: usize,
+    hd: usize,
+    att: &[f32],
+    values: *const T,
+    stride: usize,
+    load: impl Fn(*const T) -> f32,
+) {
+    for c in c0..hd {
+        let mut acc = 0f32;
+        for (t, &a) in att.iter().enumerate() {
+            acc += a * load(values.add(t * stride + c));
+        }
+        *out.add(c) = acc;
+    }
+}
+
 /// Splits `out`'s rows across `par` ([`Shares`], ranges of multiples of 8
 /// rows, the widest row block of the SIMD kernels) and calls `f(rows_start,
 /// chunk)` for each range, concurrently.

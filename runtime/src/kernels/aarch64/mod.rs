@@ -333,15 +333,7 @@ macro_rules! attn_values_neon {
                 vst1q_f32(out.add(c), acc);
                 c += 4;
             }
-            while c < hd {
-                let mut acc = 0f32;
-                for (t, &a) in att.iter().enumerate() {
-                    let $q = values.add(t * stride + c);
-                    acc += a * $load1;
-                }
-                *out.add(c) = acc;
-                c += 1;
-            }
+            crate::kernels::attn_values_tail(out, c, hd, att, values, stride, |$q| $load1);
         }
     };
 }

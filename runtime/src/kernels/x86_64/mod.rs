@@ -620,16 +620,7 @@ macro_rules! attn_values_vec {
                 }
                 c += 64;
             }
-            let mut c = vecs * 8;
-            while c < hd {
-                let mut acc = 0f32;
-                for (t, &a) in att.iter().enumerate() {
-                    let $q = values.add(t * stride + c);
-                    acc += a * $load1;
-                }
-                *out.add(c) = acc;
-                c += 1;
-            }
+            crate::kernels::attn_values_tail(out, vecs * 8, hd, att, values, stride, |$q| $load1);
         }
 
         /// `K` vectors of outputs from column `c`: one pass over `t`.
