@@ -15,7 +15,7 @@ use crate::tokenizer::Utf8Stream;
 /// Tokens per block of the batched prompt path by default. With `std`: 64:
 /// each weight tile is fetched from memory once per 64 tokens, and a 2-thread
 /// pool hands each thread 32 tokens a block; prompts ran 3–9 % faster than
-/// with 32 at one thread and 6–17 % at two (15M shape; `eval` of the shipped
+/// with 32 at one thread (15M shape, simultaneous A/B; `eval` of the shipped
 /// model the same; docs/BENCHMARKS.md) for 5.3 KiB of arena per token on the shipped models
 /// (12.7 KiB on the 15M shape; docs/FORMAT.md). Without `std` (firmware): 0,
 /// blocks off, so a microcontroller's arena stays as small as before unless
