@@ -445,12 +445,12 @@ impl<T> SharedOut<T> {
     }
 }
 
-/// One job's units (rows, tokens) shared out so that the threads finish
-/// together: thread `i` first runs its fixed share of the first three
-/// quarters, then claims chunks of the last quarter from a counter as it
-/// finishes. A thread that runs slower (a vCPU whose host core is busy, a
-/// little core of a big.LITTLE chip, a run of tokens with more attention)
-/// so takes less of the tail, where an equal split waits for it. Every range
+/// One job's rows shared out so that the threads finish together: thread
+/// `i` first runs its fixed share of the first three quarters, then claims
+/// chunks of the last quarter from a counter as it finishes. A thread that
+/// runs slower (a vCPU whose host core is busy, a little core of a
+/// big.LITTLE chip) so takes less of the tail, where an equal split waits
+/// for it. Every range
 /// starts on a multiple of `align` (the kernels' row blocks), so each unit is
 /// computed exactly as an equal split computes it: the results do not depend
 /// on which thread takes it.
