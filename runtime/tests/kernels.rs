@@ -932,8 +932,7 @@ fn unevenly_shared_rows_are_identical_to_one_thread() {
             let xq = &xq[b * cols..][..cols];
             (k.matvec_q8)(o, &wq[a * cols..z * cols], &ws[a * groups..z * groups], xq, &xs[b * groups..][..groups])
         };
-        let want: Vec<Vec<f32>> = shapes.iter().map(|&r| vec![0f32; r]).collect();
-        let mut want = want;
+        let mut want: Vec<Vec<f32>> = shapes.iter().map(|&r| vec![0f32; r]).collect();
         for (j, o) in want.iter_mut().enumerate() {
             row(j, 0, o, 0);
         }

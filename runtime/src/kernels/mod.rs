@@ -474,6 +474,37 @@ impl Shares {
         Shares { units, fixed, chunk, next: core::sync::atomic::AtomicUsize::new(fixed * threads) }
     }
 
+    /// Shares of the rows of several outputs laid end to end, each padded to
+    /// a multiple of 8 rows (the widest row block of the SIMD kernels), so
+    /// every range starts on a multiple of 8 rows of its output.
+    fn rows(rows: impl Iterator<Item = usize>, threads: usize) -> Shares {
+        Shares::new(rows.map(|r| r.div_ceil(8) * 8).sum(), 8, threads)
+    }
+
+    /// [`Shares::take`] for shares made by [`Shares::rows`] over `outs`
+    /// (`rows(o)` rows each): `f(j, &outs[j], lo, hi)` for each non-empty row
+    /// range `[lo, hi)` of output `j` that thread `i` takes (a range crossing
+    /// from one output into the next is cut there).
+    fn take_rows<T>(
+        &self,
+        i: usize,
+        outs: &[T],
+        rows: impl Fn(&T) -> usize,
+        mut f: impl FnMut(usize, &T, usize, usize),
+    ) {
+        self.take(i, |start, end| {
+            let mut base = 0;
+            for (j, out) in outs.iter().enumerate() {
+                let len = rows(out);
+                let (lo, hi) = (start.max(base) - base, end.saturating_sub(base).min(len));
+                if lo < hi {
+                    f(j, out, lo, hi);
+                }
+                base += len.div_ceil(8) * 8;
+            }
+        })
+    }
+
     /// Calls `f(start, end)` for each range thread `i` takes, in order.
     fn take(&self, i: usize, mut f: impl FnMut(usize, usize)) {
         if self.fixed > 0 {
@@ -561,25 +592,21 @@ fn split_rows_many<const N: usize>(
     f: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
 ) {
     let shared = outs.map(|o| SharedOut { ptr: o.as_mut_ptr(), len: o.len() });
-    let units = shared.iter().map(|o| o.len.div_ceil(8) * 8).sum();
-    let shares = Shares::new(units, 8, par.threads());
+    let shares = Shares::rows(shared.iter().map(|o| o.len), par.threads());
     par.run(&|i| {
-        shares.take(i, |start, end| {
-            let mut base = 0;
-            for (j, out) in shared.iter().enumerate() {
-                let (lo, hi) = (start.max(base) - base, end.saturating_sub(base).min(out.len));
-                if lo < hi {
-                    // SAFETY: `Shares` hands out disjoint unit ranges, so the
-                    // row ranges `[lo, hi)` of output `j` taken by different
-                    // calls are disjoint; `hi ≤ len` keeps them in bounds; the
-                    // outputs are distinct `&mut` borrows held for the whole
-                    // `run`, which returns only after every call has finished.
-                    let chunk = unsafe { out.chunk(lo, hi) };
-                    f(j, lo, chunk);
-                }
-                base += out.len.div_ceil(8) * 8;
-            }
-        })
+        shares.take_rows(
+            i,
+            &shared,
+            |o| o.len,
+            |j, out, lo, hi| {
+                // SAFETY: `Shares` hands out disjoint row ranges of each output
+                // (`hi ≤ len`: in bounds); the outputs are distinct `&mut` borrows
+                // held for the whole `run`, which returns only after every call
+                // has finished.
+                let chunk = unsafe { out.chunk(lo, hi) };
+                f(j, lo, chunk);
+            },
+        )
     });
 }
 
@@ -892,16 +919,14 @@ pub fn matmul_tiles_many<const N: usize>(
         Some(p) if p.threads() > 1 && work >= PARALLEL_MIN_BYTES && min_rows >= 16 => {
             let shared =
                 ms.map(|m| (SharedOut { ptr: m.out.as_mut_ptr(), len: m.out.len() }, m.ld, m.rows, m.row_bytes));
-            // the products' rows end to end, each padded to a multiple of 8
-            let units = shared.iter().map(|(_, _, rows, _)| rows.div_ceil(8) * 8).sum();
-            let shares = Shares::new(units, 8, p.threads());
+            let shares = Shares::rows(shared.iter().map(|(_, _, rows, _)| *rows), p.threads());
             p.run(&|i| {
-                shares.take(i, |start, end| {
-                    let mut base = 0;
-                    for (j, (out, ld, rows, row_bytes)) in shared.iter().enumerate() {
-                        let (ld, rows, tile) = (*ld, *rows, tile_rows(*row_bytes));
-                        let (lo, hi) = (start.max(base) - base, end.saturating_sub(base).min(rows));
-                        base += rows.div_ceil(8) * 8;
+                shares.take_rows(
+                    i,
+                    &shared,
+                    |(_, _, rows, _)| *rows,
+                    |j, (out, ld, _, row_bytes), lo, hi| {
+                        let tile = tile_rows(*row_bytes);
                         let mut t0 = lo;
                         while t0 < hi {
                             let t1 = (t0 + tile).min(hi);
@@ -912,12 +937,12 @@ pub fn matmul_tiles_many<const N: usize>(
                             // `ld ≥ rows`; the outputs are distinct `&mut` borrows),
                             // and one tile at a time; the outputs stay mutably
                             // borrowed until `run` returns, after every call has finished.
-                            let mut tile_out = unsafe { TileOut::from_raw(out.at(t0), ld, t1 - t0, n) };
+                            let mut tile_out = unsafe { TileOut::from_raw(out.at(t0), *ld, t1 - t0, n) };
                             tile_kernel(j, &mut tile_out, t0);
                             t0 = t1;
                         }
-                    }
-                })
+                    },
+                )
             });
         }
         _ => {
