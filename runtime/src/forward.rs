@@ -14,7 +14,9 @@
 //! each thread gets four tokens or more; otherwise each product's rows and
 //! attention's heads are (`block_rows`). Both paths call the same kernels on
 //! the same row blocks in the same order, so their results are bit-identical
-//! (tested in `runtime/tests/batch.rs`).
+//! (tested in `runtime/tests/batch.rs`), unless the table's batched quantized
+//! products keep their own f32 order (`Kernels::matmul_order`: AVX-512),
+//! where the block's results are within that test's tolerance.
 
 use crate::arena::RunState;
 use crate::error::{Error, Result};
@@ -326,7 +328,7 @@ fn matmuls<const N: usize>(
     let g = cols / crate::format::Q8_GROUP;
     let quantized = ms.iter().any(|m| matches!(m.weights, Weights::Q8 { .. } | Weights::Q4 { .. }));
     // q8 and q4 tiles: the table's batched kernels, each weight vector loaded
-    // (and unpacked) once per four tokens, bit-identical to the matvec per token
+    // (and unpacked) once per several tokens, in `Kernels::matmul_order`'s order
     let (xq, xs) = if quantized { input.quantized_rows(k, xq, xs)? } else { (&[][..], &[][..]) };
     let mut tiles = outs.map(|out| TileMatrix { out, ld: 0, rows: 0, row_bytes: 0 });
     for (t, m) in tiles.iter_mut().zip(ms) {

@@ -19,7 +19,8 @@ use crate::tokenizer::Utf8Stream;
 /// model the same; docs/BENCHMARKS.md) for 5.3 KiB of arena per token on the shipped models
 /// (12.7 KiB on the 15M shape; docs/FORMAT.md). Without `std` (firmware): 0,
 /// blocks off, so a microcontroller's arena stays as small as before unless
-/// it opts in; results are bit-identical either way.
+/// it opts in; results are bit-identical either way (except where the kernel
+/// table's `MatmulOrder` is not the matvec's: AVX-512, see `kernels`).
 #[cfg(feature = "std")]
 pub const DEFAULT_BLOCK: usize = 64;
 /// See the `std` definition: blocks off by default without `std`.

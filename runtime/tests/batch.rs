@@ -2,16 +2,22 @@
 //! token-by-token path (matrix × vector): the same kernels on the same row
 //! blocks in the same order, so logits, the KV cache and bits per byte must be
 //! bit-identical. Tolerance: none (exact f32/f64 equality), on every kernel
-//! table this CPU runs, for f32, f16 and q8 weights, both KV cache types,
+//! table this CPU runs, for f32, f16, q8 and q4 weights, every KV cache type,
 //! prompts shorter and longer than a block, odd lengths, blocks that start
 //! after existing cache positions, an expansion pack, and threads.
+//!
+//! The one exception: a table whose batched quantized products add the
+//! groups in their own order (`MatmulOrder::GroupsInOrder`, AVX-512) gives
+//! q8 and q4 models' blocks logits within [`LOGIT_TOLERANCE`] of token by
+//! token, and bits per byte within [`NATS_TOLERANCE`]; threads still change
+//! nothing there, bit for bit.
 
 mod common;
 
 use common::aligned;
 use edgelm_runtime::bpb::{score_document, Totals};
 use edgelm_runtime::format::DType;
-use edgelm_runtime::kernels::{self, Kernels};
+use edgelm_runtime::kernels::{self, Kernels, MatmulOrder};
 use edgelm_runtime::threads::Pool;
 use edgelm_runtime::{KvType, Model, Session, SessionOptions};
 use edgelm_testkit::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
@@ -22,6 +28,48 @@ fn tokens(n: usize, vocab: u32, salt: u32) -> Vec<u32> {
 
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Worst relative logit change (`|a − b| / max(|a|, 1)`) a block may make
+/// against token by token where the batched products' f32 order is not the
+/// matvec's. The products differ in their last bits, but q8 and q4 models
+/// quantize each layer's input again: a last-bit change can move a value
+/// across a rounding step (1/127 of its group's largest magnitude), and that
+/// step propagates (as `reduced_caches_are_close_to_f32` bounds the f16
+/// cache's effect on these models by 0.1). Seen on AVX-512 (Zen 4): at most
+/// 2.3e-3 with the f32 cache, 2.8e-2 with q4 weights and the q8 cache.
+const LOGIT_TOLERANCE: f32 = 0.1;
+/// Relative change of bits per byte's total nats allowed there (seen: about
+/// 1e-9).
+const NATS_TOLERANCE: f64 = 1e-4;
+
+/// Whether table `k` computes the batched path of model `name` (a `DType`'s
+/// name) bit for bit as token by token: its quantized batched products keep
+/// the matvec's order, or the model has no quantized weights (f32 and f16
+/// blocks go through the matvec per token).
+fn exact(k: &Kernels, name: &str) -> bool {
+    k.matmul_order == MatmulOrder::Matvec || !matches!(name, "Q8" | "Q4")
+}
+
+/// `got` against `want` (logits as bits): equal, or where `exact` is false,
+/// within [`LOGIT_TOLERANCE`] (and then the worst change is returned).
+fn check_logits(got: &[Vec<u32>], want: &[Vec<u32>], exact: bool, what: &str) -> f32 {
+    if exact {
+        assert_eq!(got, want, "{what}");
+        return 0.0;
+    }
+    assert_eq!(got.len(), want.len(), "{what}: logit rows");
+    let mut worst = 0f32;
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.len(), w.len(), "{what}: logits per row");
+        for (&g, &w) in g.iter().zip(w) {
+            let (g, w) = (f32::from_bits(g), f32::from_bits(w));
+            assert!(g.is_finite(), "{what}: logit {g}");
+            worst = worst.max((g - w).abs() / w.abs().max(1.0));
+        }
+    }
+    assert!(worst < LOGIT_TOLERANCE, "{what}: worst relative logit change {worst}");
+    worst
 }
 
 fn opts(max_seq: usize, kv: KvType, block: usize) -> SessionOptions {
@@ -105,14 +153,13 @@ fn blocks_equal_token_by_token() {
                 for kv in [KvType::F32, KvType::F16, KvType::Q8] {
                     let want = run_extend(&model, domain, k, opts(80, kv, 1), &chunks, None);
                     let want_scored = run_scored(&model, domain, k, opts(80, kv, 0), &chunks);
+                    let exact = exact(k, &name);
                     for block in [2usize, 7, 8, 32, 64] {
                         let what = format!("{name} {domain} {} kv {kv:?} block {block}", k.name);
-                        assert_eq!(run_extend(&model, domain, k, opts(80, kv, block), &chunks, None), want, "{what}");
-                        assert_eq!(
-                            run_scored(&model, domain, k, opts(80, kv, block), &chunks),
-                            want_scored,
-                            "{what} scored"
-                        );
+                        let got = run_extend(&model, domain, k, opts(80, kv, block), &chunks, None);
+                        check_logits(&got, &want, exact, &what);
+                        let got = run_scored(&model, domain, k, opts(80, kv, block), &chunks);
+                        check_logits(&got, &want_scored, exact, &format!("{what} scored"));
                     }
                     // block logits off: scoring falls back to token by token
                     let no_logits = SessionOptions { block_logits: false, ..opts(80, kv, 16) };
@@ -123,7 +170,9 @@ fn blocks_equal_token_by_token() {
     }
 }
 
-/// With a pool: the same logits as one thread (rows split at multiples of 8).
+/// With a pool: the same logits as one thread with the same blocks, bit for
+/// bit on every table (rows split at multiples of 8, tokens into whole
+/// ranges).
 #[test]
 fn blocks_with_threads_equal_one_thread() {
     let pool = Pool::new(3);
@@ -133,19 +182,14 @@ fn blocks_with_threads_equal_one_thread() {
         let seq = tokens(40, 320, 2);
         let chunks: Vec<&[u32]> = vec![&seq[..17], &seq[17..]];
         let k = kernels::best();
-        let want = run_extend(&model, "story", k, opts(64, KvType::F32, 1), &chunks, None);
+        let want = run_extend(&model, "story", k, opts(64, KvType::F32, 16), &chunks, None);
         assert_eq!(run_extend(&model, "story", k, opts(64, KvType::F32, 16), &chunks, Some(&pool)), want, "{name}");
         // a 64-token block: its attention (64 tokens × 64 positions × 4 heads
         // × 16) and its products pass the threshold and split across the pool
         const { assert!(64 * 64 * 4 * 16 >= edgelm_runtime::kernels::PARALLEL_MIN_BYTES) };
         let long = tokens(90, 320, 3);
-        let want = run_extend(&model, "story", k, opts(96, KvType::F32, 1), &[&long[..]], None);
         for kv in [KvType::F32, KvType::F16, KvType::Q8] {
-            let want = if kv == KvType::F32 {
-                want.clone()
-            } else {
-                run_extend(&model, "story", k, opts(96, kv, 1), &[&long[..]], None)
-            };
+            let want = run_extend(&model, "story", k, opts(96, kv, 64), &[&long[..]], None);
             assert_eq!(
                 run_extend(&model, "story", k, opts(96, kv, 64), &[&long[..]], Some(&pool)),
                 want,
@@ -182,7 +226,8 @@ fn decode_with_threads_equals_one_thread() {
     }
 }
 
-/// Bits per byte: exactly the token-by-token totals (windows crossing blocks too).
+/// Bits per byte: exactly the token-by-token totals (windows crossing blocks
+/// too), or within [`NATS_TOLERANCE`] where `exact` says the blocks are not.
 #[test]
 fn bpb_equals_token_by_token() {
     for (name, base, _) in models() {
@@ -199,11 +244,23 @@ fn bpb_equals_token_by_token() {
             }
             totals
         };
+        let exact = exact(kernels::best(), &name);
         for kv in [KvType::F32, KvType::F16, KvType::Q8] {
             let want = score(opts(48, kv, 1));
             assert!(want.scored_tokens > 48, "a document spans several windows");
             for block in [5usize, 16, 48] {
-                assert_eq!(score(opts(48, kv, block)), want, "{name} kv {kv:?} block {block}");
+                let got = score(opts(48, kv, block));
+                let what = format!("{name} kv {kv:?} block {block}");
+                if exact {
+                    assert_eq!(got, want, "{what}");
+                } else {
+                    assert_eq!(
+                        (got.scored_tokens, got.bytes, got.documents),
+                        (want.scored_tokens, want.bytes, want.documents)
+                    );
+                    let change = (got.nats - want.nats).abs() / want.nats;
+                    assert!(change < NATS_TOLERANCE, "{what}: total nats {} vs {} ({change})", got.nats, want.nats);
+                }
             }
         }
     }

@@ -17,7 +17,7 @@
 //! Under qemu, CI sets `EDGELM_EXPECT_KERNELS` to the path the emulated CPU
 //! must select (`neon` on cortex-a72, `dotprod` on cortex-a76).
 
-use edgelm_runtime::kernels::{self, reference, Kernels, REFERENCE};
+use edgelm_runtime::kernels::{self, reference, Kernels, MatmulOrder, REFERENCE};
 use proptest::prelude::*;
 
 fn simd_tables() -> Vec<&'static Kernels> {
@@ -79,6 +79,60 @@ fn unpack_q4(wq: &[u8]) -> Vec<i8> {
 
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// The scalar twin of [`MatmulOrder::GroupsInOrder`]: per (row, token) the
+/// exact group sums, added group by group with one FMA each. `w8`: the
+/// weights as i8 (q4 unpacked); token `b`'s row `r` at `b·rows + r`.
+fn groups_in_order(w8: &[i8], ws: &[u16], xq: &[i8], xs: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f32> {
+    let groups = cols / 32;
+    let mut out = vec![0f32; n * rows];
+    for b in 0..n {
+        for r in 0..rows {
+            let mut acc = 0f32;
+            for g in 0..groups {
+                let (w, x) = (&w8[r * cols + g * 32..][..32], &xq[b * cols + g * 32..][..32]);
+                let sum: i32 = w.iter().zip(x).map(|(&w, &x)| w as i32 * x as i32).sum();
+                let scale = kernels::f16_to_f32(ws[r * groups + g]) * xs[b * groups + g];
+                acc = (sum as f32).mul_add(scale, acc);
+            }
+            out[b * rows + r] = acc;
+        }
+    }
+    out
+}
+
+/// What table `k`'s batched product must give every token (token `b`'s row
+/// `r` at `b·rows + r`): its matvec's, or the twin of its order.
+#[allow(clippy::too_many_arguments)]
+fn batched_want(
+    k: &Kernels,
+    matvec: &dyn Fn(&mut [f32], &[i8], &[f32]),
+    w8: &[i8],
+    ws: &[u16],
+    xq: &[i8],
+    xs: &[f32],
+    rows: usize,
+    n: usize,
+) -> Vec<f32> {
+    let (cols, groups) = (xq.len() / n, xs.len() / n);
+    match k.matmul_order {
+        MatmulOrder::Matvec => {
+            let mut want = vec![0f32; n * rows];
+            for b in 0..n {
+                matvec(&mut want[b * rows..][..rows], &xq[b * cols..][..cols], &xs[b * groups..][..groups]);
+            }
+            want
+        }
+        MatmulOrder::GroupsInOrder => groups_in_order(w8, ws, xq, xs, rows, cols, n),
+    }
+}
+
+/// Tokens for a batched kernel's test: few (single tokens, fours) and
+/// enough for several 16-token vectors and 64-token passes (`lanes.rs`),
+/// at most about 4 M multiply-adds per case (the suite runs under qemu).
+fn batch_tokens(rows: usize, cols: usize, n: usize) -> usize {
+    n.min((4_000_000 / (rows * cols)).max(1))
 }
 
 fn exact_isums(wq: &[i8], xq: &[i8], rows: usize, cols: usize) -> Vec<Vec<i32>> {
@@ -150,12 +204,13 @@ fn q8_group_sums_equal_reference_exactly_at_edges() {
     }
 }
 
-/// The q4 batched kernels against their matvec per token, bit for bit, on
+/// The q4 batched kernels against their order per token, bit for bit, on
 /// rows wider than the property tests reach (more than 4096 columns, where
-/// the x86 kernels leave their prepared-activation paths), with octets, a
-/// quad left over and single groups.
+/// the x86 kernels leave their prepared-activation paths and `lanes.rs`
+/// carries sums from span to span), with octets, a quad left over and
+/// single groups.
 #[test]
-fn q4_matmul_equals_matvec_per_token_on_wide_rows() {
+fn q4_matmul_equals_its_order_per_token_on_wide_rows() {
     for groups in [132usize, 135, 136, 139] {
         let (rows, n, cols) = (5, 6, groups * 32);
         let wq: Vec<u8> = (0..rows * cols / 2).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2]).collect();
@@ -164,13 +219,14 @@ fn q4_matmul_equals_matvec_per_token_on_wide_rows() {
             (0..n * cols).map(|i| ((i as u32).wrapping_mul(2246822519) >> 8) as f32 / (1 << 24) as f32 - 0.5).collect();
         let (mut xq, mut xs) = (vec![0i8; n * cols], vec![0f32; n * groups]);
         reference::quantize_q8(&x, &mut xq, &mut xs);
+        let w8 = unpack_q4(&wq);
         for k in kernels::available() {
             let mut got = vec![f32::NAN; n * rows];
             (k.matmul_q4)(&mut kernels::TileOut::new(&mut got, rows, rows, n), &wq, &ws, &xq, &xs);
+            let want = batched_want(k, &|o, x, s| (k.matvec_q4)(o, &wq, &ws, x, s), &w8, &ws, &xq, &xs, rows, n);
             for b in 0..n {
-                let mut want = vec![0f32; rows];
-                (k.matvec_q4)(&mut want, &wq, &ws, &xq[b * cols..][..cols], &xs[b * groups..][..groups]);
-                assert_eq!(bits(&got[b * rows..][..rows]), bits(&want), "{} groups {} token {}", k.name, groups, b);
+                let want = &want[b * rows..][..rows];
+                assert_eq!(bits(&got[b * rows..][..rows]), bits(want), "{} groups {} token {}", k.name, groups, b);
             }
         }
     }
@@ -293,18 +349,20 @@ proptest! {
     }
 
     /// The batched q8 kernel (`matmul_q8`, tokens strided by `ld`) gives every
-    /// token exactly its table's `matvec_q8` (bit for bit: odd row counts, so
-    /// four-row blocks and single rows; 1..=9 tokens, so four-token groups and
-    /// single tokens; 1..=30 groups, so eight-group chunks, quads and single
-    /// groups), leaves the gaps between tokens alone, and is within the
-    /// matvec bound of the scalar twin `reference::matmul_q8`.
+    /// token exactly what its table's order promises (bit for bit: its
+    /// `matvec_q8`, or the twin `groups_in_order`; odd row counts, so
+    /// four-row blocks, sixteen-row chunks and single rows; tokens from one
+    /// to several 64-token passes; 1..=30 groups, so eight-group chunks,
+    /// quads and single groups), leaves the gaps between tokens alone, and is
+    /// within the matvec bound of the reference `reference::matmul_q8`.
     #[test]
-    fn q8_matmul_equals_matvec_per_token(
+    fn q8_matmul_equals_its_order_per_token(
         (rows, cols, wq, ws, _xq, _xs) in q8_inputs(30),
-        n in 1usize..=9,
+        n in prop::sample::select(vec![1usize, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 67, 150]),
         gap in 0usize..3,
         seed in any::<u32>(),
     ) {
+        let n = batch_tokens(rows, cols, n);
         let groups = cols / 32;
         let ld = rows + gap;
         let x: Vec<f32> = (0..n * cols)
@@ -317,10 +375,9 @@ proptest! {
         for k in kernels::available() {
             let mut got = vec![f32::NAN; (n - 1) * ld + rows];
             (k.matmul_q8)(&mut kernels::TileOut::new(&mut got, ld, rows, n), &wq, &ws, &xq, &xs);
+            let want = batched_want(k, &|o, x, s| (k.matvec_q8)(o, &wq, &ws, x, s), &wq, &ws, &xq, &xs, rows, n);
             for b in 0..n {
-                let mut want = vec![0f32; rows];
-                (k.matvec_q8)(&mut want, &wq, &ws, &xq[b * cols..][..cols], &xs[b * groups..][..groups]);
-                prop_assert_eq!(bits(&got[b * ld..][..rows]), bits(&want), "{} token {} of {}", k.name, b, n);
+                prop_assert_eq!(bits(&got[b * ld..][..rows]), bits(&want[b * rows..][..rows]), "{} token {} of {}", k.name, b, n);
                 if b + 1 < n {
                     prop_assert!(got[b * ld + rows..(b + 1) * ld].iter().all(|v| v.is_nan()), "{} wrote a gap", k.name);
                 }
@@ -340,16 +397,17 @@ proptest! {
         }
     }
 
-    /// The batched q4 kernel against its table's `matvec_q4` per token, bit
-    /// for bit, as `q8_matmul_equals_matvec_per_token` (every nibble value),
-    /// and within the q4 matvec bound of the scalar twin `reference::matmul_q4`.
+    /// The batched q4 kernel against its table's order per token, bit for
+    /// bit, as `q8_matmul_equals_its_order_per_token` (every nibble value),
+    /// and within the q4 matvec bound of the reference `reference::matmul_q4`.
     #[test]
-    fn q4_matmul_equals_matvec_per_token(
+    fn q4_matmul_equals_its_order_per_token(
         (rows, cols, wq, ws, _xq, _xs) in q4_inputs(30),
-        n in 1usize..=9,
+        n in prop::sample::select(vec![1usize, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 67, 150]),
         gap in 0usize..3,
         seed in any::<u32>(),
     ) {
+        let n = batch_tokens(rows, cols, n);
         let groups = cols / 32;
         let ld = rows + gap;
         let x: Vec<f32> = (0..n * cols)
@@ -363,10 +421,9 @@ proptest! {
         for k in kernels::available() {
             let mut got = vec![f32::NAN; (n - 1) * ld + rows];
             (k.matmul_q4)(&mut kernels::TileOut::new(&mut got, ld, rows, n), &wq, &ws, &xq, &xs);
+            let want = batched_want(k, &|o, x, s| (k.matvec_q4)(o, &wq, &ws, x, s), &w8, &ws, &xq, &xs, rows, n);
             for b in 0..n {
-                let mut want = vec![0f32; rows];
-                (k.matvec_q4)(&mut want, &wq, &ws, &xq[b * cols..][..cols], &xs[b * groups..][..groups]);
-                prop_assert_eq!(bits(&got[b * ld..][..rows]), bits(&want), "{} token {} of {}", k.name, b, n);
+                prop_assert_eq!(bits(&got[b * ld..][..rows]), bits(&want[b * rows..][..rows]), "{} token {} of {}", k.name, b, n);
                 if b + 1 < n {
                     prop_assert!(got[b * ld + rows..(b + 1) * ld].iter().all(|v| v.is_nan()), "{} wrote a gap", k.name);
                 }
@@ -752,9 +809,11 @@ fn threaded_matvec_is_identical_to_single_thread() {
 
 /// The batched products (`matmul_rows` over a table's matvec, and
 /// `matmul_q8` / `matmul_q4` over its batched kernels; tiled, one and several
-/// threads) give every token exactly the rows one matvec gives it.
+/// threads) give every token exactly the rows one matvec gives it, or the
+/// batched kernels, where the table's order is not the matvec's, exactly its
+/// twin's (whatever the tiles and threads).
 #[test]
-fn tiled_matmul_is_identical_to_matvec_per_token() {
+fn tiled_matmul_is_identical_to_its_order_per_token() {
     use edgelm_runtime::kernels::{matmul_q4, matmul_q8, matmul_rows, PARALLEL_MIN_BYTES};
     use edgelm_runtime::threads::Pool;
     let pools = [Pool::new(2), Pool::new(3)];
@@ -810,6 +869,11 @@ fn tiled_matmul_is_identical_to_matvec_per_token() {
             let f32k = |o: &mut [f32], r0: usize, b: usize| {
                 (k.matvec_f32)(o, &wf[r0 * cols..(r0 + o.len()) * cols], &x[b * cols..][..cols])
             };
+            // the batched kernels' own orders; q4: the same bytes read as nibbles
+            let want_q8 = batched_want(k, &|o, x, s| (k.matvec_q8)(o, &wq, &ws, x, s), &wq, &ws, &xq, &xs, rows, n);
+            let w4: Vec<u8> = wq[..rows * cols / 2].iter().map(|&v| v as u8).collect();
+            let w4_8 = unpack_q4(&w4);
+            let want_q4 = batched_want(k, &|o, x, s| (k.matvec_q4)(o, &w4, &ws, x, s), &w4_8, &ws, &xq, &xs, rows, n);
             let pars: [Option<&dyn kernels::Parallel>; 3] = [None, Some(&pools[0]), Some(&pools[1])];
             for par in pars {
                 // ld > rows: rows of a token need not be contiguous with the next token's
@@ -831,19 +895,20 @@ fn tiled_matmul_is_identical_to_matvec_per_token() {
                 for b in 0..n {
                     assert_eq!(
                         &got[b * ld..][..rows],
-                        &want[b * rows..][..rows],
+                        &want_q8[b * rows..][..rows],
                         "{} matmul_q8 {rows}x{cols} token {b} threads {threads}",
                         k.name
                     );
                 }
-                // q4: the same bytes read as nibbles
-                let w4: Vec<u8> = wq[..rows * cols / 2].iter().map(|&v| v as u8).collect();
-                let mut want4 = vec![0f32; rows];
                 got.fill(f32::NAN);
                 matmul_q4(k, par, &mut got, ld, rows, n, &w4, &ws, &xq, &xs);
                 for b in 0..n {
-                    (k.matvec_q4)(&mut want4, &w4, &ws, &xq[b * cols..][..cols], &xs[b * groups..][..groups]);
-                    assert_eq!(&got[b * ld..][..rows], &want4[..], "{} matmul_q4 token {b} threads {threads}", k.name);
+                    assert_eq!(
+                        &got[b * ld..][..rows],
+                        &want_q4[b * rows..][..rows],
+                        "{} matmul_q4 {rows}x{cols} token {b} threads {threads}",
+                        k.name
+                    );
                 }
                 matmul_rows(par, &mut got, ld, rows, n, 4 * cols, &f32k);
                 for b in 0..n {

@@ -198,6 +198,26 @@ pub type AttnScoresQ8 = fn(att: &mut [f32], q: &[f32], keys: &[i8], stride: usiz
 pub type AttnValuesQ8 = fn(out: &mut [f32], att: &[f32], values: &[i8], stride: usize);
 pub type SumExp = fn(xs: &[f32], max: f32) -> f64;
 
+/// The f32 order of a table's batched quantized products (`matmul_q8`,
+/// `matmul_q4`) for one row and token. The integer group sums `Σ w·x` are
+/// exact in both; only the order of the f32 additions differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulOrder {
+    /// The table's matvec's operations in its order, per token: a block's
+    /// products are its decode's bit for bit, so a batched prompt leaves the
+    /// logits and cache a token-by-token one leaves.
+    Matvec,
+    /// Group by group with one lane per token: `acc = fma(Σ_g w·x, ws·xs,
+    /// acc)` for `g = 0, 1, …` from `acc = 0`, every product rounded once.
+    /// Each (row, token) is one lane's work, so tiles and threads never
+    /// change the bits; but they are not the matvec's: both lie within the
+    /// dot-product bound `1e-5 · Σ_g |ws·xs|·Σ|w·x|` of the reference, and a
+    /// batched prompt's logits differ from a token-by-token prompt's
+    /// (`runtime/tests/batch.rs` states how far). Chosen where it is much
+    /// the faster form (`x86_64/lanes.rs`).
+    GroupsInOrder,
+}
+
 /// The kernels the forward pass calls. Every entry has a scalar twin in
 /// [`reference`]; shapes are implied by slice lengths (documented per field).
 pub struct Kernels {
@@ -210,9 +230,8 @@ pub struct Kernels {
     /// `matvec_q8` for a block of tokens: `out.token(b)[r]` = row `r` of the
     /// weights applied to token `b`, for `r < out.rows()`, `b < out.tokens()`;
     /// `wq: [rows·cols]`, `ws: [rows·cols/32]`, `xq: [tokens·cols]` (token `b`
-    /// at `b·cols`), `xs: [tokens·cols/32]`. Bit-identical to `matvec_q8` of
-    /// the same table per token (the same f32 operations per row and token,
-    /// in the same order), so a batched prompt gives a decode's exact logits.
+    /// at `b·cols`), `xs: [tokens·cols/32]`. The f32 order of each (row,
+    /// token) is [`Kernels::matmul_order`]'s.
     pub matmul_q8: MatmulQ8,
     /// As `matvec_q8` with 4-bit weights: `wq: [rows·cols/2]` packed nibbles
     /// (group `g` of row `r` is bytes `16(r·cols/32 + g)..+16`; byte `j` holds
@@ -220,8 +239,10 @@ pub struct Kernels {
     /// [`crate::format::DType::Q4`]), `ws: [rows·cols/32]`.
     pub matvec_q4: MatvecQ4,
     /// `matvec_q4` for a block of tokens, as `matmul_q8` is for `matvec_q8`
-    /// (`wq: [rows·cols/2]`); bit-identical to `matvec_q4` per token.
+    /// (`wq: [rows·cols/2]`), in [`Kernels::matmul_order`]'s f32 order.
     pub matmul_q4: MatmulQ4,
+    /// How `matmul_q8` and `matmul_q4` add up each (row, token).
+    pub matmul_order: MatmulOrder,
     /// `out[r] = Σ_c w[r,c]·x[c]`; `w: [rows·cols]`, `x: [cols]`.
     pub matvec_f32: MatvecF32,
     /// As `matvec_f32` with f16 weights (bits).
@@ -271,6 +292,7 @@ pub static REFERENCE: Kernels = Kernels {
     matmul_q8: reference::matmul_q8,
     matvec_q4: reference::matvec_q4,
     matmul_q4: reference::matmul_q4,
+    matmul_order: MatmulOrder::Matvec,
     matvec_f32: reference::matvec_f32,
     matvec_f16: reference::matvec_f16,
     quantize_q8: reference::quantize_q8,

@@ -19,7 +19,7 @@
 
 use core::arch::aarch64::*;
 
-use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, f16_to_f32, Kernels, TileOut};
+use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, f16_to_f32, Kernels, MatmulOrder, TileOut};
 
 mod q4;
 
@@ -56,6 +56,7 @@ static NEON: Kernels = Kernels {
     matmul_q8: matmul_q8_neon,
     matvec_q4: matvec_q4_neon,
     matmul_q4: matmul_q4_neon,
+    matmul_order: MatmulOrder::Matvec,
     matvec_f32,
     matvec_f16,
     quantize_q8,
@@ -78,6 +79,7 @@ static DOTPROD: Kernels = Kernels {
     matmul_q8: matmul_q8_dotprod,
     matvec_q4: matvec_q4_dotprod,
     matmul_q4: matmul_q4_dotprod,
+    matmul_order: MatmulOrder::Matvec,
     ..NEON
 };
 

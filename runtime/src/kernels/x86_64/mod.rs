@@ -26,11 +26,17 @@
 //! so each 32-bit lane of the dot products belongs to one group and half, and
 //! the fold's exact i32 lanes come from three adds. Per (row, token) the f32
 //! operations are the matvec's, in its order: bit-identical.
+//!
+//! The AVX-512 VNNI table's batched products (q8 and q4) are `lanes.rs`:
+//! one token per 32-bit lane, so a group's sum needs no fold at all, and the
+//! groups are added in order (`MatmulOrder::GroupsInOrder`), not in the
+//! matvec's order.
 
 use core::arch::x86_64::*;
 
-use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, per_token, reference, Kernels, TileOut};
+use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, reference, Kernels, MatmulOrder, TileOut};
 
+mod lanes;
 mod q4;
 mod q8_avx512;
 
@@ -92,6 +98,7 @@ static AVX2: Kernels = Kernels {
     matmul_q8: matmul_q8_avx2,
     matvec_q4: matvec_q4_avx2,
     matmul_q4: matmul_q4_avx2,
+    matmul_order: MatmulOrder::Matvec,
     matvec_f32,
     matvec_f16,
     quantize_q8,
@@ -113,6 +120,7 @@ static AVXVNNI: Kernels = Kernels {
     matmul_q8: matmul_q8_avxvnni,
     matvec_q4: matvec_q4_avxvnni,
     matmul_q4: matmul_q4_avxvnni,
+    matmul_order: MatmulOrder::Matvec,
     ..AVX2
 };
 static AVX512VNNI: Kernels = Kernels {
@@ -121,6 +129,7 @@ static AVX512VNNI: Kernels = Kernels {
     matmul_q8: matmul_q8_avx512vnni,
     matvec_q4: matvec_q4_avx512vnni,
     matmul_q4: matmul_q4_avx512vnni,
+    matmul_order: MatmulOrder::GroupsInOrder,
     ..AVX2
 };
 
@@ -157,17 +166,18 @@ fn matmul_q8_avxvnni(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs
     // avx2+fma+f16c+avxvnni; slice lengths were checked above.
     unsafe { q8_avxvnni::matmul(out, wq, ws, xq, xs) }
 }
-/// The 512-bit q8 path's batched product is its matvec per token
-/// (bit-identical by construction): a batched 512-bit form is not written yet
-/// (no AVX-512 machine to test it on this round).
+/// The 512-bit batched products keep the tokens in the lanes (`lanes.rs`).
 fn matmul_q8_avx512vnni(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
-    per_token(matvec_q8_avx512vnni, out, wq, ws, xq, xs)
+    check_q8_tile(out, wq, ws, xq, xs);
+    // SAFETY: only reachable via `AVX512VNNI`, returned after detecting
+    // avx2+fma+f16c+avx512f/bw/vl/vnni; slice lengths were checked above.
+    unsafe { lanes::matmul_q8(out, wq, ws, xq, xs) }
 }
 fn matmul_q4_avx512vnni(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
     check_q4_tile(out, wq, ws, xq, xs);
     // SAFETY: only reachable via `AVX512VNNI`, returned after detecting
     // avx2+fma+f16c+avx512f/bw/vl/vnni; slice lengths were checked above.
-    unsafe { q4::wide::matmul(out, wq, ws, xq, xs) }
+    unsafe { lanes::matmul_q4(out, wq, ws, xq, xs) }
 }
 fn matmul_q4_avx2(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
     check_q4_tile(out, wq, ws, xq, xs);

@@ -18,9 +18,9 @@
 //! folded with unpack + add, one convert and one FMA by `ws·xs`), so the f32
 //! result differs from the reference only in the order of f32 operations.
 //! `matmul` (the batched form) is the q8 one's scheme with unpacked nibbles:
-//! one row against four tokens, bit-identical to `matvec` per token. On
-//! AVX-512 VNNI the batched form is `wide.rs`: the same operations with two
-//! tokens per 512-bit register, two rows and eight tokens per block.
+//! one row against four tokens, bit-identical to `matvec` per token. The
+//! AVX-512 VNNI table's batched form is `../lanes.rs` (tokens in the lanes,
+//! its own f32 order).
 //!
 //! The AVX2 table (`octets: true`) takes the groups eight at a time where it
 //! can: a pair of quads reduced to eight whole-group sums in element order
@@ -39,8 +39,6 @@
 /// matrices take the per-group path.
 const PAIR_COLS: usize = 4096;
 
-pub(super) mod wide;
-
 /// A matvec's activations rearranged per quad for the paired-load kernel
 /// (`x: [PAIR_COLS/32]` vectors, `c: [PAIR_COLS/128]` corrections, `s:
 /// [PAIR_COLS/128]` activation scales of a quad in both halves; with octets,
@@ -55,8 +53,9 @@ struct PairX {
 }
 
 macro_rules! q4_matvec {
-    ($module:ident, $feat:literal, pairs: $pairs:literal, octets: $octets:literal, corr: |$cx:ident| $corr:expr, dot: |$u:ident, $x:ident, $c:ident| $dot:expr,
+    ($(#[$attr:meta])* $module:ident, $feat:literal, pairs: $pairs:literal, octets: $octets:literal, corr: |$cx:ident| $corr:expr, dot: |$u:ident, $x:ident, $c:ident| $dot:expr,
      qcorr: |$qx:ident| $qcorr:expr, quad: |$qu:ident, $qxx:ident, $qc:ident| $quad:expr) => {
+        $(#[$attr])*
         pub(super) mod $module {
             use core::arch::x86_64::*;
 
@@ -777,8 +776,9 @@ quad: |u, x, c| {
 // `vpdpbusd`): on Zen 5 it decodes the 15M shape 1.22× faster at one thread
 // and, unlike the per-group `block` form (which gained nothing from a second
 // thread there), 1.4× faster again at two (docs/BENCHMARKS.md). Bit-identical
-// either way.
-q4_matvec!(q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pairs: true, octets: false,
+// either way. Only the matvec is used: the table's batched form is
+// `../lanes.rs`.
+q4_matvec!(#[allow(dead_code)] q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pairs: true, octets: false,
 corr: |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), x)),
 dot: |u, x, c| _mm256_dpbusd_epi32(c, u, x),
 qcorr: |x| {

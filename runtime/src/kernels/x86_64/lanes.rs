@@ -1,0 +1,380 @@
+//! The batched q8 product on AVX-512 VNNI with the tokens in the lanes: each
+//! 32-bit lane of a register is one token, so a group's dot product is eight
+//! `vpdpbusd` into one register per (row, 16 tokens), with no horizontal sums.
+//!
+//! The activations of a pass of up to 64 tokens are transposed once per tile
+//! (stack scratch, `Scratch::x`): dword `d` of 16 tokens side by side in one
+//! register. A row's weight dword is broadcast to every lane and offset into
+//! u8 (`w ^ 0x80 = w + 128`, as the matvec does), and the i32 accumulator
+//! starts at the tokens' correction `−128 · Σx` of the group, so after eight
+//! `vpdpbusd` each lane holds the group's exact sum `Σ w·x` for its token
+//! (|sum| ≤ 32·128·127 < 2²⁴, converted to f32 exactly). Per group and
+//! (row, token) the f32 operations are `acc = fma(sum, ws·xs, acc)`, the
+//! groups in order: [`scalar_twin`]'s arithmetic, bit for bit.
+//!
+//! That order is not the matvec's (which adds eight lanes of partial sums per
+//! group and then folds its lanes), so this table's batched products differ
+//! from its decode products in the last bits of f32 (`Kernels::matmul_q8`
+//! states the bound). Per 512 multiply-adds the loop issues 8 `vpdpbusd`,
+//! a broadcast and an `xor` per row and dword (shared by the pass's token
+//! vectors) and one convert, multiply and FMA per group; the matvec issues 8
+//! loads, 8 `xor`, 8 `vpdpbusd`, 8 converts, 8 permutes and 8 FMA for the same
+//! work, and a horizontal reduction per row.
+//!
+//! Rows go two at a time (two rows × up to four token vectors of
+//! accumulators; four rows when a pass has one or two vectors), sixteen
+//! rows' results are transposed in registers and stored token by token.
+
+use core::arch::x86_64::*;
+
+use super::f16_scalar;
+use crate::kernels::TileOut;
+
+/// Tokens per register.
+const LANES: usize = 16;
+/// Token vectors per pass (64 tokens: the default prompt block).
+const MAX_VECS: usize = 4;
+/// Bytes of transposed activations per pass: with a tile's rows they stay in
+/// L1 and L2 (every pass reads them once per row pair).
+const XT_BYTES: usize = 32 * 1024;
+
+/// The stack scratch of a pass (uninitialised; only what was written is
+/// read): `x` dword `d` of token vector `v` at `d·V + v` (V: the pass's
+/// vectors), `c` the correction and `s` the activation scales of group `g`,
+/// token vector `v` at `g·V + v`, `t` the results of a chunk of sixteen rows
+/// (row `i`, token vector `v` at `i·MAX_VECS + v`).
+#[repr(C, align(64))]
+struct Scratch {
+    x: [__m512i; XT_BYTES / 64],
+    c: [__m512i; XT_BYTES / 64 / 8],
+    s: [__m512; XT_BYTES / 64 / 8],
+    t: [__m512; LANES * MAX_VECS],
+}
+
+/// Token vectors per pass and columns per span for rows of `cols` columns:
+/// up to four vectors over whole rows while they fit the scratch, else one
+/// vector over spans of 2 048 columns, each span's sums carried into the
+/// next through the output (the groups stay in order).
+fn pass_shape(cols: usize) -> (usize, usize) {
+    match (XT_BYTES / (LANES * cols.max(1))).min(MAX_VECS) {
+        0 => (1, XT_BYTES / LANES),
+        v => (v, cols),
+    }
+}
+
+/// `Kernels::matmul_q8` of the `avx512vnni` table. Caller guarantees the CPU
+/// features and the slice lengths (`check_q8_tile`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn matmul_q8(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    matmul::<false>(out, wq.as_ptr() as *const u8, ws, xq, xs)
+}
+
+/// `Kernels::matmul_q4` of the `avx512vnni` table. Caller guarantees the CPU
+/// features and the slice lengths (`check_q4_tile`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn matmul_q4(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
+    matmul::<true>(out, wq.as_ptr(), ws, xq, xs)
+}
+
+/// Both products; `Q4`: the weights are packed nibbles (`w: [rows·cols/2]`),
+/// else q8 bytes (`w: [rows·cols]`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn matmul<const Q4: bool>(out: &mut TileOut<'_>, w: *const u8, ws: &[u16], xq: &[i8], xs: &[f32]) {
+    let (rows, n) = (out.rows(), out.tokens());
+    if n == 0 || rows == 0 {
+        return;
+    }
+    let cols = xq.len() / n;
+    let groups = cols / 32;
+    if groups == 0 {
+        return;
+    }
+    let (most, span) = pass_shape(cols);
+    let mut sc = core::mem::MaybeUninit::<Scratch>::uninit();
+    let sc = sc.as_mut_ptr();
+    let mut p = Pass {
+        x: core::ptr::addr_of_mut!((*sc).x) as *mut __m512i,
+        c: core::ptr::addr_of_mut!((*sc).c) as *mut __m512i,
+        s: core::ptr::addr_of_mut!((*sc).s) as *mut __m512,
+        t: core::ptr::addr_of_mut!((*sc).t) as *mut __m512,
+        cols,
+        groups,
+        span_groups: 0,
+        row_bytes: if Q4 { cols / 2 } else { cols },
+    };
+    let mut b0 = 0;
+    while b0 < n {
+        let vecs = (n - b0).div_ceil(LANES).min(most);
+        let live = (n - b0).min(vecs * LANES);
+        let mut c0 = 0;
+        while c0 < cols {
+            let width = span.min(cols - c0);
+            p.span_groups = width / 32;
+            p.prepare::<Q4>(xq.as_ptr().add(b0 * cols + c0), xs.as_ptr().add(b0 * groups + c0 / 32), live, vecs);
+            let (w, ws) = (w.add(if Q4 { c0 / 2 } else { c0 }), ws.as_ptr().add(c0 / 32));
+            let carry = c0 > 0;
+            match vecs {
+                1 => p.run::<1, Q4>(out, w, ws, b0, live, carry),
+                2 => p.run::<2, Q4>(out, w, ws, b0, live, carry),
+                3 => p.run::<3, Q4>(out, w, ws, b0, live, carry),
+                _ => p.run::<4, Q4>(out, w, ws, b0, live, carry),
+            }
+            c0 += width;
+        }
+        b0 += live;
+    }
+}
+
+/// One pass's scratch pointers and the shapes.
+struct Pass {
+    x: *mut __m512i,
+    c: *mut __m512i,
+    s: *mut __m512,
+    t: *mut __m512,
+    /// Columns and groups of a whole row (the tokens' strides).
+    cols: usize,
+    groups: usize,
+    /// Groups of the span of columns this pass prepared.
+    span_groups: usize,
+    /// Bytes of weights per row.
+    row_bytes: usize,
+}
+
+/// Lanes below `live` set.
+#[inline]
+fn lane_mask(live: usize) -> __mmask16 {
+    if live >= LANES {
+        0xffff
+    } else {
+        ((1u32 << live) - 1) as __mmask16
+    }
+}
+
+impl Pass {
+    /// Transposes the span's columns of `live` tokens (`xq`: token `b` at
+    /// `b·cols`) into `vecs` token vectors (lanes past `live` zero), with
+    /// each group's correction (the weights' offset times `−Σx`: 128 for q8
+    /// bytes flipped into u8, 8 for q4 nibbles) and scales.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn prepare<const Q4: bool>(&self, xq: *const i8, xs: *const f32, live: usize, vecs: usize) {
+        let (cols, groups, span) = (self.cols, self.groups, self.span_groups);
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        // token `i`'s scales start `i·groups` floats in
+        let sidx = _mm512_mullo_epi32(lane, _mm512_set1_epi32(groups as i32));
+        let offset = _mm512_set1_epi8(if Q4 { 8 } else { -128 });
+        let zero = _mm512_setzero_si512();
+        for v in 0..vecs {
+            let here = live - (v * LANES).min(live);
+            let m = lane_mask(here);
+            let xb = xq.add(v * LANES * cols);
+            // sixteen dwords of sixteen tokens at a time, transposed in
+            // registers (tokens past `live` read as zeros); an odd group's
+            // eight dwords with the upper half masked off
+            let mut d0 = 0;
+            while d0 < span * 8 {
+                let count = (span * 8 - d0).min(16);
+                let dm = lane_mask(count);
+                let rows: [__m512; LANES] = core::array::from_fn(|i| {
+                    if i < here {
+                        _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(dm, xb.add(i * cols + 4 * d0) as *const i32))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                for (j, t) in transpose16(rows).iter().enumerate().take(count) {
+                    *self.x.add((d0 + j) * vecs + v) = _mm512_castps_si512(*t);
+                }
+                d0 += count;
+            }
+            let sb = xs.add(v * LANES * groups);
+            for g in 0..span {
+                let mut c = zero;
+                for k in 0..8 {
+                    c = _mm512_dpbusd_epi32(c, offset, *self.x.add((g * 8 + k) * vecs + v));
+                }
+                *self.c.add(g * vecs + v) = _mm512_sub_epi32(zero, c);
+                *self.s.add(g * vecs + v) = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, sidx, sb.add(g));
+            }
+        }
+    }
+
+    /// Every row of the tile (`wq`, `ws`: the span's first column of row 0)
+    /// against the prepared `V` token vectors (`live` tokens, the tile's
+    /// tokens `b0..b0 + live`); `carry`: add to the sums of the spans before,
+    /// which `out` holds.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn run<const V: usize, const Q4: bool>(
+        &self,
+        out: &mut TileOut<'_>,
+        wq: *const u8,
+        ws: *const u16,
+        b0: usize,
+        live: usize,
+        carry: bool,
+    ) {
+        let rows = out.rows();
+        let (rb, groups) = (self.row_bytes, self.groups);
+        let mut r0 = 0;
+        while r0 < rows {
+            let chunk = (rows - r0).min(LANES);
+            let m = lane_mask(chunk);
+            if carry {
+                // the chunk's sums so far, back into rows of token vectors
+                for v in 0..V {
+                    let tokens: [__m512; LANES] = core::array::from_fn(|j| match b0 + v * LANES + j {
+                        b if v * LANES + j < live => _mm512_maskz_loadu_ps(m, out.token(b).as_ptr().add(r0)),
+                        _ => _mm512_setzero_ps(),
+                    });
+                    for (i, r) in transpose16(tokens).iter().enumerate() {
+                        *self.t.add(i * MAX_VECS + v) = *r;
+                    }
+                }
+            }
+            let mut i = 0;
+            // four rows where the accumulators fit the registers (2 · R · V ≤ 16)
+            while V <= 2 && i + 4 <= chunk {
+                self.rows::<4, V, Q4>(wq.add((r0 + i) * rb), ws.add((r0 + i) * groups), i, carry);
+                i += 4;
+            }
+            while i + 2 <= chunk {
+                self.rows::<2, V, Q4>(wq.add((r0 + i) * rb), ws.add((r0 + i) * groups), i, carry);
+                i += 2;
+            }
+            if i < chunk {
+                self.rows::<1, V, Q4>(wq.add((r0 + i) * rb), ws.add((r0 + i) * groups), i, carry);
+            }
+            for i in chunk..LANES {
+                for v in 0..V {
+                    *self.t.add(i * MAX_VECS + v) = _mm512_setzero_ps();
+                }
+            }
+            for v in 0..V {
+                let tokens = transpose16(core::array::from_fn(|i| *self.t.add(i * MAX_VECS + v)));
+                for (j, t) in tokens.iter().enumerate().take(live.saturating_sub(v * LANES)) {
+                    let o = out.token(b0 + v * LANES + j).as_mut_ptr().add(r0);
+                    // lanes below `chunk` are rows `r0..r0 + chunk ≤ rows` of this token
+                    if chunk == LANES {
+                        _mm512_storeu_ps(o, *t);
+                    } else {
+                        _mm512_mask_storeu_ps(o, m, *t);
+                    }
+                }
+            }
+            r0 += chunk;
+        }
+    }
+
+    /// `R` rows (`w`, `ws`: the span's first column of each row, rows
+    /// `row_bytes` and `groups` apart) against the `V` token vectors, into
+    /// `t` at rows `i..i + R` of the chunk (`carry`: starting from what `t`
+    /// holds there).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn rows<const R: usize, const V: usize, const Q4: bool>(
+        &self,
+        w: *const u8,
+        ws: *const u16,
+        i: usize,
+        carry: bool,
+    ) {
+        let (rb, groups) = (self.row_bytes, self.groups);
+        let flip = _mm512_set1_epi8(-128);
+        let low = _mm512_set1_epi8(0x0f);
+        let mut acc: [[__m512; V]; R] = core::array::from_fn(|r| {
+            core::array::from_fn(|v| if carry { *self.t.add((i + r) * MAX_VECS + v) } else { _mm512_setzero_ps() })
+        });
+        for g in 0..self.span_groups {
+            let mut sum = [[_mm512_setzero_si512(); V]; R];
+            for row in sum.iter_mut() {
+                for (v, s) in row.iter_mut().enumerate() {
+                    *s = *self.c.add(g * V + v);
+                }
+            }
+            if Q4 {
+                // byte `j` of the group: element `j` low (dword `j/4`), `j + 16` high (dword `4 + j/4`)
+                for k in 0..4 {
+                    let (dl, dh) = (g * 8 + k, g * 8 + 4 + k);
+                    for (r, row) in sum.iter_mut().enumerate() {
+                        let b = broadcast(w.add(r * rb + g * 16 + 4 * k));
+                        let (lo, hi) = (_mm512_and_si512(b, low), _mm512_and_si512(_mm512_srli_epi16::<4>(b), low));
+                        for (v, s) in row.iter_mut().enumerate() {
+                            *s = _mm512_dpbusd_epi32(*s, lo, *self.x.add(dl * V + v));
+                            *s = _mm512_dpbusd_epi32(*s, hi, *self.x.add(dh * V + v));
+                        }
+                    }
+                }
+            } else {
+                for k in 0..8 {
+                    let d = g * 8 + k;
+                    for (r, row) in sum.iter_mut().enumerate() {
+                        let wv = _mm512_xor_si512(broadcast(w.add(r * rb + g * 32 + 4 * k)), flip);
+                        for (v, s) in row.iter_mut().enumerate() {
+                            *s = _mm512_dpbusd_epi32(*s, wv, *self.x.add(d * V + v));
+                        }
+                    }
+                }
+            }
+            for (r, (acc, sum)) in acc.iter_mut().zip(&sum).enumerate() {
+                let wsv = _mm512_set1_ps(f16_scalar(*ws.add(r * groups + g)));
+                for (v, (a, s)) in acc.iter_mut().zip(sum).enumerate() {
+                    let scale = _mm512_mul_ps(wsv, *self.s.add(g * V + v));
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*s), scale, *a);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (v, a) in acc.iter().enumerate() {
+                *self.t.add((i + r) * MAX_VECS + v) = *a;
+            }
+        }
+    }
+}
+
+/// The four bytes at `p` in every 32-bit lane. (Written as `vpbroadcastd` of
+/// a `vmovd`: the same code as `_mm512_set1_epi32`, but with that form feeding
+/// `vpdpbusd`, LLVM's instruction selection for `-C target-cpu=native` on Zen 4
+/// ran for over ten minutes on this file.)
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn broadcast(p: *const u8) -> __m512i {
+    _mm512_broadcastd_epi32(_mm_cvtsi32_si128(core::ptr::read_unaligned(p as *const i32)))
+}
+
+/// Transposes sixteen rows of sixteen tokens into sixteen tokens of sixteen rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // pairs of rows, 32-bit interleave: per 128-bit lane [a0 b0 a1 b1], [a2 b2 a3 b3]
+    let t: [__m512; 16] = core::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // quads of rows: u[4q + j] holds, per 128-bit lane L, rows 4q..4q+3 of token 4L + j
+    let u: [__m512; 16] = core::array::from_fn(|i| {
+        let (q, j) = (i / 4, i % 4);
+        let (a, b) = (t[4 * q + j / 2], t[4 * q + 2 + j / 2]);
+        if j % 2 == 0 {
+            _mm512_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm512_shuffle_ps::<0xee>(a, b)
+        }
+    });
+    // across quads: token 4L + j = lane L of u[j], u[4 + j], u[8 + j], u[12 + j]
+    let mut o = [_mm512_setzero_ps(); 16];
+    for j in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
+        let v1 = _mm512_shuffle_f32x4::<0xdd>(u[j], u[4 + j]);
+        let w0 = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
+        let w1 = _mm512_shuffle_f32x4::<0xdd>(u[8 + j], u[12 + j]);
+        o[j] = _mm512_shuffle_f32x4::<0x88>(v0, w0);
+        o[4 + j] = _mm512_shuffle_f32x4::<0x88>(v1, w1);
+        o[8 + j] = _mm512_shuffle_f32x4::<0xdd>(v0, w0);
+        o[12 + j] = _mm512_shuffle_f32x4::<0xdd>(v1, w1);
+    }
+    o
+}
