@@ -102,12 +102,15 @@ fn groups_in_order(w8: &[i8], ws: &[u16], xq: &[i8], xs: &[f32], rows: usize, co
     out
 }
 
+/// One token's matvec: `(out, xq, xs)`.
+type TokenMatvec<'a> = &'a dyn Fn(&mut [f32], &[i8], &[f32]);
+
 /// What table `k`'s batched product must give every token (token `b`'s row
 /// `r` at `b·rows + r`): its matvec's, or the twin of its order.
 #[allow(clippy::too_many_arguments)]
 fn batched_want(
     k: &Kernels,
-    matvec: &dyn Fn(&mut [f32], &[i8], &[f32]),
+    matvec: TokenMatvec<'_>,
     w8: &[i8],
     ws: &[u16],
     xq: &[i8],

@@ -1,25 +1,33 @@
-//! The batched q8 product on AVX-512 VNNI with the tokens in the lanes: each
-//! 32-bit lane of a register is one token, so a group's dot product is eight
-//! `vpdpbusd` into one register per (row, 16 tokens), with no horizontal sums.
+//! The batched q8 and q4 products on AVX-512 VNNI with the tokens in the
+//! lanes: each 32-bit lane of a register is one token, so a group's dot
+//! product is eight `vpdpbusd` into one register per (row, 16 tokens), with
+//! no horizontal sums.
 //!
 //! The activations of a pass of up to 64 tokens are transposed once per tile
-//! (stack scratch, `Scratch::x`): dword `d` of 16 tokens side by side in one
-//! register. A row's weight dword is broadcast to every lane and offset into
-//! u8 (`w ^ 0x80 = w + 128`, as the matvec does), and the i32 accumulator
-//! starts at the tokens' correction `−128 · Σx` of the group, so after eight
-//! `vpdpbusd` each lane holds the group's exact sum `Σ w·x` for its token
-//! (|sum| ≤ 32·128·127 < 2²⁴, converted to f32 exactly). Per group and
-//! (row, token) the f32 operations are `acc = fma(sum, ws·xs, acc)`, the
-//! groups in order: [`scalar_twin`]'s arithmetic, bit for bit.
+//! (stack scratch, `Scratch::x`; 16 × 16 dwords at a time in registers):
+//! dword `d` of 16 tokens side by side in one register. A row's weight dword
+//! is broadcast to every lane as the unsigned operand: q8 bytes offset into
+//! u8 (`w ^ 0x80 = w + 128`, as the matvec does), q4 nibbles as they are
+//! stored (`q + 8`; one dword of a group's bytes holds four low nibbles, for
+//! activation dword `k`, and four high ones, for dword `k + 4`). The i32
+//! accumulator starts at the tokens' correction `−128 · Σx` (q4: `−8 · Σx`)
+//! of the group, so after eight `vpdpbusd` each lane holds the group's exact
+//! sum `Σ w·x` for its token (|sum| ≤ 32·128·127 < 2²⁴, converted to f32
+//! exactly). Per group and (row, token) the f32 operations are
+//! `acc = fma(sum, ws·xs, acc)`, the groups in order: the arithmetic of
+//! `groups_in_order` in `runtime/tests/kernels.rs`, bit for bit.
 //!
 //! That order is not the matvec's (which adds eight lanes of partial sums per
 //! group and then folds its lanes), so this table's batched products differ
-//! from its decode products in the last bits of f32 (`Kernels::matmul_q8`
-//! states the bound). Per 512 multiply-adds the loop issues 8 `vpdpbusd`,
-//! a broadcast and an `xor` per row and dword (shared by the pass's token
-//! vectors) and one convert, multiply and FMA per group; the matvec issues 8
-//! loads, 8 `xor`, 8 `vpdpbusd`, 8 converts, 8 permutes and 8 FMA for the same
-//! work, and a horizontal reduction per row.
+//! from its decode products in the last bits of f32
+//! (`MatmulOrder::GroupsInOrder` states the bound). Per 512 multiply-adds
+//! the q8 loop issues 8 `vpdpbusd`, a broadcast and an `xor` per row and
+//! dword (shared by the pass's token vectors) and one convert, multiply and
+//! FMA per group; the matvec issues 8 loads, 8 `xor`, 8 `vpdpbusd`, 8
+//! converts, 8 permutes and 8 FMA for the same work, and a horizontal
+//! reduction per row. Rows wider than the scratch (over 2 048 columns) go in
+//! spans, one token vector at a time, each span's sums carried through the
+//! output into the next (the order unchanged).
 //!
 //! Rows go two at a time (two rows × up to four token vectors of
 //! accumulators; four rows when a pass has one or two vectors), sixteen
