@@ -101,14 +101,14 @@ unsafe fn matmul<const Q4: bool>(out: &mut TileOut<'_>, w: *const u8, ws: &[u16]
     let (most, span) = pass_shape(cols);
     let mut sc = core::mem::MaybeUninit::<Scratch>::uninit();
     let sc = sc.as_mut_ptr();
-    let mut p = Pass {
+    let whole = Pass {
         x: core::ptr::addr_of_mut!((*sc).x) as *mut __m512i,
         c: core::ptr::addr_of_mut!((*sc).c) as *mut __m512i,
         s: core::ptr::addr_of_mut!((*sc).s) as *mut __m512,
         t: core::ptr::addr_of_mut!((*sc).t) as *mut __m512,
         cols,
         groups,
-        span_groups: 0,
+        span_groups: 0, // each span's copy sets its own
         row_bytes: if Q4 { cols / 2 } else { cols },
     };
     let mut b0 = 0;
@@ -117,8 +117,7 @@ unsafe fn matmul<const Q4: bool>(out: &mut TileOut<'_>, w: *const u8, ws: &[u16]
         let live = (n - b0).min(vecs * LANES);
         let mut c0 = 0;
         while c0 < cols {
-            let width = span.min(cols - c0);
-            p.span_groups = width / 32;
+            let p = Pass { span_groups: span.min(cols - c0) / 32, ..whole };
             p.prepare::<Q4>(xq.as_ptr().add(b0 * cols + c0), xs.as_ptr().add(b0 * groups + c0 / 32), live, vecs);
             let (w, ws) = (w.add(if Q4 { c0 / 2 } else { c0 }), ws.as_ptr().add(c0 / 32));
             let carry = c0 > 0;
@@ -128,13 +127,14 @@ unsafe fn matmul<const Q4: bool>(out: &mut TileOut<'_>, w: *const u8, ws: &[u16]
                 3 => p.run::<3, Q4>(out, w, ws, b0, live, carry),
                 _ => p.run::<4, Q4>(out, w, ws, b0, live, carry),
             }
-            c0 += width;
+            c0 += p.span_groups * 32;
         }
         b0 += live;
     }
 }
 
 /// One pass's scratch pointers and the shapes.
+#[derive(Clone, Copy)]
 struct Pass {
     x: *mut __m512i,
     c: *mut __m512i,
@@ -173,7 +173,7 @@ impl Pass {
         let offset = _mm512_set1_epi8(if Q4 { 8 } else { -128 });
         let zero = _mm512_setzero_si512();
         for v in 0..vecs {
-            let here = live - (v * LANES).min(live);
+            let here = live.saturating_sub(v * LANES);
             let m = lane_mask(here);
             let xb = xq.add(v * LANES * cols);
             // sixteen dwords of sixteen tokens at a time, transposed in
