@@ -130,7 +130,7 @@ impl Totals {
 }
 
 /// `-ln softmax(logits)[target]`, in f64: one lane-parallel pass for the
-/// max, one for `Σ e^(v − max)` with a branch-free f32 `exp` ([`crate::kernels::reference::exp`]) summed
+/// max ([`crate::kernels::reference::max`]), one for `Σ e^(v − max)` with a branch-free f32 `exp` ([`crate::kernels::reference::exp`]) summed
 /// in f64 lanes; both loops vectorise on the baseline target (SSE2, NEON).
 /// Against the all-f64 form (`max + ln Σ exp_f64(v − max)`, used before) a
 /// token's nats differ by ≤ 1e-6·max(nats, 1) (tested here), and bits per
@@ -140,29 +140,13 @@ pub fn nll(logits: &[f32], target: u32) -> Result<f64> {
     nll_with(&REFERENCE, logits, target)
 }
 
-/// [`nll`] with the sum of exponentials on `k`'s kernel
-/// ([`Kernels::sum_exp`], the same value on every path).
+/// [`nll`] with the max and the sum of exponentials on `k`'s kernels
+/// ([`Kernels::max`], [`Kernels::sum_exp`]: the same values on every path).
 pub fn nll_with(k: &Kernels, logits: &[f32], target: u32) -> Result<f64> {
     let &logit = logits.get(target as usize).ok_or(Error::BadToken(target))?;
-    let max = max(logits);
+    let max = (k.max)(logits);
     let lse = max as f64 + libm::log((k.sum_exp)(logits, max));
     Ok(lse - logit as f64)
-}
-
-/// Lanes of the max loop: two vectors of the baseline target in flight.
-const LANES: usize = 8;
-
-/// Largest element (`-inf` for none; NaNs are skipped).
-fn max(xs: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = if v > *a { v } else { *a };
-        }
-    }
-    tail.iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 /// Scores one document with `session` (its domain and context length) and

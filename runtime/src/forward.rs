@@ -207,13 +207,16 @@ fn block(e: Exec<'_>, cfg: &Config, b: &Block<'_>, s: &mut RunState<'_>, layer: 
 
     let scale = 1.0 / libm::sqrtf(hd as f32);
     let layer_base = layer * max_seq * kv_dim;
-    // head h: q[h·hd..][..hd], att[h·max_seq..][..pos + 1], out xb[h·hd..][..hd]
-    let head_rows = rows(s.q, heads, hd)?.zip(rows_mut(s.att, heads, max_seq)?).zip(rows_mut(s.xb, heads, hd)?);
-    for (h, ((q, att), out)) in head_rows.enumerate() {
-        let kvh = (h / group) * hd;
-        let att = att.get_mut(..pos + 1).ok_or(SHORT)?;
-        // att[t] = q·key_t · scale; out = Σ_t att[t]·value_t (keys/values at stride kv_dim)
-        attend_head(k, &s.cache, att, q, out, layer_base + kvh, kv_dim, scale)?;
+    // head h: q[h·hd..][..hd], att[h·max_seq..][..pos + 1], out xb[h·hd..][..hd];
+    // att[t] = q·key_t · scale; out = Σ_t att[t]·value_t (keys/values at stride kv_dim),
+    // the two heads of a KV group together
+    let mut h = 0;
+    while h < heads {
+        let m = heads_at(h, heads, group);
+        let (q, out) = (s.q.get(h * hd..(h + m) * hd).ok_or(SHORT)?, s.xb.get_mut(h * hd..(h + m) * hd).ok_or(SHORT)?);
+        let att = s.att.get_mut(h * max_seq..(h + m) * max_seq).ok_or(SHORT)?;
+        attend_heads(k, &s.cache, att, max_seq, pos + 1, q, out, hd, layer_base + (h / group) * hd, kv_dim, scale)?;
+        h += m;
     }
     {
         let mut input = Input { x: s.xb, quantized: false };
@@ -415,6 +418,50 @@ fn attend_head(
     cache.mix(k, out, att, base, kv_dim)
 }
 
+/// [`attend_head`] for one head or two heads of one KV group (`q`, `out`:
+/// `hd` or `2·hd` floats, those heads' columns; `att`: one or two rows of
+/// `att_stride`, of which the first `seen` positions are used): two heads
+/// share their value loads (`KvCache::mix2`), with the same bits as two
+/// [`attend_head`] calls.
+#[allow(clippy::too_many_arguments)]
+fn attend_heads(
+    k: &Kernels,
+    cache: &KvCache<'_>,
+    att: &mut [f32],
+    att_stride: usize,
+    seen: usize,
+    q: &[f32],
+    out: &mut [f32],
+    hd: usize,
+    base: usize,
+    kv_dim: usize,
+    scale: f32,
+) -> Result<()> {
+    if q.len() != 2 * hd {
+        let att = att.get_mut(..seen).ok_or(SHORT)?;
+        return attend_head(k, cache, att, q, out.get_mut(..hd).ok_or(SHORT)?, base, kv_dim, scale);
+    }
+    let (a0, a1) = att.split_at_mut_checked(att_stride).ok_or(SHORT)?;
+    let (a0, a1) = (a0.get_mut(..seen).ok_or(SHORT)?, a1.get_mut(..seen).ok_or(SHORT)?);
+    let (q0, q1) = q.split_at(hd);
+    let (o0, o1) = out.get_mut(..2 * hd).ok_or(SHORT)?.split_at_mut(hd);
+    for (a, q) in [(&mut *a0, q0), (&mut *a1, q1)] {
+        cache.scores(k, a, q, base, kv_dim, scale)?;
+        (k.softmax)(a);
+    }
+    cache.mix2(k, [o0, o1], [a0, a1], base, kv_dim)
+}
+
+/// Heads `h..` taken together by [`attend_heads`]: two when `h + 1 < end`
+/// shares `h`'s KV head (`group` query heads per KV head), else one.
+fn heads_at(h: usize, end: usize, group: usize) -> usize {
+    if h + 1 < end && (h + 1) / group == h / group {
+        2
+    } else {
+        1
+    }
+}
+
 /// The attention inputs of `n` tokens (rows of `x`): RMSNorm into `xb`, the
 /// q/k/v products (rows split as `e` says), RoPE on q and k.
 #[allow(clippy::too_many_arguments)]
@@ -609,17 +656,31 @@ fn block_rows(
         // position, at stride kv_dim) stay in L2 while the block's tokens pass;
         // token by token over all heads swept the layer's whole cache per
         // token (590 KB at 256 positions of the 15M shape: more than L2)
-        for (i, att) in rows_mut(att, h1 - h0, max_seq)?.enumerate() {
-            let h = h0 + i;
-            let kvh = (h / group) * hd;
+        // (the two heads of a KV group together, `attend_heads`)
+        let mut h = h0;
+        while h < h1 {
+            let m = heads_at(h, h1, group);
+            let i = h - h0;
+            let att = att.get_mut(i * max_seq..(i + m) * max_seq).ok_or(SHORT)?;
             for (t, q) in rows(q_all, n, dim)?.enumerate() {
                 // causal: token t sees the cache up to its own position
-                let p = pos + t;
-                let q = q.get(h * hd..(h + 1) * hd).ok_or(SHORT)?;
-                let o = out.token(t).get_mut(i * hd..(i + 1) * hd).ok_or(SHORT)?;
-                let att = att.get_mut(..p + 1).ok_or(SHORT)?;
-                attend_head(k, cache, att, q, o, layer_base + kvh, kv_dim, scale)?;
+                let q = q.get(h * hd..(h + m) * hd).ok_or(SHORT)?;
+                let o = out.token(t).get_mut(i * hd..(i + m) * hd).ok_or(SHORT)?;
+                attend_heads(
+                    k,
+                    cache,
+                    att,
+                    max_seq,
+                    pos + t + 1,
+                    q,
+                    o,
+                    hd,
+                    layer_base + (h / group) * hd,
+                    kv_dim,
+                    scale,
+                )?;
             }
+            h += m;
         }
         Ok(())
     })?;

@@ -167,6 +167,45 @@ impl KvCache<'_> {
         }
         Ok(())
     }
+
+    /// [`KvCache::mix`] for two heads of one KV group (`att[0]`, `att[1]` the
+    /// same length, `out[0]`, `out[1]` too): the same bits as two `mix` calls,
+    /// through the table's pair kernel (`Kernels::attn_values2`), which loads
+    /// each value once for both where it can.
+    pub fn mix2(
+        &self,
+        k: &Kernels,
+        out: [&mut [f32]; 2],
+        att: [&mut [f32]; 2],
+        base: usize,
+        stride: usize,
+    ) -> Result<()> {
+        let ([o0, o1], [a0, a1]) = (out, att);
+        if a0.len() != a1.len() || o0.len() != o1.len() {
+            return Err(Error::BadSetting("KV mix2: the two heads' shapes differ"));
+        }
+        let span = span(base, a0.len(), stride, o0.len())?;
+        match self {
+            KvCache::F32 { values, .. } => {
+                (k.attn_values2)([o0, o1], [a0, a1], values.get(span).ok_or(PAST_END)?, stride)
+            }
+            KvCache::F16 { values, .. } => {
+                (k.attn_values2_f16)([o0, o1], [a0, a1], values.get(span).ok_or(PAST_END)?, stride)
+            }
+            KvCache::Q8 { values, value_scales, head_dim, .. } => {
+                // every check before `att` changes
+                let scales = head_scales(value_scales, base, a0.len(), stride, *head_dim, o0.len())?;
+                let values = values.get(span).ok_or(PAST_END)?;
+                for a in [&mut *a0, &mut *a1] {
+                    for (a, &s) in a.iter_mut().zip(scales.clone()) {
+                        *a *= s;
+                    }
+                }
+                (k.attn_values2_q8)([o0, o1], [a0, a1], values, stride);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A q8 access that does not cover whole heads (an offset, stride or length
@@ -182,7 +221,7 @@ fn head_scales(
     stride: usize,
     hd: usize,
     len: usize,
-) -> Result<impl Iterator<Item = &f32>> {
+) -> Result<impl Iterator<Item = &f32> + Clone> {
     if len != hd || stride == 0 {
         return Err(MISALIGNED);
     }

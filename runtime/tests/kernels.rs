@@ -351,6 +351,31 @@ proptest! {
         }
     }
 
+    /// `max` (before `sum_exp` in bits per byte) is the reference's on every
+    /// path: NaNs skipped, infinities kept, `-inf` for none, lengths with
+    /// and without a tail; equal zeros may differ in sign only.
+    #[test]
+    fn max_is_the_references(
+        xs in prop::collection::vec(
+            prop_oneof![
+                8 => -120f32..20f32,
+                1 => Just(f32::NEG_INFINITY),
+                1 => Just(f32::INFINITY),
+                1 => Just(f32::NAN),
+                1 => Just(-0.0f32),
+                1 => Just(0.0f32),
+            ],
+            0..70,
+        ),
+    ) {
+        let want = reference::max(&xs);
+        prop_assert!(!want.is_nan());
+        for k in kernels::available() {
+            let got = (k.max)(&xs);
+            prop_assert!(got == want || (got.is_infinite() && got.to_bits() == want.to_bits()), "{}: {} vs {}", k.name, got, want);
+        }
+    }
+
     /// The batched q8 kernel (`matmul_q8`, tokens strided by `ld`) gives every
     /// token exactly what its table's order promises (bit for bit: its
     /// `matvec_q8`, or the twin `groups_in_order`; odd row counts, so
@@ -629,6 +654,66 @@ proptest! {
                 prop_assert!((oa[i] - ob[i]).abs() <= 1e-5 * mag + 1e-30, "{} value {}: {} vs {}", k.name, i, ob[i], oa[i]);
             }
         }
+    }
+}
+
+/// `attn_values2` (two heads of a KV group over the same values) is two
+/// `attn_values` calls, bit for bit, on every table and cache type: heads
+/// narrower and wider than the AVX-512 pair kernel's 32, lengths with and
+/// without a tail of its four chains.
+#[allow(clippy::type_complexity)]
+fn values_pair_is_two_singles<T: Copy>(
+    (len, hd, extra, seed): (usize, usize, usize, u32),
+    element: fn(usize, u32) -> T,
+    kernels: fn(&Kernels) -> (fn(&mut [f32], &[f32], &[T], usize), fn([&mut [f32]; 2], [&[f32]; 2], &[T], usize)),
+) -> Result<(), TestCaseError> {
+    let stride = hd + extra;
+    let vals: Vec<T> = (0..(len - 1) * stride + hd).map(|i| element(i, seed)).collect();
+    let w = |i: usize, s: u32| (((i as u32).wrapping_mul(2654435761) ^ s) % 1000) as f32 / 1000.0;
+    let (a0, a1): (Vec<f32>, Vec<f32>) =
+        ((0..len).map(|t| w(t, seed ^ 5)).collect(), (0..len).map(|t| w(t, seed ^ 9)).collect());
+    for k in kernels::available() {
+        let (single, pair) = kernels(k);
+        let (mut s0, mut s1) = (vec![0f32; hd], vec![0f32; hd]);
+        single(&mut s0, &a0, &vals, stride);
+        single(&mut s1, &a1, &vals, stride);
+        let (mut p0, mut p1) = (vec![1f32; hd], vec![1f32; hd]);
+        pair([&mut p0, &mut p1], [&a0, &a1], &vals, stride);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&p0), bits(&s0), "{} first head", k.name);
+        prop_assert_eq!(bits(&p1), bits(&s1), "{} second head", k.name);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn values_pair_is_two_singles_f32(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
+        values_pair_is_two_singles(
+            (len, hd, extra, seed),
+            |i, s| (((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0,
+            |k| (k.attn_values, k.attn_values2),
+        )?;
+    }
+
+    #[test]
+    fn values_pair_is_two_singles_f16(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
+        values_pair_is_two_singles(
+            (len, hd, extra, seed),
+            |i, s| half::f16::from_f32((((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0).to_bits(),
+            |k| (k.attn_values_f16, k.attn_values2_f16),
+        )?;
+    }
+
+    #[test]
+    fn values_pair_is_two_singles_q8(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
+        values_pair_is_two_singles(
+            (len, hd, extra, seed),
+            |i, s| ((((i as u32).wrapping_mul(2246822519) ^ s) % 255) as i32 - 127) as i8,
+            |k| (k.attn_values_q8, k.attn_values2_q8),
+        )?;
     }
 }
 

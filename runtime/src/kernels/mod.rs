@@ -34,6 +34,21 @@
 /// Sound only where the module hands its tables out after detecting the
 /// features those primitives enable.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+/// `attn_values2` (and its f16 and q8 forms) of a table without a pair
+/// kernel: the table's single kernel twice, which is what the pair kernels
+/// promise bit for bit.
+macro_rules! attn_pairs_of_singles {
+    ($vis:vis $name:ident = $single:path, $ty:ty) => {
+        #[doc = concat!("`", stringify!($single), "` for two weightings (see [`crate::kernels::Kernels::attn_values2`]).")]
+        $vis fn $name(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[$ty], stride: usize) {
+            let [o0, o1] = out;
+            $single(o0, att[0], values, stride);
+            $single(o1, att[1], values, stride);
+        }
+    };
+}
+pub(crate) use attn_pairs_of_singles;
+
 macro_rules! simd_f32_wrappers {
     (rope_step: $rope_step:expr) => {
         fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
@@ -196,7 +211,11 @@ pub type AttnScoresF16 = fn(att: &mut [f32], q: &[f32], keys: &[u16], stride: us
 pub type AttnValuesF16 = fn(out: &mut [f32], att: &[f32], values: &[u16], stride: usize);
 pub type AttnScoresQ8 = fn(att: &mut [f32], q: &[f32], keys: &[i8], stride: usize, scale: f32);
 pub type AttnValuesQ8 = fn(out: &mut [f32], att: &[f32], values: &[i8], stride: usize);
+pub type AttnValues2 = fn(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[f32], stride: usize);
+pub type AttnValues2F16 = fn(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[u16], stride: usize);
+pub type AttnValues2Q8 = fn(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[i8], stride: usize);
 pub type SumExp = fn(xs: &[f32], max: f32) -> f64;
+pub type MaxF32 = fn(xs: &[f32]) -> f32;
 
 /// The f32 order of a table's batched quantized products (`matmul_q8`,
 /// `matmul_q4`) for one row and token. The integer group sums `Σ w·x` are
@@ -272,11 +291,25 @@ pub struct Kernels {
     /// As `attn_values` with a q8 KV cache (values as `i8`; the caller has
     /// folded each value's scale into `att`).
     pub attn_values_q8: AttnValuesQ8,
+    /// Two attention weightings of the same values (two heads of one KV
+    /// group): exactly `attn_values(out[j], att[j], values, stride)` for
+    /// `j = 0, 1`, bit for bit; both `att` the same length, both `out` too.
+    /// Where a table gains from it, each value is loaded once for both (the
+    /// single kernel is bound by loads: one per multiply-add).
+    pub attn_values2: AttnValues2,
+    /// `attn_values2` with an f16 KV cache (`attn_values_f16` twice).
+    pub attn_values2_f16: AttnValues2F16,
+    /// `attn_values2` with a q8 KV cache (`attn_values_q8` twice).
+    pub attn_values2_q8: AttnValues2Q8,
     /// `Σ e^(x − max)` over `xs` for bits per byte ([`crate::bpb::nll`]):
     /// each term in f32 by [`reference::exp`], converted to f64 and added
     /// into lane `i mod 8` in order, then the tail and the eight lanes as
     /// [`reference::sum_exp`] adds them. Bit-exact on every path.
     pub sum_exp: SumExp,
+    /// The largest element of `xs` (`-inf` for none; NaNs skipped), the max
+    /// [`crate::bpb::nll`] subtracts before `sum_exp`. The reference's value
+    /// on every path (of equal zeros, either sign).
+    pub max: MaxF32,
 }
 
 impl core::fmt::Debug for Kernels {
@@ -306,7 +339,11 @@ pub static REFERENCE: Kernels = Kernels {
     attn_values_f16: reference::attn_values_f16,
     attn_scores_q8: reference::attn_scores_q8,
     attn_values_q8: reference::attn_values_q8,
+    attn_values2: reference::attn_values2,
+    attn_values2_f16: reference::attn_values2_f16,
+    attn_values2_q8: reference::attn_values2_q8,
     sum_exp: reference::sum_exp,
+    max: reference::max,
 };
 
 /// Every path name this build knows (supported by this CPU or not).

@@ -237,6 +237,27 @@ pub fn attn_values_q8(out: &mut [f32], att: &[f32], values: &[i8], stride: usize
     values_of(out, att, values, stride, f32::from, "attn_values_q8")
 }
 
+super::attn_pairs_of_singles!(pub attn_values2 = attn_values, f32);
+super::attn_pairs_of_singles!(pub attn_values2_f16 = attn_values_f16, u16);
+super::attn_pairs_of_singles!(pub attn_values2_q8 = attn_values_q8, i8);
+
+/// Lanes of the [`max`] loop: two vectors of the baseline target in flight.
+const MAX_LANES: usize = 8;
+
+/// See [`super::Kernels::max`]: lane-parallel, so it vectorises on the
+/// baseline target (SSE2, NEON).
+pub fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; MAX_LANES];
+    let chunks = xs.chunks_exact(MAX_LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    tail.iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
 /// Lanes of [`sum_exp`]: two vectors of the baseline target in flight.
 pub const SUM_EXP_LANES: usize = 8;
 

@@ -70,8 +70,12 @@ static NEON: Kernels = Kernels {
     attn_values_f16,
     attn_scores_q8,
     attn_values_q8,
+    attn_values2,
+    attn_values2_f16,
+    attn_values2_q8,
     // the scalar form vectorises on NEON as it is
     sum_exp: super::reference::sum_exp,
+    max: super::reference::max,
 };
 static DOTPROD: Kernels = Kernels {
     name: "dotprod",
@@ -136,6 +140,10 @@ fn matmul_q4_dotprod(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs
 }
 
 simd_f32_wrappers!(rope_step: 4);
+// no pair kernels here: each is its single kernel twice
+super::attn_pairs_of_singles!(attn_values2 = attn_values, f32);
+super::attn_pairs_of_singles!(attn_values2_f16 = attn_values_f16, u16);
+super::attn_pairs_of_singles!(attn_values2_q8 = attn_values_q8, i8);
 
 // ---- helpers ----
 

@@ -31,6 +31,10 @@
 //! one token per 32-bit lane, so a group's sum needs no fold at all, and the
 //! groups are added in order (`MatmulOrder::GroupsInOrder`), not in the
 //! matvec's order.
+//!
+//! Its elementwise kernels (sum of exponentials, max, softmax, SwiGLU) and
+//! attention values are 512-bit too (`wide.rs`); the rest of it is this
+//! file's AVX2 code.
 
 use core::arch::x86_64::*;
 
@@ -39,6 +43,7 @@ use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, reference, Kernels
 mod lanes;
 mod q4;
 mod q8_avx512;
+mod wide;
 
 #[cfg(feature = "std")]
 fn has_avx2() -> bool {
@@ -112,7 +117,11 @@ static AVX2: Kernels = Kernels {
     attn_values_f16,
     attn_scores_q8: attn_scores4_q8,
     attn_values_q8,
+    attn_values2: attn_values2_avx2,
+    attn_values2_f16: attn_values2_f16_avx2,
+    attn_values2_q8: attn_values2_q8_avx2,
     sum_exp,
+    max: reference::max,
 };
 static AVXVNNI: Kernels = Kernels {
     name: "avxvnni",
@@ -130,10 +139,65 @@ static AVX512VNNI: Kernels = Kernels {
     matvec_q4: matvec_q4_avx512vnni,
     matmul_q4: matmul_q4_avx512vnni,
     matmul_order: MatmulOrder::GroupsInOrder,
+    softmax: softmax_avx512,
+    swiglu: swiglu_avx512,
+    sum_exp: sum_exp_avx512,
+    max: max_avx512,
+    attn_values: attn_values_avx512,
+    attn_values_f16: attn_values_f16_avx512,
+    attn_values_q8: attn_values_q8_avx512,
+    attn_values2: attn_values2_avx512,
+    attn_values2_f16: attn_values2_f16_avx512,
+    attn_values2_q8: attn_values2_q8_avx512,
     ..AVX2
 };
 
 // ---- safe wrappers (reachable only through the tables above) ----
+
+// SAFETY (the wrappers down to `attn_values2_q8_avx512`): only reachable via
+// `AVX512VNNI`, returned after detecting avx2+fma+f16c+avx512f/bw/vl/vnni;
+// each reads and writes its slices within their lengths (the attention
+// kernels check the cache's length first).
+fn softmax_avx512(x: &mut [f32]) {
+    // SAFETY: see above.
+    unsafe { wide::softmax(x) }
+}
+fn swiglu_avx512(g: &mut [f32], u: &[f32]) {
+    // SAFETY: see above.
+    unsafe { wide::swiglu(g, u) }
+}
+fn sum_exp_avx512(xs: &[f32], max: f32) -> f64 {
+    // SAFETY: see above.
+    unsafe { wide::sum_exp(xs, max) }
+}
+fn max_avx512(xs: &[f32]) -> f32 {
+    // SAFETY: see above.
+    unsafe { wide::max(xs) }
+}
+fn attn_values_avx512(out: &mut [f32], att: &[f32], values: &[f32], stride: usize) {
+    // SAFETY: see above.
+    unsafe { wide::attn_values(out, att, values, stride) }
+}
+fn attn_values_f16_avx512(out: &mut [f32], att: &[f32], values: &[u16], stride: usize) {
+    // SAFETY: see above.
+    unsafe { wide::attn_values_f16(out, att, values, stride) }
+}
+fn attn_values_q8_avx512(out: &mut [f32], att: &[f32], values: &[i8], stride: usize) {
+    // SAFETY: see above.
+    unsafe { wide::attn_values_q8(out, att, values, stride) }
+}
+fn attn_values2_avx512(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[f32], stride: usize) {
+    // SAFETY: see above.
+    unsafe { wide::attn_values2(out, att, values, stride) }
+}
+fn attn_values2_f16_avx512(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[u16], stride: usize) {
+    // SAFETY: see above.
+    unsafe { wide::attn_values2_f16(out, att, values, stride) }
+}
+fn attn_values2_q8_avx512(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[i8], stride: usize) {
+    // SAFETY: see above.
+    unsafe { wide::attn_values2_q8(out, att, values, stride) }
+}
 
 fn matvec_q8_avx2(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
     check_q8(out, wq, ws, xq, xs);
@@ -293,6 +357,10 @@ macro_rules! attn_scores4 {
 attn_scores4!(attn_scores4, scores4, attn_scores, f32, |p| _mm256_loadu_ps(p));
 attn_scores4!(attn_scores4_f16, scores4_f16, attn_scores_f16, u16, |p| f16x8(p));
 attn_scores4!(attn_scores4_q8, scores4_q8, attn_scores_q8, i8, |p| i8x8(p));
+// the AVX2 values kernels are one FMA chain per output vector: a pair is two calls
+super::attn_pairs_of_singles!(attn_values2_avx2 = attn_values, f32);
+super::attn_pairs_of_singles!(attn_values2_f16_avx2 = attn_values_f16, u16);
+super::attn_pairs_of_singles!(attn_values2_q8_avx2 = attn_values_q8, i8);
 
 // ---- shared helpers ----
 
