@@ -139,6 +139,7 @@ static AVX512VNNI: Kernels = Kernels {
     matvec_q4: matvec_q4_avx512vnni,
     matmul_q4: matmul_q4_avx512vnni,
     matmul_order: MatmulOrder::GroupsInOrder,
+    quantize_q8: quantize_q8_avx512,
     softmax: softmax_avx512,
     swiglu: swiglu_avx512,
     sum_exp: sum_exp_avx512,
@@ -158,6 +159,10 @@ static AVX512VNNI: Kernels = Kernels {
 // `AVX512VNNI`, returned after detecting avx2+fma+f16c+avx512f/bw/vl/vnni;
 // each reads and writes its slices within their lengths (the attention
 // kernels check the cache's length first).
+fn quantize_q8_avx512(x: &[f32], q: &mut [i8], s: &mut [f32]) {
+    // SAFETY: see above.
+    unsafe { wide::quantize_q8(x, q, s) }
+}
 fn softmax_avx512(x: &mut [f32]) {
     // SAFETY: see above.
     unsafe { wide::softmax(x) }

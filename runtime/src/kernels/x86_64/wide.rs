@@ -301,3 +301,40 @@ attn_values_wide!(
     /// `Kernels::attn_values_q8` (a q8 cache: `i8`, widened exactly).
     attn_values_q8, attn_values2_q8, attn_values_pass_q8, i8, |p, m| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)))
 );
+
+/// `Kernels::quantize_q8`, the reference's bits: per group of 32 the
+/// absolute maximum (exact in any order), `d = amax / 127` and `1 / d`
+/// (0 when `d` is 0) in scalar f32 as the reference computes them, then
+/// each value times `1 / d` rounded half away from zero and saturated to
+/// `i8` (as the AVX2 table's packs do), sixteen values per register.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+pub unsafe fn quantize_q8(x: &[f32], q: &mut [i8], s: &mut [f32]) {
+    let groups = (x.len() / 32).min(q.len() / 32).min(s.len());
+    let abs = |v: __m512| _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MAX)));
+    let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
+    for (g, s) in s.iter_mut().enumerate().take(groups) {
+        let (v0, v1) = (_mm512_loadu_ps(xp.add(g * 32)), _mm512_loadu_ps(xp.add(g * 32 + 16)));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(abs(v0), abs(v1)));
+        let d = amax / 127.0;
+        let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        for (h, v) in [v0, v1].into_iter().enumerate() {
+            let i = round_away(_mm512_mul_ps(v, id));
+            _mm_storeu_si128(qp.add(g * 32 + h * 16) as *mut __m128i, _mm512_cvtsepi32_epi8(i));
+        }
+        *s = d;
+    }
+}
+
+/// Sixteen floats rounded half away from zero to i32 (truncate, then one
+/// step away from zero where the dropped fraction is at least a half).
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+#[inline]
+unsafe fn round_away(v: __m512) -> __m512i {
+    let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+    let frac =
+        _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(v, t)), _mm512_set1_epi32(i32::MAX)));
+    let half = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
+    let sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN));
+    let step = _mm512_castsi512_ps(_mm512_or_si512(sign, _mm512_castps_si512(_mm512_set1_ps(1.0))));
+    _mm512_cvttps_epi32(_mm512_mask_add_ps(t, half, t, step))
+}
