@@ -303,25 +303,42 @@ attn_values_wide!(
 );
 
 /// `Kernels::quantize_q8`, the reference's bits: per group of 32 the
-/// absolute maximum (exact in any order), `d = amax / 127` and `1 / d`
-/// (0 when `d` is 0) in scalar f32 as the reference computes them, then
-/// each value times `1 / d` rounded half away from zero and saturated to
-/// `i8` (as the AVX2 table's packs do), sixteen values per register.
+/// absolute maximum (exact in any order), `d = amax / 127` and `1 / d` (0
+/// when `d` is 0; IEEE division is correctly rounded in a vector too, and
+/// `!=` is unordered as Rust's, so a NaN maximum gives a NaN inverse as the
+/// reference's does), then each value times `1 / d` rounded half away from
+/// zero and saturated to `i8` (as the AVX2 table's packs do). The maxima
+/// of up to sixteen groups come first and their divisions go in one vector:
+/// one group after another, each group's reduction and two divisions made a
+/// chain the out-of-order window could not cover.
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 pub unsafe fn quantize_q8(x: &[f32], q: &mut [i8], s: &mut [f32]) {
     let groups = (x.len() / 32).min(q.len() / 32).min(s.len());
     let abs = |v: __m512| _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MAX)));
-    let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
-    for (g, s) in s.iter_mut().enumerate().take(groups) {
-        let (v0, v1) = (_mm512_loadu_ps(xp.add(g * 32)), _mm512_loadu_ps(xp.add(g * 32 + 16)));
-        let amax = _mm512_reduce_max_ps(_mm512_max_ps(abs(v0), abs(v1)));
-        let d = amax / 127.0;
-        let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-        for (h, v) in [v0, v1].into_iter().enumerate() {
-            let i = round_away(_mm512_mul_ps(v, id));
-            _mm_storeu_si128(qp.add(g * 32 + h * 16) as *mut __m128i, _mm512_cvtsepi32_epi8(i));
+    let (xp, qp, sp) = (x.as_ptr(), q.as_mut_ptr(), s.as_mut_ptr());
+    let mut g0 = 0;
+    while g0 < groups {
+        let n = (groups - g0).min(LANES);
+        let mut amax = [0f32; LANES];
+        for (j, a) in amax.iter_mut().enumerate().take(n) {
+            let p = xp.add((g0 + j) * 32);
+            *a = _mm512_reduce_max_ps(_mm512_max_ps(abs(_mm512_loadu_ps(p)), abs(_mm512_loadu_ps(p.add(16)))));
         }
-        *s = d;
+        let d = _mm512_div_ps(_mm512_loadu_ps(amax.as_ptr()), _mm512_set1_ps(127.0));
+        let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(d, _mm512_setzero_ps());
+        let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d);
+        _mm512_mask_storeu_ps(sp.add(g0), mask(n), d);
+        let mut ids = [0f32; LANES];
+        _mm512_storeu_ps(ids.as_mut_ptr(), id);
+        for (j, &id) in ids.iter().enumerate().take(n) {
+            let idv = _mm512_set1_ps(id);
+            for h in 0..2 {
+                let at = (g0 + j) * 32 + h * 16;
+                let i = round_away(_mm512_mul_ps(_mm512_loadu_ps(xp.add(at)), idv));
+                _mm_storeu_si128(qp.add(at) as *mut __m128i, _mm512_cvtsepi32_epi8(i));
+            }
+        }
+        g0 += n;
     }
 }
 

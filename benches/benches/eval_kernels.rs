@@ -1,0 +1,125 @@
+//! The kernels `edgelm eval` spends its time in besides the products, at the
+//! shipped base's shapes (vocab 4 096, heads of 32, 2 KV heads of 64
+//! columns, SwiGLU 352, 128 positions seen): the sum of exponentials and
+//! max of bits per byte, softmax, SwiGLU, q8 quantization, attention scores
+//! and values (one head, and the two heads of a KV group through
+//! `attn_values2`), on every kernel table this CPU runs, side by side.
+//!
+//! `cargo bench -p edgelm-benches --bench eval_kernels`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use edgelm_runtime::kernels::{self, Kernels};
+use std::hint::black_box;
+use std::time::Duration;
+
+/// Deterministic values in `[-spread/2, spread/2)`.
+fn values(n: usize, seed: u64, spread: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * spread
+        })
+        .collect()
+}
+
+fn tables() -> Vec<&'static Kernels> {
+    kernels::available().filter(|k| k.name != "reference").collect()
+}
+
+fn group<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+    elements: usize,
+) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Elements(elements as u64));
+    g.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).sample_size(30);
+    g
+}
+
+fn bench(c: &mut Criterion) {
+    let logits = values(4096, 1, 20.0);
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut g = group(c, "sum_exp/4096", 4096);
+    for k in tables() {
+        g.bench_function(BenchmarkId::from_parameter(k.name), |b| b.iter(|| (k.sum_exp)(black_box(&logits), max)));
+    }
+    g.finish();
+    let mut g = group(c, "max/4096", 4096);
+    for k in tables() {
+        g.bench_function(BenchmarkId::from_parameter(k.name), |b| b.iter(|| (k.max)(black_box(&logits))));
+    }
+    g.finish();
+
+    let scores = values(128, 2, 8.0);
+    let mut att = scores.clone();
+    let mut g = group(c, "softmax/128", 128);
+    for k in tables() {
+        g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
+            b.iter(|| {
+                att.copy_from_slice(&scores);
+                (k.softmax)(black_box(&mut att))
+            })
+        });
+    }
+    g.finish();
+
+    let (gate, up) = (values(352, 3, 6.0), values(352, 4, 2.0));
+    let mut h = gate.clone();
+    let mut g = group(c, "swiglu/352", 352);
+    for k in tables() {
+        g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
+            b.iter(|| {
+                h.copy_from_slice(&gate);
+                (k.swiglu)(black_box(&mut h), &up)
+            })
+        });
+    }
+    g.finish();
+
+    let x = values(352, 5, 4.0);
+    let (mut xq, mut xs) = (vec![0i8; 352], vec![0f32; 11]);
+    let mut g = group(c, "quantize_q8/352", 352);
+    for k in tables() {
+        g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
+            b.iter(|| (k.quantize_q8)(black_box(&x), &mut xq, &mut xs))
+        });
+    }
+    g.finish();
+
+    // one layer's cache of 128 positions: keys and values of 2 KV heads × 32 at stride 64
+    let (hd, stride, n) = (32, 64, 128);
+    let cache = values(n * stride, 6, 2.0);
+    let q = values(2 * hd, 7, 2.0);
+    let weights: Vec<f32> = values(n, 8, 1.0).iter().map(|v| v.abs() / n as f32).collect();
+    let mut out = vec![0f32; 2 * hd];
+    let mut s = vec![0f32; n];
+    let mut g = group(c, "attn_scores/128x32", n);
+    for k in tables() {
+        g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
+            b.iter(|| (k.attn_scores)(&mut s, black_box(&q[..hd]), &cache, stride, 0.18))
+        });
+    }
+    g.finish();
+    let mut g = group(c, "attn_values/128x32", n);
+    for k in tables() {
+        g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
+            b.iter(|| (k.attn_values)(&mut out[..hd], black_box(&weights), &cache, stride))
+        });
+    }
+    g.finish();
+    let mut g = group(c, "attn_values2/2x128x32", 2 * n);
+    for k in tables() {
+        g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
+            b.iter(|| {
+                let (o0, o1) = out.split_at_mut(hd);
+                (k.attn_values2)([o0, o1], [black_box(&weights), &weights], &cache, stride)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
