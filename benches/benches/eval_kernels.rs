@@ -52,18 +52,21 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
-    let scores = values(128, 2, 8.0);
-    let mut att = scores.clone();
-    let mut g = group(c, "softmax/128", 128);
-    for k in tables() {
-        g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
-            b.iter(|| {
-                att.copy_from_slice(&scores);
-                (k.softmax)(black_box(&mut att))
-            })
-        });
+    // 128 positions, and 127 (a tail of seven past the AVX2 kernel's vectors)
+    for n in [128, 127] {
+        let scores = values(n, 2, 8.0);
+        let mut att = scores.clone();
+        let mut g = group(c, &format!("softmax/{n}"), n);
+        for k in tables() {
+            g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
+                b.iter(|| {
+                    att.copy_from_slice(&scores);
+                    (k.softmax)(black_box(&mut att))
+                })
+            });
+        }
+        g.finish();
     }
-    g.finish();
 
     let (gate, up) = (values(352, 3, 6.0), values(352, 4, 2.0));
     let mut h = gate.clone();

@@ -1,7 +1,8 @@
-//! The elementwise and attention-value kernels of the AVX-512 table at
-//! 512-bit width: the largest logit and the sum of exponentials of bits per
-//! byte (both the reference's exact values), softmax, SwiGLU, and the
-//! attention values (one head, or two heads of a KV group sharing loads).
+//! The AVX-512 table's kernels at 512-bit width besides the products: the
+//! largest logit and the sum of exponentials of bits per byte (both the
+//! reference's exact values), softmax, SwiGLU, q8 quantization (the
+//! reference's bits) and the attention values (one head, or two heads of a
+//! KV group sharing their loads).
 //!
 //! Why wider: the `exp` loops are a chain of ~25 dependent f32 operations
 //! per vector. On Zen 4 the 256-bit sum of exponentials ran at a third of
@@ -9,11 +10,13 @@
 //! it was bound by how many iterations the FP scheduler holds in flight, not
 //! by the pipes. A 512-bit operation carries sixteen lanes in one scheduler
 //! entry where a 256-bit one carries eight, so twice the elements are in
-//! flight. Measured on the Zen 4 VM (one thread, best of 40 bursts, the
-//! AVX2 table's kernel → this one): sum of exponentials of 4 096 logits
-//! 3.09 → 1.95 µs, max 269 → 117 ns, softmax of 128 68 → 53 ns, SwiGLU of
-//! 352 170 → 138 ns, values of 128 positions × 32 128 → 109 ns, and a pair
-//! of heads 256 (two calls) → 170 ns.
+//! flight. The values kernel is bound by loads (one per multiply-add), so a
+//! pair of heads sharing them is where it gains. Softmax gains mostly at
+//! lengths that are not a multiple of eight (most of a prompt's: the
+//! attention of token `t` covers `t + 1` positions), whose tail the AVX2
+//! kernel takes through scalar `expf`. Measured on the Zen 4 VM
+//! (`cargo bench -p edgelm-benches --bench eval_kernels`, the AVX2 table's
+//! kernel → this one; the figures are in docs/BENCHMARKS.md).
 //!
 //! Tails (fewer than sixteen elements) are masked loads and stores, so a
 //! call's result depends only on its slice, as on every path.
