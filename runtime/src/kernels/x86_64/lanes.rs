@@ -149,9 +149,9 @@ struct Pass {
     row_bytes: usize,
 }
 
-/// Lanes below `live` set.
+/// Lanes below `live` set (`wide.rs` uses it too).
 #[inline]
-fn lane_mask(live: usize) -> __mmask16 {
+pub(super) fn lane_mask(live: usize) -> __mmask16 {
     if live >= LANES {
         0xffff
     } else {

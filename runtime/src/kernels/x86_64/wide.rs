@@ -23,20 +23,11 @@
 
 use core::arch::x86_64::*;
 
+use super::lanes::lane_mask as mask;
 use crate::kernels::reference;
 
 /// Lanes of a register.
 const LANES: usize = 16;
-
-/// The lanes below `n` (`n ≤ 16`).
-#[inline]
-fn mask(n: usize) -> __mmask16 {
-    if n >= LANES {
-        0xffff
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
-}
 
 /// [`reference::max`] (NaNs skipped, `-inf` for none): `max_ps(v, acc)` is
 /// `v > acc ? v : acc`, the reference's comparison, so a NaN `v` keeps `acc`.
