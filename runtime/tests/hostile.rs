@@ -407,6 +407,20 @@ fn kv_cache_offsets_past_the_cache_are_errors() {
             assert!(cache.mix(k, &mut out, &mut att, 1, 4).is_err(), "{}", k.name);
             assert!(cache.scores(k, &mut att, &one, 0, usize::MAX, 1.0).is_err(), "{}", k.name);
             assert!(cache.mix(k, &mut out, &mut att, usize::MAX, 4).is_err(), "{}", k.name);
+            // two heads at once: the same values as two `mix` calls, the same errors, and
+            // unequal shapes an error too
+            let (mut a0, mut a1, mut o0, mut o1) =
+                ([0.5f32, 0.25, 0.125, 0.125], [0.1f32, 0.2, 0.3, 0.4], [0f32; 4], [0f32; 4]);
+            cache.mix2(k, [&mut o0, &mut o1], [&mut a0, &mut a1], 0, 4).unwrap();
+            let (mut b0, mut b1, mut p0, mut p1) =
+                ([0.5f32, 0.25, 0.125, 0.125], [0.1f32, 0.2, 0.3, 0.4], [0f32; 4], [0f32; 4]);
+            cache.mix(k, &mut p0, &mut b0, 0, 4).unwrap();
+            cache.mix(k, &mut p1, &mut b1, 0, 4).unwrap();
+            assert_eq!((o0, o1), (p0, p1), "{}", k.name);
+            assert!(cache.mix2(k, [&mut o0, &mut o1], [&mut a0, &mut a1], 1, 4).is_err(), "{}", k.name);
+            assert!(cache.mix2(k, [&mut o0, &mut o1], [&mut a0, &mut a1], usize::MAX, 4).is_err(), "{}", k.name);
+            assert!(cache.mix2(k, [&mut o0, &mut o1], [&mut a0[..3], &mut a1], 0, 4).is_err(), "{}", k.name);
+            assert!(cache.mix2(k, [&mut o0[..3], &mut o1], [&mut a0, &mut a1], 0, 4).is_err(), "{}", k.name);
         }
     }
 }
