@@ -400,8 +400,9 @@ impl BlockInput<'_> {
 
 /// One (token, head) of attention over the cache: `att` (the positions the
 /// token sees) = softmax(q · key · scale), then `out` = Σ att · value, keys and
-/// values from `base` at stride `kv_dim`. Every path calls this, so a (token,
-/// head) gives the same bits however the work is split.
+/// values from `base` at stride `kv_dim`. Every path calls this (through
+/// [`attend_heads`], whose pairs have the same bits), so a (token, head)
+/// gives the same bits however the work is split.
 #[allow(clippy::too_many_arguments)]
 fn attend_head(
     k: &Kernels,
@@ -585,35 +586,41 @@ fn block_tokens(
         s.cache.store((layer * max_seq + pos + t) * kv_dim, key, value)?;
     }
 
-    // attention, the output projection and the feed-forward of each thread's tokens
+    // attention, the output projection and the feed-forward of each thread's tokens;
+    // a thread's attention rows: two (a KV group's two heads together) where the
+    // buffer (`[heads, max_seq]`) holds two per thread
     let scale = 1.0 / libm::sqrtf(hd as f32);
     let layer_base = layer * max_seq * kv_dim;
     let cache = &s.cache;
+    let att_rows = if 2 * par.threads() <= heads { 2 } else { 1 };
     let f32s = [
         (&mut *bs.x, RowSplit::Tokens(dim)),
         (&mut *bs.xb, RowSplit::Tokens(dim)),
         (&mut *bs.q, RowSplit::Tokens(dim)),
         (&mut *bs.hb, RowSplit::Tokens(ffn)),
         (&mut *bs.hb2, RowSplit::Tokens(ffn)),
-        (&mut *s.att, RowSplit::Thread(max_seq)),
+        (&mut *s.att, RowSplit::Thread(att_rows * max_seq)),
         (&mut *bs.xs, sw),
     ];
     par_token_rows(par, n, f32s, [(&mut *bs.xq, qw)], &|t0, t1, f, i| {
         let m = t1 - t0;
         let [x, xb, q, hb, hb2, att, xs] = f;
         let xq = &mut *i[0];
-        // head by head, then token by token, as `block_rows` (a head's keys
-        // and values stay in cache while the tokens pass)
-        for h in 0..heads {
-            let kvh = (h / group) * hd;
+        // head by head (a KV group's two together, `attend_heads`), then
+        // token by token, as `block_rows` (a head's keys and values stay in
+        // cache while the tokens pass)
+        let mut h = 0;
+        while h < heads {
+            let g = heads_at(h, heads, group).min(att_rows);
+            let base = layer_base + (h / group) * hd;
             for (t, (q, o)) in rows(q, m, dim)?.zip(rows_mut(xb, m, dim)?).enumerate() {
                 // causal: token t0 + t sees the cache up to its own position
-                let p = pos + t0 + t;
-                let q = q.get(h * hd..(h + 1) * hd).ok_or(SHORT)?;
-                let o = o.get_mut(h * hd..(h + 1) * hd).ok_or(SHORT)?;
-                let att = att.get_mut(..p + 1).ok_or(SHORT)?;
-                attend_head(k, cache, att, q, o, layer_base + kvh, kv_dim, scale)?;
+                let seen = pos + t0 + t + 1;
+                let q = q.get(h * hd..(h + g) * hd).ok_or(SHORT)?;
+                let o = o.get_mut(h * hd..(h + g) * hd).ok_or(SHORT)?;
+                attend_heads(k, cache, att, max_seq, seen, q, o, hd, base, kv_dim, scale)?;
             }
+            h += g;
         }
         out_ffn_rows(one, cfg, b, [x, xb, q, hb, hb2, xs], xq, m)
     })

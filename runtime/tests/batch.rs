@@ -171,30 +171,34 @@ fn blocks_equal_token_by_token() {
 }
 
 /// With a pool: the same logits as one thread with the same blocks, bit for
-/// bit on every table (rows split at multiples of 8, tokens into whole
-/// ranges).
+/// bit (rows split at multiples of 8, tokens into whole ranges). Two
+/// threads on the tiny models' four heads give each thread a KV group's two
+/// heads together (`attn_values2`), three threads one head at a time.
 #[test]
 fn blocks_with_threads_equal_one_thread() {
-    let pool = Pool::new(3);
-    for (name, base, _) in models() {
-        let b = aligned(base);
-        let model = Model::from_bytes(&b).unwrap();
-        let seq = tokens(40, 320, 2);
-        let chunks: Vec<&[u32]> = vec![&seq[..17], &seq[17..]];
-        let k = kernels::best();
-        let want = run_extend(&model, "story", k, opts(64, KvType::F32, 16), &chunks, None);
-        assert_eq!(run_extend(&model, "story", k, opts(64, KvType::F32, 16), &chunks, Some(&pool)), want, "{name}");
-        // a 64-token block: its attention (64 tokens × 64 positions × 4 heads
-        // × 16) and its products pass the threshold and split across the pool
-        const { assert!(64 * 64 * 4 * 16 >= edgelm_runtime::kernels::PARALLEL_MIN_BYTES) };
-        let long = tokens(90, 320, 3);
-        for kv in [KvType::F32, KvType::F16, KvType::Q8] {
-            let want = run_extend(&model, "story", k, opts(96, kv, 64), &[&long[..]], None);
-            assert_eq!(
-                run_extend(&model, "story", k, opts(96, kv, 64), &[&long[..]], Some(&pool)),
-                want,
-                "{name} {kv:?}"
-            );
+    for threads in [2, 3] {
+        let pool = Pool::new(threads);
+        for (name, base, _) in models() {
+            let b = aligned(base);
+            let model = Model::from_bytes(&b).unwrap();
+            let seq = tokens(40, 320, 2);
+            let chunks: Vec<&[u32]> = vec![&seq[..17], &seq[17..]];
+            let k = kernels::best();
+            let want = run_extend(&model, "story", k, opts(64, KvType::F32, 16), &chunks, None);
+            let got = run_extend(&model, "story", k, opts(64, KvType::F32, 16), &chunks, Some(&pool));
+            assert_eq!(got, want, "{name}, {threads} threads");
+            // a 64-token block: its attention (64 tokens × 64 positions × 4 heads
+            // × 16) and its products pass the threshold and split across the pool
+            const { assert!(64 * 64 * 4 * 16 >= edgelm_runtime::kernels::PARALLEL_MIN_BYTES) };
+            let long = tokens(90, 320, 3);
+            for kv in [KvType::F32, KvType::F16, KvType::Q8] {
+                let want = run_extend(&model, "story", k, opts(96, kv, 64), &[&long[..]], None);
+                assert_eq!(
+                    run_extend(&model, "story", k, opts(96, kv, 64), &[&long[..]], Some(&pool)),
+                    want,
+                    "{name} {kv:?}, {threads} threads"
+                );
+            }
         }
     }
 }

@@ -294,8 +294,9 @@ pub struct Kernels {
     /// Two attention weightings of the same values (two heads of one KV
     /// group): exactly `attn_values(out[j], att[j], values, stride)` for
     /// `j = 0, 1`, bit for bit; both `att` the same length, both `out` too.
-    /// Where a table gains from it, each value is loaded once for both (the
-    /// single kernel is bound by loads: one per multiply-add).
+    /// On x86 each value is loaded once for both (the single kernels are
+    /// bound by loads, one per multiply-add, or on AVX2 by FMA latency);
+    /// the reference and Arm tables call their single kernel twice.
     pub attn_values2: AttnValues2,
     /// `attn_values2` with an f16 KV cache (`attn_values_f16` twice).
     pub attn_values2_f16: AttnValues2F16,

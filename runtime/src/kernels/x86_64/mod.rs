@@ -362,10 +362,6 @@ macro_rules! attn_scores4 {
 attn_scores4!(attn_scores4, scores4, attn_scores, f32, |p| _mm256_loadu_ps(p));
 attn_scores4!(attn_scores4_f16, scores4_f16, attn_scores_f16, u16, |p| f16x8(p));
 attn_scores4!(attn_scores4_q8, scores4_q8, attn_scores_q8, i8, |p| i8x8(p));
-// the AVX2 values kernels are one FMA chain per output vector: a pair is two calls
-super::attn_pairs_of_singles!(attn_values2_avx2 = attn_values, f32);
-super::attn_pairs_of_singles!(attn_values2_f16_avx2 = attn_values_f16, u16);
-super::attn_pairs_of_singles!(attn_values2_q8_avx2 = attn_values_q8, i8);
 
 // ---- shared helpers ----
 
@@ -685,49 +681,111 @@ unsafe fn rope_simd(x: *mut f32, rope: *const f32, hd: usize) {
 // `t`, so a head's FMA chains run side by side instead of one after another
 // (a head of 48 was three passes); the columns past the last eight, scalar.
 macro_rules! attn_values_vec {
-    ($name:ident, $pass:ident, $ty:ty, |$p:ident| $load:expr, |$q:ident| $load1:expr) => {
+    ($name:ident, $pair:ident, $pass:ident, $ty:ty, |$p:ident| $load:expr, |$q:ident| $load1:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $name(out: *mut f32, hd: usize, att: &[f32], values: *const $ty, stride: usize) {
             let vecs = hd / 8;
             let mut c = 0;
             while c < vecs * 8 {
                 match (vecs * 8 - c) / 8 {
-                    1 => $pass::<1>(out, c, att, values, stride),
-                    2 => $pass::<2>(out, c, att, values, stride),
-                    3 => $pass::<3>(out, c, att, values, stride),
-                    4 => $pass::<4>(out, c, att, values, stride),
-                    5 => $pass::<5>(out, c, att, values, stride),
-                    6 => $pass::<6>(out, c, att, values, stride),
-                    7 => $pass::<7>(out, c, att, values, stride),
-                    _ => $pass::<8>(out, c, att, values, stride),
+                    1 => $pass::<1, 1>([out], c, [att], values, stride),
+                    2 => $pass::<2, 1>([out], c, [att], values, stride),
+                    3 => $pass::<3, 1>([out], c, [att], values, stride),
+                    4 => $pass::<4, 1>([out], c, [att], values, stride),
+                    5 => $pass::<5, 1>([out], c, [att], values, stride),
+                    6 => $pass::<6, 1>([out], c, [att], values, stride),
+                    7 => $pass::<7, 1>([out], c, [att], values, stride),
+                    _ => $pass::<8, 1>([out], c, [att], values, stride),
                 }
                 c += 64;
             }
             crate::kernels::attn_values_tail(out, vecs * 8, hd, att, values, stride, |$q| $load1);
         }
 
-        /// `K` vectors of outputs from column `c`: one pass over `t`.
+        /// `$name` for two weightings (the same length) of heads of at most
+        /// 32: both through one pass over the positions, each value vector
+        /// loaded once for both; every output the same FMA chain as `$name`'s.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $pair(out: [*mut f32; 2], hd: usize, att: [&[f32]; 2], values: *const $ty, stride: usize) {
+            let vecs = hd / 8;
+            match vecs {
+                0 => {}
+                1 => $pass::<1, 2>(out, 0, att, values, stride),
+                2 => $pass::<2, 2>(out, 0, att, values, stride),
+                3 => $pass::<3, 2>(out, 0, att, values, stride),
+                _ => $pass::<4, 2>(out, 0, att, values, stride),
+            }
+            for (out, att) in out.into_iter().zip(att) {
+                crate::kernels::attn_values_tail(out, vecs * 8, hd, att, values, stride, |$q| $load1);
+            }
+        }
+
+        /// `K` vectors of outputs from column `c` for `Q` weightings of the
+        /// same length: one pass over `t`.
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
-        unsafe fn $pass<const K: usize>(out: *mut f32, c: usize, att: &[f32], values: *const $ty, stride: usize) {
-            let mut acc = [_mm256_setzero_ps(); K];
-            for (t, &a) in att.iter().enumerate() {
-                let av = _mm256_set1_ps(a);
+        unsafe fn $pass<const K: usize, const Q: usize>(
+            out: [*mut f32; Q],
+            c: usize,
+            att: [&[f32]; Q],
+            values: *const $ty,
+            stride: usize,
+        ) {
+            let mut acc = [[_mm256_setzero_ps(); K]; Q];
+            for t in 0..att[0].len() {
                 let row = values.add(t * stride + c);
-                for (k, acc) in acc.iter_mut().enumerate() {
+                let v: [__m256; K] = core::array::from_fn(|k| {
                     let $p = row.add(8 * k);
-                    *acc = _mm256_fmadd_ps(av, $load, *acc);
+                    $load
+                });
+                for (acc, att) in acc.iter_mut().zip(att) {
+                    let av = _mm256_set1_ps(*att.get_unchecked(t));
+                    for (acc, v) in acc.iter_mut().zip(v) {
+                        *acc = _mm256_fmadd_ps(av, v, *acc);
+                    }
                 }
             }
-            for (k, acc) in acc.iter().enumerate() {
-                _mm256_storeu_ps(out.add(c + 8 * k), *acc);
+            for (acc, out) in acc.iter().zip(out) {
+                for (k, acc) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(out.add(c + 8 * k), *acc);
+                }
             }
         }
     };
 }
-attn_values_vec!(attn_values_simd, attn_values_pass_f32, f32, |p| _mm256_loadu_ps(p), |p| *p);
-attn_values_vec!(attn_values_f16_simd, attn_values_pass_f16, u16, |p| f16x8(p), |p| f16_scalar(*p));
-attn_values_vec!(attn_values_i8_simd, attn_values_pass_i8, i8, |p| i8x8(p), |p| f32::from(*p));
+attn_values_vec!(attn_values_simd, attn_values2_simd, attn_values_pass_f32, f32, |p| _mm256_loadu_ps(p), |p| *p);
+attn_values_vec!(attn_values_f16_simd, attn_values2_f16_simd, attn_values_pass_f16, u16, |p| f16x8(p), |p| f16_scalar(
+    *p
+));
+attn_values_vec!(attn_values_i8_simd, attn_values2_i8_simd, attn_values_pass_i8, i8, |p| i8x8(p), |p| f32::from(*p));
+
+// `Kernels::attn_values2` of the AVX2 tables: heads of up to 32 through the
+// pair kernels (two weightings, each value vector loaded once for both and
+// twice the FMA chains in flight: the single kernel's four chains of a head
+// of 32 wait on FMA latency), wider ones as two single calls (the pair's
+// accumulators would not fit the sixteen registers).
+macro_rules! attn_values2_avx2 {
+    ($wrapper:ident, $single:ident, $pair:ident, $ty:ty) => {
+        fn $wrapper(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[$ty], stride: usize) {
+            let [o0, o1] = out;
+            let (n, hd) = (att[0].len(), o0.len());
+            assert!(att[1].len() == n && o1.len() == hd, "attn_values2: the two weightings' shapes differ");
+            if hd > 32 {
+                $single(o0, att[0], values, stride);
+                return $single(o1, att[1], values, stride);
+            }
+            if let Some(last) = n.checked_sub(1) {
+                assert!(values.len() >= last * stride + hd, "attn_values: values too short");
+            }
+            // SAFETY: detected tables only (avx2+fma+f16c); every value row
+            // read lies inside `values`, both outputs hold `hd` (checked above).
+            unsafe { $pair([o0.as_mut_ptr(), o1.as_mut_ptr()], hd, att, values.as_ptr(), stride) }
+        }
+    };
+}
+attn_values2_avx2!(attn_values2_avx2, attn_values, attn_values2_simd, f32);
+attn_values2_avx2!(attn_values2_f16_avx2, attn_values_f16, attn_values2_f16_simd, u16);
+attn_values2_avx2!(attn_values2_q8_avx2, attn_values_q8, attn_values2_i8_simd, i8);
 
 /// Eight f16 (bits) at `p` to f32.
 #[target_feature(enable = "avx2,fma,f16c")]
