@@ -25,15 +25,6 @@
 //! (the same per-group `i32` sums); f32 results may differ in summation
 //! order (bounds are stated in `runtime/tests/kernels.rs`).
 
-/// The safe wrappers of a SIMD table's f32 kernels, shared by the x86_64 and
-/// aarch64 modules: slice checks, then the invoking module's `unsafe`
-/// primitives `dot`, `dot_f16`, `scale_mul`, `quantize_q8_simd`,
-/// `softmax_simd`, `rope_simd` (one head of a multiple of `$rope_step` floats;
-/// other head sizes use the reference), `swiglu_simd`, `dot_i8`, `attn_values_simd`,
-/// `attn_values_f16_simd` and `attn_values_i8_simd`.
-/// Sound only where the module hands its tables out after detecting the
-/// features those primitives enable.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 /// `attn_values2` (and its f16 and q8 forms) of a table without a pair
 /// kernel: the table's single kernel twice, which is what the pair kernels
 /// promise bit for bit.
@@ -49,6 +40,15 @@ macro_rules! attn_pairs_of_singles {
 }
 pub(crate) use attn_pairs_of_singles;
 
+/// The safe wrappers of a SIMD table's f32 kernels, shared by the x86_64 and
+/// aarch64 modules: slice checks, then the invoking module's `unsafe`
+/// primitives `dot`, `dot_f16`, `scale_mul`, `quantize_q8_simd`,
+/// `softmax_simd`, `rope_simd` (one head of a multiple of `$rope_step` floats;
+/// other head sizes use the reference), `swiglu_simd`, `dot_i8`, `attn_values_simd`,
+/// `attn_values_f16_simd` and `attn_values_i8_simd`.
+/// Sound only where the module hands its tables out after detecting the
+/// features those primitives enable.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! simd_f32_wrappers {
     (rope_step: $rope_step:expr) => {
         fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
