@@ -690,27 +690,17 @@ proptest! {
     #![proptest_config(cases())]
 
     #[test]
-    fn values_pair_is_two_singles_f32(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
+    fn values_pair_is_two_singles_every_cache(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
+        let shape = (len, hd, extra, seed);
+        let f32s = |i: usize, s: u32| (((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0;
+        values_pair_is_two_singles(shape, f32s, |k| (k.attn_values, k.attn_values2))?;
         values_pair_is_two_singles(
-            (len, hd, extra, seed),
-            |i, s| (((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0,
-            |k| (k.attn_values, k.attn_values2),
-        )?;
-    }
-
-    #[test]
-    fn values_pair_is_two_singles_f16(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
-        values_pair_is_two_singles(
-            (len, hd, extra, seed),
+            shape,
             |i, s| half::f16::from_f32((((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0).to_bits(),
             |k| (k.attn_values_f16, k.attn_values2_f16),
         )?;
-    }
-
-    #[test]
-    fn values_pair_is_two_singles_q8(len in 1usize..70, hd in 1usize..80, extra in 0usize..40, seed in any::<u32>()) {
         values_pair_is_two_singles(
-            (len, hd, extra, seed),
+            shape,
             |i, s| ((((i as u32).wrapping_mul(2246822519) ^ s) % 255) as i32 - 127) as i8,
             |k| (k.attn_values_q8, k.attn_values2_q8),
         )?;

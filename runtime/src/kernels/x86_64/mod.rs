@@ -32,9 +32,9 @@
 //! groups are added in order (`MatmulOrder::GroupsInOrder`), not in the
 //! matvec's order.
 //!
-//! Its elementwise kernels (sum of exponentials, max, softmax, SwiGLU) and
-//! attention values are 512-bit too (`wide.rs`); the rest of it is this
-//! file's AVX2 code.
+//! Its elementwise kernels (sum of exponentials, max, softmax, SwiGLU,
+//! quantizing) and attention values are 512-bit too (`wide.rs`); the rest
+//! of it is this file's AVX2 code.
 
 use core::arch::x86_64::*;
 
@@ -155,7 +155,7 @@ static AVX512VNNI: Kernels = Kernels {
 
 // ---- safe wrappers (reachable only through the tables above) ----
 
-// SAFETY (the wrappers down to `attn_values2_q8_avx512`): only reachable via
+// SAFETY (the wrappers down to `attn_values_q8_avx512`): only reachable via
 // `AVX512VNNI`, returned after detecting avx2+fma+f16c+avx512f/bw/vl/vnni;
 // each reads and writes its slices within their lengths (the attention
 // kernels check the cache's length first).
@@ -190,18 +190,6 @@ fn attn_values_f16_avx512(out: &mut [f32], att: &[f32], values: &[u16], stride: 
 fn attn_values_q8_avx512(out: &mut [f32], att: &[f32], values: &[i8], stride: usize) {
     // SAFETY: see above.
     unsafe { wide::attn_values_q8(out, att, values, stride) }
-}
-fn attn_values2_avx512(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[f32], stride: usize) {
-    // SAFETY: see above.
-    unsafe { wide::attn_values2(out, att, values, stride) }
-}
-fn attn_values2_f16_avx512(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[u16], stride: usize) {
-    // SAFETY: see above.
-    unsafe { wide::attn_values2_f16(out, att, values, stride) }
-}
-fn attn_values2_q8_avx512(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[i8], stride: usize) {
-    // SAFETY: see above.
-    unsafe { wide::attn_values2_q8(out, att, values, stride) }
 }
 
 fn matvec_q8_avx2(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
@@ -759,13 +747,13 @@ attn_values_vec!(attn_values_f16_simd, attn_values2_f16_simd, attn_values_pass_f
 ));
 attn_values_vec!(attn_values_i8_simd, attn_values2_i8_simd, attn_values_pass_i8, i8, |p| i8x8(p), |p| f32::from(*p));
 
-// `Kernels::attn_values2` of the AVX2 tables: heads of up to 32 through the
-// pair kernels (two weightings, each value vector loaded once for both and
-// twice the FMA chains in flight: the single kernel's four chains of a head
-// of 32 wait on FMA latency), wider ones as two single calls (the pair's
-// accumulators would not fit the sixteen registers).
-macro_rules! attn_values2_avx2 {
-    ($wrapper:ident, $single:ident, $pair:ident, $ty:ty) => {
+// `Kernels::attn_values2` of the x86 tables: heads of up to 32 through the
+// table's pair kernel (two weightings, each value vector loaded once for
+// both: AVX2's single kernel, four chains for a head of 32, waits on FMA
+// latency, AVX-512's is bound by its loads), wider ones as two single calls
+// (the pair's accumulators would not fit the registers).
+macro_rules! attn_values2_wrapper {
+    ($wrapper:ident, $single:ident, $pair:path, $ty:ty) => {
         fn $wrapper(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[$ty], stride: usize) {
             let [o0, o1] = out;
             let (n, hd) = (att[0].len(), o0.len());
@@ -777,15 +765,20 @@ macro_rules! attn_values2_avx2 {
             if let Some(last) = n.checked_sub(1) {
                 assert!(values.len() >= last * stride + hd, "attn_values: values too short");
             }
-            // SAFETY: detected tables only (avx2+fma+f16c); every value row
-            // read lies inside `values`, both outputs hold `hd` (checked above).
+            // SAFETY: detected tables only (each pair kernel is in the table
+            // whose features it enables: avx2+fma+f16c, and avx512f/bw/vl for
+            // `wide`'s); every value row read lies inside `values`, both
+            // outputs hold `hd` (checked above).
             unsafe { $pair([o0.as_mut_ptr(), o1.as_mut_ptr()], hd, att, values.as_ptr(), stride) }
         }
     };
 }
-attn_values2_avx2!(attn_values2_avx2, attn_values, attn_values2_simd, f32);
-attn_values2_avx2!(attn_values2_f16_avx2, attn_values_f16, attn_values2_f16_simd, u16);
-attn_values2_avx2!(attn_values2_q8_avx2, attn_values_q8, attn_values2_i8_simd, i8);
+attn_values2_wrapper!(attn_values2_avx2, attn_values, attn_values2_simd, f32);
+attn_values2_wrapper!(attn_values2_f16_avx2, attn_values_f16, attn_values2_f16_simd, u16);
+attn_values2_wrapper!(attn_values2_q8_avx2, attn_values_q8, attn_values2_i8_simd, i8);
+attn_values2_wrapper!(attn_values2_avx512, attn_values_avx512, wide::attn_values2, f32);
+attn_values2_wrapper!(attn_values2_f16_avx512, attn_values_f16_avx512, wide::attn_values2_f16, u16);
+attn_values2_wrapper!(attn_values2_q8_avx512, attn_values_q8_avx512, wide::attn_values2_q8, i8);
 
 /// Eight f16 (bits) at `p` to f32.
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -208,22 +208,12 @@ macro_rules! attn_values_wide {
             }
         }
 
-        /// Two weightings of the same values, each exactly as `$name` does
-        /// it: heads of up to 32 share every load (both weightings' chains,
-        /// 16 registers); wider heads would spill, so they are two calls.
+        /// Two weightings (the same length) of the same values for heads
+        /// of at most 32, each exactly as `$name` does it, sharing every load
+        /// (both weightings' chains fill 16 registers; wider heads would
+        /// spill). The caller checks the shapes (`attn_values2_wrapper!`).
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-        pub unsafe fn $pair(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[$ty], stride: usize) {
-            let [o0, o1] = out;
-            let (n, hd) = (att[0].len(), o0.len());
-            assert!(att[1].len() == n && o1.len() == hd, "attn_values2: the two weightings' shapes differ");
-            if hd > 2 * LANES {
-                $name(o0, att[0], values, stride);
-                return $name(o1, att[1], values, stride);
-            }
-            if let Some(last) = n.checked_sub(1) {
-                assert!(values.len() >= last * stride + hd, "attn_values: values too short");
-            }
-            let (o, v) = ([o0.as_mut_ptr(), o1.as_mut_ptr()], values.as_ptr());
+        pub unsafe fn $pair(o: [*mut f32; 2], hd: usize, att: [&[f32]; 2], v: *const $ty, stride: usize) {
             match hd.div_ceil(LANES) {
                 0 => {}
                 1 => $pass::<1, 4, 2>(o, 0, hd, att, v, stride),
