@@ -105,6 +105,33 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    // the same keys stored by dimension, as a block's attention reads them
+    let ld = edgelm_runtime::kernels::keys_by_dim_ld(n);
+    let mut kt = vec![0f32; hd * ld];
+    for (t, key) in cache.chunks(stride).enumerate() {
+        for (d, &x) in key[..hd].iter().enumerate() {
+            kt[d * ld + t] = x;
+        }
+    }
+    let mut g = group(c, "attn_scores_t/128x32", n);
+    for k in tables() {
+        if let Some(by) = k.scores_by_dim {
+            g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
+                b.iter(|| (by.one)(&mut s, black_box(&q[..hd]), &kt, ld, 0.18))
+            });
+        }
+    }
+    g.finish();
+    let mut s2 = vec![0f32; n];
+    let mut g = group(c, "attn_scores2_t/2x128x32", 2 * n);
+    for k in tables() {
+        if let Some(by) = k.scores_by_dim {
+            g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
+                b.iter(|| (by.two)([&mut s, &mut s2], [black_box(&q[..hd]), &q[hd..]], &kt, ld, 0.18))
+            });
+        }
+    }
+    g.finish();
     let mut g = group(c, "attn_values/128x32", n);
     for k in tables() {
         g.bench_function(BenchmarkId::from_parameter(k.name), |b| {

@@ -9,10 +9,14 @@
 //! (`B = SessionOptions::block_len()`, 0 when blocks are off: about
 //! `B · (4·(3·dim + 2·kv_dim + 2·ffn + head_dim) + 1.125·max(dim, ffn))` bytes)
 //! and, only with `SessionOptions::block_logits` (scoring every token, as
-//! `bpb` does), `4 · B · vocab` bytes of block logits.
+//! `bpb` does), `4 · B · vocab` bytes of block logits. On x86_64 blocks also
+//! add a layer's keys stored by dimension (`4 · kv_dim · max_seq` bytes,
+//! `max_seq` rounded up to 16), which the attention of a block's tokens reads
+//! (`Kernels::attn_scores_t`).
 
 use crate::error::{Error, Result};
 use crate::format::{align_up, ALIGN, Q8_GROUP};
+use crate::kernels::{keys_by_dim_ld, KEYS_BY_DIM};
 use crate::kv::{KvCache, KvType};
 use crate::model::Model;
 use crate::sampler::ProbIndex;
@@ -36,7 +40,7 @@ pub struct Layout {
     pub total: usize,
 }
 
-const N_BUFFERS: usize = 34;
+const N_BUFFERS: usize = 35;
 
 /// Bytes of each buffer, in carving order.
 fn sizes(model: &Model<'_>, opts: &SessionOptions) -> [usize; N_BUFFERS] {
@@ -56,6 +60,8 @@ fn sizes(model: &Model<'_>, opts: &SessionOptions) -> [usize; N_BUFFERS] {
     };
     // a q8 cache's scales: one per head of every cached key (value)
     let kv8_scales = kv8 / hd.max(1);
+    // one layer's keys by dimension for the block's attention (x86_64 tables)
+    let keys_t = if KEYS_BY_DIM && b > 0 { kv_dim * keys_by_dim_ld(max_seq) } else { 0 };
     [
         4 * dim,                                   // x      [dim] residual stream
         4 * dim,                                   // xb     [dim]
@@ -88,6 +94,7 @@ fn sizes(model: &Model<'_>, opts: &SessionOptions) -> [usize; N_BUFFERS] {
         b * qmax,                  // bxq   [B, max(dim, ffn)] i8
         4 * b * (qmax / Q8_GROUP), // bxs  [B, max(dim, ffn)/32]
         4 * bl * vocab,            // blogits [B, vocab] (only with block_logits)
+        4 * keys_t,                // bkeys_t [kv_dim, ld] one layer's keys by dimension (blocks, x86_64)
         kv8,                       // key cache   [blocks, max_seq, kv_dim] i8
         kv8,                       // value cache [blocks, max_seq, kv_dim] i8
         4 * kv8_scales,            // key scales   [blocks, max_seq, kv_heads] f32
@@ -161,6 +168,10 @@ pub struct BlockState<'s> {
     pub xs: &'s mut [f32],
     /// `[len, vocab]` logits of every token of a block (empty unless `block_logits`).
     pub logits: &'s mut [f32],
+    /// `[kv_dim, keys_by_dim_ld(max_seq)]`: a layer's cached keys stored by
+    /// dimension, KV head `g` in rows `g·head_dim..` (empty without blocks
+    /// or off x86_64; `forward::keys_by_dim`).
+    pub keys_t: &'s mut [f32],
 }
 
 /// Plain-old-data element types the arena may hold.
@@ -231,9 +242,10 @@ impl<'s> RunState<'s> {
             xq: take(r, a, o[27], s[27]),
             xs: take(r, a, o[28], s[28]),
             logits: take(r, a, o[29], s[29]),
+            keys_t: take(r, a, o[30], s[30]),
         };
-        let (k8, v8) = (take(r, a, o[30], s[30]), take(r, a, o[31], s[31]));
-        let (ks8, vs8) = (take(r, a, o[32], s[32]), take(r, a, o[33], s[33]));
+        let (k8, v8) = (take(r, a, o[31], s[31]), take(r, a, o[32], s[32]));
+        let (ks8, vs8) = (take(r, a, o[33], s[33]), take(r, a, o[34], s[34]));
         let cache = match layout.kv {
             KvType::F32 => KvCache::F32 { keys: k32, values: v32 },
             KvType::F16 => KvCache::F16 { keys: k16, values: v16 },

@@ -22,8 +22,8 @@ use crate::arena::RunState;
 use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::kernels::{
-    attention_heads, matmul_tiles_many, matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par, par_rows_many,
-    par_token_rows, Kernels, Parallel, RowSplit, TileMatrix,
+    attention_heads, keys_by_dim_ld, matmul_tiles_many, matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par,
+    par_rows_many, par_token_rows, Kernels, Parallel, RowSplit, ScoresByDim, TileMatrix,
 };
 use crate::kv::KvCache;
 use crate::model::{Block, Domain, Matrix, Model, Weights};
@@ -215,7 +215,8 @@ fn block(e: Exec<'_>, cfg: &Config, b: &Block<'_>, s: &mut RunState<'_>, layer: 
         let m = heads_at(h, heads, group);
         let (q, out) = (s.q.get(h * hd..(h + m) * hd).ok_or(SHORT)?, s.xb.get_mut(h * hd..(h + m) * hd).ok_or(SHORT)?);
         let att = s.att.get_mut(h * max_seq..(h + m) * max_seq).ok_or(SHORT)?;
-        attend_heads(k, &s.cache, att, max_seq, pos + 1, q, out, hd, layer_base + (h / group) * hd, kv_dim, scale)?;
+        let base = layer_base + (h / group) * hd;
+        attend_heads(k, &s.cache, None, att, max_seq, pos + 1, q, out, hd, base, kv_dim, scale)?;
         h += m;
     }
     {
@@ -398,15 +399,91 @@ impl BlockInput<'_> {
     }
 }
 
+/// One KV head's cached keys stored by dimension for a block's attention
+/// (`kt`: `hd` rows of `ld`, [`LayerKeys`]) and the table's kernels that
+/// score from them.
+#[derive(Clone, Copy)]
+struct KeysByDim<'k> {
+    kt: &'k [f32],
+    ld: usize,
+    by: ScoresByDim,
+}
+
+/// A layer's cached keys (positions below `seen`) stored by dimension, KV
+/// head `g` in rows `g·hd..(g + 1)·hd` of `ld` (the arena's `keys_t`), when
+/// the table scores from them (`Kernels::scores_by_dim`): transposed once
+/// per block and layer, then read by every query of the block, so the
+/// scores need no horizontal sums.
+#[derive(Clone, Copy)]
+struct LayerKeys<'k> {
+    all: &'k [f32],
+    ld: usize,
+    hd: usize,
+    by: ScoresByDim,
+}
+
+impl<'k> LayerKeys<'k> {
+    /// Stores the layer's keys below `seen` in `buf`; `None` (nothing
+    /// stored) when the table has no kernel for them or the arena no buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        k: &Kernels,
+        cache: &KvCache<'_>,
+        buf: &'k mut [f32],
+        max_seq: usize,
+        layer_base: usize,
+        seen: usize,
+        kv_dim: usize,
+        hd: usize,
+    ) -> Result<Option<Self>> {
+        let (Some(by), false) = (k.scores_by_dim, buf.is_empty() || hd == 0) else {
+            return Ok(None);
+        };
+        let ld = keys_by_dim_ld(max_seq);
+        let rows = buf.get_mut(..kv_dim * ld).ok_or(SHORT)?;
+        for (g, head) in rows.chunks_mut(hd * ld).enumerate() {
+            cache.keys_by_dim(by, head, ld, layer_base + g * hd, seen, kv_dim, hd)?;
+        }
+        Ok(Some(LayerKeys { all: rows, ld, hd, by }))
+    }
+
+    /// KV head `g`'s keys.
+    fn head(&self, g: usize) -> Result<KeysByDim<'k>> {
+        let kt = self.all.get(g * self.hd * self.ld..(g + 1) * self.hd * self.ld).ok_or(SHORT)?;
+        Ok(KeysByDim { kt, ld: self.ld, by: self.by })
+    }
+}
+
+/// `att` = q · key · scale over the cache, from the keys stored by dimension
+/// when there are ([`KeysByDim`], the same bits), else from the cache.
+#[allow(clippy::too_many_arguments)]
+fn scores(
+    k: &Kernels,
+    cache: &KvCache<'_>,
+    keys: Option<KeysByDim<'_>>,
+    att: &mut [f32],
+    q: &[f32],
+    base: usize,
+    kv_dim: usize,
+    scale: f32,
+) -> Result<()> {
+    match keys {
+        Some(kb) => cache.scores_by_dim(kb.by, att, q, kb.kt, kb.ld, base, kv_dim, scale),
+        None => cache.scores(k, att, q, base, kv_dim, scale),
+    }
+}
+
 /// One (token, head) of attention over the cache: `att` (the positions the
 /// token sees) = softmax(q · key · scale), then `out` = Σ att · value, keys and
-/// values from `base` at stride `kv_dim`. Every path calls this (through
+/// values from `base` at stride `kv_dim` (the keys from `keys` when a block
+/// stored them by dimension: the same bits). Every path calls this (through
 /// [`attend_heads`], whose pairs have the same bits), so a (token, head)
 /// gives the same bits however the work is split.
 #[allow(clippy::too_many_arguments)]
 fn attend_head(
     k: &Kernels,
     cache: &KvCache<'_>,
+    keys: Option<KeysByDim<'_>>,
     att: &mut [f32],
     q: &[f32],
     out: &mut [f32],
@@ -414,7 +491,7 @@ fn attend_head(
     kv_dim: usize,
     scale: f32,
 ) -> Result<()> {
-    cache.scores(k, att, q, base, kv_dim, scale)?;
+    scores(k, cache, keys, att, q, base, kv_dim, scale)?;
     (k.softmax)(att);
     cache.mix(k, out, att, base, kv_dim)
 }
@@ -428,6 +505,7 @@ fn attend_head(
 fn attend_heads(
     k: &Kernels,
     cache: &KvCache<'_>,
+    keys: Option<KeysByDim<'_>>,
     att: &mut [f32],
     att_stride: usize,
     seen: usize,
@@ -440,16 +518,21 @@ fn attend_heads(
 ) -> Result<()> {
     if q.len() != 2 * hd {
         let att = att.get_mut(..seen).ok_or(SHORT)?;
-        return attend_head(k, cache, att, q, out.get_mut(..hd).ok_or(SHORT)?, base, kv_dim, scale);
+        return attend_head(k, cache, keys, att, q, out.get_mut(..hd).ok_or(SHORT)?, base, kv_dim, scale);
     }
     let (a0, a1) = att.split_at_mut_checked(att_stride).ok_or(SHORT)?;
     let (a0, a1) = (a0.get_mut(..seen).ok_or(SHORT)?, a1.get_mut(..seen).ok_or(SHORT)?);
     let (q0, q1) = q.split_at(hd);
     let (o0, o1) = out.get_mut(..2 * hd).ok_or(SHORT)?.split_at_mut(hd);
-    for (a, q) in [(&mut *a0, q0), (&mut *a1, q1)] {
-        cache.scores(k, a, q, base, kv_dim, scale)?;
-        (k.softmax)(a);
+    match keys {
+        Some(kb) => cache.scores2_by_dim(kb.by, [&mut *a0, &mut *a1], [q0, q1], kb.kt, kb.ld, base, kv_dim, scale)?,
+        None => {
+            cache.scores(k, a0, q0, base, kv_dim, scale)?;
+            cache.scores(k, a1, q1, base, kv_dim, scale)?;
+        }
     }
+    (k.softmax)(a0);
+    (k.softmax)(a1);
     cache.mix2(k, [o0, o1], [a0, a1], base, kv_dim)
 }
 
@@ -585,12 +668,13 @@ fn block_tokens(
     for (t, (key, value)) in rows(bs.k, n, kv_dim)?.zip(rows(bs.v, n, kv_dim)?).enumerate() {
         s.cache.store((layer * max_seq + pos + t) * kv_dim, key, value)?;
     }
+    let layer_base = layer * max_seq * kv_dim;
+    let keys = LayerKeys::store(k, &s.cache, bs.keys_t, max_seq, layer_base, pos + n, kv_dim, hd)?;
 
     // attention, the output projection and the feed-forward of each thread's tokens;
     // a thread's attention rows: two (a KV group's two heads together) where the
     // buffer (`[heads, max_seq]`) holds two per thread
     let scale = 1.0 / libm::sqrtf(hd as f32);
-    let layer_base = layer * max_seq * kv_dim;
     let cache = &s.cache;
     let att_rows = if 2 * par.threads() <= heads { 2 } else { 1 };
     let f32s = [
@@ -613,12 +697,13 @@ fn block_tokens(
         while h < heads {
             let g = heads_at(h, heads, group).min(att_rows);
             let base = layer_base + (h / group) * hd;
+            let kb = keys.map(|l| l.head(h / group)).transpose()?;
             for (t, (q, o)) in rows(q, m, dim)?.zip(rows_mut(xb, m, dim)?).enumerate() {
                 // causal: token t0 + t sees the cache up to its own position
                 let seen = pos + t0 + t + 1;
                 let q = q.get(h * hd..(h + g) * hd).ok_or(SHORT)?;
                 let o = o.get_mut(h * hd..(h + g) * hd).ok_or(SHORT)?;
-                attend_heads(k, cache, att, max_seq, seen, q, o, hd, base, kv_dim, scale)?;
+                attend_heads(k, cache, kb, att, max_seq, seen, q, o, hd, base, kv_dim, scale)?;
             }
             h += g;
         }
@@ -654,6 +739,7 @@ fn block_rows(
 
     let scale = 1.0 / libm::sqrtf(hd as f32);
     let layer_base = layer * max_seq * kv_dim;
+    let keys = LayerKeys::store(k, &s.cache, bs.keys_t, max_seq, layer_base, pos + n, kv_dim, hd)?;
     let (q_all, cache) = (bs.q.get(..n * dim).ok_or(SHORT)?, &s.cache);
     // heads split across threads; each (token, head) as the one-token path does it
     let work = n * (pos + n) * heads * hd;
@@ -669,6 +755,7 @@ fn block_rows(
             let m = heads_at(h, h1, group);
             let i = h - h0;
             let att = att.get_mut(i * max_seq..(i + m) * max_seq).ok_or(SHORT)?;
+            let kb = keys.map(|l| l.head(h / group)).transpose()?;
             for (t, q) in rows(q_all, n, dim)?.enumerate() {
                 // causal: token t sees the cache up to its own position
                 let q = q.get(h * hd..(h + m) * hd).ok_or(SHORT)?;
@@ -676,6 +763,7 @@ fn block_rows(
                 attend_heads(
                     k,
                     cache,
+                    kb,
                     att,
                     max_seq,
                     pos + t + 1,

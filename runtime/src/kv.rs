@@ -14,7 +14,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::reference::quantize_symmetric;
-use crate::kernels::Kernels;
+use crate::kernels::{f16_to_f32, Kernels, ScoresByDim, KEYS_BY_DIM_PAD};
 
 /// An offset past the cache: positions and layers are bounded by the session
 /// that carved it (`max_seq`, the model's blocks), so only a mismatched
@@ -147,6 +147,115 @@ impl KvCache<'_> {
         Ok(())
     }
 
+    /// Copies the `n` keys at `base + t·stride` (one KV head's `hd`
+    /// elements each) into `kt` by dimension: `kt[d·ld + t]` = element `d`
+    /// of key `t`, widened exactly to f32 from f16 or i8 (a q8 cache's scales
+    /// stay here, applied by [`KvCache::scores_by_dim`]); f32 keys through
+    /// the table's kernel (`by.store_f32`, which may zero each row up to `n`
+    /// rounded up to `KEYS_BY_DIM_PAD`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn keys_by_dim(
+        &self,
+        by: ScoresByDim,
+        kt: &mut [f32],
+        ld: usize,
+        base: usize,
+        n: usize,
+        stride: usize,
+        hd: usize,
+    ) -> Result<()> {
+        if n == 0 || hd == 0 {
+            return Ok(());
+        }
+        check_by_dim(n, hd, kt.len(), ld)?;
+        let span = span(base, n, stride, hd)?;
+        match self {
+            KvCache::F32 { keys, .. } => (by.store_f32)(kt, ld, keys.get(span).ok_or(PAST_END)?, n, stride, hd),
+            KvCache::F16 { keys, .. } => by_dim(kt, ld, keys.get(span).ok_or(PAST_END)?, n, stride, hd, f16_to_f32),
+            KvCache::Q8 { keys, .. } => by_dim(kt, ld, keys.get(span).ok_or(PAST_END)?, n, stride, hd, f32::from),
+        }
+        Ok(())
+    }
+
+    /// [`KvCache::scores`] from the keys [`KvCache::keys_by_dim`] left in
+    /// `kt` (`ld` apart), through the table's kernel (`by.one`): the same
+    /// bits. `base` and `stride` locate those keys in the cache (a q8
+    /// cache's scales).
+    #[allow(clippy::too_many_arguments)]
+    pub fn scores_by_dim(
+        &self,
+        by: ScoresByDim,
+        att: &mut [f32],
+        q: &[f32],
+        kt: &[f32],
+        ld: usize,
+        base: usize,
+        stride: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let scales = self.key_scales_by_dim(att.len(), q.len(), kt, ld, base, stride)?;
+        (by.one)(att, q, kt, ld, scale);
+        if let Some(scales) = scales {
+            for (a, &s) in att.iter_mut().zip(scales) {
+                *a *= s;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`KvCache::scores_by_dim`] for the two heads of a KV group (`att`
+    /// and `q` of the same lengths) through `by.two`, which loads each key
+    /// once for both: the same bits as two calls.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scores2_by_dim(
+        &self,
+        by: ScoresByDim,
+        att: [&mut [f32]; 2],
+        q: [&[f32]; 2],
+        kt: &[f32],
+        ld: usize,
+        base: usize,
+        stride: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let [a0, a1] = att;
+        if a1.len() != a0.len() || q[1].len() != q[0].len() {
+            return Err(Error::BadSetting("KV scores: the two heads' shapes differ"));
+        }
+        let scales = self.key_scales_by_dim(a0.len(), q[0].len(), kt, ld, base, stride)?;
+        (by.two)([&mut *a0, &mut *a1], q, kt, ld, scale);
+        if let Some(scales) = scales {
+            for a in [a0, a1] {
+                for (a, &s) in a.iter_mut().zip(scales.clone()) {
+                    *a *= s;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks keys by dimension for `n` scores of a head of `hd`; a q8
+    /// cache's scales of those keys, `None` for the others.
+    fn key_scales_by_dim(
+        &self,
+        n: usize,
+        hd: usize,
+        kt: &[f32],
+        ld: usize,
+        base: usize,
+        stride: usize,
+    ) -> Result<Option<impl Iterator<Item = &f32> + Clone>> {
+        if n > 0 {
+            check_by_dim(n, hd, kt.len(), ld)?;
+        }
+        match self {
+            KvCache::Q8 { key_scales, head_dim, .. } => {
+                Ok(Some(head_scales(key_scales, base, n, stride, *head_dim, hd)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// `out = Σ_t att[t] · value[base + t·stride]`; values past the cache
     /// are an error. A q8 cache scales `att` in place by each value's scale
     /// first (the caller's attention weights are spent by then).
@@ -205,6 +314,38 @@ impl KvCache<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Keys by dimension (`hd` rows of `ld`) for `n` keys: the kernels read and
+/// write whole registers, so `ld` and the last row reach `n` rounded up to
+/// `KEYS_BY_DIM_PAD`.
+fn check_by_dim(n: usize, hd: usize, kt: usize, ld: usize) -> Result<()> {
+    let padded = n.next_multiple_of(KEYS_BY_DIM_PAD);
+    if ld < padded || kt < hd.saturating_sub(1) * ld + padded {
+        return Err(Error::BadSetting("keys by dimension: buffer shorter than the keys"));
+    }
+    Ok(())
+}
+
+/// `kt[d·ld + t] = widen(keys[t·stride + d])` for `t < n`, `d < hd`
+/// (lengths checked by the caller).
+fn by_dim<T: Copy>(
+    kt: &mut [f32],
+    ld: usize,
+    keys: &[T],
+    n: usize,
+    stride: usize,
+    hd: usize,
+    widen: impl Fn(T) -> f32,
+) {
+    // key by key: contiguous reads, and the `hd` rows' lines written stay in L1
+    for (t, key) in keys.chunks(stride).take(n).enumerate() {
+        for (d, &x) in key.iter().take(hd).enumerate() {
+            if let Some(o) = kt.get_mut(d * ld + t) {
+                *o = widen(x);
+            }
+        }
     }
 }
 

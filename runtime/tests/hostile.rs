@@ -425,6 +425,63 @@ fn kv_cache_offsets_past_the_cache_are_errors() {
     }
 }
 
+/// Scores from keys stored by dimension (the block path on tables with
+/// `scores_by_dim`) have the bits of `KvCache::scores` on every cache type,
+/// one head or a KV group's two; short buffers and offsets past the cache
+/// are errors.
+#[test]
+fn kv_scores_by_dimension_are_the_caches_scores() {
+    let (hd, heads, positions) = (32, 2, 75);
+    let kv_dim = hd * heads;
+    let len = positions * kv_dim;
+    let (mut k32, mut v32) = (vec![0f32; len], vec![0f32; len]);
+    let (mut k16, mut v16) = (vec![0u16; len], vec![0u16; len]);
+    let (mut k8, mut v8) = (vec![0i8; len], vec![0i8; len]);
+    let (mut ks, mut vs) = (vec![0f32; positions * heads], vec![0f32; positions * heads]);
+    let caches = [
+        KvCache::F32 { keys: &mut k32, values: &mut v32 },
+        KvCache::F16 { keys: &mut k16, values: &mut v16 },
+        KvCache::Q8 { keys: &mut k8, values: &mut v8, key_scales: &mut ks, value_scales: &mut vs, head_dim: hd },
+    ];
+    let x = |i: usize| (((i as u32).wrapping_mul(2654435761) >> 7) % 2001) as f32 / 400.0 - 2.5;
+    let (q0, q1): (Vec<f32>, Vec<f32>) = ((0..hd).map(|i| x(i + 7)).collect(), (0..hd).map(|i| x(i + 999)).collect());
+    let ld = kernels::keys_by_dim_ld(positions);
+    for mut cache in caches {
+        for p in 0..positions {
+            let key: Vec<f32> = (0..kv_dim).map(|i| x(p * kv_dim + i)).collect();
+            cache.store(p * kv_dim, &key, &key).unwrap();
+        }
+        for k in kernels::available() {
+            let Some(by) = k.scores_by_dim else { continue };
+            for (g, n) in [(0, 1), (1, 15), (0, 16), (1, 17), (0, 40), (1, positions)] {
+                let base = g * hd;
+                // garbage where the keys are not, which the kernels must ignore
+                let mut kt = vec![f32::NAN; (hd - 1) * ld + n.next_multiple_of(kernels::KEYS_BY_DIM_PAD)];
+                cache.keys_by_dim(by, &mut kt, ld, base, n, kv_dim, hd).unwrap();
+                let (mut want0, mut want1) = (vec![0f32; n], vec![0f32; n]);
+                cache.scores(k, &mut want0, &q0, base, kv_dim, 0.17).unwrap();
+                cache.scores(k, &mut want1, &q1, base, kv_dim, 0.17).unwrap();
+                let (mut a0, mut a1) = (vec![0f32; n], vec![0f32; n]);
+                cache.scores_by_dim(by, &mut a0, &q0, &kt, ld, base, kv_dim, 0.17).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a0), bits(&want0), "{} one head, {n} keys", k.name);
+                cache.scores2_by_dim(by, [&mut a0, &mut a1], [&q0, &q1], &kt, ld, base, kv_dim, 0.17).unwrap();
+                assert_eq!((bits(&a0), bits(&a1)), (bits(&want0), bits(&want1)), "{} two heads, {n} keys", k.name);
+                // buffers too short for the registers read, shapes that differ, keys past the cache
+                let short = &kt[..kt.len() - 1];
+                assert!(cache.scores_by_dim(by, &mut a0, &q0, short, ld, base, kv_dim, 0.17).is_err());
+                assert!(cache.keys_by_dim(by, &mut kt[..(hd - 1) * ld], ld, base, n, kv_dim, hd).is_err());
+                assert!(cache.keys_by_dim(by, &mut kt, n.saturating_sub(1), base, n, kv_dim, hd).is_err());
+                let mut a2 = vec![0f32; n + 1];
+                assert!(cache.scores2_by_dim(by, [&mut a0, &mut a2], [&q0, &q1], &kt, ld, base, kv_dim, 0.17).is_err());
+                assert!(cache
+                    .keys_by_dim(by, &mut kt, ld, base + (positions - n + 1) * kv_dim, n, kv_dim, hd)
+                    .is_err());
+            }
+        }
+    }
+}
+
 /// A q8 cache holds whole heads: a key of part of a head, a stride or an
 /// offset off the head boundaries, or a zero stride is an error, not a
 /// wrong scale; a stored head reads back as its integers times its scale.

@@ -707,6 +707,67 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(cases())]
+
+    /// Scores from keys stored by dimension (`Kernels::scores_by_dim`) are
+    /// the table's `attn_scores` bit for bit, for any head size (the
+    /// unrolled sixteens, a last eight, a scalar tail, heads over 79), any
+    /// number of keys (whole registers and a masked tail) and any padding
+    /// (entries past the keys are NaN here and must not matter); the f16 and
+    /// q8 caches' kernels on the same keys widened too; two heads are two
+    /// single calls; the stored keys are the keys.
+    #[test]
+    fn scores_by_dimension_are_attn_scores(len in 1usize..100, hd in 1usize..100, extra in 0usize..20, pad in 0usize..40, seed in any::<u32>()) {
+        let stride = hd + extra;
+        let v = |i: usize, s: u32| (((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0;
+        let (q0, q1): (Vec<f32>, Vec<f32>) = ((0..hd).map(|i| v(i, seed)).collect(), (0..hd).map(|i| v(i, !seed)).collect());
+        let keys: Vec<f32> = (0..(len - 1) * stride + hd).map(|i| v(i, seed ^ 7)).collect();
+        let f16s: Vec<u16> = keys.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
+        let i8s: Vec<i8> = keys.iter().map(|&x| (x * 127.0) as i8).collect();
+        let ld = len.next_multiple_of(kernels::KEYS_BY_DIM_PAD) + pad;
+        let kt_len = (hd - 1) * ld + len.next_multiple_of(kernels::KEYS_BY_DIM_PAD);
+        let by_dim = |widened: &[f32]| {
+            let mut kt = vec![f32::NAN; kt_len];
+            for t in 0..len {
+                for d in 0..hd {
+                    kt[d * ld + t] = widened[t * stride + d];
+                }
+            }
+            kt
+        };
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for k in simd_tables() {
+            let Some(by) = k.scores_by_dim else { continue };
+            // the stored keys
+            let mut kt = vec![f32::NAN; kt_len];
+            (by.store_f32)(&mut kt, ld, &keys, len, stride, hd);
+            for t in 0..len {
+                for d in 0..hd {
+                    prop_assert_eq!(kt[d * ld + t].to_bits(), keys[t * stride + d].to_bits(), "{} key {} dim {}", k.name, t, d);
+                }
+            }
+            let widened_f16: Vec<f32> = f16s.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
+            let widened_i8: Vec<f32> = i8s.iter().map(|&b| f32::from(b)).collect();
+            let (mut want0, mut want1, mut want16, mut want8) = (vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len]);
+            (k.attn_scores)(&mut want0, &q0, &keys, stride, 0.125);
+            (k.attn_scores)(&mut want1, &q1, &keys, stride, 0.125);
+            (k.attn_scores_f16)(&mut want16, &q0, &f16s, stride, 0.125);
+            (k.attn_scores_q8)(&mut want8, &q0, &i8s, stride, 0.125);
+            let (mut a0, mut a1) = (vec![0f32; len], vec![0f32; len]);
+            (by.one)(&mut a0, &q0, &kt, ld, 0.125);
+            prop_assert_eq!(bits(&a0), bits(&want0), "{} one head", k.name);
+            (by.two)([&mut a0, &mut a1], [&q0, &q1], &kt, ld, 0.125);
+            prop_assert_eq!(bits(&a0), bits(&want0), "{} two heads, the first", k.name);
+            prop_assert_eq!(bits(&a1), bits(&want1), "{} two heads, the second", k.name);
+            (by.one)(&mut a0, &q0, &by_dim(&widened_f16), ld, 0.125);
+            prop_assert_eq!(bits(&a0), bits(&want16), "{} f16 keys", k.name);
+            (by.one)(&mut a0, &q0, &by_dim(&widened_i8), ld, 0.125);
+            prop_assert_eq!(bits(&a0), bits(&want8), "{} q8 keys", k.name);
+        }
+    }
+}
+
 /// A reduced-cache pair of attention kernels (`scores`, `values` over
 /// elements `T`) against the reference: the reference pair equals the f32
 /// reference kernels on the widened elements exactly (the same math), and

@@ -211,6 +211,30 @@ pub type AttnScoresF16 = fn(att: &mut [f32], q: &[f32], keys: &[u16], stride: us
 pub type AttnValuesF16 = fn(out: &mut [f32], att: &[f32], values: &[u16], stride: usize);
 pub type AttnScoresQ8 = fn(att: &mut [f32], q: &[f32], keys: &[i8], stride: usize, scale: f32);
 pub type AttnValuesQ8 = fn(out: &mut [f32], att: &[f32], values: &[i8], stride: usize);
+pub type AttnScoresT = fn(att: &mut [f32], q: &[f32], kt: &[f32], ld: usize, scale: f32);
+pub type AttnScores2T = fn(att: [&mut [f32]; 2], q: [&[f32]; 2], kt: &[f32], ld: usize, scale: f32);
+pub type KeysByDimF32 = fn(kt: &mut [f32], ld: usize, keys: &[f32], n: usize, stride: usize, hd: usize);
+
+/// A table's attention scores from keys stored by dimension (a block's keys
+/// transposed once per layer, `KvCache::keys_by_dim`, then read by every
+/// query of the block: no horizontal sum per key).
+#[derive(Clone, Copy)]
+pub struct ScoresByDim {
+    /// `att[t] = (Σ_d q[d]·kt[d·ld + t])·scale` for `t < att.len()`, with
+    /// the bits of the table's `attn_scores` (each key's operations in its
+    /// order). `kt` holds `q.len()` rows of `ld` floats; `ld` and the last
+    /// row reach `att.len()` rounded up to [`KEYS_BY_DIM_PAD`] (whole
+    /// registers are read; entries past `att.len()` are ignored).
+    pub one: AttnScoresT,
+    /// Two queries (the heads of a KV group) against the same keys, each
+    /// load of a key shared: exactly `one` for each, bit for bit.
+    pub two: AttnScores2T,
+    /// Stores `n` f32 keys (`hd` elements at `keys[t·stride..]`) by
+    /// dimension: `kt[d·ld + t] = keys[t·stride + d]`, and may write zeros
+    /// in each row up to `n` rounded up to [`KEYS_BY_DIM_PAD`] (`kt` sized
+    /// as for `one`).
+    pub store_f32: KeysByDimF32,
+}
 pub type AttnValues2 = fn(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[f32], stride: usize);
 pub type AttnValues2F16 = fn(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[u16], stride: usize);
 pub type AttnValues2Q8 = fn(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[i8], stride: usize);
@@ -288,6 +312,10 @@ pub struct Kernels {
     /// As `attn_scores` with a q8 KV cache: keys as `i8`, widened exactly;
     /// the caller applies each key's scale ([`crate::kv`]).
     pub attn_scores_q8: AttnScoresQ8,
+    /// Attention scores from keys stored by dimension, for a block's
+    /// queries. `None` where the table has none (reference, Arm): the caller
+    /// scores from the cache (`attn_scores`).
+    pub scores_by_dim: Option<ScoresByDim>,
     /// As `attn_values` with a q8 KV cache (values as `i8`; the caller has
     /// folded each value's scale into `att`).
     pub attn_values_q8: AttnValuesQ8,
@@ -339,6 +367,7 @@ pub static REFERENCE: Kernels = Kernels {
     attn_scores_f16: reference::attn_scores_f16,
     attn_values_f16: reference::attn_values_f16,
     attn_scores_q8: reference::attn_scores_q8,
+    scores_by_dim: None,
     attn_values_q8: reference::attn_values_q8,
     attn_values2: reference::attn_values2,
     attn_values2_f16: reference::attn_values2_f16,
@@ -465,6 +494,22 @@ pub trait Parallel: Sync {
     fn threads(&self) -> usize;
     /// Calls `f(i)` for every `i < threads()`, concurrently; returns after all.
     fn run(&self, f: &(dyn Fn(usize) + Sync));
+}
+
+/// What `ld` and the last row of keys stored by dimension are padded to
+/// ([`ScoresByDim`]): the keys of a register.
+pub const KEYS_BY_DIM_PAD: usize = 16;
+
+/// Whether this build has tables that score from keys stored by dimension
+/// (x86_64's): only then does a session's arena hold them (`arena.rs`).
+pub const KEYS_BY_DIM: bool = cfg!(target_arch = "x86_64");
+
+/// The row length of keys stored by dimension for a context of `max_seq`:
+/// padded, plus one register more, so that rows are not a power of two apart
+/// (the 32 rows of a head 1 KiB apart at 256 positions fall into the same L1
+/// sets; one line more spreads them).
+pub fn keys_by_dim_ld(max_seq: usize) -> usize {
+    max_seq.next_multiple_of(KEYS_BY_DIM_PAD) + KEYS_BY_DIM_PAD
 }
 
 /// Matrices with fewer weight bytes than this run on one thread even with a

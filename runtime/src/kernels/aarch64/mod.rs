@@ -69,6 +69,7 @@ static NEON: Kernels = Kernels {
     attn_scores_f16,
     attn_values_f16,
     attn_scores_q8,
+    scores_by_dim: None,
     attn_values_q8,
     attn_values2,
     attn_values2_f16,

@@ -352,7 +352,7 @@ unsafe fn broadcast(p: *const u8) -> __m512i {
 /// Transposes sixteen rows of sixteen tokens into sixteen tokens of sixteen rows.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+pub(super) unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     // pairs of rows, 32-bit interleave: per 128-bit lane [a0 b0 a1 b1], [a2 b2 a3 b3]
     let t: [__m512; 16] = core::array::from_fn(|i| {
         let (a, b) = (r[i & !1], r[i | 1]);

@@ -38,8 +38,9 @@
 
 use core::arch::x86_64::*;
 
-use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, reference, Kernels, MatmulOrder, TileOut};
+use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, reference, Kernels, MatmulOrder, ScoresByDim, TileOut};
 
+mod by_dim;
 mod lanes;
 mod q4;
 mod q8_avx512;
@@ -116,6 +117,7 @@ static AVX2: Kernels = Kernels {
     attn_scores_f16: attn_scores4_f16,
     attn_values_f16,
     attn_scores_q8: attn_scores4_q8,
+    scores_by_dim: None,
     attn_values_q8,
     attn_values2: attn_values2_avx2,
     attn_values2_f16: attn_values2_f16_avx2,
@@ -144,6 +146,11 @@ static AVX512VNNI: Kernels = Kernels {
     swiglu: swiglu_avx512,
     sum_exp: sum_exp_avx512,
     max: max_avx512,
+    scores_by_dim: Some(ScoresByDim {
+        one: by_dim::attn_scores_t,
+        two: by_dim::attn_scores2_t,
+        store_f32: by_dim::keys_by_dim_f32,
+    }),
     attn_values: attn_values_avx512,
     attn_values_f16: attn_values_f16_avx512,
     attn_values_q8: attn_values_q8_avx512,
