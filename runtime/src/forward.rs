@@ -389,9 +389,15 @@ impl BlockInput<'_> {
         let (cols, g, n) = (self.cols, self.cols / crate::format::Q8_GROUP, self.n);
         let (xq, xs) = (xq.get_mut(..n * cols).ok_or(SHORT)?, xs.get_mut(..n * g).ok_or(SHORT)?);
         if !self.quantized {
-            let (x_rows, q_rows) = (self.x.chunks_exact(cols.max(1)), xq.chunks_exact_mut(cols.max(1)));
-            for ((x, q), s) in x_rows.zip(q_rows).zip(xs.chunks_exact_mut(g.max(1))) {
-                (k.quantize_q8)(x, q, s);
+            if cols.is_multiple_of(crate::format::Q8_GROUP) {
+                // the rows are contiguous and no group crosses a row: the
+                // whole block in one call (the groups' bits are the same)
+                (k.quantize_q8)(self.x, xq, xs);
+            } else {
+                let (x_rows, q_rows) = (self.x.chunks_exact(cols.max(1)), xq.chunks_exact_mut(cols.max(1)));
+                for ((x, q), s) in x_rows.zip(q_rows).zip(xs.chunks_exact_mut(g.max(1))) {
+                    (k.quantize_q8)(x, q, s);
+                }
             }
             self.quantized = true;
         }
