@@ -38,6 +38,31 @@ fn group<'c>(
     g
 }
 
+/// The batched q8 products of a 64-token block at the shipped base's shapes
+/// (the head's 4 096 rows, the FFN's 352 × 128 and 128 × 352, q's 128 ×
+/// 128, k/v's 64 × 128), throughput in multiply-adds.
+fn bench_matmul(c: &mut Criterion) {
+    let n = 64;
+    for (rows, cols) in [(4096, 128), (352, 128), (128, 352), (128, 128), (64, 128)] {
+        let wq: Vec<i8> = values(rows * cols, 11, 254.0).iter().map(|&v| v as i8).collect();
+        let ws: Vec<u16> =
+            (0..rows * cols / 32).map(|i| half::f16::from_f32(0.01 + (i % 7) as f32 * 1e-3).to_bits()).collect();
+        let xq: Vec<i8> = values(n * cols, 12, 254.0).iter().map(|&v| v as i8).collect();
+        let xs: Vec<f32> = values(n * cols / 32, 13, 0.02).iter().map(|v| v.abs() + 0.001).collect();
+        let mut out = vec![0f32; n * rows];
+        let mut g = group(c, &format!("matmul_q8/{rows}x{cols}x{n}"), rows * cols * n);
+        for k in tables() {
+            g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
+                b.iter(|| {
+                    let mut tile = kernels::TileOut::new(&mut out, rows, rows, n);
+                    (k.matmul_q8)(&mut tile, black_box(&wq), &ws, &xq, &xs)
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let logits = values(4096, 1, 20.0);
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -151,5 +176,5 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, bench_matmul);
 criterion_main!(benches);
