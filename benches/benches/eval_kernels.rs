@@ -123,10 +123,15 @@ fn bench(c: &mut Criterion) {
     let weights: Vec<f32> = values(n, 8, 1.0).iter().map(|v| v.abs() / n as f32).collect();
     let mut out = vec![0f32; 2 * hd];
     let mut s = vec![0f32; n];
-    let mut g = group(c, "attn_scores/128x32", n);
+    // a KV group's two heads: their scores as two `attn_scores` calls, then
+    // from the keys stored by dimension (`Kernels::scores_by_dim`)
+    let mut g = group(c, "attn_scores/2x128x32", 2 * n);
     for k in tables() {
         g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
-            b.iter(|| (k.attn_scores)(&mut s, black_box(&q[..hd]), &cache, stride, 0.18))
+            b.iter(|| {
+                (k.attn_scores)(&mut s, black_box(&q[..hd]), &cache, stride, 0.18);
+                (k.attn_scores)(&mut s, black_box(&q[hd..]), &cache, stride, 0.18)
+            })
         });
     }
     g.finish();
@@ -138,17 +143,8 @@ fn bench(c: &mut Criterion) {
             kt[d * ld + t] = x;
         }
     }
-    let mut g = group(c, "attn_scores_t/128x32", n);
-    for k in tables() {
-        if let Some(by) = k.scores_by_dim {
-            g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
-                b.iter(|| (by.one)(&mut s, black_box(&q[..hd]), &kt, ld, 0.18))
-            });
-        }
-    }
-    g.finish();
     let mut s2 = vec![0f32; n];
-    let mut g = group(c, "attn_scores2_t/2x128x32", 2 * n);
+    let mut g = group(c, "attn_scores_by_dim/2x128x32", 2 * n);
     for k in tables() {
         if let Some(by) = k.scores_by_dim {
             g.bench_function(BenchmarkId::from_parameter(k.name), |b| {

@@ -416,10 +416,12 @@ struct KeysByDim<'k> {
 }
 
 /// A layer's cached keys (positions below `seen`) stored by dimension, KV
-/// head `g` in rows `g·hd..(g + 1)·hd` of `ld` (the arena's `keys_t`), when
-/// the table scores from them (`Kernels::scores_by_dim`): transposed once
-/// per block and layer, then read by every query of the block, so the
-/// scores need no horizontal sums.
+/// head `g` in rows `g·hd..(g + 1)·hd` of `ld` (the arena's `keys_t`), for
+/// the pairs of heads of a block's attention when the table scores from them
+/// (`Kernels::scores_by_dim`): transposed once per block and layer, then
+/// read by every query of the block, both heads of a KV group sharing each
+/// load, with no horizontal sums. (A head alone scores from the cache: one
+/// load per multiply-add either way, and no transposing.)
 #[derive(Clone, Copy)]
 struct LayerKeys<'k> {
     all: &'k [f32],
@@ -429,11 +431,13 @@ struct LayerKeys<'k> {
 }
 
 impl<'k> LayerKeys<'k> {
-    /// Stores the layer's keys below `seen` in `buf`; `None` (nothing
-    /// stored) when the table has no kernel for them or the arena no buffer.
+    /// Stores the layer's keys below `seen` in `buf` when heads will go in
+    /// pairs (`pairs`); `None` (nothing stored) when they will not, the
+    /// table has no kernel for them or the arena no buffer.
     #[allow(clippy::too_many_arguments)]
     fn store(
         k: &Kernels,
+        pairs: bool,
         cache: &KvCache<'_>,
         buf: &'k mut [f32],
         max_seq: usize,
@@ -442,7 +446,7 @@ impl<'k> LayerKeys<'k> {
         kv_dim: usize,
         hd: usize,
     ) -> Result<Option<Self>> {
-        let (Some(by), false) = (k.scores_by_dim, buf.is_empty() || hd == 0) else {
+        let (Some(by), true) = (k.scores_by_dim, pairs && !buf.is_empty() && hd > 0) else {
             return Ok(None);
         };
         let ld = keys_by_dim_ld(max_seq);
@@ -460,36 +464,15 @@ impl<'k> LayerKeys<'k> {
     }
 }
 
-/// `att` = q · key · scale over the cache, from the keys stored by dimension
-/// when there are ([`KeysByDim`], the same bits), else from the cache.
-#[allow(clippy::too_many_arguments)]
-fn scores(
-    k: &Kernels,
-    cache: &KvCache<'_>,
-    keys: Option<KeysByDim<'_>>,
-    att: &mut [f32],
-    q: &[f32],
-    base: usize,
-    kv_dim: usize,
-    scale: f32,
-) -> Result<()> {
-    match keys {
-        Some(kb) => cache.scores_by_dim(kb.by, att, q, kb.kt, kb.ld, base, kv_dim, scale),
-        None => cache.scores(k, att, q, base, kv_dim, scale),
-    }
-}
-
 /// One (token, head) of attention over the cache: `att` (the positions the
 /// token sees) = softmax(q · key · scale), then `out` = Σ att · value, keys and
-/// values from `base` at stride `kv_dim` (the keys from `keys` when a block
-/// stored them by dimension: the same bits). Every path calls this (through
+/// values from `base` at stride `kv_dim`. Every path calls this (through
 /// [`attend_heads`], whose pairs have the same bits), so a (token, head)
 /// gives the same bits however the work is split.
 #[allow(clippy::too_many_arguments)]
 fn attend_head(
     k: &Kernels,
     cache: &KvCache<'_>,
-    keys: Option<KeysByDim<'_>>,
     att: &mut [f32],
     q: &[f32],
     out: &mut [f32],
@@ -497,7 +480,7 @@ fn attend_head(
     kv_dim: usize,
     scale: f32,
 ) -> Result<()> {
-    scores(k, cache, keys, att, q, base, kv_dim, scale)?;
+    cache.scores(k, att, q, base, kv_dim, scale)?;
     (k.softmax)(att);
     cache.mix(k, out, att, base, kv_dim)
 }
@@ -505,7 +488,8 @@ fn attend_head(
 /// [`attend_head`] for one head or two heads of one KV group (`q`, `out`:
 /// `hd` or `2·hd` floats, those heads' columns; `att`: one or two rows of
 /// `att_stride`, of which the first `seen` positions are used): two heads
-/// share their value loads (`KvCache::mix2`), with the same bits as two
+/// share their value loads (`KvCache::mix2`), and their key loads when a
+/// block stored the keys by dimension (`keys`), with the same bits as two
 /// [`attend_head`] calls.
 #[allow(clippy::too_many_arguments)]
 fn attend_heads(
@@ -524,7 +508,7 @@ fn attend_heads(
 ) -> Result<()> {
     if q.len() != 2 * hd {
         let att = att.get_mut(..seen).ok_or(SHORT)?;
-        return attend_head(k, cache, keys, att, q, out.get_mut(..hd).ok_or(SHORT)?, base, kv_dim, scale);
+        return attend_head(k, cache, att, q, out.get_mut(..hd).ok_or(SHORT)?, base, kv_dim, scale);
     }
     let (a0, a1) = att.split_at_mut_checked(att_stride).ok_or(SHORT)?;
     let (a0, a1) = (a0.get_mut(..seen).ok_or(SHORT)?, a1.get_mut(..seen).ok_or(SHORT)?);
@@ -674,15 +658,15 @@ fn block_tokens(
     for (t, (key, value)) in rows(bs.k, n, kv_dim)?.zip(rows(bs.v, n, kv_dim)?).enumerate() {
         s.cache.store((layer * max_seq + pos + t) * kv_dim, key, value)?;
     }
-    let layer_base = layer * max_seq * kv_dim;
-    let keys = LayerKeys::store(k, &s.cache, bs.keys_t, max_seq, layer_base, pos + n, kv_dim, hd)?;
-
     // attention, the output projection and the feed-forward of each thread's tokens;
     // a thread's attention rows: two (a KV group's two heads together) where the
     // buffer (`[heads, max_seq]`) holds two per thread
     let scale = 1.0 / libm::sqrtf(hd as f32);
-    let cache = &s.cache;
     let att_rows = if 2 * par.threads() <= heads { 2 } else { 1 };
+    let layer_base = layer * max_seq * kv_dim;
+    let pairs = att_rows == 2 && group >= 2;
+    let keys = LayerKeys::store(k, pairs, &s.cache, bs.keys_t, max_seq, layer_base, pos + n, kv_dim, hd)?;
+    let cache = &s.cache;
     let f32s = [
         (&mut *bs.x, RowSplit::Tokens(dim)),
         (&mut *bs.xb, RowSplit::Tokens(dim)),
@@ -745,7 +729,7 @@ fn block_rows(
 
     let scale = 1.0 / libm::sqrtf(hd as f32);
     let layer_base = layer * max_seq * kv_dim;
-    let keys = LayerKeys::store(k, &s.cache, bs.keys_t, max_seq, layer_base, pos + n, kv_dim, hd)?;
+    let keys = LayerKeys::store(k, group >= 2, &s.cache, bs.keys_t, max_seq, layer_base, pos + n, kv_dim, hd)?;
     let (q_all, cache) = (bs.q.get(..n * dim).ok_or(SHORT)?, &s.cache);
     // heads split across threads; each (token, head) as the one-token path does it
     let work = n * (pos + n) * heads * hd;

@@ -150,7 +150,7 @@ impl KvCache<'_> {
     /// Copies the `n` keys at `base + t·stride` (one KV head's `hd`
     /// elements each) into `kt` by dimension: `kt[d·ld + t]` = element `d`
     /// of key `t`, widened exactly to f32 from f16 or i8 (a q8 cache's scales
-    /// stay here, applied by [`KvCache::scores_by_dim`]); f32 keys through
+    /// stay here, applied by [`KvCache::scores2_by_dim`]); f32 keys through
     /// the table's kernel (`by.store_f32`, which may zero each row up to `n`
     /// rounded up to `KEYS_BY_DIM_PAD`).
     #[allow(clippy::too_many_arguments)]
@@ -177,35 +177,11 @@ impl KvCache<'_> {
         Ok(())
     }
 
-    /// [`KvCache::scores`] from the keys [`KvCache::keys_by_dim`] left in
-    /// `kt` (`ld` apart), through the table's kernel (`by.one`): the same
-    /// bits. `base` and `stride` locate those keys in the cache (a q8
-    /// cache's scales).
-    #[allow(clippy::too_many_arguments)]
-    pub fn scores_by_dim(
-        &self,
-        by: ScoresByDim,
-        att: &mut [f32],
-        q: &[f32],
-        kt: &[f32],
-        ld: usize,
-        base: usize,
-        stride: usize,
-        scale: f32,
-    ) -> Result<()> {
-        let scales = self.key_scales_by_dim(att.len(), q.len(), kt, ld, base, stride)?;
-        (by.one)(att, q, kt, ld, scale);
-        if let Some(scales) = scales {
-            for (a, &s) in att.iter_mut().zip(scales) {
-                *a *= s;
-            }
-        }
-        Ok(())
-    }
-
-    /// [`KvCache::scores_by_dim`] for the two heads of a KV group (`att`
-    /// and `q` of the same lengths) through `by.two`, which loads each key
-    /// once for both: the same bits as two calls.
+    /// [`KvCache::scores`] for the two heads of a KV group (`att` and `q` of
+    /// the same lengths) from the keys [`KvCache::keys_by_dim`] left in `kt`
+    /// (`ld` apart), through the table's kernel (`by.two`, which loads each
+    /// key once for both): the same bits as two `scores` calls. `base` and
+    /// `stride` locate those keys in the cache (a q8 cache's scales).
     #[allow(clippy::too_many_arguments)]
     pub fn scores2_by_dim(
         &self,

@@ -425,10 +425,10 @@ fn kv_cache_offsets_past_the_cache_are_errors() {
     }
 }
 
-/// Scores from keys stored by dimension (the block path on tables with
-/// `scores_by_dim`) have the bits of `KvCache::scores` on every cache type,
-/// one head or a KV group's two; short buffers and offsets past the cache
-/// are errors.
+/// Scores from keys stored by dimension (the block path's pairs of heads on
+/// tables with `scores_by_dim`) have the bits of `KvCache::scores` on every
+/// cache type; short buffers, unequal heads and offsets past the cache are
+/// errors.
 #[test]
 fn kv_scores_by_dimension_are_the_caches_scores() {
     let (hd, heads, positions) = (32, 2, 75);
@@ -462,14 +462,14 @@ fn kv_scores_by_dimension_are_the_caches_scores() {
                 cache.scores(k, &mut want0, &q0, base, kv_dim, 0.17).unwrap();
                 cache.scores(k, &mut want1, &q1, base, kv_dim, 0.17).unwrap();
                 let (mut a0, mut a1) = (vec![0f32; n], vec![0f32; n]);
-                cache.scores_by_dim(by, &mut a0, &q0, &kt, ld, base, kv_dim, 0.17).unwrap();
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&a0), bits(&want0), "{} one head, {n} keys", k.name);
                 cache.scores2_by_dim(by, [&mut a0, &mut a1], [&q0, &q1], &kt, ld, base, kv_dim, 0.17).unwrap();
                 assert_eq!((bits(&a0), bits(&a1)), (bits(&want0), bits(&want1)), "{} two heads, {n} keys", k.name);
                 // buffers too short for the registers read, shapes that differ, keys past the cache
                 let short = &kt[..kt.len() - 1];
-                assert!(cache.scores_by_dim(by, &mut a0, &q0, short, ld, base, kv_dim, 0.17).is_err());
+                assert!(cache
+                    .scores2_by_dim(by, [&mut a0, &mut a1], [&q0, &q1], short, ld, base, kv_dim, 0.17)
+                    .is_err());
                 assert!(cache.keys_by_dim(by, &mut kt[..(hd - 1) * ld], ld, base, n, kv_dim, hd).is_err());
                 assert!(cache.keys_by_dim(by, &mut kt, n.saturating_sub(1), base, n, kv_dim, hd).is_err());
                 let mut a2 = vec![0f32; n + 1];

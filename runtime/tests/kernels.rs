@@ -714,9 +714,9 @@ proptest! {
     /// the table's `attn_scores` bit for bit, for any head size (the
     /// unrolled sixteens, a last eight, a scalar tail, heads over 79), any
     /// number of keys (whole registers and a masked tail) and any padding
-    /// (entries past the keys are NaN here and must not matter); the f16 and
-    /// q8 caches' kernels on the same keys widened too; two heads are two
-    /// single calls; the stored keys are the keys.
+    /// (entries past the keys are NaN here and must not matter), for both
+    /// heads of a pair; the f16 and q8 caches' kernels on the same keys
+    /// widened too; the stored keys are the keys.
     #[test]
     fn scores_by_dimension_are_attn_scores(len in 1usize..100, hd in 1usize..100, extra in 0usize..20, pad in 0usize..40, seed in any::<u32>()) {
         let stride = hd + extra;
@@ -755,14 +755,13 @@ proptest! {
             (k.attn_scores_f16)(&mut want16, &q0, &f16s, stride, 0.125);
             (k.attn_scores_q8)(&mut want8, &q0, &i8s, stride, 0.125);
             let (mut a0, mut a1) = (vec![0f32; len], vec![0f32; len]);
-            (by.one)(&mut a0, &q0, &kt, ld, 0.125);
-            prop_assert_eq!(bits(&a0), bits(&want0), "{} one head", k.name);
             (by.two)([&mut a0, &mut a1], [&q0, &q1], &kt, ld, 0.125);
-            prop_assert_eq!(bits(&a0), bits(&want0), "{} two heads, the first", k.name);
-            prop_assert_eq!(bits(&a1), bits(&want1), "{} two heads, the second", k.name);
-            (by.one)(&mut a0, &q0, &by_dim(&widened_f16), ld, 0.125);
+            prop_assert_eq!(bits(&a0), bits(&want0), "{} the first head", k.name);
+            prop_assert_eq!(bits(&a1), bits(&want1), "{} the second head", k.name);
+            (by.two)([&mut a0, &mut a1], [&q0, &q0], &by_dim(&widened_f16), ld, 0.125);
             prop_assert_eq!(bits(&a0), bits(&want16), "{} f16 keys", k.name);
-            (by.one)(&mut a0, &q0, &by_dim(&widened_i8), ld, 0.125);
+            prop_assert_eq!(bits(&a1), bits(&want16), "{} f16 keys, the second head", k.name);
+            (by.two)([&mut a0, &mut a1], [&q0, &q1], &by_dim(&widened_i8), ld, 0.125);
             prop_assert_eq!(bits(&a0), bits(&want8), "{} q8 keys", k.name);
         }
     }

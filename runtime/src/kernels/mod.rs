@@ -211,28 +211,26 @@ pub type AttnScoresF16 = fn(att: &mut [f32], q: &[f32], keys: &[u16], stride: us
 pub type AttnValuesF16 = fn(out: &mut [f32], att: &[f32], values: &[u16], stride: usize);
 pub type AttnScoresQ8 = fn(att: &mut [f32], q: &[f32], keys: &[i8], stride: usize, scale: f32);
 pub type AttnValuesQ8 = fn(out: &mut [f32], att: &[f32], values: &[i8], stride: usize);
-pub type AttnScoresT = fn(att: &mut [f32], q: &[f32], kt: &[f32], ld: usize, scale: f32);
 pub type AttnScores2T = fn(att: [&mut [f32]; 2], q: [&[f32]; 2], kt: &[f32], ld: usize, scale: f32);
 pub type KeysByDimF32 = fn(kt: &mut [f32], ld: usize, keys: &[f32], n: usize, stride: usize, hd: usize);
 
 /// A table's attention scores from keys stored by dimension (a block's keys
 /// transposed once per layer, `KvCache::keys_by_dim`, then read by every
-/// query of the block: no horizontal sum per key).
+/// query of the block: no horizontal sum per key), for the two heads of a
+/// KV group, which share each load of a key.
 #[derive(Clone, Copy)]
 pub struct ScoresByDim {
-    /// `att[t] = (Σ_d q[d]·kt[d·ld + t])·scale` for `t < att.len()`, with
-    /// the bits of the table's `attn_scores` (each key's operations in its
-    /// order). `kt` holds `q.len()` rows of `ld` floats; `ld` and the last
-    /// row reach `att.len()` rounded up to [`KEYS_BY_DIM_PAD`] (whole
-    /// registers are read; entries past `att.len()` are ignored).
-    pub one: AttnScoresT,
-    /// Two queries (the heads of a KV group) against the same keys, each
-    /// load of a key shared: exactly `one` for each, bit for bit.
+    /// `att[j][t] = (Σ_d q[j][d]·kt[d·ld + t])·scale` for `t < att[j].len()`
+    /// and both heads `j` (the same lengths), with the bits of the table's
+    /// `attn_scores` for each (each key's operations in its order). `kt`
+    /// holds `q[j].len()` rows of `ld` floats; `ld` and the last row reach
+    /// the length rounded up to [`KEYS_BY_DIM_PAD`] (whole registers are
+    /// read; entries past the keys are ignored).
     pub two: AttnScores2T,
     /// Stores `n` f32 keys (`hd` elements at `keys[t·stride..]`) by
     /// dimension: `kt[d·ld + t] = keys[t·stride + d]`, and may write zeros
     /// in each row up to `n` rounded up to [`KEYS_BY_DIM_PAD`] (`kt` sized
-    /// as for `one`).
+    /// as for `two`).
     pub store_f32: KeysByDimF32,
 }
 pub type AttnValues2 = fn(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[f32], stride: usize);
@@ -313,8 +311,9 @@ pub struct Kernels {
     /// the caller applies each key's scale ([`crate::kv`]).
     pub attn_scores_q8: AttnScoresQ8,
     /// Attention scores from keys stored by dimension, for a block's
-    /// queries. `None` where the table has none (reference, Arm): the caller
-    /// scores from the cache (`attn_scores`).
+    /// queries, a KV group's two heads at a time. `None` where the table has
+    /// none (reference, AVX2, Arm): the caller scores from the cache
+    /// (`attn_scores`).
     pub scores_by_dim: Option<ScoresByDim>,
     /// As `attn_values` with a q8 KV cache (values as `i8`; the caller has
     /// folded each value's scale into `att`).

@@ -1,6 +1,7 @@
 //! Attention scores from keys stored by dimension (`kt[d·ld + t]`: a block's
 //! keys transposed once per layer, then read by every query of the block),
-//! for the AVX-512 table (`Kernels::scores_by_dim`).
+//! for the two heads of a KV group, on the AVX-512 table
+//! (`Kernels::scores_by_dim`).
 //!
 //! A register holds sixteen keys side by side, and each lane does what the
 //! table's one-key kernels (`dot`, `attn_scores4`) do for its key, in their
@@ -9,13 +10,15 @@
 //! `((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7))`, the scalar tail, the
 //! scale: the bits of the table's `attn_scores`, with every multiply-add at
 //! full width and no horizontal sums. What is left is one multiply-add per
-//! key and dimension, and the loads: the two heads of a KV group share each
-//! load of the keys (`ScoresByDim::two`). On the Zen 4 VM a pair of heads
-//! over 128 keys of 32 took 209 ns this way against 2 × 180 ns for
-//! `attn_scores` (docs/BENCHMARKS.md). The AVX2 tables keep `attn_scores`:
-//! with eight lanes and sixteen registers the same scheme is bound by its
-//! loads (a key vector and a query broadcast per multiply-add) and measured
-//! no faster.
+//! key and dimension and the loads, which the two heads share: each load of
+//! the keys feeds both. (One head alone still needs a load per multiply-add,
+//! as `attn_scores` does, so heads alone, as in the 15M shape's MHA, score
+//! from the cache and skip the transposing.) On the Zen 4 VM a pair of heads
+//! over 128 keys of 32 took 209 ns this way against 2 × 180 ns through
+//! `attn_scores` (`cargo bench -p edgelm-benches --bench eval_kernels`,
+//! docs/BENCHMARKS.md). The AVX2 tables keep `attn_scores`: with eight lanes
+//! and sixteen registers the pair measured 1.13× at best before the
+//! transposing, which would take it back.
 //!
 //! Loads are whole registers: rows are padded to [`KEYS_BY_DIM_PAD`] and
 //! lanes past the keys are computed and dropped (masked stores).
@@ -188,22 +191,12 @@ fn check(n: usize, hd: usize, kt: usize, ld: usize) {
     assert!(ld >= padded && (hd == 0 || kt >= (hd - 1) * ld + padded), "keys by dimension: buffer too short");
 }
 
-// SAFETY (the three wrappers): only reachable via the AVX-512 table, returned
+// SAFETY (the two wrappers): only reachable via the AVX-512 table, returned
 // after detecting avx2+fma+f16c+avx512f/bw/vl/vnni; rows `d < hd` of `kt`
 // are read or written at `d·ld + t` for `t` below `n` rounded up to
 // `KEYS_BY_DIM_PAD` ≤ `ld`, inside `kt` (`check`); `att` rows and queries
 // are accessed within their lengths; keys `t < n` are read at
 // `t·stride + d`, `d < hd`, inside `keys` (checked).
-
-/// `ScoresByDim::one` of the AVX-512 table.
-pub(super) fn attn_scores_t(att: &mut [f32], q: &[f32], kt: &[f32], ld: usize, scale: f32) {
-    if att.is_empty() {
-        return;
-    }
-    check(att.len(), q.len(), kt.len(), ld);
-    // SAFETY: see above.
-    unsafe { scores::<1>([att.as_mut_ptr()], att.len(), [q.as_ptr()], q.len(), kt.as_ptr(), ld, scale) }
-}
 
 /// `ScoresByDim::two` of the AVX-512 table.
 pub(super) fn attn_scores2_t(att: [&mut [f32]; 2], q: [&[f32]; 2], kt: &[f32], ld: usize, scale: f32) {

@@ -146,11 +146,7 @@ static AVX512VNNI: Kernels = Kernels {
     swiglu: swiglu_avx512,
     sum_exp: sum_exp_avx512,
     max: max_avx512,
-    scores_by_dim: Some(ScoresByDim {
-        one: by_dim::attn_scores_t,
-        two: by_dim::attn_scores2_t,
-        store_f32: by_dim::keys_by_dim_f32,
-    }),
+    scores_by_dim: Some(ScoresByDim { two: by_dim::attn_scores2_t, store_f32: by_dim::keys_by_dim_f32 }),
     attn_values: attn_values_avx512,
     attn_values_f16: attn_values_f16_avx512,
     attn_values_q8: attn_values_q8_avx512,
