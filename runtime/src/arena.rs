@@ -10,9 +10,9 @@
 //! `B · (4·(3·dim + 2·kv_dim + 2·ffn + head_dim) + 1.125·max(dim, ffn))` bytes)
 //! and, only with `SessionOptions::block_logits` (scoring every token, as
 //! `bpb` does), `4 · B · vocab` bytes of block logits. On x86_64 blocks also
-//! add a layer's keys stored by dimension (`4 · kv_dim · max_seq` bytes,
-//! `max_seq` rounded up to 16), which the attention of a block's tokens reads
-//! (`Kernels::attn_scores_t`).
+//! add a layer's keys stored by dimension (`4 · kv_dim · ld` bytes, `ld` =
+//! `max_seq` rounded up to 16, plus 16), which the attention of a block's
+//! KV-group pairs reads (`Kernels::scores_by_dim`).
 
 use crate::error::{Error, Result};
 use crate::format::{align_up, ALIGN, Q8_GROUP};
@@ -170,7 +170,7 @@ pub struct BlockState<'s> {
     pub logits: &'s mut [f32],
     /// `[kv_dim, keys_by_dim_ld(max_seq)]`: a layer's cached keys stored by
     /// dimension, KV head `g` in rows `g·head_dim..` (empty without blocks
-    /// or off x86_64; `forward::keys_by_dim`).
+    /// or off x86_64; `forward::LayerKeys`).
     pub keys_t: &'s mut [f32],
 }
 

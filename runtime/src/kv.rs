@@ -168,6 +168,9 @@ impl KvCache<'_> {
             return Ok(());
         }
         check_by_dim(n, hd, kt.len(), ld)?;
+        if stride < hd {
+            return Err(Error::BadSetting("keys by dimension: keys overlap (stride below the head size)"));
+        }
         let span = span(base, n, stride, hd)?;
         match self {
             KvCache::F32 { keys, .. } => (by.store_f32)(kt, ld, keys.get(span).ok_or(PAST_END)?, n, stride, hd),

@@ -472,6 +472,9 @@ fn kv_scores_by_dimension_are_the_caches_scores() {
                     .is_err());
                 assert!(cache.keys_by_dim(by, &mut kt[..(hd - 1) * ld], ld, base, n, kv_dim, hd).is_err());
                 assert!(cache.keys_by_dim(by, &mut kt, n.saturating_sub(1), base, n, kv_dim, hd).is_err());
+                for stride in [0, hd - 1] {
+                    assert!(cache.keys_by_dim(by, &mut kt, ld, base, n, stride, hd).is_err(), "stride {stride}");
+                }
                 let mut a2 = vec![0f32; n + 1];
                 assert!(cache.scores2_by_dim(by, [&mut a0, &mut a2], [&q0, &q1], &kt, ld, base, kv_dim, 0.17).is_err());
                 assert!(cache
