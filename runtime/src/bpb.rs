@@ -141,7 +141,8 @@ pub fn nll(logits: &[f32], target: u32) -> Result<f64> {
 }
 
 /// [`nll`] with the max and the sum of exponentials on `k`'s kernels
-/// ([`Kernels::max`], [`Kernels::sum_exp`]: the same values on every path).
+/// ([`Kernels::max`]: the same value on every path; [`Kernels::sum_exp`]:
+/// the same or within 1e-6 relative).
 pub fn nll_with(k: &Kernels, logits: &[f32], target: u32) -> Result<f64> {
     let &logit = logits.get(target as usize).ok_or(Error::BadToken(target))?;
     let max = (k.max)(logits);

@@ -320,12 +320,13 @@ proptest! {
     }
 
     /// `sum_exp` (the `Σ e^(x − max)` of bits per byte) is the reference's,
-    /// bit for bit, on every path: lengths with and without a tail of under
-    /// eight, values beyond the clamp on both sides, infinities, NaN (then
-    /// a NaN, whose payload is not compared), and `max` the true maximum or
-    /// not.
+    /// bit for bit, on every path but AVX-512, and within 1e-6 relative
+    /// there: lengths with and without a tail of under eight and across the
+    /// AVX-512 kernel's f32 runs, values beyond the clamp on both sides,
+    /// infinities, NaN (then a NaN, whose payload is not compared), and
+    /// `max` the true maximum or not.
     #[test]
-    fn sum_exp_is_bit_exact(
+    fn sum_exp_is_the_references(
         xs in prop::collection::vec(
             prop_oneof![
                 8 => -120f32..20f32,
@@ -334,7 +335,7 @@ proptest! {
                 1 => Just(f32::NAN),
                 1 => Just(-0.0f32),
             ],
-            0..70,
+            0..300,
         ),
         own_max in any::<bool>(),
         max in -10f32..100f32,
@@ -345,6 +346,8 @@ proptest! {
             let got = (k.sum_exp)(&xs, max);
             if want.is_nan() {
                 prop_assert!(got.is_nan(), "{}: {} where the reference has NaN", k.name, got);
+            } else if k.name == "avx512vnni" {
+                prop_assert!((got - want).abs() <= 1e-6 * want.abs(), "{}: {} vs {}", k.name, got, want);
             } else {
                 prop_assert_eq!(got.to_bits(), want.to_bits(), "{}: {} vs {}", k.name, got, want);
             }

@@ -330,9 +330,13 @@ pub struct Kernels {
     /// `attn_values2` with a q8 KV cache (`attn_values_q8` twice).
     pub attn_values2_q8: AttnValues2Q8,
     /// `Σ e^(x − max)` over `xs` for bits per byte ([`crate::bpb::nll`]):
-    /// each term in f32 by [`reference::exp`], converted to f64 and added
-    /// into lane `i mod 8` in order, then the tail and the eight lanes as
-    /// [`reference::sum_exp`] adds them. Bit-exact on every path.
+    /// [`reference::sum_exp`]'s value (each term in f32 by
+    /// [`reference::exp`], converted to f64 and added into lane `i mod 8` in
+    /// order, then the tail and the eight lanes), bit for bit on the
+    /// reference, AVX2 and Arm tables; within 1e-6 relative on AVX-512, whose
+    /// terms use FMA (the exact form's chain of dependent operations held it
+    /// to a third of its throughput). A token's nats move by under 1e-6 of a
+    /// nat either way; the products already make logits differ across tables.
     pub sum_exp: SumExp,
     /// The largest element of `xs` (`-inf` for none; NaNs skipped), the max
     /// [`crate::bpb::nll`] subtracts before `sum_exp`. The reference's value

@@ -1,6 +1,6 @@
 //! The AVX-512 table's kernels at 512-bit width besides the products: the
-//! largest logit and the sum of exponentials of bits per byte (both the
-//! reference's exact values), softmax, SwiGLU, q8 quantization (the
+//! largest logit (the reference's value) and the sum of exponentials (within
+//! 1e-6 of the reference's) of bits per byte, softmax, SwiGLU, q8 quantization (the
 //! reference's bits) and the attention values (one head, or two heads of a
 //! KV group sharing their loads).
 //!
@@ -48,79 +48,73 @@ pub unsafe fn max(xs: &[f32]) -> f32 {
     _mm512_reduce_max_ps(acc)
 }
 
-/// [`reference::exp`] on sixteen lanes: the same multiplies and adds (no
-/// FMA) in the same order, so the same bits. The clamp keeps a NaN
-/// (`max_ps` returns its second operand when either is NaN), as
-/// `f32::clamp` does.
-#[target_feature(enable = "avx2,fma,f16c,avx512f")]
-#[inline]
-unsafe fn exp16_exact(x: __m512) -> __m512 {
-    let c = _mm512_set1_ps;
-    let x = _mm512_min_ps(c(reference::EXP_MAX), _mm512_max_ps(c(reference::EXP_MIN), x));
-    let t = _mm512_add_ps(_mm512_mul_ps(x, c(core::f32::consts::LOG2_E)), c(reference::ROUND_MAGIC));
-    let n = _mm512_sub_ps(t, c(reference::ROUND_MAGIC));
-    let n_int = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(reference::ROUND_MAGIC.to_bits() as i32));
-    let r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, c(0.693_359_4))), _mm512_mul_ps(n, c(-2.121_944_4e-4)));
-    let mut p = c(1.987_569_1e-4);
-    for k in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
-        p = _mm512_add_ps(_mm512_mul_ps(p, r), c(k));
-    }
-    let er = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r), c(1.0));
-    let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n_int, _mm512_set1_epi32(127))));
-    _mm512_mul_ps(er, two_n)
-}
-
-/// [`reference::sum_exp`], bit for bit: each term is [`exp16_exact`]'s
-/// (the reference's bits), and terms `8k..8k + 8` go to the eight f64 lanes
-/// in `k` order (a register's low half, then its high half), as the
-/// reference's eight accumulators take them; the last whole eight (when the
-/// length leaves one), the tail and the final sum are the reference's.
+/// `Σ e^(x − max)` for bits per byte, within 1e-6 relative of
+/// [`reference::sum_exp`] (not its bits: see `Kernels::sum_exp`). Each term
+/// is [`exp16_core`]'s (≤ 2 ulp) of `x − max` clamped as the reference
+/// clamps; runs of [`F32_RUN`] registers are added in f32 per lane (at most
+/// seven roundings of a sum of terms), each run's lanes then in f64. Why not
+/// the reference's bits: its exponential is a chain of ~25 dependent plain
+/// multiplies and adds per term, and the out-of-order window held about
+/// three terms' chains, so the 512-bit loop ran at 28 cycles per sixteen
+/// terms (10 % of `edgelm eval`); with FMA and `vscalefps` the chain is half
+/// as long and a dozen operations do a term's work.
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 pub unsafe fn sum_exp(xs: &[f32], max: f32) -> f64 {
-    const EIGHT: usize = reference::SUM_EXP_LANES;
     let (n, p) = (xs.len(), xs.as_ptr());
-    let m = _mm512_set1_ps(max);
-    let mut acc = _mm512_setzero_pd();
+    let c = _mm512_set1_ps;
+    let m = c(max);
+    let mut total = _mm512_setzero_pd();
     let mut i = 0;
-    while i + LANES <= n {
-        let e = exp16_exact(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m));
-        acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)));
-        acc = _mm512_add_pd(acc, _mm512_cvtps_pd(high));
-        i += LANES;
+    while i < n {
+        let end = n.min(i + F32_RUN * LANES);
+        let mut run = _mm512_setzero_ps();
+        while i < end {
+            let k = mask(end - i);
+            // the reference's clamp; a NaN stays NaN (min/max return their
+            // second operand when either is NaN)
+            let x = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(i)), m);
+            let x = _mm512_min_ps(c(reference::EXP_MAX), _mm512_max_ps(c(reference::EXP_MIN), x));
+            run = _mm512_mask_add_ps(run, k, run, exp16_core(x));
+            i += LANES;
+        }
+        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(run)));
+        total = _mm512_add_pd(total, _mm512_cvtps_pd(_mm512_castps512_ps256(run)));
+        total = _mm512_add_pd(total, _mm512_cvtps_pd(high));
     }
-    if i + EIGHT <= n {
-        let e = exp16_exact(_mm512_sub_ps(_mm512_maskz_loadu_ps(0xff, p.add(i)), m));
-        acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-        i += EIGHT;
-    }
-    let mut lanes = [0f64; EIGHT];
-    _mm512_storeu_pd(lanes.as_mut_ptr(), acc);
-    let tail = xs.get(i..).unwrap_or_default();
-    tail.iter().map(|&v| reference::exp(v - max) as f64).sum::<f64>() + lanes.iter().sum::<f64>()
+    _mm512_reduce_add_pd(total)
 }
 
-/// `e^x` with FMA (the AVX2 table's `exp_ps` on sixteen lanes: Cephes'
-/// polynomial, ≤ 2 ulp on [-87.3, 88.3], clamped outside).
+/// Registers of terms added in f32 before a run goes to f64.
+const F32_RUN: usize = 8;
+
+/// `e^x` on `[-87.3, 88.3]`, clamped outside (a NaN reads as the low end,
+/// as the AVX2 table's `exp_ps` has it): [`exp16_core`].
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 #[inline]
 unsafe fn exp16(x: __m512) -> __m512 {
     let c = _mm512_set1_ps;
-    let x = _mm512_min_ps(_mm512_max_ps(x, c(-87.336_54)), c(88.376_26));
-    let fx = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_fmadd_ps(
+    exp16_core(_mm512_min_ps(_mm512_max_ps(x, c(-87.336_54)), c(88.376_26)))
+}
+
+/// `e^x` for `x` in `[-87.3, 88.3]` (callers clamp; a NaN stays NaN):
+/// Cephes' polynomial with FMA (`x = n·ln2 + r`, `|r| ≤ ln2/2`), `2ⁿ`
+/// applied by `vscalefps` (exact, no exponent arithmetic); ≤ 2 ulp.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+#[inline]
+unsafe fn exp16_core(x: __m512) -> __m512 {
+    let c = _mm512_set1_ps;
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
         x,
         c(core::f32::consts::LOG2_E),
-        c(0.5),
     ));
-    let r = _mm512_fnmadd_ps(fx, c(0.693_359_4), x);
-    let r = _mm512_fnmadd_ps(fx, c(-2.121_944_4e-4), r);
+    let r = _mm512_fnmadd_ps(n, c(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, c(-2.121_944_4e-4), r);
     let mut y = c(1.987_569_1e-4);
     for k in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
         y = _mm512_fmadd_ps(y, r, c(k));
     }
     y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, c(1.0)));
-    let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)));
-    _mm512_mul_ps(y, _mm512_castsi512_ps(e))
+    _mm512_scalef_ps(y, n)
 }
 
 /// In-place softmax: the max, `e^(x − max)` and its sum (sixteen lanes,
