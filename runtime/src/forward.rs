@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::kernels::{
     attention_heads, keys_by_dim_ld, matmul_tiles_many, matvec_f16_par, matvec_f32_par, matvec_q4_par, matvec_q8_par,
-    par_rows_many, par_token_rows, Kernels, Parallel, RowSplit, ScoresByDim, TileMatrix,
+    par_rows_many, par_token_rows, Kernels, Parallel, RowSplit, ScoresByDim, TileMatrix, TILE_BYTES,
 };
 use crate::kv::KvCache;
 use crate::model::{Block, Domain, Matrix, Model, Weights};
@@ -334,15 +334,16 @@ fn matmuls<const N: usize>(
     // q8 and q4 tiles: the table's batched kernels, each weight vector loaded
     // (and unpacked) once per several tokens, in `Kernels::matmul_order`'s order
     let (xq, xs) = if quantized { input.quantized_rows(k, xq, xs)? } else { (&[][..], &[][..]) };
-    let mut tiles = outs.map(|out| TileMatrix { out, ld: 0, rows: 0, row_bytes: 0 });
+    let mut tiles = outs.map(|out| TileMatrix { out, ld: 0, rows: 0, row_bytes: 0, tile_bytes: TILE_BYTES });
     for (t, m) in tiles.iter_mut().zip(ms) {
         t.out = core::mem::take(&mut t.out).get_mut(..n * m.rows).ok_or(SHORT)?;
         (t.ld, t.rows) = (m.rows, m.rows);
-        t.row_bytes = match m.weights {
-            Weights::F32(_) => 4 * cols,
-            Weights::F16(_) => 2 * cols,
-            Weights::Q8 { .. } => cols + 2 * g,
-            Weights::Q4 { .. } => cols / 2 + 2 * g,
+        (t.row_bytes, t.tile_bytes) = match m.weights {
+            // f32 and f16: the matvec per token over L1-resident tiles
+            Weights::F32(_) => (4 * cols, TILE_BYTES),
+            Weights::F16(_) => (2 * cols, TILE_BYTES),
+            Weights::Q8 { .. } => (cols + 2 * g, k.matmul_tile_bytes),
+            Weights::Q4 { .. } => (cols / 2 + 2 * g, k.matmul_tile_bytes),
         };
     }
     // in the tile kernel, `b < n` and `x` holds `n` rows (`BlockInput::new`);

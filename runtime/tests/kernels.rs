@@ -1116,7 +1116,7 @@ impl kernels::Parallel for Skewed {
 /// (`matmul_tiles_many`).
 #[test]
 fn unevenly_shared_rows_are_identical_to_one_thread() {
-    use edgelm_runtime::kernels::{matmul_tiles_many, par_rows_many, TileMatrix, PARALLEL_MIN_BYTES};
+    use edgelm_runtime::kernels::{matmul_tiles_many, par_rows_many, TileMatrix, PARALLEL_MIN_BYTES, TILE_BYTES};
     let cols = 256;
     let groups = cols / 32;
     let shapes = [301usize, 21, 1001];
@@ -1154,7 +1154,7 @@ fn unevenly_shared_rows_are_identical_to_one_thread() {
             let [a, b, c] = &mut tiles[..] else { unreachable!() };
             let ms = [a, b, c].map(|o| {
                 let rows = o.len() / n;
-                TileMatrix { out: &mut o[..], ld: rows, rows, row_bytes: cols }
+                TileMatrix { out: &mut o[..], ld: rows, rows, row_bytes: cols, tile_bytes: TILE_BYTES }
             });
             matmul_tiles_many(Some(&par), ms, n, &|j, tile, r0| {
                 for b in 0..tile.tokens() {

@@ -284,6 +284,15 @@ pub struct Kernels {
     pub matmul_q4: MatmulQ4,
     /// How `matmul_q8` and `matmul_q4` add up each (row, token).
     pub matmul_order: MatmulOrder,
+    /// Weight bytes per call of `matmul_q8` and `matmul_q4` in the forward
+    /// pass's batched products ([`TileMatrix::tile_bytes`]): [`TILE_BYTES`]
+    /// where the kernel keeps a tile in L1 while the block's tokens pass
+    /// (the matvec-based tables); `usize::MAX`, whole matrices (or a
+    /// thread's share), on AVX-512, whose kernel reads each weight once per
+    /// pass of 64 tokens whatever the tile and transposes the block's
+    /// activations once per call (per 16 KiB tile that was 6 % of `edgelm
+    /// eval`). Either way a (row, token) has the same bits.
+    pub matmul_tile_bytes: usize,
     /// `out[r] = Σ_c w[r,c]·x[c]`; `w: [rows·cols]`, `x: [cols]`.
     pub matvec_f32: MatvecF32,
     /// As `matvec_f32` with f16 weights (bits).
@@ -358,6 +367,7 @@ pub static REFERENCE: Kernels = Kernels {
     matvec_q4: reference::matvec_q4,
     matmul_q4: reference::matmul_q4,
     matmul_order: MatmulOrder::Matvec,
+    matmul_tile_bytes: TILE_BYTES,
     matvec_f32: reference::matvec_f32,
     matvec_f16: reference::matvec_f16,
     quantize_q8: reference::quantize_q8,
@@ -962,9 +972,10 @@ pub type TileKernel<'f> = dyn Fn(&mut TileOut<'_>, usize) + Sync + 'f;
 /// matvec, for the types without a batched kernel); see [`matmul_rows`].
 pub type RowKernel<'f> = dyn Fn(&mut [f32], usize, usize) + Sync + 'f;
 
-/// Rows per tile for rows of `row_bytes` weight bytes (a multiple of 8, ≥ 8).
-fn tile_rows(row_bytes: usize) -> usize {
-    (TILE_BYTES / row_bytes.max(1)).max(8) / 8 * 8
+/// Rows per tile of `tile_bytes` for rows of `row_bytes` weight bytes (a
+/// multiple of 8, ≥ 8).
+fn tile_rows(row_bytes: usize, tile_bytes: usize) -> usize {
+    (tile_bytes / row_bytes.max(1)).max(8) / 8 * 8
 }
 
 /// `out[b·ld + r]` = row `r` of a `rows`-row matrix (of `row_bytes` bytes per
@@ -979,17 +990,23 @@ pub fn matmul_tiles(
     row_bytes: usize,
     tile_kernel: &TileKernel<'_>,
 ) {
-    matmul_tiles_many(par, [TileMatrix { out, ld, rows, row_bytes }], n, &|_, tile, r0| tile_kernel(tile, r0))
+    let tile_bytes = TILE_BYTES;
+    matmul_tiles_many(par, [TileMatrix { out, ld, rows, row_bytes, tile_bytes }], n, &|_, tile, r0| {
+        tile_kernel(tile, r0)
+    })
 }
 
 /// One product of [`matmul_tiles_many`]: its output (`(n − 1)·ld + rows`
-/// floats, token `b` at `b·ld`), rows and weight bytes per row.
+/// floats, token `b` at `b·ld`), rows, weight bytes per row and per tile
+/// ([`TILE_BYTES`], or [`Kernels::matmul_tile_bytes`] for a table's batched
+/// kernels).
 #[derive(Debug)]
 pub struct TileMatrix<'o> {
     pub out: &'o mut [f32],
     pub ld: usize,
     pub rows: usize,
     pub row_bytes: usize,
+    pub tile_bytes: usize,
 }
 
 /// A tile kernel of several products: `f(j, out, r0)` is product `j`'s
@@ -1025,16 +1042,17 @@ pub fn matmul_tiles_many<const N: usize>(
         // the work is the tiles' bytes once per token: a block of 32 tokens
         // splits the 288×288 projections that a single token keeps on one thread
         Some(p) if p.threads() > 1 && work >= PARALLEL_MIN_BYTES && min_rows >= 16 => {
-            let shared =
-                ms.map(|m| (SharedOut { ptr: m.out.as_mut_ptr(), len: m.out.len() }, m.ld, m.rows, m.row_bytes));
-            let shares = Shares::rows(shared.iter().map(|(_, _, rows, _)| *rows), p.threads());
+            let shared = ms.map(|m| {
+                (SharedOut { ptr: m.out.as_mut_ptr(), len: m.out.len() }, m.ld, m.rows, m.row_bytes, m.tile_bytes)
+            });
+            let shares = Shares::rows(shared.iter().map(|(_, _, rows, _, _)| *rows), p.threads());
             p.run(&|i| {
                 shares.take_rows(
                     i,
                     &shared,
-                    |(_, _, rows, _)| *rows,
-                    |j, (out, ld, _, row_bytes), lo, hi| {
-                        let tile = tile_rows(*row_bytes);
+                    |(_, _, rows, _, _)| *rows,
+                    |j, (out, ld, _, row_bytes, tile_bytes), lo, hi| {
+                        let tile = tile_rows(*row_bytes, *tile_bytes);
                         let mut t0 = lo;
                         while t0 < hi {
                             let t1 = (t0 + tile).min(hi);
@@ -1056,7 +1074,7 @@ pub fn matmul_tiles_many<const N: usize>(
         _ => {
             for (j, m) in ms.into_iter().enumerate() {
                 // one thread: consecutive tiles borrow `out` one at a time
-                let (tile, mut t0) = (tile_rows(m.row_bytes), 0);
+                let (tile, mut t0) = (tile_rows(m.row_bytes, m.tile_bytes), 0);
                 while t0 < m.rows {
                     let t1 = (t0 + tile).min(m.rows);
                     let len = (n - 1) * m.ld + (t1 - t0);

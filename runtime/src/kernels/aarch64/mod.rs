@@ -19,7 +19,7 @@
 
 use core::arch::aarch64::*;
 
-use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, f16_to_f32, Kernels, MatmulOrder, TileOut};
+use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, f16_to_f32, Kernels, MatmulOrder, TileOut, TILE_BYTES};
 
 mod q4;
 
@@ -57,6 +57,7 @@ static NEON: Kernels = Kernels {
     matvec_q4: matvec_q4_neon,
     matmul_q4: matmul_q4_neon,
     matmul_order: MatmulOrder::Matvec,
+    matmul_tile_bytes: TILE_BYTES,
     matvec_f32,
     matvec_f16,
     quantize_q8,

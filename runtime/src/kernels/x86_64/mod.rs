@@ -38,7 +38,9 @@
 
 use core::arch::x86_64::*;
 
-use super::{check_q4, check_q4_tile, check_q8, check_q8_tile, reference, Kernels, MatmulOrder, ScoresByDim, TileOut};
+use super::{
+    check_q4, check_q4_tile, check_q8, check_q8_tile, reference, Kernels, MatmulOrder, ScoresByDim, TileOut, TILE_BYTES,
+};
 
 mod by_dim;
 mod lanes;
@@ -105,6 +107,7 @@ static AVX2: Kernels = Kernels {
     matvec_q4: matvec_q4_avx2,
     matmul_q4: matmul_q4_avx2,
     matmul_order: MatmulOrder::Matvec,
+    matmul_tile_bytes: TILE_BYTES,
     matvec_f32,
     matvec_f16,
     quantize_q8,
@@ -141,6 +144,7 @@ static AVX512VNNI: Kernels = Kernels {
     matvec_q4: matvec_q4_avx512vnni,
     matmul_q4: matmul_q4_avx512vnni,
     matmul_order: MatmulOrder::GroupsInOrder,
+    matmul_tile_bytes: usize::MAX,
     quantize_q8: quantize_q8_avx512,
     softmax: softmax_avx512,
     swiglu: swiglu_avx512,
