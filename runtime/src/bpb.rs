@@ -155,7 +155,6 @@ pub fn nll_with(k: &Kernels, logits: &[f32], target: u32) -> Result<f64> {
 /// entries are always enough (a token covers at least one byte).
 pub fn score_document(session: &mut Session<'_, '_>, doc: &str, buf: &mut [u32], totals: &mut Totals) -> Result<()> {
     let domain = session.domain();
-    let kernels = session.kernels();
     let tok = domain.tokenizer;
     let info = *tok.info();
     let (bos, eos) = match (info.bos, info.eos) {
@@ -182,22 +181,15 @@ pub fn score_document(session: &mut Session<'_, '_>, doc: &str, buf: &mut [u32],
             .get(w.start..w.end.saturating_sub(1))
             .ok_or(Error::BadSetting("score_document: window past the tokens"))?;
         let targets = seq.get(w.start + 1..w.end).unwrap_or_default();
-        let mut scored = Ok(());
-        // in blocks when the session keeps block logits (`SessionOptions::block_logits`);
-        // the logits, and so the sums below in the same order, equal the token-by-token path's
-        session.extend_scored(inputs, &mut |i, logits| {
-            if w.start + i >= w.first_scored && scored.is_ok() {
-                let target = targets.get(i).copied().ok_or(Error::BadSetting("score_document: logits past the window"));
-                match target.and_then(|t| nll_with(kernels, logits, t)) {
-                    Ok(nats) => {
-                        totals.nats += nats;
-                        totals.scored_tokens += 1;
-                    }
-                    Err(e) => scored = Err(e),
-                }
+        // in blocks when the session has block buffers and a fused head, or keeps
+        // block logits (`Session::extend_nll`), within the batched path's tolerance
+        // of the token-by-token one; the sums below in token order either way
+        session.extend_nll(inputs, targets, &mut |i, nats| {
+            if w.start + i >= w.first_scored {
+                totals.nats += nats;
+                totals.scored_tokens += 1;
             }
         })?;
-        scored?;
     }
     totals.bytes += doc.len() as u64;
     totals.documents += 1;

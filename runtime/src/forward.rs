@@ -785,19 +785,15 @@ pub enum BlockLogits {
     All,
 }
 
-/// Runs the `n` tokens `s.tokens[pos..pos + n]` (`1 ≤ n ≤ s.block.len`) at
-/// positions `pos..pos + n` through `domain`'s stack, leaving the logits
-/// `want` asks for. The caller checks every token `< vocab`,
-/// `pos + n ≤ s.max_seq`, and for [`BlockLogits::All`] that the block logits
-/// buffer exists (what slips through is an error, as in [`forward`]).
-pub fn forward_block(
+/// The embeddings and every block of `domain`'s stack for the `n` tokens
+/// `s.tokens[pos..pos + n]`, leaving their residual streams in `s.block.x`.
+fn block_layers(
     e: Exec<'_>,
     model: &Model<'_>,
     domain: &Domain<'_>,
     s: &mut RunState<'_>,
     pos: usize,
     n: usize,
-    want: BlockLogits,
 ) -> Result<()> {
     let cfg = model.config();
     let (dim, hd) = (cfg.dim as usize, cfg.head_dim());
@@ -822,6 +818,26 @@ pub fn forward_block(
         layer += 1;
     }
 
+    Ok(())
+}
+
+/// Runs the `n` tokens `s.tokens[pos..pos + n]` (`1 ≤ n ≤ s.block.len`) at
+/// positions `pos..pos + n` through `domain`'s stack, leaving the logits
+/// `want` asks for. The caller checks every token `< vocab`,
+/// `pos + n ≤ s.max_seq`, and for [`BlockLogits::All`] that the block logits
+/// buffer exists (what slips through is an error, as in [`forward`]).
+pub fn forward_block(
+    e: Exec<'_>,
+    model: &Model<'_>,
+    domain: &Domain<'_>,
+    s: &mut RunState<'_>,
+    pos: usize,
+    n: usize,
+    want: BlockLogits,
+) -> Result<()> {
+    block_layers(e, model, domain, s, pos, n)?;
+    let cfg = model.config();
+    let dim = cfg.dim as usize;
     match want {
         BlockLogits::None => {}
         BlockLogits::Last => {
@@ -843,3 +859,64 @@ pub fn forward_block(
     }
     Ok(())
 }
+
+/// Whether [`forward_block_nll`] can score `domain` on table `k`: the table
+/// has a fused head ([`Kernels::head_nll`]), the head is q8 or q4 and its
+/// rows are no wider than the kernel takes.
+pub fn head_nll_applies(k: &Kernels, domain: &Domain<'_>) -> bool {
+    k.head_nll.is_some_and(|h| {
+        matches!(domain.head.weights, Weights::Q8 { .. } | Weights::Q4 { .. }) && domain.head.cols <= h.max_cols
+    })
+}
+
+/// [`forward_block`] for scoring: the same layers, then each token's nats
+/// against `targets[t]` (`-ln softmax(logits)[target]`) from the table's
+/// [`Kernels::head_nll`], without storing the logits; `on_nll(t, nats)`
+/// for `t < n` in order. The caller checks [`head_nll_applies`], the
+/// targets (below the vocabulary) and what [`forward_block`] needs.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_block_nll(
+    e: Exec<'_>,
+    model: &Model<'_>,
+    domain: &Domain<'_>,
+    s: &mut RunState<'_>,
+    pos: usize,
+    n: usize,
+    targets: &[u32],
+    on_nll: &mut dyn FnMut(usize, f64),
+) -> Result<()> {
+    let fused = e.kernels.head_nll.ok_or(Error::BadSetting("forward_block_nll: the kernels have no fused head"))?;
+    let targets = targets.get(..n).ok_or(Error::BadSetting("forward_block_nll: fewer targets than tokens"))?;
+    if let Some(&t) = targets.iter().find(|&&t| t as usize >= domain.vocab_size) {
+        return Err(Error::BadToken(t));
+    }
+    block_layers(e, model, domain, s, pos, n)?;
+    let dim = model.config().dim as usize;
+    let g = dim / crate::format::Q8_GROUP;
+    let bs = &mut s.block;
+    for (xb, x) in rows_mut(bs.xb, n, dim)?.zip(rows(bs.x, n, dim)?) {
+        (e.kernels.rmsnorm)(xb, x, domain.norm, model.config().norm_eps);
+    }
+    let mut input = BlockInput::new(bs.xb, dim, n)?;
+    let (xq, xs) = input.quantized_rows(e.kernels, bs.xq, bs.xs)?;
+    // a pass of the kernel at a time (64 tokens), its nats on the stack
+    let mut nats = [0f64; NLL_PASS];
+    for (c, want) in targets.chunks(NLL_PASS).enumerate() {
+        let (b0, m) = (c * NLL_PASS, want.len());
+        let (xq, xs) = (xq.get(b0 * dim..(b0 + m) * dim).ok_or(SHORT)?, xs.get(b0 * g..(b0 + m) * g).ok_or(SHORT)?);
+        let out = nats.get_mut(..m).ok_or(SHORT)?;
+        let vocab = domain.vocab_size;
+        match domain.head.weights {
+            Weights::Q8 { qs, scales } => (fused.q8)(out, qs, scales, vocab, xq, xs, want),
+            Weights::Q4 { qs, scales } => (fused.q4)(out, qs, scales, vocab, xq, xs, want),
+            _ => return Err(Error::BadSetting("forward_block_nll: the head is not quantized")),
+        }
+        for (t, &v) in out.iter().enumerate() {
+            on_nll(b0 + t, v);
+        }
+    }
+    Ok(())
+}
+
+/// Tokens per call of the fused head (its pass: four registers of sixteen).
+const NLL_PASS: usize = 64;

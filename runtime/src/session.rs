@@ -5,7 +5,7 @@ use core::ops::ControlFlow;
 
 use crate::arena::{Layout, RunState};
 use crate::error::{Error, Result};
-use crate::forward::{forward, forward_block, BlockLogits, Exec};
+use crate::forward::{forward, forward_block, forward_block_nll, head_nll_applies, BlockLogits, Exec};
 use crate::kernels::{Kernels, Parallel};
 use crate::kv::KvType;
 use crate::model::{Domain, Model};
@@ -277,6 +277,55 @@ impl<'m, 'a> Session<'m, 'a> {
         }
         self.stage(tokens)?;
         self.run_stored(self.len + tokens.len(), Some(on_logits))
+    }
+
+    /// Scores `tokens` run after the context: `on_nll(i, nats)` with
+    /// `-ln softmax(logits after tokens[i])[targets[i]]`, in order (bits per
+    /// byte, see `bpb`). On a table with a fused head ([`Kernels::head_nll`],
+    /// AVX-512) whose head is q8 or q4, with block buffers, blocks go
+    /// through it (the head on the calling thread, so every thread count
+    /// gives the same sums) and no logits are kept ([`Session::logits`] is
+    /// empty afterwards); else as [`Session::extend_scored`] with
+    /// [`crate::bpb::nll_with`]. Either way within the tolerance of the
+    /// batched path against the token-by-token one (`tests/batch.rs`).
+    pub fn extend_nll(&mut self, tokens: &[u32], targets: &[u32], on_nll: &mut dyn FnMut(usize, f64)) -> Result<()> {
+        if targets.len() != tokens.len() {
+            return Err(Error::BadSetting("extend_nll: one target per token"));
+        }
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= self.domain.vocab_size) {
+            return Err(Error::BadToken(bad));
+        }
+        let block = self.state.block.len;
+        if tokens.is_empty() || block == 0 || !head_nll_applies(self.kernels, self.domain) {
+            let k = self.kernels;
+            let mut failed = Ok(());
+            self.extend_scored(tokens, &mut |i, logits| {
+                if failed.is_ok() {
+                    match targets.get(i).map(|&t| crate::bpb::nll_with(k, logits, t)) {
+                        Some(Ok(nats)) => on_nll(i, nats),
+                        Some(Err(e)) => failed = Err(e),
+                        None => failed = Err(Error::BadSetting("extend_nll: logits past the targets")),
+                    }
+                }
+            })?;
+            return failed;
+        }
+        self.stage(tokens)?;
+        let (start, end) = (self.len, self.len + tokens.len());
+        let exec = Exec { kernels: self.kernels, par: self.par };
+        let mut pos = start;
+        while pos < end {
+            let n = block.min(end - pos);
+            let want = targets.get(pos - start..pos - start + n).unwrap_or_default();
+            let at = pos - start;
+            forward_block_nll(exec, self.model, self.domain, &mut self.state, pos, n, want, &mut |t, nats| {
+                on_nll(at + t, nats)
+            })?;
+            pos += n;
+            self.len = pos;
+        }
+        self.have_logits = false;
+        Ok(())
     }
 
     /// Checks `tokens` and copies them after the context (not yet run).

@@ -102,6 +102,56 @@ fn groups_in_order(w8: &[i8], ws: &[u16], xq: &[i8], xs: &[f32], rows: usize, co
     out
 }
 
+/// `ln Σ e^l` in f64 (the largest logit taken out first).
+fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
+    max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln()
+}
+
+/// The fused head where a token's logits rise row after row (each a shift
+/// raise, far past any one chunk) and where they fall, targets at the top,
+/// the bottom and in between: the rescaled sums keep the nats within the
+/// bound of `head_nll_is_the_log_sum_exp_of_the_product`.
+#[test]
+fn head_nll_keeps_its_bound_when_logits_climb() {
+    let (rows, cols, n) = (700usize, 64usize, 20usize);
+    let groups = cols / 32;
+    for rising in [true, false] {
+        // every weight 1, a token's activations all positive: logit r ∝ its row's scale
+        let w = vec![1i8; rows * cols];
+        let ws: Vec<u16> = (0..rows * groups)
+            .map(|i| {
+                let r = if rising { i / groups } else { rows - 1 - i / groups };
+                half::f16::from_f32(1e-3 + r as f32 * 6e-3).to_bits()
+            })
+            .collect();
+        let x: Vec<f32> = (0..n * cols).map(|i| 0.5 + (i % 7) as f32 / 14.0).collect();
+        let (mut xq, mut xs) = (vec![0i8; n * cols], vec![0f32; n * groups]);
+        reference::quantize_q8(&x, &mut xq, &mut xs);
+        let targets: Vec<u32> = (0..n as u32).map(|b| [0, rows as u32 - 1, 350, 699, 1][b as usize % 5]).collect();
+        for k in kernels::available() {
+            let Some(fused) = k.head_nll else { continue };
+            let mut logits = vec![0f32; n * rows];
+            (k.matmul_q8)(&mut kernels::TileOut::new(&mut logits, rows, rows, n), &w, &ws, &xq, &xs);
+            let spread = logits[..rows].iter().fold(0f32, |m, &l| m.max(l))
+                - logits[..rows].iter().fold(f32::MAX, |m, &l| m.min(l));
+            assert!(spread > 100.0, "the logits should climb far past one shift: {spread}");
+            let mut got = vec![f64::NAN; n];
+            (fused.q8)(&mut got, &w, &ws, rows, &xq, &xs, &targets);
+            for b in 0..n {
+                let want = log_sum_exp(&logits[b * rows..][..rows]) - logits[b * rows + targets[b] as usize] as f64;
+                assert!(
+                    (got[b] - want).abs() <= 4e-6 * want.abs().max(1.0),
+                    "{} rising {rising} token {b}: {} vs {}",
+                    k.name,
+                    got[b],
+                    want
+                );
+            }
+        }
+    }
+}
+
 /// One token's matvec: `(out, xq, xs)`.
 type TokenMatvec<'a> = &'a dyn Fn(&mut [f32], &[i8], &[f32]);
 
@@ -470,6 +520,52 @@ proptest! {
                     let (g, w) = (got[b * ld + r] as f64, want_ref[b * ld + r] as f64);
                     prop_assert!((g - w).abs() <= 1e-5 * mag + 1e-30, "{} token {} row {}: {} vs {}", k.name, b, r, g, w);
                 }
+            }
+        }
+    }
+
+    /// `head_nll` (AVX-512's fused head) against the f64 log-sum-exp of the
+    /// table's own batched product over the same rows: q8 and q4 heads,
+    /// vocabularies not a multiple of sixteen, one token to two 64-token
+    /// passes, scales from flat to widely spread logits (a token's shift is
+    /// then raised mid-way), targets anywhere; within 4e-6·max(nats, 1).
+    #[test]
+    fn head_nll_is_the_log_sum_exp_of_the_product(
+        rows in prop::sample::select(vec![1usize, 5, 16, 17, 40, 300]),
+        groups in 1usize..=4,
+        n in prop::sample::select(vec![1usize, 3, 16, 17, 64, 70]),
+        q4 in any::<bool>(),
+        spread in prop::sample::select(vec![1e-3f32, 0.1, 3.0]),
+        seed in any::<u32>(),
+    ) {
+        let cols = groups * 32;
+        let mut h = seed | 1;
+        let mut next = move || { h ^= h << 13; h ^= h >> 17; h ^= h << 5; h };
+        let wq: Vec<u8> = (0..rows * cols).map(|_| next() as u8).collect();
+        let ws: Vec<u16> = (0..rows * groups)
+            .map(|_| half::f16::from_f32(spread * (0.05 + (next() % 1000) as f32 / 1000.0)).to_bits())
+            .collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+        let (mut xq, mut xs) = (vec![0i8; n * cols], vec![0f32; n * groups]);
+        reference::quantize_q8(&x, &mut xq, &mut xs);
+        let targets: Vec<u32> = (0..n).map(|_| next() % rows as u32).collect();
+        for k in kernels::available() {
+            let Some(fused) = k.head_nll else { continue };
+            let mut logits = vec![0f32; n * rows];
+            let mut got = vec![f64::NAN; n];
+            if q4 {
+                let w = &wq[..rows * cols / 2];
+                (k.matmul_q4)(&mut kernels::TileOut::new(&mut logits, rows, rows, n), w, &ws, &xq, &xs);
+                (fused.q4)(&mut got, w, &ws, rows, &xq, &xs, &targets);
+            } else {
+                let w: Vec<i8> = wq.iter().map(|&b| b as i8).collect();
+                (k.matmul_q8)(&mut kernels::TileOut::new(&mut logits, rows, rows, n), &w, &ws, &xq, &xs);
+                (fused.q8)(&mut got, &w, &ws, rows, &xq, &xs, &targets);
+            }
+            for b in 0..n {
+                let want = log_sum_exp(&logits[b * rows..][..rows]) - logits[b * rows + targets[b] as usize] as f64;
+                prop_assert!((got[b] - want).abs() <= 4e-6 * want.abs().max(1.0),
+                    "{} token {} of {}: {} vs {}", k.name, b, n, got[b], want);
             }
         }
     }

@@ -238,6 +238,23 @@ pub type AttnValues2F16 = fn(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[u
 pub type AttnValues2Q8 = fn(out: [&mut [f32]; 2], att: [&[f32]; 2], values: &[i8], stride: usize);
 pub type SumExp = fn(xs: &[f32], max: f32) -> f64;
 pub type MaxF32 = fn(xs: &[f32]) -> f32;
+pub type HeadNllQ8 = fn(nats: &mut [f64], wq: &[i8], ws: &[u16], rows: usize, xq: &[i8], xs: &[f32], targets: &[u32]);
+pub type HeadNllQ4 = fn(nats: &mut [f64], wq: &[u8], ws: &[u16], rows: usize, xq: &[i8], xs: &[f32], targets: &[u32]);
+
+/// Bits per byte's nats straight from a quantized head ([`Kernels::head_nll`]):
+/// for each token `b < targets.len()` (its q8 activations `xq[b·cols..]`,
+/// scales `xs[b·cols/32..]`), `nats[b] = ln Σ_{r < rows} e^{l_r} − l_t`
+/// with `l` the logits `matmul_q8` (`matmul_q4`) gives for the head's
+/// first `rows` rows and `t = targets[b]`, within 4e-6·max(nats, 1) of
+/// that sum in f64. The logits are never stored. Panics if a target is not
+/// below `rows`, a slice is too short or `cols` exceeds `max_cols`.
+#[derive(Clone, Copy)]
+pub struct HeadNll {
+    pub q8: HeadNllQ8,
+    pub q4: HeadNllQ4,
+    /// The widest head rows the kernels take.
+    pub max_cols: usize,
+}
 
 /// The f32 order of a table's batched quantized products (`matmul_q8`,
 /// `matmul_q4`) for one row and token. The integer group sums `Σ w·x` are
@@ -351,6 +368,10 @@ pub struct Kernels {
     /// [`crate::bpb::nll`] subtracts before `sum_exp`. The reference's value
     /// on every path (of equal zeros, either sign).
     pub max: MaxF32,
+    /// Scoring a block's tokens against their targets without storing its
+    /// logits (AVX-512; `None`: the product, then `max` and `sum_exp` per
+    /// token).
+    pub head_nll: Option<HeadNll>,
 }
 
 impl core::fmt::Debug for Kernels {
@@ -387,6 +408,7 @@ pub static REFERENCE: Kernels = Kernels {
     attn_values2_q8: reference::attn_values2_q8,
     sum_exp: reference::sum_exp,
     max: reference::max,
+    head_nll: None,
 };
 
 /// Every path name this build knows (supported by this CPU or not).

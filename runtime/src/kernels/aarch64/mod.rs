@@ -78,6 +78,7 @@ static NEON: Kernels = Kernels {
     // the scalar form vectorises on NEON as it is
     sum_exp: super::reference::sum_exp,
     max: super::reference::max,
+    head_nll: None,
 };
 static DOTPROD: Kernels = Kernels {
     name: "dotprod",

@@ -84,6 +84,112 @@ pub unsafe fn matmul_q4(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8],
     matmul::<true>(out, wq.as_ptr(), ws, xq, xs)
 }
 
+/// `Kernels::head_nll` of the `avx512vnni` table, q8 heads: see [`head_nll`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn head_nll_q8(
+    nats: &mut [f64],
+    wq: &[i8],
+    ws: &[u16],
+    rows: usize,
+    xq: &[i8],
+    xs: &[f32],
+    targets: &[u32],
+) {
+    head_nll::<false>(nats, wq.as_ptr() as *const u8, ws, rows, xq, xs, targets)
+}
+
+/// `Kernels::head_nll` of the `avx512vnni` table, q4 heads: see [`head_nll`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn head_nll_q4(
+    nats: &mut [f64],
+    wq: &[u8],
+    ws: &[u16],
+    rows: usize,
+    xq: &[i8],
+    xs: &[f32],
+    targets: &[u32],
+) {
+    head_nll::<true>(nats, wq.as_ptr(), ws, rows, xq, xs, targets)
+}
+
+/// Bits per byte's nats of each token straight from the head's product:
+/// each sixteen rows' logits (for up to 64 tokens, in registers, the bits
+/// [`matmul`] stores) go into the tokens' `Σ e^(l − c)` and pick out the
+/// targets' logits, instead of being transposed and stored as a
+/// `[tokens, vocab]` block that a max pass and a sum pass read back (with
+/// the shipped head, 1 MiB per block through L2: the stores and transposes
+/// alone were 5 % of `edgelm eval`). `c`, the shift, is a token's largest
+/// logit of the first sixteen rows, raised when a later row is more than
+/// [`RESHIFT`] above it (the sums so far scaled by `e^(c − c')`), so every
+/// term is at most `e^RESHIFT` and the largest at least 1: no overflow,
+/// and the sum keeps f32's precision per term. Terms
+/// are [`super::wide::exp16_core`]'s (≤ 2 ulp), added sixteen rows at a
+/// time in f32 and then in f64; `nats = c + ln Σ − l_target`, within
+/// 4e-6·max(nats, 1) of the f64 form over the same logits (2 ulp per term,
+/// the exponent's rounding, up to fifteen f32 additions per chunk). Rows of up to
+/// [`HEAD_NLL_MAX_COLS`] (one pass's scratch).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn head_nll<const Q4: bool>(
+    nats: &mut [f64],
+    w: *const u8,
+    ws: &[u16],
+    rows: usize,
+    xq: &[i8],
+    xs: &[f32],
+    targets: &[u32],
+) {
+    let n = targets.len().min(nats.len());
+    if n == 0 || rows == 0 {
+        return;
+    }
+    let cols = xq.len() / n;
+    let groups = cols / 32;
+    let (most, span) = pass_shape(cols);
+    if span < cols || groups == 0 {
+        return;
+    }
+    let mut sc = core::mem::MaybeUninit::<Scratch>::uninit();
+    let sc = sc.as_mut_ptr();
+    let p = Pass {
+        x: core::ptr::addr_of_mut!((*sc).x) as *mut __m512i,
+        c: core::ptr::addr_of_mut!((*sc).c) as *mut __m512i,
+        s: core::ptr::addr_of_mut!((*sc).s) as *mut __m512,
+        t: core::ptr::addr_of_mut!((*sc).t) as *mut __m512,
+        cols,
+        groups,
+        span_groups: groups,
+        row_bytes: if Q4 { cols / 2 } else { cols },
+    };
+    let mut b0 = 0;
+    while b0 < n {
+        let vecs = (n - b0).div_ceil(LANES).min(most);
+        let live = (n - b0).min(vecs * LANES);
+        p.prepare::<Q4>(xq.as_ptr().add(b0 * cols), xs.as_ptr().add(b0 * groups), live, vecs);
+        let (t, out) = (targets.as_ptr().add(b0), nats.as_mut_ptr().add(b0));
+        match vecs {
+            1 => p.run_nll::<1, Q4>(w, ws.as_ptr(), rows, live, t, out),
+            2 => p.run_nll::<2, Q4>(w, ws.as_ptr(), rows, live, t, out),
+            3 => p.run_nll::<3, Q4>(w, ws.as_ptr(), rows, live, t, out),
+            _ => p.run_nll::<4, Q4>(w, ws.as_ptr(), rows, live, t, out),
+        }
+        b0 += live;
+    }
+}
+
+/// The widest rows [`head_nll`] takes: one pass's transposed activations
+/// hold whole rows of sixteen tokens.
+pub const HEAD_NLL_MAX_COLS: usize = XT_BYTES / LANES;
+
+/// How far (in nats) a logit may rise above a token's shift before the
+/// shift follows it (the sums so far scaled by `e^(c − c')` in f64). The
+/// exponent `l − c` of a dominant term is rounded to f32 when it is not
+/// exact, by at most half an ulp of `RESHIFT` (4.8e-7 here), its relative
+/// error; a larger value would rescale less often (a trained model's
+/// logits rarely rise this far above the first sixteen rows') and round
+/// more.
+const RESHIFT: f32 = 16.0;
+
 /// Both products; `Q4`: the weights are packed nibbles (`w: [rows·cols/2]`),
 /// else q8 bytes (`w: [rows·cols]`).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -273,6 +379,100 @@ impl Pass {
         }
     }
 
+    /// [`head_nll`] over the prepared `V` token vectors (`live` tokens,
+    /// their targets at `targets`, their nats to `nats`): every row of the
+    /// head, sixteen at a time, as [`Pass::run`] computes them.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn run_nll<const V: usize, const Q4: bool>(
+        &self,
+        wq: *const u8,
+        ws: *const u16,
+        rows: usize,
+        live: usize,
+        targets: *const u32,
+        nats: *mut f64,
+    ) {
+        let (rb, groups) = (self.row_bytes, self.groups);
+        let c = _mm512_set1_ps;
+        let (lo, hi) = (c(crate::kernels::reference::EXP_MIN), c(crate::kernels::reference::EXP_MAX));
+        // per token vector: the targets, the shift, the sums (f64, lanes 0..8
+        // and 8..16) and the targets' logits
+        let want: [__m512i; V] = core::array::from_fn(|v| {
+            _mm512_maskz_loadu_epi32(lane_mask(live.saturating_sub(v * LANES)), targets.add(v * LANES) as *const i32)
+        });
+        let mut shift = [c(0.0); V];
+        let (mut sum_lo, mut sum_hi) = ([_mm512_setzero_pd(); V], [_mm512_setzero_pd(); V]);
+        let mut picked = [c(0.0); V];
+        let mut r0 = 0;
+        while r0 < rows {
+            let chunk = (rows - r0).min(LANES);
+            let mut i = 0;
+            while V <= 2 && i + 4 <= chunk {
+                self.rows::<4, V, Q4>(wq.add((r0 + i) * rb), ws.add((r0 + i) * groups), i, false);
+                i += 4;
+            }
+            while i + 2 <= chunk {
+                self.rows::<2, V, Q4>(wq.add((r0 + i) * rb), ws.add((r0 + i) * groups), i, false);
+                i += 2;
+            }
+            if i < chunk {
+                self.rows::<1, V, Q4>(wq.add((r0 + i) * rb), ws.add((r0 + i) * groups), i, false);
+            }
+            for v in 0..V {
+                let row = |i: usize| *self.t.add(i * MAX_VECS + v);
+                let mut top = row(0);
+                for i in 1..chunk {
+                    top = _mm512_max_ps(top, row(i));
+                }
+                if r0 == 0 {
+                    shift[v] = top;
+                } else {
+                    let far = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(top, _mm512_add_ps(shift[v], c(RESHIFT)));
+                    if far != 0 {
+                        // rare: the sums so far scaled to the new shift, in f64
+                        let raised = _mm512_mask_mov_ps(shift[v], far, top);
+                        let (mut was, mut now, mut f) = ([0f32; LANES], [0f32; LANES], [1f64; LANES]);
+                        _mm512_storeu_ps(was.as_mut_ptr(), shift[v]);
+                        _mm512_storeu_ps(now.as_mut_ptr(), raised);
+                        for j in (0..LANES).filter(|j| far & (1 << j) != 0) {
+                            f[j] = libm::exp(was[j] as f64 - now[j] as f64);
+                        }
+                        sum_lo[v] = _mm512_mul_pd(sum_lo[v], _mm512_loadu_pd(f.as_ptr()));
+                        sum_hi[v] = _mm512_mul_pd(sum_hi[v], _mm512_loadu_pd(f.as_ptr().add(8)));
+                        shift[v] = raised;
+                    }
+                }
+                let mut terms = _mm512_setzero_ps();
+                for i in 0..chunk {
+                    let x = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_sub_ps(row(i), shift[v])));
+                    terms = _mm512_add_ps(terms, super::wide::exp16_core(x));
+                }
+                sum_lo[v] = _mm512_add_pd(sum_lo[v], _mm512_cvtps_pd(_mm512_castps512_ps256(terms)));
+                sum_hi[v] = _mm512_add_pd(sum_hi[v], _mm512_cvtps_pd(high_half(terms)));
+                // targets among these rows (for sixteen tokens, one chunk in sixteen on average)
+                let first = _mm512_set1_epi32(r0 as i32);
+                let here = _mm512_cmplt_epu32_mask(_mm512_sub_epi32(want[v], first), _mm512_set1_epi32(chunk as i32));
+                if here != 0 {
+                    for i in 0..chunk {
+                        let hit = _mm512_mask_cmpeq_epi32_mask(here, want[v], _mm512_set1_epi32((r0 + i) as i32));
+                        picked[v] = _mm512_mask_mov_ps(picked[v], hit, row(i));
+                    }
+                }
+            }
+            r0 += chunk;
+        }
+        for v in 0..V {
+            let (mut sh, mut pk, mut s) = ([0f32; LANES], [0f32; LANES], [0f64; LANES]);
+            _mm512_storeu_ps(sh.as_mut_ptr(), shift[v]);
+            _mm512_storeu_ps(pk.as_mut_ptr(), picked[v]);
+            _mm512_storeu_pd(s.as_mut_ptr(), sum_lo[v]);
+            _mm512_storeu_pd(s.as_mut_ptr().add(8), sum_hi[v]);
+            for j in 0..live.saturating_sub(v * LANES).min(LANES) {
+                *nats.add(v * LANES + j) = sh[j] as f64 + libm::log(s[j]) - pk[j] as f64;
+            }
+        }
+    }
+
     /// `R` rows (`w`, `ws`: the span's first column of each row, rows
     /// `row_bytes` and `groups` apart) against the `V` token vectors, into
     /// `t` at rows `i..i + R` of the chunk (`carry`: starting from what `t`
@@ -337,6 +537,13 @@ impl Pass {
             }
         }
     }
+}
+
+/// Lanes 8..16 of `v` as a 256-bit register.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn high_half(v: __m512) -> __m256 {
+    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
 }
 
 /// The four bytes at `p` in every 32-bit lane: one `vpbroadcastd zmm, m32`,

@@ -39,7 +39,8 @@
 use core::arch::x86_64::*;
 
 use super::{
-    check_q4, check_q4_tile, check_q8, check_q8_tile, reference, Kernels, MatmulOrder, ScoresByDim, TileOut, TILE_BYTES,
+    check_q4, check_q4_tile, check_q8, check_q8_tile, reference, HeadNll, Kernels, MatmulOrder, ScoresByDim, TileOut,
+    TILE_BYTES,
 };
 
 mod by_dim;
@@ -127,6 +128,7 @@ static AVX2: Kernels = Kernels {
     attn_values2_q8: attn_values2_q8_avx2,
     sum_exp,
     max: reference::max,
+    head_nll: None,
 };
 static AVXVNNI: Kernels = Kernels {
     name: "avxvnni",
@@ -150,6 +152,7 @@ static AVX512VNNI: Kernels = Kernels {
     swiglu: swiglu_avx512,
     sum_exp: sum_exp_avx512,
     max: max_avx512,
+    head_nll: Some(HeadNll { q8: head_nll_q8_avx512, q4: head_nll_q4_avx512, max_cols: lanes::HEAD_NLL_MAX_COLS }),
     scores_by_dim: Some(ScoresByDim { two: by_dim::attn_scores2_t, store_f32: by_dim::keys_by_dim_f32 }),
     attn_values: attn_values_avx512,
     attn_values_f16: attn_values_f16_avx512,
@@ -229,6 +232,43 @@ fn matmul_q8_avxvnni(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs
     // SAFETY: only reachable via `AVXVNNI`, returned after detecting
     // avx2+fma+f16c+avxvnni; slice lengths were checked above.
     unsafe { q8_avxvnni::matmul(out, wq, ws, xq, xs) }
+}
+/// The columns of `n = targets.len()` tokens' activations for `HeadNll`
+/// (a multiple of 32, at most one pass's), after checking the slices but
+/// the weights (`row_bytes` per row: the caller's) and that every target is
+/// a row.
+fn check_head_nll(
+    nats: &[f64],
+    w: (usize, fn(usize) -> usize),
+    ws: &[u16],
+    rows: usize,
+    xq: &[i8],
+    xs: &[f32],
+    targets: &[u32],
+) -> usize {
+    let n = targets.len();
+    let cols = xq.len().checked_div(n).unwrap_or(0);
+    let g = cols / 32;
+    let (w_bytes, row_bytes) = w;
+    assert!(cols.is_multiple_of(32), "head_nll: cols {cols} not a multiple of 32");
+    assert!(
+        nats.len() >= n && w_bytes >= rows * row_bytes(cols) && ws.len() >= rows * g && xs.len() >= n * g,
+        "head_nll: slices too short for {rows} rows × {cols} cols × {n} tokens"
+    );
+    assert!(targets.iter().all(|&t| (t as usize) < rows), "head_nll: a target past the {rows} rows");
+    assert!(cols <= lanes::HEAD_NLL_MAX_COLS, "head_nll: rows of {cols} columns are wider than one pass takes");
+    cols
+}
+fn head_nll_q8_avx512(nats: &mut [f64], wq: &[i8], ws: &[u16], rows: usize, xq: &[i8], xs: &[f32], targets: &[u32]) {
+    check_head_nll(nats, (wq.len(), |c| c), ws, rows, xq, xs, targets);
+    // SAFETY: only reachable via `AVX512VNNI`, returned after detecting
+    // avx2+fma+f16c+avx512f/bw/vl/vnni; slice lengths were checked above.
+    unsafe { lanes::head_nll_q8(nats, wq, ws, rows, xq, xs, targets) }
+}
+fn head_nll_q4_avx512(nats: &mut [f64], wq: &[u8], ws: &[u16], rows: usize, xq: &[i8], xs: &[f32], targets: &[u32]) {
+    check_head_nll(nats, (wq.len(), |c| c / 2), ws, rows, xq, xs, targets);
+    // SAFETY: as above.
+    unsafe { lanes::head_nll_q4(nats, wq, ws, rows, xq, xs, targets) }
 }
 /// The 512-bit batched products keep the tokens in the lanes (`lanes.rs`).
 fn matmul_q8_avx512vnni(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {

@@ -91,7 +91,7 @@ const F32_RUN: usize = 8;
 /// as the AVX2 table's `exp_ps` has it): [`exp16_core`].
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 #[inline]
-unsafe fn exp16(x: __m512) -> __m512 {
+pub(super) unsafe fn exp16(x: __m512) -> __m512 {
     let c = _mm512_set1_ps;
     exp16_core(_mm512_min_ps(_mm512_max_ps(x, c(-87.336_54)), c(88.376_26)))
 }
@@ -101,7 +101,7 @@ unsafe fn exp16(x: __m512) -> __m512 {
 /// applied by `vscalefps` (exact, no exponent arithmetic); ≤ 2 ulp.
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 #[inline]
-unsafe fn exp16_core(x: __m512) -> __m512 {
+pub(super) unsafe fn exp16_core(x: __m512) -> __m512 {
     let c = _mm512_set1_ps;
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
         x,
