@@ -85,20 +85,23 @@ unsafe fn scores<const H: usize>(
     // the common head sizes with their sixteens as constants, so the chains
     // unroll into registers
     match hd / 16 {
-        0 => scores_of(att, n, q, hd, 0, kt, ld, scale),
-        1 => scores_of(att, n, q, hd, 1, kt, ld, scale),
-        2 => scores_of(att, n, q, hd, 2, kt, ld, scale),
-        3 => scores_of(att, n, q, hd, 3, kt, ld, scale),
-        4 => scores_of(att, n, q, hd, 4, kt, ld, scale),
-        whole => scores_of(att, n, q, hd, whole, kt, ld, scale),
+        0 => scores_of::<H, 0>(att, n, q, hd, 0, kt, ld, scale),
+        1 => scores_of::<H, 1>(att, n, q, hd, 1, kt, ld, scale),
+        2 => scores_of::<H, 2>(att, n, q, hd, 2, kt, ld, scale),
+        3 => scores_of::<H, 3>(att, n, q, hd, 3, kt, ld, scale),
+        4 => scores_of::<H, 4>(att, n, q, hd, 4, kt, ld, scale),
+        whole => scores_of::<H, { usize::MAX }>(att, n, q, hd, whole, kt, ld, scale),
     }
 }
 
-/// [`scores`] with `whole = hd / 16`.
+/// [`scores`] with `whole = hd / 16`, a constant `W` where it is one
+/// (`usize::MAX`: read `whole`), so each head size's chains unroll into
+/// registers (with `whole` at run time the lanes looped over it and the
+/// tree spilled).
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn scores_of<const H: usize>(
+unsafe fn scores_of<const H: usize, const W: usize>(
     att: [*mut f32; H],
     n: usize,
     q: [*const f32; H],
@@ -108,6 +111,7 @@ unsafe fn scores_of<const H: usize>(
     ld: usize,
     scale: f32,
 ) {
+    let whole = if W == usize::MAX { whole } else { W };
     let half = hd % 16 >= 8;
     let tail = 16 * whole + if half { 8 } else { 0 };
     let mut t = 0;
