@@ -67,6 +67,13 @@ pub struct Run {
 
 /// Runs on a blocking thread. `started` answers once the prompt is in (or
 /// why it was refused); the text then goes to `tx`.
+/// Answers a request that could not start: the lease is dropped (its arena
+/// back in the pool) before the error goes to the handler.
+fn refuse(started: oneshot::Sender<Result<(), ApiError>>, lease: Lease, e: ApiError) {
+    drop(lease);
+    let _ = started.send(Err(e));
+}
+
 pub fn run(r: Run, rt: Handle, started: oneshot::Sender<Result<(), ApiError>>, tx: mpsc::Sender<Event>) {
     let t0 = Instant::now();
     let Run { engine, mut lease, job, pace, stall, stats } = r;
@@ -78,23 +85,20 @@ pub fn run(r: Run, rt: Handle, started: oneshot::Sender<Result<(), ApiError>>, t
     };
     let mut pieces = 0usize;
     let result = {
+        // a refused request gives its arena back before the handler answers,
+        // so `/api/health` never counts it busy after the error reached the client
         let model = match engine.model() {
             Ok(m) => m,
-            Err(e) => {
-                let _ = started.send(Err(e.into()));
-                return;
-            }
+            Err(e) => return refuse(started, lease, e.into()),
         };
         let mut session = match engine.session(&model, Some(&job.domain), lease.arena(), job.opts) {
             Ok(s) => s,
-            Err(e) => {
-                let _ = started.send(Err(e.into()));
-                return;
-            }
+            Err(e) => return refuse(started, lease, e.into()),
         };
         if let Err(e) = session.feed_prompt(&job.prompt) {
-            let _ = started.send(Err(e.into()));
-            return;
+            drop(session);
+            drop(model);
+            return refuse(started, lease, e.into());
         }
         if started.send(Ok(())).is_err() {
             return; // the handler went away before the stream began
