@@ -9,8 +9,9 @@
 //! The one exception: a table whose batched quantized products add the
 //! groups in their own order (`MatmulOrder::GroupsInOrder`, AVX-512) gives
 //! q8 and q4 models' blocks logits within [`LOGIT_TOLERANCE`] of token by
-//! token, and bits per byte within [`NATS_TOLERANCE`]; threads still change
-//! nothing there, bit for bit.
+//! token, and bits per byte within [`NATS_TOLERANCE`] (there scoring also
+//! goes through the fused head, `Kernels::head_nll`, whose own bound is in
+//! `kernels.rs`); threads still change nothing there, bit for bit.
 
 mod common;
 
