@@ -96,8 +96,7 @@ pub fn run(r: Run, rt: Handle, started: oneshot::Sender<Result<(), ApiError>>, t
             Err(e) => return refuse(started, lease, e.into()),
         };
         if let Err(e) = session.feed_prompt(&job.prompt) {
-            drop(session);
-            drop(model);
+            // (the session's borrow of the arena ends here: it is not used again)
             return refuse(started, lease, e.into());
         }
         if started.send(Ok(())).is_err() {
