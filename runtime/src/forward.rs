@@ -245,6 +245,28 @@ fn block(e: Exec<'_>, cfg: &Config, b: &Block<'_>, s: &mut RunState<'_>, layer: 
     Ok(())
 }
 
+/// The blocks of `domain`'s stack in order, each one's index its KV cache
+/// slot: the base's blocks, an expansion block at position `p` just before
+/// base block `p`, the rest after the last.
+fn stack<'s, 'm>(model: &'s Model<'m>, domain: &'s Domain<'m>) -> impl Iterator<Item = &'s Block<'m>> + 's {
+    let (base, expansion) = (model.blocks(), &domain.expansion[..]);
+    let (mut i, mut j) = (0, 0);
+    core::iter::from_fn(move || {
+        let at_i = expansion.get(j).is_some_and(|(p, _)| *p as usize == i) && i < base.len();
+        let next = match (at_i, base.get(i)) {
+            (false, Some(b)) => {
+                i += 1;
+                b
+            }
+            _ => {
+                j += 1;
+                &expansion.get(j - 1)?.1
+            }
+        };
+        Some(next)
+    })
+}
+
 /// Runs `token` at position `pos` through `domain`'s stack. With
 /// `logits = true` the head's output for the domain's vocabulary is left in
 /// `s.logits[..vocab]` (skipped for prompt tokens whose logits nobody reads).
@@ -263,19 +285,8 @@ pub fn forward(
     domain.embedding.row_into(token as usize, s.x)?;
     rope_table(s.rope, pos, cfg.head_dim(), cfg.rope_theta);
 
-    let mut layer = 0;
-    let mut expansion = domain.expansion.iter().peekable();
-    for (i, b) in model.blocks().iter().enumerate() {
-        while let Some((_, eb)) = expansion.next_if(|(p, _)| *p as usize == i) {
-            block(e, cfg, eb, s, layer, pos)?;
-            layer += 1;
-        }
+    for (layer, b) in stack(model, domain).enumerate() {
         block(e, cfg, b, s, layer, pos)?;
-        layer += 1;
-    }
-    for (_, eb) in expansion {
-        block(e, cfg, eb, s, layer, pos)?;
-        layer += 1;
     }
 
     if logits {
@@ -803,21 +814,9 @@ fn block_layers(
     }
     rope_block(s.block.rope.get_mut(..n * hd).ok_or(SHORT)?, pos, hd, cfg.rope_theta);
 
-    let mut layer = 0;
-    let mut expansion = domain.expansion.iter().peekable();
-    for (i, b) in model.blocks().iter().enumerate() {
-        while let Some((_, eb)) = expansion.next_if(|(p, _)| *p as usize == i) {
-            block_run(e, cfg, eb, s, layer, pos, n)?;
-            layer += 1;
-        }
+    for (layer, b) in stack(model, domain).enumerate() {
         block_run(e, cfg, b, s, layer, pos, n)?;
-        layer += 1;
     }
-    for (_, eb) in expansion {
-        block_run(e, cfg, eb, s, layer, pos, n)?;
-        layer += 1;
-    }
-
     Ok(())
 }
 

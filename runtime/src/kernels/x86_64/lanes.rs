@@ -151,16 +151,7 @@ unsafe fn head_nll<const Q4: bool>(
     }
     let mut sc = core::mem::MaybeUninit::<Scratch>::uninit();
     let sc = sc.as_mut_ptr();
-    let p = Pass {
-        x: core::ptr::addr_of_mut!((*sc).x) as *mut __m512i,
-        c: core::ptr::addr_of_mut!((*sc).c) as *mut __m512i,
-        s: core::ptr::addr_of_mut!((*sc).s) as *mut __m512,
-        t: core::ptr::addr_of_mut!((*sc).t) as *mut __m512,
-        cols,
-        groups,
-        span_groups: groups,
-        row_bytes: if Q4 { cols / 2 } else { cols },
-    };
+    let p = Pass::over(sc, cols, Q4, groups);
     let mut b0 = 0;
     while b0 < n {
         let vecs = (n - b0).div_ceil(LANES).min(most);
@@ -207,16 +198,7 @@ unsafe fn matmul<const Q4: bool>(out: &mut TileOut<'_>, w: *const u8, ws: &[u16]
     let (most, span) = pass_shape(cols);
     let mut sc = core::mem::MaybeUninit::<Scratch>::uninit();
     let sc = sc.as_mut_ptr();
-    let whole = Pass {
-        x: core::ptr::addr_of_mut!((*sc).x) as *mut __m512i,
-        c: core::ptr::addr_of_mut!((*sc).c) as *mut __m512i,
-        s: core::ptr::addr_of_mut!((*sc).s) as *mut __m512,
-        t: core::ptr::addr_of_mut!((*sc).t) as *mut __m512,
-        cols,
-        groups,
-        span_groups: 0, // each span's copy sets its own
-        row_bytes: if Q4 { cols / 2 } else { cols },
-    };
+    let whole = Pass::over(sc, cols, Q4, 0); // each span's copy sets its own groups
     let mut b0 = 0;
     while b0 < n {
         let vecs = (n - b0).div_ceil(LANES).min(most);
@@ -266,6 +248,22 @@ pub(super) fn lane_mask(live: usize) -> __mmask16 {
 }
 
 impl Pass {
+    /// A pass over the buffers of `sc` (a live, possibly uninitialised
+    /// `Scratch`: only addresses are taken) for rows of `cols` columns
+    /// (`q4`: packed nibbles), `span_groups` of them prepared.
+    unsafe fn over(sc: *mut Scratch, cols: usize, q4: bool, span_groups: usize) -> Pass {
+        Pass {
+            x: core::ptr::addr_of_mut!((*sc).x) as *mut __m512i,
+            c: core::ptr::addr_of_mut!((*sc).c) as *mut __m512i,
+            s: core::ptr::addr_of_mut!((*sc).s) as *mut __m512,
+            t: core::ptr::addr_of_mut!((*sc).t) as *mut __m512,
+            cols,
+            groups: cols / 32,
+            span_groups,
+            row_bytes: if q4 { cols / 2 } else { cols },
+        }
+    }
+
     /// Transposes the span's columns of `live` tokens (`xq`: token `b` at
     /// `b·cols`) into `vecs` token vectors (lanes past `live` zero), with
     /// each group's correction (the weights' offset times `−Σx`: 128 for q8
@@ -345,19 +343,7 @@ impl Pass {
                     }
                 }
             }
-            let mut i = 0;
-            // four rows where the accumulators fit the registers (2 · R · V ≤ 16)
-            while V <= 2 && i + 4 <= chunk {
-                self.rows::<4, V, Q4>(wq.add((r0 + i) * rb), ws.add((r0 + i) * groups), i, carry);
-                i += 4;
-            }
-            while i + 2 <= chunk {
-                self.rows::<2, V, Q4>(wq.add((r0 + i) * rb), ws.add((r0 + i) * groups), i, carry);
-                i += 2;
-            }
-            if i < chunk {
-                self.rows::<1, V, Q4>(wq.add((r0 + i) * rb), ws.add((r0 + i) * groups), i, carry);
-            }
+            self.chunk::<V, Q4>(wq.add(r0 * rb), ws.add(r0 * groups), chunk, carry);
             for i in chunk..LANES {
                 for v in 0..V {
                     *self.t.add(i * MAX_VECS + v) = _mm512_setzero_ps();
@@ -406,18 +392,7 @@ impl Pass {
         let mut r0 = 0;
         while r0 < rows {
             let chunk = (rows - r0).min(LANES);
-            let mut i = 0;
-            while V <= 2 && i + 4 <= chunk {
-                self.rows::<4, V, Q4>(wq.add((r0 + i) * rb), ws.add((r0 + i) * groups), i, false);
-                i += 4;
-            }
-            while i + 2 <= chunk {
-                self.rows::<2, V, Q4>(wq.add((r0 + i) * rb), ws.add((r0 + i) * groups), i, false);
-                i += 2;
-            }
-            if i < chunk {
-                self.rows::<1, V, Q4>(wq.add((r0 + i) * rb), ws.add((r0 + i) * groups), i, false);
-            }
+            self.chunk::<V, Q4>(wq.add(r0 * rb), ws.add(r0 * groups), chunk, false);
             for v in 0..V {
                 let row = |i: usize| *self.t.add(i * MAX_VECS + v);
                 let mut top = row(0);
@@ -470,6 +445,28 @@ impl Pass {
             for j in 0..live.saturating_sub(v * LANES).min(LANES) {
                 *nats.add(v * LANES + j) = sh[j] as f64 + libm::log(s[j]) - pk[j] as f64;
             }
+        }
+    }
+
+    /// The `chunk ≤ 16` rows at `wq`, `ws` (rows `row_bytes` and `groups`
+    /// apart) against the `V` token vectors, into rows `0..chunk` of `t`
+    /// (`carry`: starting from what `t` holds), four rows at a time where the
+    /// accumulators fit the registers (2 · R · V ≤ 16), else two, then one.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn chunk<const V: usize, const Q4: bool>(&self, wq: *const u8, ws: *const u16, chunk: usize, carry: bool) {
+        let (rb, groups) = (self.row_bytes, self.groups);
+        let mut i = 0;
+        while V <= 2 && i + 4 <= chunk {
+            self.rows::<4, V, Q4>(wq.add(i * rb), ws.add(i * groups), i, carry);
+            i += 4;
+        }
+        while i + 2 <= chunk {
+            self.rows::<2, V, Q4>(wq.add(i * rb), ws.add(i * groups), i, carry);
+            i += 2;
+        }
+        if i < chunk {
+            self.rows::<1, V, Q4>(wq.add(i * rb), ws.add(i * groups), i, carry);
         }
     }
 
