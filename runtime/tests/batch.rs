@@ -20,7 +20,7 @@ use edgelm_runtime::bpb::{score_document, Totals};
 use edgelm_runtime::format::DType;
 use edgelm_runtime::kernels::{self, Kernels, MatmulOrder};
 use edgelm_runtime::threads::Pool;
-use edgelm_runtime::{KvType, Model, Session, SessionOptions};
+use edgelm_runtime::{Error, KvType, Model, Session, SessionOptions};
 use edgelm_testkit::synthetic::{synthetic_model, synthetic_pack, SyntheticPackSpec, SyntheticSpec};
 
 fn tokens(n: usize, vocab: u32, salt: u32) -> Vec<u32> {
@@ -355,4 +355,42 @@ fn extend_checks_before_running() {
     assert!(s.extend(&[1; 7]).is_err());
     assert_eq!(s.extend(&[1; 6]).unwrap().len(), 320);
     assert_eq!(s.tokens().len(), 16);
+}
+
+/// `Session::extend_nll` refuses bad input before running anything, on the
+/// fused head's path (blocks, where the table has one) and token by token:
+/// a target past the vocabulary, a target count other than the tokens', a
+/// token past the vocabulary. The context is left as it was, and a good call
+/// afterwards scores every token.
+#[test]
+fn extend_nll_refuses_bad_targets_and_runs_nothing() {
+    for (name, base, _) in models() {
+        let b = aligned(base);
+        let model = Model::from_bytes(&b).unwrap();
+        for block in [1usize, 16] {
+            let o = SessionOptions { block_logits: false, ..opts(48, KvType::F32, block) };
+            let mut arena = vec![0u8; model.arena_bytes_for(&o)];
+            let mut s = Session::new(&model, "story", &mut arena, o).unwrap();
+            let vocab = s.domain().vocab_size as u32;
+            let seq = tokens(20, vocab, 4);
+            let what = format!("{name} block {block}");
+            let mut calls = 0;
+            let mut count = |_: usize, _: f64| calls += 1;
+            let mut bad = seq[1..].to_vec();
+            bad[7] = vocab;
+            assert!(
+                matches!(s.extend_nll(&seq[..19], &bad, &mut count), Err(Error::BadToken(t)) if t == vocab),
+                "{what}"
+            );
+            assert!(matches!(s.extend_nll(&seq[..19], &seq[1..19], &mut count), Err(Error::BadSetting(_))), "{what}");
+            let mut bad_token = seq[..19].to_vec();
+            bad_token[3] = vocab + 5;
+            assert!(s.extend_nll(&bad_token, &seq[1..], &mut count).is_err(), "{what}");
+            assert_eq!((calls, s.tokens().len()), (0, 0), "{what}: nothing ran");
+            let mut nats = Vec::new();
+            s.extend_nll(&seq[..19], &seq[1..], &mut |i, v| nats.push((i, v))).unwrap();
+            assert_eq!(nats.iter().map(|&(i, _)| i).collect::<Vec<_>>(), (0..19).collect::<Vec<_>>(), "{what}");
+            assert!(nats.iter().all(|&(_, v)| v.is_finite() && v > 0.0), "{what}: {nats:?}");
+        }
+    }
 }
