@@ -153,6 +153,16 @@ fn bench(c: &mut Criterion) {
         }
     }
     g.finish();
+    // a head alone (the 15M shape's heads, one KV head each)
+    let mut g = group(c, "attn_scores_by_dim/1x128x32", n);
+    for k in tables() {
+        if let Some(by) = k.scores_by_dim {
+            g.bench_function(BenchmarkId::from_parameter(k.name), |b| {
+                b.iter(|| (by.one)(&mut s, black_box(&q[..hd]), &kt, ld, 0.18))
+            });
+        }
+    }
+    g.finish();
     let mut g = group(c, "attn_values/128x32", n);
     for k in tables() {
         g.bench_function(BenchmarkId::from_parameter(k.name), |b| {

@@ -429,11 +429,12 @@ struct KeysByDim<'k> {
 
 /// A layer's cached keys (positions below `seen`) stored by dimension, KV
 /// head `g` in rows `g·hd..(g + 1)·hd` of `ld` (the arena's `keys_t`), for
-/// the pairs of heads of a block's attention when the table scores from them
+/// every query of a block's attention when the table scores from them
 /// (`Kernels::scores_by_dim`): transposed once per block and layer, then
-/// read by every query of the block, both heads of a KV group sharing each
-/// load, with no horizontal sums. (A head alone scores from the cache: one
-/// load per multiply-add either way, and no transposing.)
+/// read by every query of the block with no horizontal sums, both heads of
+/// a KV group sharing each load. Every (token, head) of the block scores
+/// from them, alone or in a pair, so the bits do not depend on how the
+/// block is split.
 #[derive(Clone, Copy)]
 struct LayerKeys<'k> {
     all: &'k [f32],
@@ -443,13 +444,11 @@ struct LayerKeys<'k> {
 }
 
 impl<'k> LayerKeys<'k> {
-    /// Stores the layer's keys below `seen` in `buf` when heads will go in
-    /// pairs (`pairs`); `None` (nothing stored) when they will not, the
-    /// table has no kernel for them or the arena no buffer.
+    /// Stores the layer's keys below `seen` in `buf`; `None` (nothing
+    /// stored) when the table has no kernel for them or the arena no buffer.
     #[allow(clippy::too_many_arguments)]
     fn store(
         k: &Kernels,
-        pairs: bool,
         cache: &KvCache<'_>,
         buf: &'k mut [f32],
         max_seq: usize,
@@ -458,7 +457,7 @@ impl<'k> LayerKeys<'k> {
         kv_dim: usize,
         hd: usize,
     ) -> Result<Option<Self>> {
-        let (Some(by), true) = (k.scores_by_dim, pairs && !buf.is_empty() && hd > 0) else {
+        let (Some(by), true) = (k.scores_by_dim, !buf.is_empty() && hd > 0) else {
             return Ok(None);
         };
         let ld = keys_by_dim_ld(max_seq);
@@ -478,9 +477,10 @@ impl<'k> LayerKeys<'k> {
 
 /// One (token, head) of attention over the cache: `att` (the positions the
 /// token sees) = softmax(q · key · scale), then `out` = Σ att · value, keys and
-/// values from `base` at stride `kv_dim`. Every path calls this (through
-/// [`attend_heads`], whose pairs have the same bits), so a (token, head)
-/// gives the same bits however the work is split.
+/// values from `base` at stride `kv_dim`. Decode and blocks whose table scores
+/// from the cache call this (through [`attend_heads`], whose pairs have the
+/// same bits), so a (token, head) gives the same bits however the work is
+/// split.
 #[allow(clippy::too_many_arguments)]
 fn attend_head(
     k: &Kernels,
@@ -500,9 +500,10 @@ fn attend_head(
 /// [`attend_head`] for one head or two heads of one KV group (`q`, `out`:
 /// `hd` or `2·hd` floats, those heads' columns; `att`: one or two rows of
 /// `att_stride`, of which the first `seen` positions are used): two heads
-/// share their value loads (`KvCache::mix2`), and their key loads when a
-/// block stored the keys by dimension (`keys`), with the same bits as two
-/// [`attend_head`] calls.
+/// share their value loads (`KvCache::mix2`, the bits of two `mix` calls).
+/// With a block's keys stored by dimension (`keys`) the scores come from
+/// them, in their kernels' order (the same for a head alone or in a pair;
+/// two heads share the key loads), else from the cache (`attend_head`'s).
 #[allow(clippy::too_many_arguments)]
 fn attend_heads(
     k: &Kernels,
@@ -519,15 +520,22 @@ fn attend_heads(
     scale: f32,
 ) -> Result<()> {
     if q.len() != 2 * hd {
-        let att = att.get_mut(..seen).ok_or(SHORT)?;
-        return attend_head(k, cache, att, q, out.get_mut(..hd).ok_or(SHORT)?, base, kv_dim, scale);
+        let (att, out) = (att.get_mut(..seen).ok_or(SHORT)?, out.get_mut(..hd).ok_or(SHORT)?);
+        let Some(kb) = keys else {
+            return attend_head(k, cache, att, q, out, base, kv_dim, scale);
+        };
+        cache.scores_by_dim(kb.by, &mut [&mut *att], &[q], kb.kt, kb.ld, base, kv_dim, scale)?;
+        (k.softmax)(att);
+        return cache.mix(k, out, att, base, kv_dim);
     }
     let (a0, a1) = att.split_at_mut_checked(att_stride).ok_or(SHORT)?;
     let (a0, a1) = (a0.get_mut(..seen).ok_or(SHORT)?, a1.get_mut(..seen).ok_or(SHORT)?);
     let (q0, q1) = q.split_at(hd);
     let (o0, o1) = out.get_mut(..2 * hd).ok_or(SHORT)?.split_at_mut(hd);
     match keys {
-        Some(kb) => cache.scores2_by_dim(kb.by, [&mut *a0, &mut *a1], [q0, q1], kb.kt, kb.ld, base, kv_dim, scale)?,
+        Some(kb) => {
+            cache.scores_by_dim(kb.by, &mut [&mut *a0, &mut *a1], &[q0, q1], kb.kt, kb.ld, base, kv_dim, scale)?
+        }
         None => {
             cache.scores(k, a0, q0, base, kv_dim, scale)?;
             cache.scores(k, a1, q1, base, kv_dim, scale)?;
@@ -676,8 +684,7 @@ fn block_tokens(
     let scale = 1.0 / libm::sqrtf(hd as f32);
     let att_rows = if 2 * par.threads() <= heads { 2 } else { 1 };
     let layer_base = layer * max_seq * kv_dim;
-    let pairs = att_rows == 2 && group >= 2;
-    let keys = LayerKeys::store(k, pairs, &s.cache, bs.keys_t, max_seq, layer_base, pos + n, kv_dim, hd)?;
+    let keys = LayerKeys::store(k, &s.cache, bs.keys_t, max_seq, layer_base, pos + n, kv_dim, hd)?;
     let cache = &s.cache;
     let f32s = [
         (&mut *bs.x, RowSplit::Tokens(dim)),
@@ -741,7 +748,7 @@ fn block_rows(
 
     let scale = 1.0 / libm::sqrtf(hd as f32);
     let layer_base = layer * max_seq * kv_dim;
-    let keys = LayerKeys::store(k, group >= 2, &s.cache, bs.keys_t, max_seq, layer_base, pos + n, kv_dim, hd)?;
+    let keys = LayerKeys::store(k, &s.cache, bs.keys_t, max_seq, layer_base, pos + n, kv_dim, hd)?;
     let (q_all, cache) = (bs.q.get(..n * dim).ok_or(SHORT)?, &s.cache);
     // heads split across threads; each (token, head) as the one-token path does it
     let work = n * (pos + n) * heads * hd;

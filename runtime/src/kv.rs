@@ -150,7 +150,7 @@ impl KvCache<'_> {
     /// Copies the `n` keys at `base + t·stride` (one KV head's `hd`
     /// elements each) into `kt` by dimension: `kt[d·ld + t]` = element `d`
     /// of key `t`, widened exactly to f32 from f16 or i8 (a q8 cache's scales
-    /// stay here, applied by [`KvCache::scores2_by_dim`]); f32 keys through
+    /// stay here, applied by [`KvCache::scores_by_dim`]); f32 keys through
     /// the table's kernel (`by.store_f32`, which may zero each row up to `n`
     /// rounded up to `KEYS_BY_DIM_PAD`).
     #[allow(clippy::too_many_arguments)]
@@ -180,31 +180,41 @@ impl KvCache<'_> {
         Ok(())
     }
 
-    /// [`KvCache::scores`] for the two heads of a KV group (`att` and `q` of
-    /// the same lengths) from the keys [`KvCache::keys_by_dim`] left in `kt`
-    /// (`ld` apart), through the table's kernel (`by.two`, which loads each
-    /// key once for both): the same bits as two `scores` calls. `base` and
-    /// `stride` locate those keys in the cache (a q8 cache's scales).
+    /// Scores of one head, or the two heads of a KV group (`att` and `q`:
+    /// one or two rows of the same lengths), from the keys
+    /// [`KvCache::keys_by_dim`] left in `kt` (`ld` apart), through the
+    /// table's kernels (`by.one`, `by.two`: two heads share each load of a
+    /// key) in their order (`ScoresByDim`), so a head gets the same bits
+    /// alone or in a pair; a q8 cache's key scales applied after, as
+    /// [`KvCache::scores`] applies them. `base` and `stride` locate those keys
+    /// in the cache (the scales).
     #[allow(clippy::too_many_arguments)]
-    pub fn scores2_by_dim(
+    pub fn scores_by_dim(
         &self,
         by: ScoresByDim,
-        att: [&mut [f32]; 2],
-        q: [&[f32]; 2],
+        att: &mut [&mut [f32]],
+        q: &[&[f32]],
         kt: &[f32],
         ld: usize,
         base: usize,
         stride: usize,
         scale: f32,
     ) -> Result<()> {
-        let [a0, a1] = att;
-        if a1.len() != a0.len() || q[1].len() != q[0].len() {
-            return Err(Error::BadSetting("KV scores: the two heads' shapes differ"));
+        let (n, hd) = match (att.first(), q.first()) {
+            (Some(a), Some(q)) => (a.len(), q.len()),
+            _ => return Err(Error::BadSetting("KV scores: no heads")),
+        };
+        if att.len() != q.len() || att.iter().any(|a| a.len() != n) || q.iter().any(|q| q.len() != hd) {
+            return Err(Error::BadSetting("KV scores: the heads' shapes differ"));
         }
-        let scales = self.key_scales_by_dim(a0.len(), q[0].len(), kt, ld, base, stride)?;
-        (by.two)([&mut *a0, &mut *a1], q, kt, ld, scale);
+        let scales = self.key_scales_by_dim(n, hd, kt, ld, base, stride)?;
+        match (&mut *att, q) {
+            ([a], [q]) => (by.one)(a, q, kt, ld, scale),
+            ([a0, a1], [q0, q1]) => (by.two)([a0, a1], [q0, q1], kt, ld, scale),
+            _ => return Err(Error::BadSetting("KV scores: one or two heads at a time")),
+        }
         if let Some(scales) = scales {
-            for a in [a0, a1] {
+            for a in att.iter_mut() {
                 for (a, &s) in a.iter_mut().zip(scales.clone()) {
                     *a *= s;
                 }

@@ -47,9 +47,11 @@ const NATS_TOLERANCE: f64 = 1e-4;
 /// Whether table `k` computes the batched path of model `name` (a `DType`'s
 /// name) bit for bit as token by token: its quantized batched products keep
 /// the matvec's order, or the model has no quantized weights (f32 and f16
-/// blocks go through the matvec per token).
+/// blocks go through the matvec per token), and its block attention scores
+/// from the cache as decode does (a table with `scores_by_dim` scores a
+/// block's queries in that kernel's order).
 fn exact(k: &Kernels, name: &str) -> bool {
-    k.matmul_order == MatmulOrder::Matvec || !matches!(name, "Q8" | "Q4")
+    (k.matmul_order == MatmulOrder::Matvec || !matches!(name, "Q8" | "Q4")) && k.scores_by_dim.is_none()
 }
 
 /// `got` against `want` (logits as bits): equal, or where `exact` is false,

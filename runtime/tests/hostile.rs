@@ -425,10 +425,11 @@ fn kv_cache_offsets_past_the_cache_are_errors() {
     }
 }
 
-/// Scores from keys stored by dimension (the block path's pairs of heads on
-/// tables with `scores_by_dim`) have the bits of `KvCache::scores` on every
-/// cache type; short buffers, unequal heads and offsets past the cache are
-/// errors.
+/// Scores from keys stored by dimension (a block's heads on tables with
+/// `scores_by_dim`) are `KvCache::scores` within the f32 bound of two orders
+/// of one dot product (times a q8 key's scale), on every cache type, a head
+/// alone with the bits it has in a pair; short buffers, unequal heads, no
+/// heads or three and offsets past the cache are errors.
 #[test]
 fn kv_scores_by_dimension_are_the_caches_scores() {
     let (hd, heads, positions) = (32, 2, 75);
@@ -461,14 +462,24 @@ fn kv_scores_by_dimension_are_the_caches_scores() {
                 let (mut want0, mut want1) = (vec![0f32; n], vec![0f32; n]);
                 cache.scores(k, &mut want0, &q0, base, kv_dim, 0.17).unwrap();
                 cache.scores(k, &mut want1, &q1, base, kv_dim, 0.17).unwrap();
-                let (mut a0, mut a1) = (vec![0f32; n], vec![0f32; n]);
+                let (mut a0, mut a1, mut alone) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                cache.scores2_by_dim(by, [&mut a0, &mut a1], [&q0, &q1], &kt, ld, base, kv_dim, 0.17).unwrap();
-                assert_eq!((bits(&a0), bits(&a1)), (bits(&want0), bits(&want1)), "{} two heads, {n} keys", k.name);
+                cache.scores_by_dim(by, &mut [&mut a0, &mut a1], &[&q0, &q1], &kt, ld, base, kv_dim, 0.17).unwrap();
+                cache.scores_by_dim(by, &mut [&mut alone], &[&q1], &kt, ld, base, kv_dim, 0.17).unwrap();
+                assert_eq!(bits(&alone), bits(&a1), "{} a head alone, {n} keys", k.name);
+                // |q|, |k| ≤ 2.5 over 32 dimensions: Σ|q·k|·scale ≤ 34, and two
+                // orders of the sum differ by at most 2·32·ε of it (a q8 key's
+                // scale, 2.5/127, multiplies both: one rounding more each)
+                for (got, want) in [(&a0, &want0), (&a1, &want1)] {
+                    for (g, w) in got.iter().zip(want.iter()) {
+                        assert!((g - w).abs() <= 66.0 * f32::EPSILON * 34.0, "{} {n} keys: {g} vs {w}", k.name);
+                    }
+                }
+                assert_ne!(bits(&a0), bits(&a1), "two different queries");
                 // buffers too short for the registers read, shapes that differ, keys past the cache
                 let short = &kt[..kt.len() - 1];
                 assert!(cache
-                    .scores2_by_dim(by, [&mut a0, &mut a1], [&q0, &q1], short, ld, base, kv_dim, 0.17)
+                    .scores_by_dim(by, &mut [&mut a0, &mut a1], &[&q0, &q1], short, ld, base, kv_dim, 0.17)
                     .is_err());
                 assert!(cache.keys_by_dim(by, &mut kt[..(hd - 1) * ld], ld, base, n, kv_dim, hd).is_err());
                 assert!(cache.keys_by_dim(by, &mut kt, n.saturating_sub(1), base, n, kv_dim, hd).is_err());
@@ -476,7 +487,15 @@ fn kv_scores_by_dimension_are_the_caches_scores() {
                     assert!(cache.keys_by_dim(by, &mut kt, ld, base, n, stride, hd).is_err(), "stride {stride}");
                 }
                 let mut a2 = vec![0f32; n + 1];
-                assert!(cache.scores2_by_dim(by, [&mut a0, &mut a2], [&q0, &q1], &kt, ld, base, kv_dim, 0.17).is_err());
+                assert!(cache
+                    .scores_by_dim(by, &mut [&mut a0, &mut a2], &[&q0, &q1], &kt, ld, base, kv_dim, 0.17)
+                    .is_err());
+                assert!(cache.scores_by_dim(by, &mut [&mut a0], &[&q0, &q1], &kt, ld, base, kv_dim, 0.17).is_err());
+                assert!(cache.scores_by_dim(by, &mut [], &[], &kt, ld, base, kv_dim, 0.17).is_err());
+                let mut a3 = vec![0f32; n];
+                assert!(cache
+                    .scores_by_dim(by, &mut [&mut a0, &mut a1, &mut a3], &[&q0, &q1, &q0], &kt, ld, base, kv_dim, 0.17)
+                    .is_err());
                 assert!(cache
                     .keys_by_dim(by, &mut kt, ld, base + (positions - n + 1) * kv_dim, n, kv_dim, hd)
                     .is_err());

@@ -809,21 +809,22 @@ proptest! {
 proptest! {
     #![proptest_config(cases())]
 
-    /// Scores from keys stored by dimension (`Kernels::scores_by_dim`) are
-    /// the table's `attn_scores` bit for bit, for any head size (the
-    /// unrolled sixteens, a last eight, a scalar tail, heads over 79), any
-    /// number of keys (whole registers and a masked tail) and any padding
-    /// (entries past the keys are NaN here and must not matter), for both
-    /// heads of a pair; the f16 and q8 caches' kernels on the same keys
-    /// widened too; the stored keys are the keys.
+    /// Scores from keys stored by dimension (`Kernels::scores_by_dim`) have
+    /// the bits of their order's scalar model (`scores_by_dim_model`), for
+    /// any head size (odd ones: a last even dimension alone), any number of
+    /// keys (32 at a time, a last sixteen, a masked tail) and any padding
+    /// (entries past the keys are NaN here and must not matter); a head alone
+    /// (`one`) has the bits it has in a pair (`two`); keys widened from f16
+    /// and i8 too; the scores are within the f32 bound of the exact dot
+    /// product, as the table's `attn_scores` is; the stored keys are the keys.
     #[test]
-    fn scores_by_dimension_are_attn_scores(len in 1usize..100, hd in 1usize..100, extra in 0usize..20, pad in 0usize..40, seed in any::<u32>()) {
+    fn scores_by_dimension_follow_their_order(len in 1usize..100, hd in 1usize..100, extra in 0usize..20, pad in 0usize..40, seed in any::<u32>()) {
         let stride = hd + extra;
         let v = |i: usize, s: u32| (((i as u32).wrapping_mul(2654435761) ^ s) % 2001) as f32 / 1000.0 - 1.0;
         let (q0, q1): (Vec<f32>, Vec<f32>) = ((0..hd).map(|i| v(i, seed)).collect(), (0..hd).map(|i| v(i, !seed)).collect());
         let keys: Vec<f32> = (0..(len - 1) * stride + hd).map(|i| v(i, seed ^ 7)).collect();
-        let f16s: Vec<u16> = keys.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
-        let i8s: Vec<i8> = keys.iter().map(|&x| (x * 127.0) as i8).collect();
+        let widened_f16: Vec<f32> = keys.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+        let widened_i8: Vec<f32> = keys.iter().map(|&x| f32::from((x * 127.0) as i8)).collect();
         let ld = len.next_multiple_of(kernels::KEYS_BY_DIM_PAD) + pad;
         let kt_len = (hd - 1) * ld + len.next_multiple_of(kernels::KEYS_BY_DIM_PAD);
         let by_dim = |widened: &[f32]| {
@@ -846,24 +847,48 @@ proptest! {
                     prop_assert_eq!(kt[d * ld + t].to_bits(), keys[t * stride + d].to_bits(), "{} key {} dim {}", k.name, t, d);
                 }
             }
-            let widened_f16: Vec<f32> = f16s.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
-            let widened_i8: Vec<f32> = i8s.iter().map(|&b| f32::from(b)).collect();
-            let (mut want0, mut want1, mut want16, mut want8) = (vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len]);
-            (k.attn_scores)(&mut want0, &q0, &keys, stride, 0.125);
-            (k.attn_scores)(&mut want1, &q1, &keys, stride, 0.125);
-            (k.attn_scores_f16)(&mut want16, &q0, &f16s, stride, 0.125);
-            (k.attn_scores_q8)(&mut want8, &q0, &i8s, stride, 0.125);
-            let (mut a0, mut a1) = (vec![0f32; len], vec![0f32; len]);
-            (by.two)([&mut a0, &mut a1], [&q0, &q1], &kt, ld, 0.125);
-            prop_assert_eq!(bits(&a0), bits(&want0), "{} the first head", k.name);
-            prop_assert_eq!(bits(&a1), bits(&want1), "{} the second head", k.name);
-            (by.two)([&mut a0, &mut a1], [&q0, &q0], &by_dim(&widened_f16), ld, 0.125);
-            prop_assert_eq!(bits(&a0), bits(&want16), "{} f16 keys", k.name);
-            prop_assert_eq!(bits(&a1), bits(&want16), "{} f16 keys, the second head", k.name);
-            (by.two)([&mut a0, &mut a1], [&q0, &q1], &by_dim(&widened_i8), ld, 0.125);
-            prop_assert_eq!(bits(&a0), bits(&want8), "{} q8 keys", k.name);
+            for (what, widened, kt) in [("f32", &keys, kt), ("f16", &widened_f16, by_dim(&widened_f16)), ("i8", &widened_i8, by_dim(&widened_i8))] {
+                let (mut a0, mut a1, mut one) = (vec![0f32; len], vec![0f32; len], vec![0f32; len]);
+                (by.two)([&mut a0, &mut a1], [&q0, &q1], &kt, ld, 0.125);
+                prop_assert_eq!(bits(&a0), bits(&scores_by_dim_model(&q0, widened, stride, 0.125)), "{} {} the first head", k.name, what);
+                prop_assert_eq!(bits(&a1), bits(&scores_by_dim_model(&q1, widened, stride, 0.125)), "{} {} the second head", k.name, what);
+                (by.one)(&mut one, &q1, &kt, ld, 0.125);
+                prop_assert_eq!(bits(&one), bits(&a1), "{} {} a head alone", k.name, what);
+                // as close to the exact dot product as `attn_scores` must be
+                let mut want = vec![0f32; len];
+                (k.attn_scores)(&mut want, &q0, widened, stride, 0.125);
+                for t in 0..len {
+                    let key = &widened[t * stride..t * stride + hd];
+                    let exact: f64 = q0.iter().zip(key).map(|(&q, &k)| q as f64 * k as f64).sum::<f64>() * 0.125;
+                    let size: f64 = q0.iter().zip(key).map(|(&q, &k)| (q as f64 * k as f64).abs()).sum::<f64>() * 0.125;
+                    let bound = (hd + 2) as f64 * f32::EPSILON as f64 * size + 1e-30;
+                    prop_assert!((a0[t] as f64 - exact).abs() <= bound, "{} {} key {}: {} vs {}", k.name, what, t, a0[t], exact);
+                    prop_assert!((want[t] as f64 - exact).abs() <= bound, "{} {} attn_scores key {}", k.name, what, t);
+                }
+            }
         }
     }
+}
+
+/// The order of `ScoresByDim` in scalar f32: per key, the even dimensions in
+/// one fused multiply-add chain and the odd ones in another, each from zero
+/// in increasing order, then `(even + odd)·scale`.
+fn scores_by_dim_model(q: &[f32], keys: &[f32], stride: usize, scale: f32) -> Vec<f32> {
+    let n = (keys.len() - q.len()) / stride + 1;
+    (0..n)
+        .map(|t| {
+            let key = &keys[t * stride..t * stride + q.len()];
+            let (mut even, mut odd) = (0f32, 0f32);
+            for (d, (&q, &k)) in q.iter().zip(key).enumerate() {
+                if d % 2 == 0 {
+                    even = q.mul_add(k, even);
+                } else {
+                    odd = q.mul_add(k, odd);
+                }
+            }
+            (even + odd) * scale
+        })
+        .collect()
 }
 
 /// A reduced-cache pair of attention kernels (`scores`, `values` over

@@ -211,21 +211,33 @@ pub type AttnScoresF16 = fn(att: &mut [f32], q: &[f32], keys: &[u16], stride: us
 pub type AttnValuesF16 = fn(out: &mut [f32], att: &[f32], values: &[u16], stride: usize);
 pub type AttnScoresQ8 = fn(att: &mut [f32], q: &[f32], keys: &[i8], stride: usize, scale: f32);
 pub type AttnValuesQ8 = fn(out: &mut [f32], att: &[f32], values: &[i8], stride: usize);
+pub type AttnScores1T = fn(att: &mut [f32], q: &[f32], kt: &[f32], ld: usize, scale: f32);
 pub type AttnScores2T = fn(att: [&mut [f32]; 2], q: [&[f32]; 2], kt: &[f32], ld: usize, scale: f32);
 pub type KeysByDimF32 = fn(kt: &mut [f32], ld: usize, keys: &[f32], n: usize, stride: usize, hd: usize);
 
 /// A table's attention scores from keys stored by dimension (a block's keys
 /// transposed once per layer, `KvCache::keys_by_dim`, then read by every
-/// query of the block: no horizontal sum per key), for the two heads of a
-/// KV group, which share each load of a key.
+/// query of the block: no horizontal sum per key), for one head or the two
+/// heads of a KV group, which share each load of a key.
+///
+/// Their order is this path's own, not `attn_scores`': for key `t` and a
+/// query `q` of `hd`, `e = fma(q[d], k[d], e)` over the even `d` in
+/// increasing order from `e = 0`, `o` the same over the odd `d`, and the
+/// score `(e + o)·scale`, all in f32 (a scalar model of it is in
+/// `runtime/tests/kernels.rs`). A block's queries all take this path on a
+/// table that has it, one head or two, so a (token, head) of a block gets
+/// the same bits however the block is split over threads; against a
+/// decoded token's `attn_scores` the difference is that of two orders of
+/// one f32 dot product.
 #[derive(Clone, Copy)]
 pub struct ScoresByDim {
-    /// `att[j][t] = (Σ_d q[j][d]·kt[d·ld + t])·scale` for `t < att[j].len()`
-    /// and both heads `j` (the same lengths), with the bits of the table's
-    /// `attn_scores` for each (each key's operations in its order). `kt`
-    /// holds `q[j].len()` rows of `ld` floats; `ld` and the last row reach
-    /// the length rounded up to [`KEYS_BY_DIM_PAD`] (whole registers are
-    /// read; entries past the keys are ignored).
+    /// `att[t] = (Σ_d q[d]·kt[d·ld + t])·scale` for `t < att.len()`, in the
+    /// order above. `kt` holds `q.len()` rows of `ld` floats; `ld` and the
+    /// last row reach the length rounded up to [`KEYS_BY_DIM_PAD`] (whole
+    /// registers are read; entries past the keys are ignored).
+    pub one: AttnScores1T,
+    /// `one` for two queries (the same lengths) against the same keys, each
+    /// with the bits `one` gives it.
     pub two: AttnScores2T,
     /// Stores `n` f32 keys (`hd` elements at `keys[t·stride..]`) by
     /// dimension: `kt[d·ld + t] = keys[t·stride + d]`, and may write zeros
@@ -337,7 +349,7 @@ pub struct Kernels {
     /// the caller applies each key's scale ([`crate::kv`]).
     pub attn_scores_q8: AttnScoresQ8,
     /// Attention scores from keys stored by dimension, for a block's
-    /// queries, a KV group's two heads at a time. `None` where the table has
+    /// queries, one head or a KV group's two at a time. `None` where the table has
     /// none (reference, AVX2, Arm): the caller scores from the cache
     /// (`attn_scores`).
     pub scores_by_dim: Option<ScoresByDim>,

@@ -1,24 +1,25 @@
 //! Attention scores from keys stored by dimension (`kt[d·ld + t]`: a block's
 //! keys transposed once per layer, then read by every query of the block),
-//! for the two heads of a KV group, on the AVX-512 table
+//! for one head or the two heads of a KV group, on the AVX-512 table
 //! (`Kernels::scores_by_dim`).
 //!
-//! A register holds sixteen keys side by side, and each lane does what the
-//! table's one-key kernels (`dot`, `attn_scores4`) do for its key, in their
-//! order: lane `l` of their two chains of eight (dimensions `i + l` and
-//! `i + 8 + l` of each sixteen, then `i + l` of a last eight), `hsum`'s tree
-//! `((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7))`, the scalar tail, the
-//! scale: the bits of the table's `attn_scores`, with every multiply-add at
-//! full width and no horizontal sums. What is left is one multiply-add per
-//! key and dimension and the loads, which the two heads share: each load of
-//! the keys feeds both. (One head alone still needs a load per multiply-add,
-//! as `attn_scores` does, so heads alone, as in the 15M shape's MHA, score
-//! from the cache and skip the transposing.) On the Zen 4 VM a pair of heads
-//! over 128 keys of 32 took 209 ns this way against 2 × 180 ns through
-//! `attn_scores` (`cargo bench -p edgelm-benches --bench eval_kernels`,
-//! docs/BENCHMARKS.md). The AVX2 tables keep `attn_scores`: with eight lanes
-//! and sixteen registers the pair measured 1.13× at best before the
-//! transposing, which would take it back.
+//! A register holds sixteen keys side by side, so a score is one
+//! multiply-add per key and dimension with no horizontal sum. The order is
+//! this path's own (`ScoresByDim` states it): per key, the even dimensions
+//! in one FMA chain and the odd ones in another, each in increasing order
+//! from zero, then `(even + odd)·scale`. Every query of a block, one head or
+//! two, gets these bits, whichever way the block is split over threads; a
+//! decoded token's scores (`attn_scores`, a dot product per key) differ from
+//! them in the last bits. Why not that order, as before: keeping the
+//! one-key kernel's two chains of eight lanes and its horizontal tree took
+//! fifteen additions per head and sixteen keys beside the thirty-two
+//! multiply-adds, and its eight short chains per lane; the pair of heads
+//! over 128 keys of 32 ran in 233 ns that way and in 170 ns this way
+//! (`cargo bench -p edgelm-benches --bench eval_kernels`, Zen 4 VM).
+//! Thirty-two keys go at a time (each broadcast query element feeds two
+//! registers of keys, four chains per head), then a last sixteen. Two heads
+//! share each load of the keys; a head alone still reads no more than
+//! `attn_scores` does.
 //!
 //! Loads are whole registers: rows are padded to [`KEYS_BY_DIM_PAD`] and
 //! lanes past the keys are computed and dropped (masked stores).
@@ -31,47 +32,8 @@ use crate::kernels::KEYS_BY_DIM_PAD;
 /// Keys per register.
 const LANES: usize = 16;
 
-/// Lane `l` of the two chains of `H` queries against sixteen keys at `k`
-/// (key `t` of the register at `k + t`, dimension `d` at `k + d·ld`), added:
-/// `v_l` of the tree. `whole` sixteens per head (`hd / 16`), `half`: a last
-/// eight.
-#[target_feature(enable = "avx2,fma,f16c,avx512f")]
-#[inline]
-unsafe fn chains<const H: usize>(
-    q: [*const f32; H],
-    k: *const f32,
-    ld: usize,
-    l: usize,
-    whole: usize,
-    half: bool,
-) -> [__m512; H] {
-    let (mut s0, mut s1) = ([_mm512_setzero_ps(); H], [_mm512_setzero_ps(); H]);
-    for w in 0..whole {
-        let i = 16 * w;
-        let (ka, kb) = (_mm512_loadu_ps(k.add((i + l) * ld)), _mm512_loadu_ps(k.add((i + 8 + l) * ld)));
-        for h in 0..H {
-            s0[h] = _mm512_fmadd_ps(_mm512_set1_ps(*q[h].add(i + l)), ka, s0[h]);
-            s1[h] = _mm512_fmadd_ps(_mm512_set1_ps(*q[h].add(i + 8 + l)), kb, s1[h]);
-        }
-    }
-    if half {
-        let i = 16 * whole;
-        let ka = _mm512_loadu_ps(k.add((i + l) * ld));
-        for h in 0..H {
-            s0[h] = _mm512_fmadd_ps(_mm512_set1_ps(*q[h].add(i + l)), ka, s0[h]);
-        }
-    }
-    add(s0, s1)
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f")]
-#[inline]
-unsafe fn add<const H: usize>(a: [__m512; H], b: [__m512; H]) -> [__m512; H] {
-    core::array::from_fn(|h| _mm512_add_ps(a[h], b[h]))
-}
-
 /// `att[h][t] = (q[h] · key t)·scale` for `t < n`: `H` queries of `hd`
-/// against the same keys.
+/// against the same keys, in the order of the module's header.
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 unsafe fn scores<const H: usize>(
     att: [*mut f32; H],
@@ -82,69 +44,69 @@ unsafe fn scores<const H: usize>(
     ld: usize,
     scale: f32,
 ) {
-    // the common head sizes with their sixteens as constants, so the chains
-    // unroll into registers
-    match hd / 16 {
-        0 => scores_of::<H, 0>(att, n, q, hd, 0, kt, ld, scale),
-        1 => scores_of::<H, 1>(att, n, q, hd, 1, kt, ld, scale),
-        2 => scores_of::<H, 2>(att, n, q, hd, 2, kt, ld, scale),
-        3 => scores_of::<H, 3>(att, n, q, hd, 3, kt, ld, scale),
-        4 => scores_of::<H, 4>(att, n, q, hd, 4, kt, ld, scale),
-        whole => scores_of::<H, { usize::MAX }>(att, n, q, hd, whole, kt, ld, scale),
-    }
-}
-
-/// [`scores`] with `whole = hd / 16`, a constant `W` where it is one
-/// (`usize::MAX`: read `whole`), so each head size's chains unroll into
-/// registers (with `whole` at run time the lanes looped over it and the
-/// tree spilled).
-#[target_feature(enable = "avx2,fma,f16c,avx512f")]
-#[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn scores_of<const H: usize, const W: usize>(
-    att: [*mut f32; H],
-    n: usize,
-    q: [*const f32; H],
-    hd: usize,
-    whole: usize,
-    kt: *const f32,
-    ld: usize,
-    scale: f32,
-) {
-    let whole = if W == usize::MAX { whole } else { W };
-    let half = hd % 16 >= 8;
-    let tail = 16 * whole + if half { 8 } else { 0 };
+    let sc = _mm512_set1_ps(scale);
+    let zero = [_mm512_setzero_ps(); H];
+    // the keys `t..` read: `n` rounded up to whole registers
+    let padded = n.next_multiple_of(LANES);
     let mut t = 0;
-    while t < n {
+    while t + 2 * LANES <= padded {
         let k = kt.add(t);
-        let lane = |l| chains::<H>(q, k, ld, l, whole, half);
-        let even = add(add(lane(0), lane(4)), add(lane(2), lane(6)));
-        let odd = add(add(lane(1), lane(5)), add(lane(3), lane(7)));
-        store(att, t, n, finish(add(even, odd), q, k, ld, tail, hd, scale));
-        t += LANES;
+        // even and odd dimensions of keys `t..t + 16`, then of `t + 16..t + 32`
+        let (mut e0, mut o0, mut e1, mut o1) = (zero, zero, zero, zero);
+        let mut d = 0;
+        while d + 2 <= hd {
+            let (ke0, ke1) = (_mm512_loadu_ps(k.add(d * ld)), _mm512_loadu_ps(k.add(d * ld + LANES)));
+            let (ko0, ko1) = (_mm512_loadu_ps(k.add((d + 1) * ld)), _mm512_loadu_ps(k.add((d + 1) * ld + LANES)));
+            for h in 0..H {
+                let (qe, qo) = (_mm512_set1_ps(*q[h].add(d)), _mm512_set1_ps(*q[h].add(d + 1)));
+                e0[h] = _mm512_fmadd_ps(qe, ke0, e0[h]);
+                o0[h] = _mm512_fmadd_ps(qo, ko0, o0[h]);
+                e1[h] = _mm512_fmadd_ps(qe, ke1, e1[h]);
+                o1[h] = _mm512_fmadd_ps(qo, ko1, o1[h]);
+            }
+            d += 2;
+        }
+        if d < hd {
+            let (ke0, ke1) = (_mm512_loadu_ps(k.add(d * ld)), _mm512_loadu_ps(k.add(d * ld + LANES)));
+            for h in 0..H {
+                let qe = _mm512_set1_ps(*q[h].add(d));
+                e0[h] = _mm512_fmadd_ps(qe, ke0, e0[h]);
+                e1[h] = _mm512_fmadd_ps(qe, ke1, e1[h]);
+            }
+        }
+        store(att, t, n, finish(e0, o0, sc));
+        if t + LANES < n {
+            store(att, t + LANES, n, finish(e1, o1, sc));
+        }
+        t += 2 * LANES;
+    }
+    if t < n {
+        let k = kt.add(t);
+        let (mut e0, mut o0) = (zero, zero);
+        let mut d = 0;
+        while d + 2 <= hd {
+            let (ke, ko) = (_mm512_loadu_ps(k.add(d * ld)), _mm512_loadu_ps(k.add((d + 1) * ld)));
+            for h in 0..H {
+                e0[h] = _mm512_fmadd_ps(_mm512_set1_ps(*q[h].add(d)), ke, e0[h]);
+                o0[h] = _mm512_fmadd_ps(_mm512_set1_ps(*q[h].add(d + 1)), ko, o0[h]);
+            }
+            d += 2;
+        }
+        if d < hd {
+            let ke = _mm512_loadu_ps(k.add(d * ld));
+            for h in 0..H {
+                e0[h] = _mm512_fmadd_ps(_mm512_set1_ps(*q[h].add(d)), ke, e0[h]);
+            }
+        }
+        store(att, t, n, finish(e0, o0, sc));
     }
 }
 
-/// The tree's sums `s` with the scalar tail (dimensions `tail..hd`, each
-/// `s + key·q`) and the scale.
+/// Each head's `(even + odd)·scale`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 #[inline]
-unsafe fn finish<const H: usize>(
-    mut s: [__m512; H],
-    q: [*const f32; H],
-    k: *const f32,
-    ld: usize,
-    tail: usize,
-    hd: usize,
-    scale: f32,
-) -> [__m512; H] {
-    for d in tail..hd {
-        let kd = _mm512_loadu_ps(k.add(d * ld));
-        for h in 0..H {
-            s[h] = _mm512_add_ps(s[h], _mm512_mul_ps(kd, _mm512_set1_ps(*q[h].add(d))));
-        }
-    }
-    core::array::from_fn(|h| _mm512_mul_ps(s[h], _mm512_set1_ps(scale)))
+unsafe fn finish<const H: usize>(even: [__m512; H], odd: [__m512; H], scale: __m512) -> [__m512; H] {
+    core::array::from_fn(|h| _mm512_mul_ps(_mm512_add_ps(even[h], odd[h]), scale))
 }
 
 /// Scores `t..` of each row (those below `n`).
@@ -195,12 +157,23 @@ fn check(n: usize, hd: usize, kt: usize, ld: usize) {
     assert!(ld >= padded && (hd == 0 || kt >= (hd - 1) * ld + padded), "keys by dimension: buffer too short");
 }
 
-// SAFETY (the two wrappers): only reachable via the AVX-512 table, returned
+// SAFETY (the three wrappers): only reachable via the AVX-512 table, returned
 // after detecting avx2+fma+f16c+avx512f/bw/vl/vnni; rows `d < hd` of `kt`
 // are read or written at `d·ld + t` for `t` below `n` rounded up to
 // `KEYS_BY_DIM_PAD` ≤ `ld`, inside `kt` (`check`); `att` rows and queries
 // are accessed within their lengths; keys `t < n` are read at
 // `t·stride + d`, `d < hd`, inside `keys` (checked).
+
+/// `ScoresByDim::one` of the AVX-512 table.
+pub(super) fn attn_scores1_t(att: &mut [f32], q: &[f32], kt: &[f32], ld: usize, scale: f32) {
+    let (n, hd) = (att.len(), q.len());
+    if n == 0 {
+        return;
+    }
+    check(n, hd, kt.len(), ld);
+    // SAFETY: see above; `att` holds `n`, the query `hd`.
+    unsafe { scores::<1>([att.as_mut_ptr()], n, [q.as_ptr()], hd, kt.as_ptr(), ld, scale) }
+}
 
 /// `ScoresByDim::two` of the AVX-512 table.
 pub(super) fn attn_scores2_t(att: [&mut [f32]; 2], q: [&[f32]; 2], kt: &[f32], ld: usize, scale: f32) {

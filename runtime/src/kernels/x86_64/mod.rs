@@ -153,7 +153,11 @@ static AVX512VNNI: Kernels = Kernels {
     sum_exp: sum_exp_avx512,
     max: max_avx512,
     head_nll: Some(HeadNll { q8: head_nll_q8_avx512, q4: head_nll_q4_avx512, max_cols: lanes::HEAD_NLL_MAX_COLS }),
-    scores_by_dim: Some(ScoresByDim { two: by_dim::attn_scores2_t, store_f32: by_dim::keys_by_dim_f32 }),
+    scores_by_dim: Some(ScoresByDim {
+        one: by_dim::attn_scores1_t,
+        two: by_dim::attn_scores2_t,
+        store_f32: by_dim::keys_by_dim_f32,
+    }),
     attn_values: attn_values_avx512,
     attn_values_f16: attn_values_f16_avx512,
     attn_values_q8: attn_values_q8_avx512,
