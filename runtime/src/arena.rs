@@ -11,8 +11,8 @@
 //! and, only with `SessionOptions::block_logits` (scoring every token, as
 //! `bpb` does), `4 · B · vocab` bytes of block logits. On x86_64 blocks also
 //! add a layer's keys stored by dimension (`4 · kv_dim · ld` bytes, `ld` =
-//! `max_seq` rounded up to 16, plus 16), which the attention of a block's
-//! KV-group pairs reads (`Kernels::scores_by_dim`).
+//! `max_seq` rounded up to 16, plus 16), from which a block's queries score
+//! (`Kernels::scores_by_dim`).
 
 use crate::error::{Error, Result};
 use crate::format::{align_up, ALIGN, Q8_GROUP};
