@@ -79,7 +79,10 @@ pub fn eval(e: EvalArgs) -> Result<()> {
 }
 
 /// Each document's sums, in `docs` order, scored by `workers` sessions that
-/// take the next unscored document as they finish one.
+/// take the next unscored document as they finish one, the longest first:
+/// the last documents taken are the shortest, so the workers finish
+/// together (in file order a long story taken last kept one core busy
+/// alone for up to its whole length).
 fn score_all(
     engine: &Engine,
     domain: &str,
@@ -87,6 +90,8 @@ fn score_all(
     docs: &[&str],
     workers: usize,
 ) -> Result<Vec<Totals>> {
+    let mut order: Vec<usize> = (0..docs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(docs[i].len()));
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Totals>>> = Mutex::new(vec![None; docs.len()]);
     let worker = || -> Result<()> {
@@ -94,7 +99,7 @@ fn score_all(
             // a token covers at least one byte: the longest document + 8 is enough
             let mut buf = vec![0u32; docs.iter().map(|d| d.len()).max().unwrap_or(0) + 8];
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else { return Ok(()) };
                 let Some(doc) = docs.get(i) else { return Ok(()) };
                 let mut t = Totals::default();
                 if let Err(err) = score_document(session, doc, &mut buf, &mut t) {
