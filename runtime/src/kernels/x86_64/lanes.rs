@@ -380,7 +380,10 @@ impl Pass {
     ) {
         let (rb, groups) = (self.row_bytes, self.groups);
         let c = _mm512_set1_ps;
-        let (lo, hi) = (c(crate::kernels::reference::EXP_MIN), c(crate::kernels::reference::EXP_MAX));
+        // the reference's lower clamp (a hostile model's logits far below the
+        // shift stay finite); no upper one: the shift keeps every exponent
+        // at most `RESHIFT`
+        let lo = c(crate::kernels::reference::EXP_MIN);
         // per token vector: the targets, the shift, the sums (f64, lanes 0..8
         // and 8..16) and the targets' logits
         let want: [__m512i; V] = core::array::from_fn(|v| {
@@ -419,7 +422,7 @@ impl Pass {
                 }
                 let mut terms = _mm512_setzero_ps();
                 for i in 0..chunk {
-                    let x = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_sub_ps(row(i), shift[v])));
+                    let x = _mm512_max_ps(lo, _mm512_sub_ps(row(i), shift[v]));
                     terms = _mm512_add_ps(terms, super::wide::exp16_core(x));
                 }
                 sum_lo[v] = _mm512_add_pd(sum_lo[v], _mm512_cvtps_pd(_mm512_castps512_ps256(terms)));

@@ -128,12 +128,14 @@ pub unsafe fn softmax(x: &mut [f32]) {
         return;
     }
     let mv = _mm512_set1_ps(max(x));
+    let lo = _mm512_set1_ps(reference::EXP_MIN);
     let p = x.as_mut_ptr();
     let mut sum = _mm512_setzero_ps();
     let mut i = 0;
     while i < n {
         let m = mask(n - i);
-        let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p.add(i)), mv));
+        // `x − max ≤ 0`: only the lower clamp can act
+        let e = exp16_core(_mm512_max_ps(lo, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, p.add(i)), mv)));
         _mm512_mask_storeu_ps(p.add(i), m, e);
         sum = _mm512_mask_add_ps(sum, m, sum, e);
         i += LANES;
