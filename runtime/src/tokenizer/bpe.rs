@@ -26,6 +26,7 @@ impl<'a> Tokenizer<'a> {
     /// Encodes text without special tokens, appending to `out[written..]`.
     pub(super) fn encode_bpe(&self, text: &str, out: &mut [u32], mut written: usize) -> Result<usize> {
         let mut remaining = text.len();
+        let mut memo = RankMemo::new();
         for piece in Pieces::new(text) {
             let n = piece.len();
             let Some(buf) = out.get_mut(written..).and_then(|free| free.get_mut(..n)) else {
@@ -37,7 +38,7 @@ impl<'a> Tokenizer<'a> {
             for (slot, &b) in buf.iter_mut().zip(piece.as_bytes()) {
                 *slot = self.byte_token(b);
             }
-            written += self.bpe_merge(buf);
+            written += self.bpe_merge(buf, &mut memo);
             remaining -= n;
         }
         Ok(written)
@@ -51,7 +52,7 @@ impl<'a> Tokenizer<'a> {
     /// sweep, which is the order HF's priority queue pops them in; the sweep
     /// stops (and the lowest rank is searched again) as soon as a merge creates
     /// a pair of lower or equal rank, which HF would pop next.
-    pub(super) fn bpe_merge(&self, buf: &mut [u32]) -> usize {
+    pub(super) fn bpe_merge(&self, buf: &mut [u32], memo: &mut RankMemo) -> usize {
         if self.merge_index.is_empty() {
             return buf.len();
         }
@@ -61,7 +62,7 @@ impl<'a> Tokenizer<'a> {
             let mut best: Option<(u32, u32, u32, u32, usize)> = None;
             for (i, (x, y)) in live.iter().zip(live.iter().skip(1)).enumerate() {
                 let (x, y) = (x.get(), y.get());
-                if let Some((rank, result)) = self.merge_rank(x, y) {
+                if let Some((rank, result)) = memo.rank(self, x, y) {
                     if best.is_none_or(|b| rank < b.0) {
                         best = Some((rank, result, x, y, i));
                     }
@@ -72,8 +73,43 @@ impl<'a> Tokenizer<'a> {
                 live,
                 first,
                 |x, y| (x == l && y == r).then_some(result),
-                |x, y| self.merge_rank(x, y).is_some_and(|(k, _)| k <= rank),
+                |x, y| memo.rank(self, x, y).is_some_and(|(k, _)| k <= rank),
             );
         }
+    }
+}
+
+/// The last merge ranks looked up, by pair, for one text: a word's pairs are
+/// ranked again after each of its merges, and common pairs recur from word
+/// to word, where each [`Tokenizer::merge_rank`] is a binary search through
+/// two tables (about a dozen dependent loads). Direct-mapped, 1 KiB of
+/// stack; a miss looks the pair up and replaces the slot's entry.
+pub(super) struct RankMemo {
+    /// `left << 32 | right` of each slot's pair (`u64::MAX`: empty; token
+    /// ids are below 2²⁰).
+    pairs: [u64; MEMO_SLOTS],
+    /// `rank << 32 | result`, or `u64::MAX` for no merge.
+    found: [u64; MEMO_SLOTS],
+}
+
+const MEMO_SLOTS: usize = 64;
+
+impl RankMemo {
+    pub(super) fn new() -> Self {
+        RankMemo { pairs: [u64::MAX; MEMO_SLOTS], found: [0; MEMO_SLOTS] }
+    }
+
+    /// [`Tokenizer::merge_rank`] of `(left, right)` through the memo.
+    fn rank(&mut self, tok: &Tokenizer<'_>, left: u32, right: u32) -> Option<(u32, u32)> {
+        let key = (left as u64) << 32 | right as u64;
+        let slot = (left.wrapping_mul(0x9E37_79B1) ^ right.wrapping_mul(0x85EB_CA77)) as usize >> 3 & (MEMO_SLOTS - 1);
+        let (Some(pair), Some(found)) = (self.pairs.get_mut(slot), self.found.get_mut(slot)) else {
+            return tok.merge_rank(left, right);
+        };
+        if *pair != key {
+            *pair = key;
+            *found = tok.merge_rank(left, right).map_or(u64::MAX, |(rank, result)| (rank as u64) << 32 | result as u64);
+        }
+        (*found != u64::MAX).then_some(((*found >> 32) as u32, *found as u32))
     }
 }

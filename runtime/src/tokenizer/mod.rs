@@ -118,7 +118,7 @@ fn merge_sweep(
     live: &[Cell<u32>],
     first: usize,
     merge: impl Fn(u32, u32) -> Option<u32>,
-    rival: impl Fn(u32, u32) -> bool,
+    mut rival: impl FnMut(u32, u32) -> bool,
 ) -> &[Cell<u32>] {
     // Before `first` nothing merges, so sweeping from 0 would give the same.
     let (head, tail) = live.split_at_checked(first).unwrap_or((&[], live));
