@@ -287,24 +287,18 @@ attn_values_wide!(
 /// when `d` is 0; IEEE division is correctly rounded in a vector too, and
 /// `!=` is unordered as Rust's, so a NaN maximum gives a NaN inverse as the
 /// reference's does), then each value times `1 / d` rounded half away from
-/// zero and saturated to `i8` (as the AVX2 table's packs do). The maxima
-/// of up to sixteen groups come first and their divisions go in one vector:
-/// one group after another, each group's reduction and two divisions made a
-/// chain the out-of-order window could not cover.
+/// zero and saturated to `i8` (as the AVX2 table's packs do). Sixteen
+/// groups at a time: their maxima reduced together ([`group_maxima`]: no
+/// horizontal reduction per group), their divisions in one vector.
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 pub unsafe fn quantize_q8(x: &[f32], q: &mut [i8], s: &mut [f32]) {
     let groups = (x.len() / 32).min(q.len() / 32).min(s.len());
-    let abs = |v: __m512| _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MAX)));
     let (xp, qp, sp) = (x.as_ptr(), q.as_mut_ptr(), s.as_mut_ptr());
     let mut g0 = 0;
     while g0 < groups {
         let n = (groups - g0).min(LANES);
-        let mut amax = [0f32; LANES];
-        for (j, a) in amax.iter_mut().enumerate().take(n) {
-            let p = xp.add((g0 + j) * 32);
-            *a = _mm512_reduce_max_ps(_mm512_max_ps(abs(_mm512_loadu_ps(p)), abs(_mm512_loadu_ps(p.add(16)))));
-        }
-        let d = _mm512_div_ps(_mm512_loadu_ps(amax.as_ptr()), _mm512_set1_ps(127.0));
+        let amax = group_maxima(xp.add(g0 * 32), n);
+        let d = _mm512_div_ps(amax, _mm512_set1_ps(127.0));
         let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(d, _mm512_setzero_ps());
         let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d);
         _mm512_mask_storeu_ps(sp.add(g0), mask(n), d);
@@ -322,16 +316,59 @@ pub unsafe fn quantize_q8(x: &[f32], q: &mut [i8], s: &mut [f32]) {
     }
 }
 
-/// Sixteen floats rounded half away from zero to i32 (truncate, then one
-/// step away from zero where the dropped fraction is at least a half).
+/// Lane `j` = the largest `|x|` of group `j` (32 floats at `x + 32·j`) for
+/// `j < n ≤ 16`, 0 past `n`: each group's two registers folded into one,
+/// then the sixteen registers halved together (two groups' 256-bit halves,
+/// then four groups' 128-bit quarters, then pairs and single lanes within
+/// the quarters: 30 shuffles, 15 maxima) where a reduction per group took
+/// eight dependent operations. The maximum of absolute values is exact in
+/// any order.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+#[inline]
+unsafe fn group_maxima(x: *const f32, n: usize) -> __m512 {
+    let abs = |v: __m512| _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MAX)));
+    let v: [__m512; LANES] = core::array::from_fn(|j| {
+        if j < n {
+            let p = x.add(j * 32);
+            _mm512_max_ps(abs(_mm512_loadu_ps(p)), abs(_mm512_loadu_ps(p.add(16))))
+        } else {
+            _mm512_setzero_ps()
+        }
+    });
+    // groups 2i, 2i + 1: 256-bit halves -> lanes 0..8 of group 2i, 8..16 of 2i + 1
+    let w: [__m512; 8] = core::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm512_max_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+    });
+    // quarter k of y[i]: group 4i + k, four lanes
+    let y: [__m512; 4] = core::array::from_fn(|i| {
+        let (a, b) = (w[2 * i], w[2 * i + 1]);
+        _mm512_max_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+    });
+    // quarter k of z[i]: groups 8i + k, 8i + 4 + k, two lanes each
+    let z: [__m512; 2] = core::array::from_fn(|i| {
+        let (a, b) = (y[2 * i], y[2 * i + 1]);
+        _mm512_max_ps(_mm512_shuffle_ps::<0b10_00_10_00>(a, b), _mm512_shuffle_ps::<0b11_01_11_01>(a, b))
+    });
+    // lane 4k + m: group k + 4m
+    let (a, b) = (z[0], z[1]);
+    let m = _mm512_max_ps(_mm512_shuffle_ps::<0b10_00_10_00>(a, b), _mm512_shuffle_ps::<0b11_01_11_01>(a, b));
+    _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), m)
+}
+
+/// Sixteen floats rounded half away from zero to i32: `v` plus 0.49999997
+/// (the float below one half) with `v`'s sign, truncated. Exact for every
+/// float of magnitude below 2³¹ (checked over all of them against
+/// `f32::round`; adding one half instead would carry 0.49999997 up to 1);
+/// the quantizer's are at most 127.
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 #[inline]
 unsafe fn round_away(v: __m512) -> __m512i {
-    let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-    let frac =
-        _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(v, t)), _mm512_set1_epi32(i32::MAX)));
-    let half = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
-    let sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN));
-    let step = _mm512_castsi512_ps(_mm512_or_si512(sign, _mm512_castps_si512(_mm512_set1_ps(1.0))));
-    _mm512_cvttps_epi32(_mm512_mask_add_ps(t, half, t, step))
+    // (v & sign) | 0.49999997: the constant with v's sign
+    let half = _mm512_ternarylogic_epi32::<0xEA>(
+        _mm512_castps_si512(v),
+        _mm512_set1_epi32(i32::MIN),
+        _mm512_set1_epi32(0x3EFF_FFFF),
+    );
+    _mm512_cvttps_epi32(_mm512_add_ps(v, _mm512_castsi512_ps(half)))
 }
