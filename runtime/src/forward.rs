@@ -483,35 +483,15 @@ impl<'k> LayerKeys<'k> {
     }
 }
 
-/// One (token, head) of attention over the cache: `att` (the positions the
-/// token sees) = softmax(q · key · scale), then `out` = Σ att · value, keys and
-/// values from `base` at stride `kv_dim`. Decode and blocks whose table scores
-/// from the cache call this (through [`attend_heads`], whose pairs have the
-/// same bits), so a (token, head) gives the same bits however the work is
-/// split.
-#[allow(clippy::too_many_arguments)]
-fn attend_head(
-    k: &Kernels,
-    cache: &KvCache<'_>,
-    att: &mut [f32],
-    q: &[f32],
-    out: &mut [f32],
-    base: usize,
-    kv_dim: usize,
-    scale: f32,
-) -> Result<()> {
-    cache.scores(k, att, q, base, kv_dim, scale)?;
-    (k.softmax)(att);
-    cache.mix(k, out, att, base, kv_dim)
-}
-
-/// [`attend_head`] for one head or two heads of one KV group (`q`, `out`:
-/// `hd` or `2·hd` floats, those heads' columns; `att`: one or two rows of
-/// `att_stride`, of which the first `seen` positions are used): two heads
-/// share their value loads (`KvCache::mix2`, the bits of two `mix` calls).
-/// With a block's keys stored by dimension (`keys`) the scores come from
-/// them, in their kernels' order (the same for a head alone or in a pair;
-/// two heads share the key loads), else from the cache (`attend_head`'s).
+/// Attention of one (token, head), or of two heads of one KV group (`q`,
+/// `out`: `hd` or `2·hd` floats, those heads' columns; `att`: one or two rows
+/// of `att_stride`, of which the first `seen` positions are used):
+/// `att` = softmax(q · key · scale), then `out` = Σ att · value, keys and
+/// values from `base` at stride `kv_dim`. Two heads share their value loads
+/// (`KvCache::mix2`, the bits of two `mix` calls). Every path calls this, so
+/// a (token, head) gives the same bits however the work is split: decode
+/// scores from the cache; a block whose table scores from keys stored by
+/// dimension (`keys`) scores every query from them ([`head_scores`]).
 #[allow(clippy::too_many_arguments)]
 fn attend_heads(
     k: &Kernels,
@@ -529,10 +509,7 @@ fn attend_heads(
 ) -> Result<()> {
     if q.len() != 2 * hd {
         let (att, out) = (att.get_mut(..seen).ok_or(SHORT)?, out.get_mut(..hd).ok_or(SHORT)?);
-        let Some(kb) = keys else {
-            return attend_head(k, cache, att, q, out, base, kv_dim, scale);
-        };
-        cache.scores_by_dim(kb.by, &mut [&mut *att], &[q], kb.kt, kb.ld, base, kv_dim, scale)?;
+        head_scores(k, cache, keys, &mut [&mut *att], &[q], base, kv_dim, scale)?;
         (k.softmax)(att);
         return cache.mix(k, out, att, base, kv_dim);
     }
@@ -540,18 +517,34 @@ fn attend_heads(
     let (a0, a1) = (a0.get_mut(..seen).ok_or(SHORT)?, a1.get_mut(..seen).ok_or(SHORT)?);
     let (q0, q1) = q.split_at(hd);
     let (o0, o1) = out.get_mut(..2 * hd).ok_or(SHORT)?.split_at_mut(hd);
-    match keys {
-        Some(kb) => {
-            cache.scores_by_dim(kb.by, &mut [&mut *a0, &mut *a1], &[q0, q1], kb.kt, kb.ld, base, kv_dim, scale)?
-        }
-        None => {
-            cache.scores(k, a0, q0, base, kv_dim, scale)?;
-            cache.scores(k, a1, q1, base, kv_dim, scale)?;
-        }
-    }
+    head_scores(k, cache, keys, &mut [&mut *a0, &mut *a1], &[q0, q1], base, kv_dim, scale)?;
     (k.softmax)(a0);
     (k.softmax)(a1);
     cache.mix2(k, [o0, o1], [a0, a1], base, kv_dim)
+}
+
+/// The scores of one or two heads of a KV group (`att`, `q`: a row each):
+/// from a block's keys stored by dimension when there are some (their
+/// kernels' order, the same for a head alone or in a pair), else from the
+/// cache (`attn_scores`, a call per head).
+#[allow(clippy::too_many_arguments)]
+fn head_scores(
+    k: &Kernels,
+    cache: &KvCache<'_>,
+    keys: Option<KeysByDim<'_>>,
+    att: &mut [&mut [f32]],
+    q: &[&[f32]],
+    base: usize,
+    kv_dim: usize,
+    scale: f32,
+) -> Result<()> {
+    if let Some(kb) = keys {
+        return cache.scores_by_dim(kb.by, att, q, kb.kt, kb.ld, base, kv_dim, scale);
+    }
+    for (a, q) in att.iter_mut().zip(q) {
+        cache.scores(k, a, q, base, kv_dim, scale)?;
+    }
+    Ok(())
 }
 
 /// Heads `h..` taken together by [`attend_heads`]: two when `h + 1 < end`

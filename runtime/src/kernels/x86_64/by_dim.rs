@@ -45,61 +45,58 @@ unsafe fn scores<const H: usize>(
     scale: f32,
 ) {
     let sc = _mm512_set1_ps(scale);
-    let zero = [_mm512_setzero_ps(); H];
     // the keys `t..` read: `n` rounded up to whole registers
     let padded = n.next_multiple_of(LANES);
     let mut t = 0;
     while t + 2 * LANES <= padded {
-        let k = kt.add(t);
-        // even and odd dimensions of keys `t..t + 16`, then of `t + 16..t + 32`
-        let (mut e0, mut o0, mut e1, mut o1) = (zero, zero, zero, zero);
-        let mut d = 0;
-        while d + 2 <= hd {
-            let (ke0, ke1) = (_mm512_loadu_ps(k.add(d * ld)), _mm512_loadu_ps(k.add(d * ld + LANES)));
-            let (ko0, ko1) = (_mm512_loadu_ps(k.add((d + 1) * ld)), _mm512_loadu_ps(k.add((d + 1) * ld + LANES)));
-            for h in 0..H {
-                let (qe, qo) = (_mm512_set1_ps(*q[h].add(d)), _mm512_set1_ps(*q[h].add(d + 1)));
-                e0[h] = _mm512_fmadd_ps(qe, ke0, e0[h]);
-                o0[h] = _mm512_fmadd_ps(qo, ko0, o0[h]);
-                e1[h] = _mm512_fmadd_ps(qe, ke1, e1[h]);
-                o1[h] = _mm512_fmadd_ps(qo, ko1, o1[h]);
-            }
-            d += 2;
-        }
-        if d < hd {
-            let (ke0, ke1) = (_mm512_loadu_ps(k.add(d * ld)), _mm512_loadu_ps(k.add(d * ld + LANES)));
-            for h in 0..H {
-                let qe = _mm512_set1_ps(*q[h].add(d));
-                e0[h] = _mm512_fmadd_ps(qe, ke0, e0[h]);
-                e1[h] = _mm512_fmadd_ps(qe, ke1, e1[h]);
-            }
-        }
-        store(att, t, n, finish(e0, o0, sc));
+        let (e, o) = chains::<H, 2>(q, hd, kt.add(t), ld);
+        store(att, t, n, finish(e[0], o[0], sc));
         if t + LANES < n {
-            store(att, t + LANES, n, finish(e1, o1, sc));
+            store(att, t + LANES, n, finish(e[1], o[1], sc));
         }
         t += 2 * LANES;
     }
     if t < n {
-        let k = kt.add(t);
-        let (mut e0, mut o0) = (zero, zero);
-        let mut d = 0;
-        while d + 2 <= hd {
-            let (ke, ko) = (_mm512_loadu_ps(k.add(d * ld)), _mm512_loadu_ps(k.add((d + 1) * ld)));
-            for h in 0..H {
-                e0[h] = _mm512_fmadd_ps(_mm512_set1_ps(*q[h].add(d)), ke, e0[h]);
-                o0[h] = _mm512_fmadd_ps(_mm512_set1_ps(*q[h].add(d + 1)), ko, o0[h]);
-            }
-            d += 2;
-        }
-        if d < hd {
-            let ke = _mm512_loadu_ps(k.add(d * ld));
-            for h in 0..H {
-                e0[h] = _mm512_fmadd_ps(_mm512_set1_ps(*q[h].add(d)), ke, e0[h]);
-            }
-        }
-        store(att, t, n, finish(e0, o0, sc));
+        let (e, o) = chains::<H, 1>(q, hd, kt.add(t), ld);
+        store(att, t, n, finish(e[0], o[0], sc));
     }
+}
+
+/// The even- and odd-dimension chains of `H` queries against `R` registers
+/// of keys at `k` (register `r`: keys `16r..16r + 16`, dimension `d` at
+/// `k + d·ld`); each broadcast query element feeds all `R` registers.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+#[inline]
+unsafe fn chains<const H: usize, const R: usize>(
+    q: [*const f32; H],
+    hd: usize,
+    k: *const f32,
+    ld: usize,
+) -> ([[__m512; H]; R], [[__m512; H]; R]) {
+    let (mut even, mut odd) = ([[_mm512_setzero_ps(); H]; R], [[_mm512_setzero_ps(); H]; R]);
+    let keys = |d: usize| -> [__m512; R] { core::array::from_fn(|r| _mm512_loadu_ps(k.add(d * ld + r * LANES))) };
+    let mut d = 0;
+    while d + 2 <= hd {
+        let (ke, ko) = (keys(d), keys(d + 1));
+        for h in 0..H {
+            let (qe, qo) = (_mm512_set1_ps(*q[h].add(d)), _mm512_set1_ps(*q[h].add(d + 1)));
+            for r in 0..R {
+                even[r][h] = _mm512_fmadd_ps(qe, ke[r], even[r][h]);
+                odd[r][h] = _mm512_fmadd_ps(qo, ko[r], odd[r][h]);
+            }
+        }
+        d += 2;
+    }
+    if d < hd {
+        let ke = keys(d);
+        for h in 0..H {
+            let qe = _mm512_set1_ps(*q[h].add(d));
+            for r in 0..R {
+                even[r][h] = _mm512_fmadd_ps(qe, ke[r], even[r][h]);
+            }
+        }
+    }
+    (even, odd)
 }
 
 /// Each head's `(even + odd)·scale`.
