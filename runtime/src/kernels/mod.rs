@@ -284,7 +284,7 @@ pub enum MatmulOrder {
     /// dot-product bound `1e-5 · Σ_g |ws·xs|·Σ|w·x|` of the reference, and a
     /// batched prompt's logits differ from a token-by-token prompt's
     /// (`runtime/tests/batch.rs` states how far). Chosen where it is much
-    /// the faster form (`x86_64/lanes.rs`).
+    /// the faster form (`x86_64/lanes.rs`, `x86_64/lanes_avx2.rs`).
     GroupsInOrder,
 }
 
@@ -316,11 +316,12 @@ pub struct Kernels {
     /// Weight bytes per call of `matmul_q8` and `matmul_q4` in the forward
     /// pass's batched products ([`TileMatrix::tile_bytes`]): [`TILE_BYTES`]
     /// where the kernel keeps a tile in L1 while the block's tokens pass
-    /// (the matvec-based tables); `usize::MAX`, whole matrices (or a
-    /// thread's share), on AVX-512, whose kernel reads each weight once per
-    /// pass of 64 tokens whatever the tile and transposes the block's
-    /// activations once per call (per 16 KiB tile that was 6 % of `edgelm
-    /// eval`). Either way a (row, token) has the same bits.
+    /// (the matvec-order tables); `usize::MAX`, whole matrices (or a
+    /// thread's share), on AVX2 and AVX-512, whose token-lane kernels read
+    /// each weight once per pass of tokens (up to 64) whatever the tile and
+    /// transpose the block's activations once per call (per 16 KiB tile
+    /// that was 6 % of `edgelm eval` on AVX-512). Either way a (row, token)
+    /// has the same bits.
     pub matmul_tile_bytes: usize,
     /// `out[r] = Σ_c w[r,c]·x[c]`; `w: [rows·cols]`, `x: [cols]`.
     pub matvec_f32: MatvecF32,
