@@ -257,11 +257,11 @@ fn q8_group_sums_equal_reference_exactly_at_edges() {
     }
 }
 
-/// The q4 batched kernels against their order per token, bit for bit, on
-/// rows wider than the property tests reach (more than 4096 columns, where
-/// the x86 kernels leave their prepared-activation paths and `lanes.rs`
-/// carries sums from span to span), with octets, a quad left over and
-/// single groups.
+/// The q4 (and q8) batched kernels against their order per token, bit for
+/// bit, on rows wider than the property tests reach (more than 4096
+/// columns, where the x86 kernels leave their prepared-activation paths and
+/// `lanes.rs` and `lanes_avx2.rs` carry sums from span to span), with
+/// octets, a quad left over and single groups.
 #[test]
 fn q4_matmul_equals_its_order_per_token_on_wide_rows() {
     for groups in [132usize, 135, 136, 139] {
@@ -280,6 +280,15 @@ fn q4_matmul_equals_its_order_per_token_on_wide_rows() {
             for b in 0..n {
                 let want = &want[b * rows..][..rows];
                 assert_eq!(bits(&got[b * rows..][..rows]), bits(want), "{} groups {} token {}", k.name, groups, b);
+            }
+            // the q8 product over the same spans (the weights' bytes as i8, all of i8)
+            let w8q: Vec<i8> = (0..rows * cols).map(|i| wq[i / 2].rotate_left(4 * (i % 2) as u32) as i8).collect();
+            let mut got = vec![f32::NAN; n * rows];
+            (k.matmul_q8)(&mut kernels::TileOut::new(&mut got, rows, rows, n), &w8q, &ws, &xq, &xs);
+            let want = batched_want(k, &|o, x, s| (k.matvec_q8)(o, &w8q, &ws, x, s), &w8q, &ws, &xq, &xs, rows, n);
+            for b in 0..n {
+                let want = &want[b * rows..][..rows];
+                assert_eq!(bits(&got[b * rows..][..rows]), bits(want), "{} q8 groups {} token {}", k.name, groups, b);
             }
         }
     }

@@ -5,7 +5,7 @@
 //! of its time folding lanes, reducing each (row, token) and on the single
 //! group left after the quads of a 288- or 352-column row.
 //!
-//! The activations of a pass of up to 32 tokens are transposed once per call
+//! The activations of a pass of up to 64 tokens are transposed once per call
 //! (stack scratch, `Scratch::x`, 8 × 8 dwords at a time in registers): dword
 //! `d` of eight tokens side by side in one register. A row's weight dword is
 //! broadcast to every lane (`vpbroadcastd` from memory, no ALU work):
@@ -28,9 +28,10 @@
 //! `groups_in_order` in `runtime/tests/kernels.rs` and of `lanes.rs`, bit for
 //! bit (`MatmulOrder::GroupsInOrder`). The accumulators live in the scratch
 //! (`Scratch::t`, read and written once per group): the registers hold the
-//! i32 sums of two rows × up to four token vectors.
+//! i32 sums of one row × up to eight token vectors (two rows × two where a
+//! pass has two or fewer), each row operand shared by all of them.
 //!
-//! Rows wider than the scratch (over 2 048 columns) go in spans, one token
+//! Rows wider than the scratch (over 3 072 columns) go in spans, one token
 //! vector at a time, each span's sums carried through the output into the
 //! next (the order unchanged). Eight rows' results are transposed in
 //! registers and stored token by token.
@@ -42,11 +43,13 @@ use crate::kernels::TileOut;
 
 /// Tokens per register.
 const LANES: usize = 8;
-/// Token vectors per pass (32 tokens; a 64-token block takes two passes over
-/// the weights, the second from L2).
+/// Token vectors per pass (64 tokens, the default block: each weight read
+/// once per block where the rows are narrow enough, see `XT_BYTES`).
 const MAX_VECS: usize = 8;
-/// Bytes of transposed activations per pass: with the rows streaming past
-/// they stay in a 32 KiB L1 (every row pair reads them once).
+/// Bytes of transposed activations per pass, read once per row: 64 tokens
+/// of 288 columns (18 KiB) or 32 of 768 (24 KiB), within a 32 KiB L1 beside
+/// the streaming rows. (16 KiB with at most four token vectors prefilled
+/// the 15M shape 4–9 % slower.)
 const XT_BYTES: usize = 24 * 1024;
 
 /// The stack scratch of a pass (only what was written is read): `x` dword
@@ -63,8 +66,8 @@ struct Scratch {
 }
 
 /// Token vectors per pass and columns per span for rows of `cols` columns:
-/// up to four vectors over whole rows while they fit the scratch, else one
-/// vector over spans of 2 048 columns, each span's sums carried into the
+/// up to eight vectors over whole rows while they fit the scratch, else one
+/// vector over spans of 3 072 columns, each span's sums carried into the
 /// next through the output (the groups stay in order).
 fn pass_shape(cols: usize) -> (usize, usize) {
     match (XT_BYTES / (LANES * cols.max(1))).min(MAX_VECS) {
