@@ -277,7 +277,7 @@ macro_rules! q4_batched {
 }
 
 macro_rules! q4_matvec {
-    ($(#[$attr:meta])* $module:ident, $feat:literal, pairs: $pairs:literal, octets: $octets:literal, batched: $batched:ident, corr: |$cx:ident| $corr:expr, dot: |$u:ident, $x:ident, $c:ident| $dot:expr,
+    ($(#[$attr:meta])* $module:ident, $feat:literal, pairs: $pairs:literal, pair_rows: $pair_rows:literal, octets: $octets:literal, batched: $batched:ident, corr: |$cx:ident| $corr:expr, dot: |$u:ident, $x:ident, $c:ident| $dot:expr,
      qcorr: |$qx:ident| $qcorr:expr, quad: |$qu:ident, $qxx:ident, $qc:ident| $quad:expr) => {
         $(#[$attr])*
         pub(super) mod $module {
@@ -353,7 +353,7 @@ macro_rules! q4_matvec {
                         _mm256_store_si256(c8p.add(j), _mm256_sub_epi32(_mm256_setzero_si256(), octet_sum([e; 8], x)));
                     }
                     let mut r = 0;
-                    while r + 4 <= rows {
+                    while $pair_rows == 4 && r + 4 <= rows {
                         let (w, s) = (w.add(r * cols / 2), s.add(r * groups));
                         block_pairs::<4>(o.add(r), w, s, xq.as_ptr(), xs.as_ptr(), xp, cp, xsp, c8p, groups);
                         r += 4;
@@ -623,7 +623,11 @@ macro_rules! q4_matvec {
 
 // The quad forms sum the four `vpmaddubsw` products in i16 before widening:
 // |Σ| ≤ 4·2·15·127 = 15240 (and 4·2·8·127 for the correction), no saturation.
-q4_matvec!(q4_avx2, "avx2,fma,f16c", pairs: true, octets: true, batched: no,
+// `pair_rows: 1`: an octet's eight activation vectors held for a block of
+// four rows left too few of the sixteen registers (LLVM spilled the rest);
+// one row at a time, the activations as memory operands, the matvec ran
+// 12–15 % faster (15M shapes, simultaneous A/B, docs/BENCHMARKS.md stop 36).
+q4_matvec!(q4_avx2, "avx2,fma,f16c", pairs: true, pair_rows: 1, octets: true, batched: no,
 corr: |x| _mm256_maddubs_epi16(_mm256_set1_epi8(8), x),
 dot: |u, x, c| _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u, x), c), _mm256_set1_epi16(1)),
 qcorr: |x| {
@@ -641,7 +645,7 @@ quad: |u, x, c| {
     );
     _mm256_add_epi32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)), c)
 });
-q4_matvec!(q4_avxvnni, "avx2,fma,f16c,avxvnni", pairs: false, octets: false, batched: yes,
+q4_matvec!(q4_avxvnni, "avx2,fma,f16c,avxvnni", pairs: false, pair_rows: 4, octets: false, batched: yes,
 corr: |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), x)),
 dot: |u, x, c| _mm256_dpbusd_avx_epi32(c, u, x),
 qcorr: |x| {
@@ -661,7 +665,7 @@ quad: |u, x, c| {
 // thread there), 1.4× faster again at two (docs/BENCHMARKS.md). Bit-identical
 // either way. Only the matvec is used: the table's batched form is
 // `../lanes.rs`.
-q4_matvec!(q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pairs: true, octets: false, batched: no,
+q4_matvec!(q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pairs: true, pair_rows: 4, octets: false, batched: no,
 corr: |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), x)),
 dot: |u, x, c| _mm256_dpbusd_epi32(c, u, x),
 qcorr: |x| {
