@@ -19,31 +19,25 @@
 //! processed four at a time (each activation vector loaded once per four
 //! rows), and the block after next is software-prefetched.
 //!
-//! The AVX-VNNI table's batched kernels (`matmul`, a tile of rows against a
-//! block of tokens) avoid that fold: four groups of activations are
-//! transposed in 32-bit chunks (`transpose4`) once per pass of tokens, and
-//! the same four groups of weights once per pass for a chunk of rows (stack
-//! scratch, `Scratch`), so each 32-bit lane of the dot products belongs to
-//! one group and half, and the fold's exact i32 lanes come from three adds.
-//! Per (row, token) the f32 operations are the matvec's, in its order:
-//! bit-identical.
+//! The batched products (q8 and q4, a tile of rows against a block of
+//! tokens) avoid that fold altogether: one token per 32-bit lane, so a
+//! group's sum is whole in its lane, and the groups are added in order
+//! (`MatmulOrder::GroupsInOrder`), not in the matvec's order: `lanes_avx2.rs`
+//! for the AVX2 and AVX-VNNI tables (AVX2 instructions: QEMU 7.2 cannot run
+//! AVX-VNNI and no machine here has it, so a `vpdpbusd` form would ship
+//! untested), `lanes.rs` for AVX-512 VNNI. Until stop 36 the 256-bit
+//! tables transposed four groups of weights and activations per pass to
+//! keep the matvec's order; tokens in the lanes prefill the 15M shape
+//! 1.2–1.35× faster on AVX2 (docs/BENCHMARKS.md).
 //!
-//! The AVX2 table's batched products (q8 and q4) are `lanes_avx2.rs`, the
-//! AVX-512 VNNI table's `lanes.rs`: one token per 32-bit lane, so a group's
-//! sum needs no fold at all, and the groups are added in order
-//! (`MatmulOrder::GroupsInOrder`), not in the matvec's order. (The AVX2 table
-//! took the transposed scheme above until stop 36; tokens in the lanes
-//! prefill the 15M shape 1.2–1.35× faster, docs/BENCHMARKS.md.)
-//!
-//! Its elementwise kernels (sum of exponentials, max, softmax, SwiGLU,
-//! quantizing) and attention values are 512-bit too (`wide.rs`); the rest
-//! of it is this file's AVX2 code.
+//! The AVX-512 VNNI table's elementwise kernels (sum of exponentials, max,
+//! softmax, SwiGLU, quantizing) and attention values are 512-bit too
+//! (`wide.rs`); the rest of it is this file's AVX2 code.
 
 use core::arch::x86_64::*;
 
 use super::{
     check_q4, check_q4_tile, check_q8, check_q8_tile, reference, HeadNll, Kernels, MatmulOrder, ScoresByDim, TileOut,
-    TILE_BYTES,
 };
 
 mod by_dim;
@@ -134,16 +128,8 @@ static AVX2: Kernels = Kernels {
     max: reference::max,
     head_nll: None,
 };
-static AVXVNNI: Kernels = Kernels {
-    name: "avxvnni",
-    matvec_q8: matvec_q8_avxvnni,
-    matmul_q8: matmul_q8_avxvnni,
-    matvec_q4: matvec_q4_avxvnni,
-    matmul_q4: matmul_q4_avxvnni,
-    matmul_order: MatmulOrder::Matvec,
-    matmul_tile_bytes: TILE_BYTES,
-    ..AVX2
-};
+static AVXVNNI: Kernels =
+    Kernels { name: "avxvnni", matvec_q8: matvec_q8_avxvnni, matvec_q4: matvec_q4_avxvnni, ..AVX2 };
 static AVX512VNNI: Kernels = Kernels {
     name: "avx512vnni",
     matvec_q8: matvec_q8_avx512vnni,
@@ -236,12 +222,6 @@ fn matmul_q8_avx2(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &
     // avx2+fma+f16c; slice lengths were checked above.
     unsafe { lanes_avx2::matmul_q8(out, wq, ws, xq, xs) }
 }
-fn matmul_q8_avxvnni(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
-    check_q8_tile(out, wq, ws, xq, xs);
-    // SAFETY: only reachable via `AVXVNNI`, returned after detecting
-    // avx2+fma+f16c+avxvnni; slice lengths were checked above.
-    unsafe { q8_avxvnni::matmul(out, wq, ws, xq, xs) }
-}
 /// The columns of `n = targets.len()` tokens' activations for `HeadNll`
 /// (a multiple of 32, at most one pass's), after checking the slices but
 /// the weights (`row_bytes` per row: the caller's) and that every target is
@@ -297,12 +277,6 @@ fn matmul_q4_avx2(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &
     // SAFETY: only reachable via `AVX2`/`avx2()`, returned after detecting
     // avx2+fma+f16c; slice lengths were checked above.
     unsafe { lanes_avx2::matmul_q4(out, wq, ws, xq, xs) }
-}
-fn matmul_q4_avxvnni(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
-    check_q4_tile(out, wq, ws, xq, xs);
-    // SAFETY: only reachable via `AVXVNNI`, returned after detecting
-    // avx2+fma+f16c+avxvnni; slice lengths were checked above.
-    unsafe { q4::q4_avxvnni::matmul(out, wq, ws, xq, xs) }
 }
 
 fn matvec_q4_avx2(out: &mut [f32], wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
@@ -459,103 +433,6 @@ unsafe fn fold4(p: [__m256i; 4]) -> __m256i {
     let s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
     let s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
     _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23))
-}
-
-/// The 4×4 transpose of 32-bit chunks within each 128-bit lane: chunk `m` of
-/// `a[k]` goes to chunk `k` of the result's vector `m`. Applied to four
-/// groups of weights and the same four groups of activations, the products of
-/// vector `m` pair the same bytes as before, but each 32-bit lane now holds
-/// one group's four bytes, so summing the four vectors' lane products gives
-/// lane `k` (`k + 4`) = the low (high) 16-byte half of group `k`: the layout
-/// [`fold4`] produces, with adds instead of shuffles per (row, token).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn transpose4(a: [__m256i; 4]) -> [__m256i; 4] {
-    let t0 = _mm256_unpacklo_epi32(a[0], a[1]);
-    let t1 = _mm256_unpackhi_epi32(a[0], a[1]);
-    let t2 = _mm256_unpacklo_epi32(a[2], a[3]);
-    let t3 = _mm256_unpackhi_epi32(a[2], a[3]);
-    [
-        _mm256_unpacklo_epi64(t0, t2),
-        _mm256_unpackhi_epi64(t0, t2),
-        _mm256_unpacklo_epi64(t1, t3),
-        _mm256_unpackhi_epi64(t1, t3),
-    ]
-}
-
-/// Bytes of transposed activations a batched kernel keeps on its stack (a
-/// pass of tokens: `tokens · quads · 128 ≤ XT_BYTES`, at least four tokens).
-pub(crate) const XT_BYTES: usize = 16 * 1024;
-/// Bytes of transposed weights (a chunk of rows, prepared once per pass;
-/// with a pass of activations they stay within a 32 KiB L1).
-pub(crate) const WT_BYTES: usize = 8 * 1024;
-
-/// A batched kernel's stack scratch (uninitialised; a kernel reads only what
-/// it wrote): `x` the transposed activations of a pass of tokens (token `b`,
-/// quad `q` at vectors `4(b·quads + q)..+4`), `c` a per-(token, quad)
-/// vector (q4: the correction), `w` a chunk of rows' transposed weights.
-#[repr(C, align(32))]
-pub(crate) struct Scratch {
-    pub(crate) x: [__m256i; XT_BYTES / 32],
-    pub(crate) c: [__m256i; XT_BYTES / 128],
-    pub(crate) w: [__m256i; WT_BYTES / 32],
-}
-
-/// Tokens per pass for `quads` quads of groups per token (a multiple of 4,
-/// at most `n` rounded down to one; 0: too wide for the scratch).
-#[inline]
-fn pass_tokens(quads: usize, n: usize) -> usize {
-    (XT_BYTES / (quads * 128).max(1)).min(n) / 4 * 4
-}
-
-/// Rows per chunk of transposed weights at `vecs` vectors per (row, quad)
-/// (0: too wide for the scratch).
-#[inline]
-fn chunk_rows(quads: usize, vecs: usize) -> usize {
-    WT_BYTES / (quads * vecs * 32).max(1)
-}
-
-/// Transposes the first `quads` quads of groups of `tokens` tokens (`xq`:
-/// token `b` at `b·cols`) to `xt` (`tokens · quads · 4` vectors, 32-byte aligned).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn transpose_tokens(xt: *mut __m256i, xq: *const i8, cols: usize, tokens: usize, quads: usize) {
-    let mut v = xt;
-    for b in 0..tokens {
-        let x = xq.add(b * cols);
-        for q in 0..quads {
-            let p = x.add(q * 128);
-            let t = transpose4([0, 1, 2, 3].map(|k| _mm256_loadu_si256(p.add(32 * k) as *const __m256i)));
-            for t in t {
-                _mm256_store_si256(v, t);
-                v = v.add(1);
-            }
-        }
-    }
-}
-
-/// The sums of one row's accumulators for `T` (1 or 4) tokens, in the order
-/// the 256-bit matvecs reduce that row: as `store4` for a row of a four-row
-/// block (`in_block`), else as `hsum`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn reduce_rows<const T: usize>(acc: &[__m256; T], in_block: bool) -> [f32; 4] {
-    let mut sums = [0f32; 4];
-    if in_block && T == 4 {
-        let a = |t: usize| acc[t.min(T - 1)];
-        store4(sums.as_mut_ptr(), a(0), a(1), a(2), a(3));
-    } else if in_block {
-        for (t, a) in acc.iter().enumerate() {
-            let mut four = [0f32; 4];
-            store4(four.as_mut_ptr(), *a, *a, *a, *a);
-            sums[t] = four[0];
-        }
-    } else {
-        for (t, a) in acc.iter().enumerate() {
-            sums[t] = hsum(*a);
-        }
-    }
-    sums
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -967,239 +844,15 @@ unsafe fn exp8(x: __m256) -> __m256 {
 
 // ---- q8 matvec and matmul, one module per dot-product instruction ----
 
-// The batched products of a `q8_matvec!` module in the matvec's order
-// (`yes`: the `avxvnni` table's; the `avx2` table's are `lanes_avx2.rs`).
-macro_rules! q8_batched {
-    (no, $feat:literal) => {};
-    (yes, $feat:literal) => {
-        use crate::kernels::TileOut;
-
-        /// The batched form of [`matvec`] (`Kernels::matmul_q8`): one
-        /// weight row at a time against four tokens (then single ones), each
-        /// weight vector loaded and prepared once for the four. Per row and
-        /// token the f32 operations are [`block`]'s, in its order, on the
-        /// same integer lanes and the same scale products, and each sum is
-        /// reduced in the order `matvec` uses for that row (rows of a
-        /// four-row block: `store4`; the rest: `hsum`): bit-identical.
-        /// Caller guarantees the CPU features and slice lengths (`check_q8_tile`).
-        #[target_feature(enable = $feat)]
-        pub unsafe fn matmul(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
-            let (rows, n) = (out.rows(), out.tokens());
-            if n == 0 {
-                return;
-            }
-            let cols = xq.len() / n;
-            let groups = cols / 32;
-            let rows4 = rows / 4 * 4;
-            let (w, s) = (wq.as_ptr(), ws.as_ptr());
-            // passes of four-token groups through the transposed kernel
-            // ([`gemm`]); the tokens left over (and matrices too narrow
-            // for a quad, or too wide for the scratch) go row by row below
-            let quads = groups / 4;
-            let (per, chunk) = (pass_tokens(quads, n), chunk_rows(quads, 8));
-            let mut b = 0;
-            if quads > 0 && per > 0 && chunk > 0 {
-                let mut sc = core::mem::MaybeUninit::<Scratch>::uninit();
-                let sc = sc.as_mut_ptr();
-                let (xt, wt) = (
-                    core::ptr::addr_of_mut!((*sc).x) as *mut __m256i,
-                    core::ptr::addr_of_mut!((*sc).w) as *mut __m256i,
-                );
-                while n - b >= 4 {
-                    let m = per.min((n - b) / 4 * 4);
-                    transpose_tokens(xt, xq.as_ptr().add(b * cols), cols, m, quads);
-                    let mut r0 = 0;
-                    while r0 < rows {
-                        let r1 = (r0 + chunk).min(rows);
-                        // rows r0..r1 transposed once for the pass, with |w|
-                        for i in 0..r1 - r0 {
-                            let wr = w.add((r0 + i) * cols);
-                            for q in 0..quads {
-                                let t = transpose4(
-                                    [0, 1, 2, 3]
-                                        .map(|k| _mm256_loadu_si256(wr.add(q * 128 + 32 * k) as *const __m256i)),
-                                );
-                                let d = wt.add((i * quads + q) * 8);
-                                for (k, t) in t.into_iter().enumerate() {
-                                    _mm256_store_si256(d.add(k), t);
-                                    _mm256_store_si256(d.add(4 + k), prep(t));
-                                }
-                            }
-                        }
-                        gemm(out, xt, wt, wq, ws, xq, xs, b, m, r0, r1, rows4);
-                        r0 = r1;
-                    }
-                    b += m;
-                }
-            }
-            while b < n {
-                let t = if n - b >= 4 { 4 } else { 1 };
-                let (x, xsb) = (xq.as_ptr().add(b * cols), xs.as_ptr().add(b * groups));
-                if t == 4 {
-                    let mut o = out.tokens_at::<4>(b);
-                    for r in 0..rows {
-                        let sums = row::<4>(w.add(r * cols), s.add(r * groups), x, xsb, groups, r < rows4);
-                        for (o, v) in o.iter_mut().zip(sums) {
-                            o[r] = v;
-                        }
-                    }
-                } else {
-                    let o = out.token(b);
-                    for (r, o) in o.iter_mut().enumerate() {
-                        *o = row::<1>(w.add(r * cols), s.add(r * groups), x, xsb, groups, r < rows4)[0];
-                    }
-                }
-                b += t;
-            }
-        }
-
-        /// Tokens `b0..b0 + m` (`m` a multiple of 4, transposed in `xt`)
-        /// against rows `r0..r1` (transposed in `wt`, each quad's four
-        /// vectors then their `|w|`): per (row, token) and quad, four dot
-        /// products whose i32 lanes are summed (the lanes of [`fold4`],
-        /// exact) into one convert and one FMA by `ws·xs`; then the single
-        /// groups as [`row`] does them, then [`reduce_rows`]: the matvec's
-        /// f32 operations in its order.
-        #[target_feature(enable = $feat)]
-        #[inline]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn gemm(
-            out: &mut TileOut<'_>,
-            xt: *const __m256i,
-            wt: *const __m256i,
-            wq: &[i8],
-            ws: &[u16],
-            xq: &[i8],
-            xs: &[f32],
-            b0: usize,
-            m: usize,
-            r0: usize,
-            r1: usize,
-            rows4: usize,
-        ) {
-            let n = out.tokens();
-            let cols = xq.len() / n;
-            let groups = cols / 32;
-            let quads = groups / 4;
-            let (w, s) = (wq.as_ptr(), ws.as_ptr());
-            let mut b = b0;
-            while b < b0 + m {
-                let mut o = out.tokens_at::<4>(b);
-                // this pass's quad `q` of token `b + t`
-                let x = xt.add((b - b0) * quads * 4);
-                let xsb = xs.as_ptr().add(b * groups);
-                for r in r0..r1 {
-                    let wr = w.add(r * cols);
-                    let sr = s.add(r * groups);
-                    let mut acc = [_mm256_setzero_ps(); 4];
-                    for q in 0..quads {
-                        let p = wt.add(((r - r0) * quads + q) * 8);
-                        let wv = [0, 1, 2, 3].map(|k| _mm256_load_si256(p.add(k)));
-                        let aw = [4, 5, 6, 7].map(|k| _mm256_load_si256(p.add(k)));
-                        // f32 weight scales of the four groups, in both 128-bit halves
-                        let wsc = _mm256_cvtph_ps(_mm_set1_epi64x((sr.add(4 * q) as *const i64).read_unaligned()));
-                        for (t, acc) in acc.iter_mut().enumerate() {
-                            let xv = x.add((t * quads + q) * 4);
-                            let p0 = dot_prepped(aw[0], wv[0], _mm256_load_si256(xv));
-                            let p1 = dot_prepped(aw[1], wv[1], _mm256_load_si256(xv.add(1)));
-                            let p2 = dot_prepped(aw[2], wv[2], _mm256_load_si256(xv.add(2)));
-                            let p3 = dot_prepped(aw[3], wv[3], _mm256_load_si256(xv.add(3)));
-                            let sum = _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3));
-                            // ws·xs per group, as `block`'s `sc` (the same f32 products)
-                            let xs4 =
-                                _mm256_broadcast_ps(&(xsb.add(t * groups + 4 * q) as *const __m128).read_unaligned());
-                            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(wsc, xs4), *acc);
-                        }
-                    }
-                    // the single groups after the quads (the last chunk's)
-                    for g in 4 * quads..groups {
-                        let wv = _mm256_loadu_si256(wr.add(g * 32) as *const __m256i);
-                        let aw = prep(wv);
-                        let wsc = f16_scalar(*sr.add(g));
-                        for (t, acc) in acc.iter_mut().enumerate() {
-                            let xv = _mm256_loadu_si256(xq.as_ptr().add((b + t) * cols + g * 32) as *const __m256i);
-                            let p = _mm256_cvtepi32_ps(dot_prepped(aw, wv, xv));
-                            *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(wsc * *xsb.add(t * groups + g)), *acc);
-                        }
-                    }
-                    let sums = reduce_rows(&acc, r < rows4);
-                    for (o, v) in o.iter_mut().zip(sums) {
-                        o[r] = v;
-                    }
-                }
-                b += 4;
-            }
-        }
-
-        /// One weight row (`w: [cols]`, `ws: [groups]`) against `T` tokens
-        /// (`xq: [T·cols]`, `xs: [T·groups]`); `in_block`: the row's sum
-        /// is reduced as `store4` does, else as `hsum`.
-        #[target_feature(enable = $feat)]
-        #[inline]
-        unsafe fn row<const T: usize>(
-            w: *const i8,
-            ws: *const u16,
-            xq: *const i8,
-            xs: *const f32,
-            groups: usize,
-            in_block: bool,
-        ) -> [f32; 4] {
-            let cols = groups * 32;
-            let mut acc = [_mm256_setzero_ps(); T];
-            let mut g0 = 0;
-            // the same chunks of (up to) eight groups as `block`, each as
-            // quads then single groups
-            while g0 < groups {
-                let n = if groups - g0 >= 8 { 8 } else { groups - g0 };
-                let mut j = 0;
-                while j + 4 <= n {
-                    let at = (g0 + j) * 32;
-                    let wv = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(w.add(at + 32 * k) as *const __m256i));
-                    let aw = wv.map(|v| prep(v));
-                    // f32 weight scales of the four groups, in both 128-bit halves
-                    let wsc = dup128(_mm_cvtph_ps(_mm_loadl_epi64(ws.add(g0 + j) as *const __m128i)));
-                    for (t, acc) in acc.iter_mut().enumerate() {
-                        let x = xq.add(t * cols + at);
-                        let p = [0, 1, 2, 3]
-                            .map(|k| dot_prepped(aw[k], wv[k], _mm256_loadu_si256(x.add(32 * k) as *const __m256i)));
-                        // ws·xs per group, as `block`'s `sc` (the same f32 products)
-                        let d = _mm256_mul_ps(wsc, dup128(_mm_loadu_ps(xs.add(t * groups + g0 + j))));
-                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(p)), d, *acc);
-                    }
-                    j += 4;
-                }
-                while j < n {
-                    let at = (g0 + j) * 32;
-                    let wv = _mm256_loadu_si256(w.add(at) as *const __m256i);
-                    let aw = prep(wv);
-                    let wsc = f16_scalar(*ws.add(g0 + j));
-                    for (t, acc) in acc.iter_mut().enumerate() {
-                        let xv = _mm256_loadu_si256(xq.add(t * cols + at) as *const __m256i);
-                        let p = _mm256_cvtepi32_ps(dot_prepped(aw, wv, xv));
-                        *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(wsc * *xs.add(t * groups + g0 + j)), *acc);
-                    }
-                    j += 1;
-                }
-                g0 += n;
-            }
-            reduce_rows(&acc, in_block)
-        }
-    };
-}
-
 // `$prep` turns a weight vector into the unsigned operand of the dot product
 // (once per weight load, shared by every token of a batched product); `$dot`
 // multiplies it with one activation vector.
 macro_rules! q8_matvec {
-    ($module:ident, $feat:literal, batched: $batched:ident, |$pw:ident| $prep:expr, |$aw:ident, $w:ident, $x:ident| $dot:expr) => {
+    ($module:ident, $feat:literal, |$pw:ident| $prep:expr, |$aw:ident, $w:ident, $x:ident| $dot:expr) => {
         mod $module {
             use core::arch::x86_64::*;
 
-            #[allow(unused_imports)] // the batched helpers, where `$batched` is `no`
-            use super::{
-                chunk_rows, dup128, f16_scalar, fold4, hsum, pass_tokens, prefetch_block_after_next, reduce_rows,
-                store4, transpose4, transpose_tokens, Scratch,
-            };
+            use super::{f16_scalar, fold4, hsum, prefetch_block_after_next, store4};
 
             /// The weight vector's operand for [`dot_prepped`].
             #[target_feature(enable = $feat)]
@@ -1317,18 +970,16 @@ macro_rules! q8_matvec {
                     }
                 }
             }
-
-            q8_batched!($batched, $feat);
         }
     };
 }
 
-// The batched product of the AVX2 table is `lanes_avx2.rs` (tokens in the lanes).
-q8_matvec!(q8_avx2, "avx2,fma,f16c", batched: no, |w| _mm256_sign_epi8(w, w), |aw, w, x| {
+// The batched products of both tables are `lanes_avx2.rs` (tokens in the lanes).
+q8_matvec!(q8_avx2, "avx2,fma,f16c", |w| _mm256_sign_epi8(w, w), |aw, w, x| {
     _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1))
 });
 // AVX-VNNI (VEX `vpdpbusd`): the scheme measured and tested on the Intel host;
 // the AMD bench machine lacks AVX-VNNI, so it is compiled but not run there.
-q8_matvec!(q8_avxvnni, "avx2,fma,f16c,avxvnni", batched: yes, |w| _mm256_sign_epi8(w, w), |aw, w, x| {
+q8_matvec!(q8_avxvnni, "avx2,fma,f16c,avxvnni", |w| _mm256_sign_epi8(w, w), |aw, w, x| {
     _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(x, w))
 });

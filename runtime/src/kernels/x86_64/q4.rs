@@ -1,5 +1,5 @@
 //! q4 matvec (4-bit weights, q8 activations) at 256-bit width, one module per
-//! dot-product instruction.
+//! dot-product instruction (the AVX2, AVX-VNNI and AVX-512 VNNI tables' decode).
 //!
 //! A group's 16 bytes are unpacked with one shift and one mask into 32
 //! unsigned nibbles `u = q + 8` in element order (low nibbles = elements
@@ -17,10 +17,7 @@
 //! reference's group sum; from there the scheme is the q8 one (four groups
 //! folded with unpack + add, one convert and one FMA by `ws·xs`), so the f32
 //! result differs from the reference only in the order of f32 operations.
-//! `matmul` (the batched form, `batched: yes`: the `avxvnni` table's) is the
-//! q8 one's scheme with unpacked nibbles: one row against four tokens,
-//! bit-identical to `matvec` per token. The AVX2 and AVX-512 VNNI tables'
-//! batched forms are `../lanes_avx2.rs` and `../lanes.rs` (tokens in the
+//! The batched forms are `../lanes_avx2.rs` and `../lanes.rs` (tokens in the
 //! lanes, their own f32 order).
 //!
 //! The AVX2 table's matvec (`octets: true`) takes the groups eight at a time
@@ -48,246 +45,13 @@ struct PairX {
     c8: [[u8; 32]; PAIR_COLS / 256],
 }
 
-// The batched products of a `q4_matvec!` module in the matvec's order
-// (`yes`: the `avxvnni` table's; the `avx2` and `avx512vnni` tables' are
-// `lanes_avx2.rs` and `lanes.rs`), with the quad kernels only they use.
-macro_rules! q4_batched {
-    (no, $($rest:tt)*) => {};
-    (yes, $feat:literal, qcorr: |$qx:ident| $qcorr:expr, quad: |$qu:ident, $qxx:ident, $qc:ident| $quad:expr) => {
-        use crate::kernels::TileOut;
-
-        /// The correction `−8·Σx` of four transposed activation vectors
-        /// (one quad of groups): i32 lane `k` (`k + 4`) for the low (high)
-        /// half of group `k`.
-        #[target_feature(enable = $feat)]
-        #[inline]
-        pub(super) unsafe fn qcorr($qx: [__m256i; 4]) -> __m256i {
-            $qcorr
-        }
-
-        /// One quad of groups, transposed nibbles `$qu` against transposed
-        /// activations `$qxx`, from the correction `$qc`: i32 lane `k`
-        /// (`k + 4`) = the exact `Σ (u − 8)·x` of group `k`'s low (high) half.
-        #[target_feature(enable = $feat)]
-        #[inline]
-        unsafe fn quad($qu: [__m256i; 4], $qxx: [__m256i; 4], $qc: __m256i) -> __m256i {
-            $quad
-        }
-
-        /// The batched form of [`matvec`] (`Kernels::matmul_q4`), as the q8
-        /// one: a weight row's nibbles unpacked once per four tokens, per row
-        /// and token [`block`]'s f32 operations in its order, each sum
-        /// reduced as `matvec` reduces that row: bit-identical.
-        /// Caller guarantees the CPU features and slice lengths (`check_q4_tile`).
-        #[target_feature(enable = $feat)]
-        pub unsafe fn matmul(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
-            let (rows, n) = (out.rows(), out.tokens());
-            if n == 0 {
-                return;
-            }
-            let cols = xq.len() / n;
-            let groups = cols / 32;
-            let rows4 = rows / 4 * 4;
-            let (w, s) = (wq.as_ptr(), ws.as_ptr());
-            // passes of four-token groups through the transposed kernel
-            // ([`gemm`]); the tokens left over (and matrices too narrow
-            // for a quad, or too wide for the scratch) go row by row below
-            let quads = groups / 4;
-            let (per, chunk) = (pass_tokens(quads, n), chunk_rows(quads, 4));
-            let mut b = 0;
-            if quads > 0 && per > 0 && chunk > 0 {
-                let mut sc = core::mem::MaybeUninit::<Scratch>::uninit();
-                let sc = sc.as_mut_ptr();
-                let xt = core::ptr::addr_of_mut!((*sc).x) as *mut __m256i;
-                let xc = core::ptr::addr_of_mut!((*sc).c) as *mut __m256i;
-                let wt = core::ptr::addr_of_mut!((*sc).w) as *mut __m256i;
-                while n - b >= 4 {
-                    let m = per.min((n - b) / 4 * 4);
-                    transpose_tokens(xt, xq.as_ptr().add(b * cols), cols, m, quads);
-                    // the corrections of every (token, quad) of the pass
-                    for i in 0..m * quads {
-                        let v = xt.add(4 * i);
-                        _mm256_store_si256(xc.add(i), qcorr([0, 1, 2, 3].map(|k| _mm256_load_si256(v.add(k)))));
-                    }
-                    let mut r0 = 0;
-                    while r0 < rows {
-                        let r1 = (r0 + chunk).min(rows);
-                        // rows r0..r1 unpacked and transposed once for the pass
-                        for i in 0..r1 - r0 {
-                            let wr = w.add((r0 + i) * cols / 2);
-                            for q in 0..quads {
-                                let t = transpose4([0, 1, 2, 3].map(|k| unpack(wr.add((4 * q + k) * 16))));
-                                let d = wt.add((i * quads + q) * 4);
-                                for (k, t) in t.into_iter().enumerate() {
-                                    _mm256_store_si256(d.add(k), t);
-                                }
-                            }
-                        }
-                        gemm(out, xt, xc, wt, wq, ws, xq, xs, b, m, r0, r1, rows4);
-                        r0 = r1;
-                    }
-                    b += m;
-                }
-            }
-            while b < n {
-                let t = if n - b >= 4 { 4 } else { 1 };
-                let (x, xsb) = (xq.as_ptr().add(b * cols), xs.as_ptr().add(b * groups));
-                if t == 4 {
-                    let mut o = out.tokens_at::<4>(b);
-                    for r in 0..rows {
-                        let sums = row::<4>(w.add(r * cols / 2), s.add(r * groups), x, xsb, groups, r < rows4);
-                        for (o, v) in o.iter_mut().zip(sums) {
-                            o[r] = v;
-                        }
-                    }
-                } else {
-                    let o = out.token(b);
-                    for (r, o) in o.iter_mut().enumerate() {
-                        *o = row::<1>(w.add(r * cols / 2), s.add(r * groups), x, xsb, groups, r < rows4)[0];
-                    }
-                }
-                b += t;
-            }
-        }
-
-        /// Tokens `b0..b0 + m` (`m` a multiple of 4, transposed in `xt`,
-        /// their corrections in `xc`) against rows `r0..r1` (unpacked and
-        /// transposed in `wt`), as the q8 kernel's `gemm`: per (row, token)
-        /// and quad one [`quad`] (exact i32 lanes of `fold4`'s layout), one
-        /// convert and one FMA by `ws·xs`; then the single groups as
-        /// [`row`] does them and [`reduce_rows`]: the matvec's f32
-        /// operations in its order.
-        #[target_feature(enable = $feat)]
-        #[inline]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn gemm(
-            out: &mut TileOut<'_>,
-            xt: *const __m256i,
-            xc: *const __m256i,
-            wt: *const __m256i,
-            wq: &[u8],
-            ws: &[u16],
-            xq: &[i8],
-            xs: &[f32],
-            b0: usize,
-            m: usize,
-            r0: usize,
-            r1: usize,
-            rows4: usize,
-        ) {
-            let n = out.tokens();
-            let cols = xq.len() / n;
-            let groups = cols / 32;
-            let quads = groups / 4;
-            let (w, s) = (wq.as_ptr(), ws.as_ptr());
-            let mut b = b0;
-            while b < b0 + m {
-                let mut o = out.tokens_at::<4>(b);
-                let i0 = (b - b0) * quads;
-                let xsb = xs.as_ptr().add(b * groups);
-                for r in r0..r1 {
-                    let wr = w.add(r * cols / 2);
-                    let sr = s.add(r * groups);
-                    let mut acc = [_mm256_setzero_ps(); 4];
-                    for q in 0..quads {
-                        let p = wt.add(((r - r0) * quads + q) * 4);
-                        let u = [0, 1, 2, 3].map(|k| _mm256_load_si256(p.add(k)));
-                        // f32 weight scales of the four groups, in both 128-bit halves
-                        let wsc = _mm256_cvtph_ps(_mm_set1_epi64x((sr.add(4 * q) as *const i64).read_unaligned()));
-                        for (t, acc) in acc.iter_mut().enumerate() {
-                            let i = i0 + t * quads + q;
-                            let xv = xt.add(4 * i);
-                            let x = [0, 1, 2, 3].map(|k| _mm256_load_si256(xv.add(k)));
-                            let sum = quad(u, x, _mm256_load_si256(xc.add(i)));
-                            // ws·xs per group, as `block`'s `sc` (the same f32 products)
-                            let xs4 =
-                                _mm256_broadcast_ps(&(xsb.add(t * groups + 4 * q) as *const __m128).read_unaligned());
-                            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(wsc, xs4), *acc);
-                        }
-                    }
-                    // the single groups after the quads (the last chunk's)
-                    for g in 4 * quads..groups {
-                        let u = unpack(wr.add(g * 16));
-                        let wsc = f16_scalar(*sr.add(g));
-                        for (t, acc) in acc.iter_mut().enumerate() {
-                            let xv = _mm256_loadu_si256(xq.as_ptr().add((b + t) * cols + g * 32) as *const __m256i);
-                            let p = _mm256_cvtepi32_ps(dot(u, xv, corr(xv)));
-                            *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(wsc * *xsb.add(t * groups + g)), *acc);
-                        }
-                    }
-                    let sums = reduce_rows(&acc, r < rows4);
-                    for (o, v) in o.iter_mut().zip(sums) {
-                        o[r] = v;
-                    }
-                }
-                b += 4;
-            }
-        }
-
-        /// One weight row (`w: [groups·16]`, `ws: [groups]`) against `T`
-        /// tokens (`xq: [T·cols]`, `xs: [T·groups]`).
-        #[target_feature(enable = $feat)]
-        #[inline]
-        pub(super) unsafe fn row<const T: usize>(
-            w: *const u8,
-            ws: *const u16,
-            xq: *const i8,
-            xs: *const f32,
-            groups: usize,
-            in_block: bool,
-        ) -> [f32; 4] {
-            let cols = groups * 32;
-            let mut acc = [_mm256_setzero_ps(); T];
-            let mut g0 = 0;
-            while g0 < groups {
-                let n = if groups - g0 >= 8 { 8 } else { groups - g0 };
-                let mut j = 0;
-                while j + 4 <= n {
-                    let g = g0 + j;
-                    let u = [0, 1, 2, 3].map(|k| unpack(w.add((g + k) * 16)));
-                    let wsc = dup128(_mm_cvtph_ps(_mm_loadl_epi64(ws.add(g) as *const __m128i)));
-                    for (t, acc) in acc.iter_mut().enumerate() {
-                        let x = xq.add(t * cols + g * 32);
-                        let p = [0, 1, 2, 3].map(|k| {
-                            let xv = _mm256_loadu_si256(x.add(32 * k) as *const __m256i);
-                            dot(u[k], xv, corr(xv))
-                        });
-                        // ws·xs per group, as `block`'s `sc` (the same f32 products)
-                        let d = _mm256_mul_ps(wsc, dup128(_mm_loadu_ps(xs.add(t * groups + g))));
-                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(p)), d, *acc);
-                    }
-                    j += 4;
-                }
-                while j < n {
-                    let g = g0 + j;
-                    let u = unpack(w.add(g * 16));
-                    let wsc = f16_scalar(*ws.add(g));
-                    for (t, acc) in acc.iter_mut().enumerate() {
-                        let xv = _mm256_loadu_si256(xq.add(t * cols + g * 32) as *const __m256i);
-                        let p = _mm256_cvtepi32_ps(dot(u, xv, corr(xv)));
-                        *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(wsc * *xs.add(t * groups + g)), *acc);
-                    }
-                    j += 1;
-                }
-                g0 += n;
-            }
-            reduce_rows(&acc, in_block)
-        }
-    };
-}
-
 macro_rules! q4_matvec {
-    ($(#[$attr:meta])* $module:ident, $feat:literal, pairs: $pairs:literal, pair_rows: $pair_rows:literal, octets: $octets:literal, batched: $batched:ident, corr: |$cx:ident| $corr:expr, dot: |$u:ident, $x:ident, $c:ident| $dot:expr,
-     qcorr: |$qx:ident| $qcorr:expr, quad: |$qu:ident, $qxx:ident, $qc:ident| $quad:expr) => {
+    ($(#[$attr:meta])* $module:ident, $feat:literal, pairs: $pairs:literal, pair_rows: $pair_rows:literal, octets: $octets:literal, corr: |$cx:ident| $corr:expr, dot: |$u:ident, $x:ident, $c:ident| $dot:expr) => {
         $(#[$attr])*
         pub(super) mod $module {
             use core::arch::x86_64::*;
 
-            #[allow(unused_imports)]
-            use super::super::{
-                chunk_rows, dup128, f16_scalar, fold4, hsum, pass_tokens, prefetch_block_after_next, reduce_rows,
-                store4, transpose4, transpose_tokens, Scratch,
-            };
+            use super::super::{dup128, f16_scalar, fold4, hsum, prefetch_block_after_next, store4};
             use super::{PairX, PAIR_COLS};
 
             /// Row-independent part of a group's dot product (the `−8·Σx` correction).
@@ -616,66 +380,25 @@ macro_rules! q4_matvec {
                 }
             }
 
-            q4_batched!($batched, $feat, qcorr: |$qx| $qcorr, quad: |$qu, $qxx, $qc| $quad);
         }
     };
 }
 
-// The quad forms sum the four `vpmaddubsw` products in i16 before widening:
-// |Σ| ≤ 4·2·15·127 = 15240 (and 4·2·8·127 for the correction), no saturation.
 // `pair_rows: 1`: an octet's eight activation vectors held for a block of
 // four rows left too few of the sixteen registers (LLVM spilled the rest);
 // one row at a time, the activations as memory operands, the matvec ran
 // 12–15 % faster (15M shapes, simultaneous A/B, docs/BENCHMARKS.md stop 36).
-q4_matvec!(q4_avx2, "avx2,fma,f16c", pairs: true, pair_rows: 1, octets: true, batched: no,
+q4_matvec!(q4_avx2, "avx2,fma,f16c", pairs: true, pair_rows: 1, octets: true,
 corr: |x| _mm256_maddubs_epi16(_mm256_set1_epi8(8), x),
-dot: |u, x, c| _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u, x), c), _mm256_set1_epi16(1)),
-qcorr: |x| {
-    let e = _mm256_set1_epi8(8);
-    let s = _mm256_add_epi16(
-        _mm256_add_epi16(_mm256_maddubs_epi16(e, x[0]), _mm256_maddubs_epi16(e, x[1])),
-        _mm256_add_epi16(_mm256_maddubs_epi16(e, x[2]), _mm256_maddubs_epi16(e, x[3])),
-    );
-    _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(s, _mm256_set1_epi16(1)))
-},
-quad: |u, x, c| {
-    let s = _mm256_add_epi16(
-        _mm256_add_epi16(_mm256_maddubs_epi16(u[0], x[0]), _mm256_maddubs_epi16(u[1], x[1])),
-        _mm256_add_epi16(_mm256_maddubs_epi16(u[2], x[2]), _mm256_maddubs_epi16(u[3], x[3])),
-    );
-    _mm256_add_epi32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)), c)
-});
-q4_matvec!(q4_avxvnni, "avx2,fma,f16c,avxvnni", pairs: false, pair_rows: 4, octets: false, batched: yes,
+dot: |u, x, c| _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u, x), c), _mm256_set1_epi16(1)));
+q4_matvec!(q4_avxvnni, "avx2,fma,f16c,avxvnni", pairs: false, pair_rows: 4, octets: false,
 corr: |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), x)),
-dot: |u, x, c| _mm256_dpbusd_avx_epi32(c, u, x),
-qcorr: |x| {
-    let e = _mm256_set1_epi8(8);
-    let s = x.iter().fold(_mm256_setzero_si256(), |s, &x| _mm256_dpbusd_avx_epi32(s, e, x));
-    _mm256_sub_epi32(_mm256_setzero_si256(), s)
-},
-quad: |u, x, c| {
-    let s = _mm256_dpbusd_avx_epi32(c, u[0], x[0]);
-    let s = _mm256_dpbusd_avx_epi32(s, u[1], x[1]);
-    let s = _mm256_dpbusd_avx_epi32(s, u[2], x[2]);
-    _mm256_dpbusd_avx_epi32(s, u[3], x[3])
-});
+dot: |u, x, c| _mm256_dpbusd_avx_epi32(c, u, x));
 // The matvec takes the paired-load path here too (`vpmaddubsw` pairs, not
 // `vpdpbusd`): on Zen 5 it decodes the 15M shape 1.22× faster at one thread
 // and, unlike the per-group `block` form (which gained nothing from a second
 // thread there), 1.4× faster again at two (docs/BENCHMARKS.md). Bit-identical
-// either way. Only the matvec is used: the table's batched form is
-// `../lanes.rs`.
-q4_matvec!(q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pairs: true, pair_rows: 4, octets: false, batched: no,
+// either way.
+q4_matvec!(q4_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pairs: true, pair_rows: 4, octets: false,
 corr: |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), x)),
-dot: |u, x, c| _mm256_dpbusd_epi32(c, u, x),
-qcorr: |x| {
-    let e = _mm256_set1_epi8(8);
-    let s = x.iter().fold(_mm256_setzero_si256(), |s, &x| _mm256_dpbusd_epi32(s, e, x));
-    _mm256_sub_epi32(_mm256_setzero_si256(), s)
-},
-quad: |u, x, c| {
-    let s = _mm256_dpbusd_epi32(c, u[0], x[0]);
-    let s = _mm256_dpbusd_epi32(s, u[1], x[1]);
-    let s = _mm256_dpbusd_epi32(s, u[2], x[2]);
-    _mm256_dpbusd_epi32(s, u[3], x[3])
-});
+dot: |u, x, c| _mm256_dpbusd_epi32(c, u, x));
