@@ -218,8 +218,9 @@ fn matvec_q8_avx512vnni(out: &mut [f32], wq: &[i8], ws: &[u16], xq: &[i8], xs: &
 
 fn matmul_q8_avx2(out: &mut TileOut<'_>, wq: &[i8], ws: &[u16], xq: &[i8], xs: &[f32]) {
     check_q8_tile(out, wq, ws, xq, xs);
-    // SAFETY: only reachable via `AVX2`/`avx2()`, returned after detecting
-    // avx2+fma+f16c; slice lengths were checked above.
+    // SAFETY: only reachable via `AVX2` and `AVXVNNI` (its batched products
+    // are these), both returned after detecting avx2+fma+f16c; slice lengths
+    // were checked above.
     unsafe { lanes_avx2::matmul_q8(out, wq, ws, xq, xs) }
 }
 /// The columns of `n = targets.len()` tokens' activations for `HeadNll`
@@ -274,8 +275,9 @@ fn matmul_q4_avx512vnni(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8],
 }
 fn matmul_q4_avx2(out: &mut TileOut<'_>, wq: &[u8], ws: &[u16], xq: &[i8], xs: &[f32]) {
     check_q4_tile(out, wq, ws, xq, xs);
-    // SAFETY: only reachable via `AVX2`/`avx2()`, returned after detecting
-    // avx2+fma+f16c; slice lengths were checked above.
+    // SAFETY: only reachable via `AVX2` and `AVXVNNI` (its batched products
+    // are these), both returned after detecting avx2+fma+f16c; slice lengths
+    // were checked above.
     unsafe { lanes_avx2::matmul_q4(out, wq, ws, xq, xs) }
 }
 
