@@ -59,15 +59,58 @@ struct Scratch {
     t: [__m512; LANES * MAX_VECS],
 }
 
-/// Token vectors per pass and columns per span for rows of `cols` columns:
-/// up to four vectors over whole rows while they fit the scratch, else one
-/// vector over spans of 2 048 columns, each span's sums carried into the
-/// next through the output (the groups stay in order).
-fn pass_shape(cols: usize) -> (usize, usize) {
-    match (XT_BYTES / (LANES * cols.max(1))).min(MAX_VECS) {
-        0 => (1, XT_BYTES / LANES),
+/// Token vectors per pass and columns per span for rows of `cols` columns,
+/// for a token-lane kernel of `lanes` tokens per register, at most
+/// `max_vecs` token vectors and `xt_bytes` of transposed activations: as
+/// many vectors (up to `max_vecs`) as whole rows fit the scratch, else one
+/// vector over spans of `xt_bytes / lanes` columns, each span's sums carried
+/// into the next through the output (the groups stay in order).
+fn pass_shape(cols: usize, lanes: usize, max_vecs: usize, xt_bytes: usize) -> (usize, usize) {
+    match (xt_bytes / (lanes * cols.max(1))).min(max_vecs) {
+        0 => (1, xt_bytes / lanes),
         v => (v, cols),
     }
+}
+
+/// One pass of a token-lane product ([`passes`]): tokens `b0..b0 + live` in
+/// `vecs` token vectors, against columns `c0..c0 + 32·span_groups` of every
+/// row (`c0 > 0`: add to the sums of the spans before).
+#[derive(Clone, Copy)]
+pub(super) struct Step {
+    pub b0: usize,
+    pub vecs: usize,
+    pub live: usize,
+    pub c0: usize,
+    pub span_groups: usize,
+}
+
+/// The passes of a token-lane product of `n` tokens of `cols` columns, in
+/// order (shapes from [`pass_shape`]): the tokens in passes of up to
+/// `max_vecs` vectors of `lanes`, each pass over the columns span by span.
+/// Both token-lane kernels (this file's and `lanes_avx2.rs`) follow it.
+pub(super) fn passes(
+    n: usize,
+    cols: usize,
+    lanes: usize,
+    max_vecs: usize,
+    xt_bytes: usize,
+) -> impl Iterator<Item = Step> {
+    let (most, span) = pass_shape(cols, lanes, max_vecs, xt_bytes);
+    let (mut b0, mut c0) = (0, 0);
+    core::iter::from_fn(move || {
+        let span_groups = span.min(cols - c0) / 32;
+        if b0 >= n || span_groups == 0 {
+            return None;
+        }
+        let vecs = (n - b0).div_ceil(lanes).min(most);
+        let live = (n - b0).min(vecs * lanes);
+        let step = Step { b0, vecs, live, c0, span_groups };
+        c0 += step.span_groups * 32;
+        if c0 >= cols {
+            (b0, c0) = (b0 + live, 0);
+        }
+        Some(step)
+    })
 }
 
 /// `Kernels::matmul_q8` of the `avx512vnni` table. Caller guarantees the CPU
@@ -145,7 +188,7 @@ unsafe fn head_nll<const Q4: bool>(
     }
     let cols = xq.len() / n;
     let groups = cols / 32;
-    let (most, span) = pass_shape(cols);
+    let (most, span) = pass_shape(cols, LANES, MAX_VECS, XT_BYTES);
     if span < cols || groups == 0 {
         return;
     }
@@ -195,29 +238,21 @@ unsafe fn matmul<const Q4: bool>(out: &mut TileOut<'_>, w: *const u8, ws: &[u16]
     if groups == 0 {
         return;
     }
-    let (most, span) = pass_shape(cols);
     let mut sc = core::mem::MaybeUninit::<Scratch>::uninit();
     let sc = sc.as_mut_ptr();
     let whole = Pass::over(sc, cols, Q4, 0); // each span's copy sets its own groups
-    let mut b0 = 0;
-    while b0 < n {
-        let vecs = (n - b0).div_ceil(LANES).min(most);
-        let live = (n - b0).min(vecs * LANES);
-        let mut c0 = 0;
-        while c0 < cols {
-            let p = Pass { span_groups: span.min(cols - c0) / 32, ..whole };
-            p.prepare::<Q4>(xq.as_ptr().add(b0 * cols + c0), xs.as_ptr().add(b0 * groups + c0 / 32), live, vecs);
-            let (w, ws) = (w.add(if Q4 { c0 / 2 } else { c0 }), ws.as_ptr().add(c0 / 32));
-            let carry = c0 > 0;
-            match vecs {
-                1 => p.run::<1, Q4>(out, w, ws, b0, live, carry),
-                2 => p.run::<2, Q4>(out, w, ws, b0, live, carry),
-                3 => p.run::<3, Q4>(out, w, ws, b0, live, carry),
-                _ => p.run::<4, Q4>(out, w, ws, b0, live, carry),
-            }
-            c0 += p.span_groups * 32;
+    for st in passes(n, cols, LANES, MAX_VECS, XT_BYTES) {
+        let (b0, c0, live) = (st.b0, st.c0, st.live);
+        let p = Pass { span_groups: st.span_groups, ..whole };
+        p.prepare::<Q4>(xq.as_ptr().add(b0 * cols + c0), xs.as_ptr().add(b0 * groups + c0 / 32), live, st.vecs);
+        let (w, ws) = (w.add(if Q4 { c0 / 2 } else { c0 }), ws.as_ptr().add(c0 / 32));
+        let carry = c0 > 0;
+        match st.vecs {
+            1 => p.run::<1, Q4>(out, w, ws, b0, live, carry),
+            2 => p.run::<2, Q4>(out, w, ws, b0, live, carry),
+            3 => p.run::<3, Q4>(out, w, ws, b0, live, carry),
+            _ => p.run::<4, Q4>(out, w, ws, b0, live, carry),
         }
-        b0 += live;
     }
 }
 

@@ -39,6 +39,7 @@
 use core::arch::x86_64::*;
 
 use super::f16_scalar;
+use super::lanes::passes;
 use crate::kernels::TileOut;
 
 /// Tokens per register.
@@ -63,17 +64,6 @@ struct Scratch {
     c: [__m256i; XT_BYTES / 32 / 8],
     s: [__m256; XT_BYTES / 32 / 8],
     t: [__m256; LANES * MAX_VECS],
-}
-
-/// Token vectors per pass and columns per span for rows of `cols` columns:
-/// up to eight vectors over whole rows while they fit the scratch, else one
-/// vector over spans of 3 072 columns, each span's sums carried into the
-/// next through the output (the groups stay in order).
-fn pass_shape(cols: usize) -> (usize, usize) {
-    match (XT_BYTES / (LANES * cols.max(1))).min(MAX_VECS) {
-        0 => (1, XT_BYTES / LANES),
-        v => (v, cols),
-    }
 }
 
 /// `Kernels::matmul_q8` of the `avx2` table. Caller guarantees the CPU
@@ -104,33 +94,25 @@ unsafe fn matmul<const Q4: bool>(out: &mut TileOut<'_>, w: *const u8, ws: &[u16]
     if groups == 0 {
         return;
     }
-    let (most, span) = pass_shape(cols);
     let mut sc = core::mem::MaybeUninit::<Scratch>::uninit();
     let sc = sc.as_mut_ptr();
     let whole = Pass::over(sc, cols, Q4, 0); // each span's copy sets its own groups
-    let mut b0 = 0;
-    while b0 < n {
-        let vecs = (n - b0).div_ceil(LANES).min(most);
-        let live = (n - b0).min(vecs * LANES);
-        let mut c0 = 0;
-        while c0 < cols {
-            let p = Pass { span_groups: span.min(cols - c0) / 32, ..whole };
-            p.prepare::<Q4>(xq.as_ptr().add(b0 * cols + c0), xs.as_ptr().add(b0 * groups + c0 / 32), live, vecs);
-            let (w, ws) = (w.add(if Q4 { c0 / 2 } else { c0 }), ws.as_ptr().add(c0 / 32));
-            let carry = c0 > 0;
-            match vecs {
-                1 => p.run::<1, Q4>(out, w, ws, b0, live, carry),
-                2 => p.run::<2, Q4>(out, w, ws, b0, live, carry),
-                3 => p.run::<3, Q4>(out, w, ws, b0, live, carry),
-                4 => p.run::<4, Q4>(out, w, ws, b0, live, carry),
-                5 => p.run::<5, Q4>(out, w, ws, b0, live, carry),
-                6 => p.run::<6, Q4>(out, w, ws, b0, live, carry),
-                7 => p.run::<7, Q4>(out, w, ws, b0, live, carry),
-                _ => p.run::<8, Q4>(out, w, ws, b0, live, carry),
-            }
-            c0 += p.span_groups * 32;
+    for st in passes(n, cols, LANES, MAX_VECS, XT_BYTES) {
+        let (b0, c0, live) = (st.b0, st.c0, st.live);
+        let p = Pass { span_groups: st.span_groups, ..whole };
+        p.prepare::<Q4>(xq.as_ptr().add(b0 * cols + c0), xs.as_ptr().add(b0 * groups + c0 / 32), live, st.vecs);
+        let (w, ws) = (w.add(if Q4 { c0 / 2 } else { c0 }), ws.as_ptr().add(c0 / 32));
+        let carry = c0 > 0;
+        match st.vecs {
+            1 => p.run::<1, Q4>(out, w, ws, b0, live, carry),
+            2 => p.run::<2, Q4>(out, w, ws, b0, live, carry),
+            3 => p.run::<3, Q4>(out, w, ws, b0, live, carry),
+            4 => p.run::<4, Q4>(out, w, ws, b0, live, carry),
+            5 => p.run::<5, Q4>(out, w, ws, b0, live, carry),
+            6 => p.run::<6, Q4>(out, w, ws, b0, live, carry),
+            7 => p.run::<7, Q4>(out, w, ws, b0, live, carry),
+            _ => p.run::<8, Q4>(out, w, ws, b0, live, carry),
         }
-        b0 += live;
     }
 }
 
